@@ -1,0 +1,648 @@
+//! The owner of the capture programs on a node: loads (or adopts) and attaches them, and
+//! enrolls and releases pods.
+
+use crate::{CaptureError, CaptureMaps, PinLayout, logs, logs::LogPump, maps, object::OBJECT};
+use amesh_ebpf_common::{
+    MAX_EXCLUDED_PORTS, MAX_PODS, POD_FLAG_BYPASS_INBOUND, PodConfig, PodCounters,
+};
+use amesh_sys::{bpf::AttachType, netns::Netns};
+use aya::{
+    EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
+        cgroup_sock_addr::CgroupSockAddrAttachType,
+        links::{FdLink, PinnedLink},
+    },
+    sys::is_program_supported,
+};
+use std::{
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+use tracing::{debug, info, warn};
+
+const CONNECT4: &str = "amesh_connect4";
+const CONNECT6: &str = "amesh_connect6";
+const SOCKOPS: &str = "amesh_sockops";
+const SK_LOOKUP: &str = "amesh_sk_lookup";
+
+/// Where and how to run the capture programs.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Pin directory on bpffs for this instance (e.g. `/sys/fs/bpf/amesh`).
+    pub pin_root: PathBuf,
+    /// cgroup v2 directory the outbound programs attach to; every pod's processes must live
+    /// below it (on a node: the cgroup v2 root).
+    pub cgroup: PathBuf,
+    /// Forward the programs' debug logs to `tracing` (off by default: it costs on hot paths).
+    pub debug_logs: bool,
+}
+
+/// What to enroll: a pod's network namespace and how its traffic is captured.
+#[derive(Debug)]
+pub struct EnrollRequest<'a> {
+    /// `/proc/<pid>/ns/net`, `/run/netns/<name>` or another bind mount of the namespace.
+    pub netns: &'a Path,
+    /// The pod's addresses: inbound connections to them are captured; outbound ones to them
+    /// are not.
+    pub addresses: &'a [IpAddr],
+    /// Destination ports whose outbound connections keep going direct.
+    pub excluded_outbound_ports: &'a [u16],
+    /// Local ports whose inbound connections reach the app directly.
+    pub excluded_inbound_ports: &'a [u16],
+    /// Capture outbound only (Istio's `ambient.istio.io/bypass-inbound-capture`).
+    pub bypass_inbound: bool,
+    /// ztunnel's HBONE and plaintext listeners for this pod, if already open.
+    pub listeners: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
+}
+
+/// An enrolled pod as the maps record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolledPod {
+    pub pod_id: u32,
+    pub netns_cookie: u64,
+    pub addresses: Vec<IpAddr>,
+    pub config: PodConfig,
+}
+
+/// Programs attached to the cgroup (counted with the kernel's own query).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupAttachments {
+    pub connect4: u32,
+    pub connect6: u32,
+    pub sock_ops: u32,
+}
+
+/// Loaded capture programs; dropping this leaves them running (they are pinned), so a
+/// restarted owner adopts them. [`Capture::teardown`] removes everything.
+#[derive(Debug)]
+pub struct Capture {
+    layout: PinLayout,
+    cgroup: PathBuf,
+    maps: CaptureMaps,
+    sk_lookup: SkLookup,
+    adopted: bool,
+    _logs: Option<LogPump>,
+}
+
+/// Steps of an enrollment already done, undone in reverse if a later one fails.
+enum Undo {
+    Config(u32),
+    Address(IpAddr),
+    Link(u32),
+    Listeners(u32),
+}
+
+impl Capture {
+    /// Loads and attaches the programs, or adopts the ones a previous owner pinned under
+    /// `config.pin_root`. Nothing already attached is attached again.
+    pub fn load_or_adopt(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        preflight(config)?;
+        let layout = PinLayout::new(&config.pin_root);
+        for dir in [layout.maps(), layout.progs(), layout.links()] {
+            std::fs::create_dir_all(&dir).map_err(CaptureError::io(dir))?;
+        }
+        let level = if config.debug_logs {
+            logs::LEVEL_DEBUG
+        } else {
+            logs::LEVEL_OFF
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(layout.maps())
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(OBJECT)
+            .map_err(|e| load_error(e))?;
+        let log_pump = if config.debug_logs {
+            LogPump::start(&mut ebpf)
+        } else {
+            None
+        };
+
+        // Pin each program once; a restarted owner keeps using the pinned ones.
+        let mut adopted = true;
+        for name in [CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP] {
+            let pin = layout.prog(name);
+            if pin.exists() {
+                continue;
+            }
+            adopted = false;
+            let prog = ebpf.program_mut(name).ok_or_else(|| {
+                CaptureError::program(name)(aya::programs::ProgramError::NotLoaded)
+            })?;
+            load_program(prog).map_err(|e| program_error(name, e))?;
+            prog.pin(&pin).map_err(|source| CaptureError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
+        }
+
+        let cgroup_dir = File::open(&config.cgroup).map_err(CaptureError::io(&config.cgroup))?;
+        for (name, kind) in [
+            (CONNECT4, Some(CgroupSockAddrAttachType::Connect4)),
+            (CONNECT6, Some(CgroupSockAddrAttachType::Connect6)),
+            (SOCKOPS, None),
+        ] {
+            let link_pin = layout.link(name);
+            if link_pin.exists() {
+                PinnedLink::from_pin(&link_pin).map_err(|source| CaptureError::Link {
+                    path: link_pin.clone(),
+                    source,
+                })?;
+                debug!(program = name, "adopted pinned cgroup link");
+                continue;
+            }
+            adopted = false;
+            let link = attach_cgroup(&layout, name, kind, cgroup_dir.as_fd())?;
+            link.pin(&link_pin).map_err(|source| CaptureError::Pin {
+                path: link_pin.clone(),
+                source,
+            })?;
+        }
+
+        let sk_lookup =
+            SkLookup::from_pin(layout.prog(SK_LOOKUP)).map_err(CaptureError::program(SK_LOOKUP))?;
+        let maps = CaptureMaps::take_from(&mut ebpf)?;
+        let mut capture = Self {
+            layout,
+            cgroup: config.cgroup.clone(),
+            maps,
+            sk_lookup,
+            adopted,
+            _logs: log_pump,
+        };
+        capture.drop_orphan_links()?;
+        info!(
+            pin_root = %config.pin_root.display(),
+            cgroup = %config.cgroup.display(),
+            adopted,
+            pods = capture.maps.enrolled()?.len(),
+            "capture programs ready"
+        );
+        Ok(capture)
+    }
+
+    /// True when this instance found everything attached by a previous owner.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The pin layout (ztunnel opens the maps from `layout().root()`).
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The maps, for listener registration and original-destination lookups.
+    pub fn maps(&mut self) -> &mut CaptureMaps {
+        &mut self.maps
+    }
+
+    /// Enrolls a pod: from now on its outbound TCP connects go to 127.0.0.1:15001 / [::1]:15001
+    /// in its netns, and connections arriving at its addresses go to ztunnel's listeners (or
+    /// are refused while none are registered). Enrolling again updates the settings. If any
+    /// step fails, the steps already taken are undone.
+    pub fn enroll(&mut self, req: &EnrollRequest<'_>) -> Result<EnrolledPod, CaptureError> {
+        let config = pod_config(req)?;
+        let netns = Netns::open(req.netns)?;
+        let netns_cookie = netns.cookie()?;
+        let existing = self.maps.pod_of_netns(netns_cookie)?;
+        let pod_id = match existing {
+            Some(id) => id,
+            None => self.free_pod_id()?,
+        };
+        let config = PodConfig {
+            netns_cookie,
+            pod_id,
+            ..config
+        };
+        let mut done = Vec::new();
+        match self.apply_enrollment(&netns, &config, req, existing.is_some(), &mut done) {
+            Ok(()) => {
+                info!(pod_id, netns = %req.netns.display(), addresses = ?req.addresses, update = existing.is_some(), "pod enrolled");
+                self.pod(pod_id)?.ok_or(CaptureError::UnknownPod { pod_id })
+            }
+            Err(e) => {
+                warn!(pod_id, netns = %req.netns.display(), error = %e, "enrollment failed, rolling back");
+                for step in done.into_iter().rev() {
+                    self.undo(step);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_enrollment(
+        &mut self,
+        netns: &Netns,
+        config: &PodConfig,
+        req: &EnrollRequest<'_>,
+        update: bool,
+        done: &mut Vec<Undo>,
+    ) -> Result<(), CaptureError> {
+        let pod_id = config.pod_id;
+        for &addr in req.addresses {
+            if let Some(owner) = self.maps.owner_of(addr)? {
+                if owner != pod_id {
+                    return Err(CaptureError::AddressInUse {
+                        addr,
+                        pod_id: owner,
+                    });
+                }
+            }
+        }
+        if !update {
+            self.maps.reset_counters(pod_id)?;
+        }
+        self.maps.set_config(pod_id, config)?;
+        if !update {
+            done.push(Undo::Config(pod_id));
+        }
+        let previous = self.maps.addresses_of(pod_id)?;
+        for &addr in req.addresses {
+            if !previous.contains(&addr) {
+                self.maps.add_address(addr, pod_id)?;
+                done.push(Undo::Address(addr));
+            }
+        }
+        let link_pin = self.layout.sk_lookup_link(pod_id);
+        if !link_pin.exists() {
+            self.attach_sk_lookup(pod_id, netns)?;
+            done.push(Undo::Link(pod_id));
+        }
+        if let Some((hbone, plaintext)) = req.listeners {
+            self.maps.register_listeners(pod_id, hbone, plaintext)?;
+            if !update {
+                done.push(Undo::Listeners(pod_id));
+            }
+        }
+        // Last: this is what turns outbound capture on.
+        self.maps.enable_outbound(config.netns_cookie, pod_id)?;
+        // Addresses the pod no longer has are released only once the rest succeeded.
+        for addr in previous {
+            if !req.addresses.contains(&addr) {
+                self.maps.remove_address(addr)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self, step: Undo) {
+        let result = match step {
+            Undo::Config(id) => self.maps.set_config(id, &PodConfig::default()),
+            Undo::Address(addr) => self.maps.remove_address(addr),
+            Undo::Link(id) => self.detach_sk_lookup(id),
+            Undo::Listeners(id) => self.maps.remove_listeners(id),
+        };
+        if let Err(error) = result {
+            warn!(%error, "rollback step failed");
+        }
+    }
+
+    fn attach_sk_lookup(&mut self, pod_id: u32, netns: &Netns) -> Result<(), CaptureError> {
+        let link_id = self
+            .sk_lookup
+            .attach(netns.as_fd())
+            .map_err(CaptureError::program(SK_LOOKUP))?;
+        let link: FdLink = self
+            .sk_lookup
+            .take_link(link_id)
+            .map_err(CaptureError::program(SK_LOOKUP))?
+            .into();
+        let path = self.layout.sk_lookup_link(pod_id);
+        link.pin(&path)
+            .map_err(|source| CaptureError::Pin { path, source })?;
+        Ok(())
+    }
+
+    fn detach_sk_lookup(&mut self, pod_id: u32) -> Result<(), CaptureError> {
+        unpin_link(&self.layout.sk_lookup_link(pod_id))
+    }
+
+    /// Releases a pod: its traffic goes direct again. Returns false if it was not enrolled.
+    pub fn unenroll(&mut self, pod_id: u32) -> Result<bool, CaptureError> {
+        if pod_id >= MAX_PODS {
+            return Ok(false);
+        }
+        let config = self.maps.config(pod_id)?;
+        if config.netns_cookie == 0 {
+            return Ok(false);
+        }
+        // Outbound first, so no new connection is redirected to listeners about to go.
+        self.maps.disable_outbound(config.netns_cookie)?;
+        self.detach_sk_lookup(pod_id)?;
+        self.maps.remove_listeners(pod_id)?;
+        for addr in self.maps.addresses_of(pod_id)? {
+            self.maps.remove_address(addr)?;
+        }
+        self.maps.set_config(pod_id, &PodConfig::default())?;
+        self.maps.reset_counters(pod_id)?;
+        info!(pod_id, "pod unenrolled");
+        Ok(true)
+    }
+
+    /// The enrolled pod living in the network namespace at `netns`, if any.
+    pub fn find(&self, netns: &Path) -> Result<Option<EnrolledPod>, CaptureError> {
+        let cookie = Netns::open(netns)?.cookie()?;
+        match self.maps.pod_of_netns(cookie)? {
+            Some(id) => self.pod(id),
+            None => Ok(None),
+        }
+    }
+
+    /// One enrolled pod by id.
+    pub fn pod(&self, pod_id: u32) -> Result<Option<EnrolledPod>, CaptureError> {
+        if pod_id >= MAX_PODS {
+            return Ok(None);
+        }
+        let config = self.maps.config(pod_id)?;
+        if config.netns_cookie == 0 {
+            return Ok(None);
+        }
+        Ok(Some(EnrolledPod {
+            pod_id,
+            netns_cookie: config.netns_cookie,
+            addresses: self.maps.addresses_of(pod_id)?,
+            config,
+        }))
+    }
+
+    /// Every enrolled pod, by pod id.
+    pub fn pods(&self) -> Result<Vec<EnrolledPod>, CaptureError> {
+        let mut ids: Vec<u32> = self
+            .maps
+            .enrolled()?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort_unstable();
+        let mut pods = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = self.pod(id)? {
+                pods.push(p);
+            }
+        }
+        Ok(pods)
+    }
+
+    /// A pod's capture counters.
+    pub fn counters(&self, pod_id: u32) -> Result<PodCounters, CaptureError> {
+        self.maps.counters(pod_id)
+    }
+
+    /// The original destination of a connection the pod's outbound listener accepted from
+    /// `peer` (consumed: each connection is looked up once).
+    pub fn take_original_dst(
+        &mut self,
+        pod_id: u32,
+        peer: SocketAddr,
+    ) -> Result<Option<SocketAddr>, CaptureError> {
+        self.maps.take_original_dst(pod_id, peer)
+    }
+
+    /// How many programs are attached to this instance's cgroup, per hook (all owners).
+    pub fn cgroup_attachments(&self) -> Result<CgroupAttachments, CaptureError> {
+        let dir = File::open(&self.cgroup).map_err(CaptureError::io(&self.cgroup))?;
+        let count = |t| {
+            amesh_sys::bpf::attached_count(dir.as_fd(), t).map_err(CaptureError::io(&self.cgroup))
+        };
+        Ok(CgroupAttachments {
+            connect4: count(AttachType::CgroupInet4Connect)?,
+            connect6: count(AttachType::CgroupInet6Connect)?,
+            sock_ops: count(AttachType::CgroupSockOps)?,
+        })
+    }
+
+    /// The loaded sk_lookup program, for `BPF_PROG_TEST_RUN`.
+    pub fn sk_lookup_program(&self) -> Result<BorrowedFd<'_>, CaptureError> {
+        Ok(self
+            .sk_lookup
+            .fd()
+            .map_err(CaptureError::program(SK_LOOKUP))?
+            .as_fd())
+    }
+
+    /// Detaches everything and removes every pin this instance owns.
+    pub fn teardown(mut self) -> Result<(), CaptureError> {
+        for pod in self.pods()? {
+            self.unenroll(pod.pod_id)?;
+        }
+        // Links left by half-done enrollments.
+        for id in self.layout.pinned_sk_lookup_pods() {
+            self.detach_sk_lookup(id)?;
+        }
+        for name in [CONNECT4, CONNECT6, SOCKOPS] {
+            unpin_link(&self.layout.link(name))?;
+        }
+        for name in [CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP] {
+            remove_pin(&self.layout.prog(name))?;
+        }
+        for name in maps::ALL {
+            remove_pin(&self.layout.map(name))?;
+        }
+        for dir in [
+            self.layout.links(),
+            self.layout.progs(),
+            self.layout.maps(),
+            self.layout.root().to_path_buf(),
+        ] {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CaptureError::io(dir)(e)),
+            }
+        }
+        info!(pin_root = %self.layout.root().display(), "capture torn down");
+        Ok(())
+    }
+
+    fn free_pod_id(&self) -> Result<u32, CaptureError> {
+        let used: Vec<u32> = self
+            .maps
+            .enrolled()?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let pinned = self.layout.pinned_sk_lookup_pods();
+        (0..MAX_PODS)
+            .find(|id| !used.contains(id) && !pinned.contains(id))
+            .ok_or(CaptureError::NoPodSlot { max: MAX_PODS })
+    }
+
+    /// sk_lookup links whose pod is not enrolled (a crash mid-enrollment) are removed.
+    fn drop_orphan_links(&mut self) -> Result<(), CaptureError> {
+        let enrolled: Vec<u32> = self
+            .maps
+            .enrolled()?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        for id in self.layout.pinned_sk_lookup_pods() {
+            if !enrolled.contains(&id) {
+                warn!(
+                    pod_id = id,
+                    "removing sk_lookup link of a pod that is not enrolled"
+                );
+                self.detach_sk_lookup(id)?;
+                self.maps.set_config(id, &PodConfig::default())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pod_config(req: &EnrollRequest<'_>) -> Result<PodConfig, CaptureError> {
+    let mut config = PodConfig {
+        flags: if req.bypass_inbound {
+            POD_FLAG_BYPASS_INBOUND
+        } else {
+            0
+        },
+        ..PodConfig::default()
+    };
+    for (direction, ports, slots) in [
+        (
+            "outbound",
+            req.excluded_outbound_ports,
+            &mut config.excluded_outbound_ports,
+        ),
+        (
+            "inbound",
+            req.excluded_inbound_ports,
+            &mut config.excluded_inbound_ports,
+        ),
+    ] {
+        if ports.len() > MAX_EXCLUDED_PORTS {
+            return Err(CaptureError::TooManyExcludedPorts {
+                direction,
+                count: ports.len(),
+                max: MAX_EXCLUDED_PORTS,
+            });
+        }
+        slots[..ports.len()].copy_from_slice(ports);
+    }
+    Ok(config)
+}
+
+/// aya attaches through a bpf_link on this kernel; link-based cgroup attachments always
+/// coexist with other programs on the cgroup (Cilium, Istio CNI, ...) and the kernel refuses
+/// attach flags on them, so the mode must be the flagless one.
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+fn attach_cgroup(
+    layout: &PinLayout,
+    name: &'static str,
+    kind: Option<CgroupSockAddrAttachType>,
+    cgroup: BorrowedFd<'_>,
+) -> Result<FdLink, CaptureError> {
+    let pin = layout.prog(name);
+    let link: FdLink = match kind {
+        Some(kind) => {
+            let mut prog =
+                CgroupSockAddr::from_pin(&pin, kind).map_err(CaptureError::program(name))?;
+            let id = prog
+                .attach(cgroup, LINK_MODE)
+                .map_err(CaptureError::program(name))?;
+            prog.take_link(id)
+                .map_err(CaptureError::program(name))?
+                .try_into()
+                .map_err(|source| CaptureError::Link {
+                    path: pin.clone(),
+                    source,
+                })?
+        }
+        None => {
+            let mut prog = SockOps::from_pin(&pin).map_err(CaptureError::program(name))?;
+            let id = prog
+                .attach(cgroup, LINK_MODE)
+                .map_err(CaptureError::program(name))?;
+            prog.take_link(id)
+                .map_err(CaptureError::program(name))?
+                .try_into()
+                .map_err(|source| CaptureError::Link {
+                    path: pin.clone(),
+                    source,
+                })?
+        }
+    };
+    Ok(link)
+}
+
+fn load_program(prog: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::Program;
+    match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
+fn unpin_link(path: &Path) -> Result<(), CaptureError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(path).map_err(|source| CaptureError::Link {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Dropping the unpinned link closes its last fd, which detaches it.
+    drop(link.unpin().map_err(CaptureError::io(path))?);
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<(), CaptureError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CaptureError::io(path)(e)),
+    }
+}
+
+/// Checks the environment first, so operators get a precise message instead of a syscall error.
+fn preflight(config: &CaptureConfig) -> Result<(), CaptureError> {
+    if !amesh_sys::fs::is_cgroup2(&config.cgroup) {
+        return Err(CaptureError::CgroupNotFound {
+            path: config.cgroup.clone(),
+        });
+    }
+    let mut existing = config.pin_root.as_path();
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if !amesh_sys::fs::is_bpffs(existing) {
+        return Err(CaptureError::BpffsNotMounted {
+            path: existing.to_path_buf(),
+        });
+    }
+    for (program, ty) in [
+        (
+            "cgroup sock_addr",
+            aya::programs::ProgramType::CgroupSockAddr,
+        ),
+        ("sock_ops", aya::programs::ProgramType::SockOps),
+        ("sk_lookup", aya::programs::ProgramType::SkLookup),
+    ] {
+        match is_program_supported(ty) {
+            Ok(true) => {}
+            Ok(false) => return Err(CaptureError::ProgramUnsupported { program }),
+            Err(_) if amesh_sys::fs::euid() != 0 => return Err(CaptureError::NotPrivileged),
+            Err(e) => return Err(CaptureError::program(program)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn load_error(e: aya::EbpfError) -> CaptureError {
+    if amesh_sys::fs::euid() != 0 {
+        return CaptureError::NotPrivileged;
+    }
+    CaptureError::Load(Box::new(e))
+}
+
+fn program_error(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
+    if amesh_sys::fs::euid() != 0 {
+        return CaptureError::NotPrivileged;
+    }
+    CaptureError::program(name)(e)
+}

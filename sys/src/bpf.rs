@@ -1,0 +1,144 @@
+//! `BPF_PROG_TEST_RUN`: run a loaded program on a context we build, without real traffic.
+//! aya 0.14 does not wrap it; the kernel supports it for `sk_lookup` among others.
+
+use crate::cvt;
+use std::{
+    io, mem,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `struct bpf_sk_lookup` as the kernel reads it for a test run. Addresses and `remote_port`
+/// are in network byte order, `local_port` in host order; `cookie` is filled on output with
+/// the cookie of the socket the program selected (0 if none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkLookupCtx {
+    pub cookie: u64,
+    pub family: u32,
+    pub protocol: u32,
+    pub remote_ip4: u32,
+    pub remote_ip6: [u32; 4],
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_ip4: u32,
+    pub local_ip6: [u32; 4],
+    pub local_port: u32,
+    /// Must be zero on input (the kernel rejects anything after `local_port`).
+    pub ingress_ifindex: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(mem::size_of::<SkLookupCtx>() == 72);
+
+/// Result of an `sk_lookup` test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkLookupRun {
+    /// The program's verdict (`SK_PASS` = 1, `SK_DROP` = 0).
+    pub verdict: u32,
+    /// Cookie of the selected socket, 0 when the program selected none.
+    pub selected_cookie: u64,
+}
+
+/// Runs an `sk_lookup` program once on `ctx` in the caller's network namespace.
+pub fn test_run_sk_lookup(prog: BorrowedFd<'_>, ctx: &SkLookupCtx) -> io::Result<SkLookupRun> {
+    let mut ctx_in = *ctx;
+    ctx_in.cookie = 0;
+    let mut ctx_out = SkLookupCtx::default();
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        repeat: 1,
+        ctx_size_in: mem::size_of::<SkLookupCtx>() as u32,
+        ctx_size_out: mem::size_of::<SkLookupCtx>() as u32,
+        ctx_in: (&ctx_in as *const SkLookupCtx) as u64,
+        ctx_out: (&mut ctx_out as *mut SkLookupCtx) as u64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` describes buffers that live across the call, with their true sizes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    cvt(ret as libc::c_int)?;
+    Ok(SkLookupRun {
+        verdict: attr.retval,
+        selected_cookie: ctx_out.cookie,
+    })
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// Attach points [`attached_count`] can ask about (`enum bpf_attach_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AttachType {
+    CgroupSockOps = 3,
+    CgroupInet4Connect = 10,
+    CgroupInet6Connect = 11,
+    SkLookup = 36,
+}
+
+/// The `query` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// How many programs are attached to `target` (a cgroup directory or a netns fd) at
+/// `attach_type`. Used to prove that nothing was attached twice.
+pub fn attached_count(target: BorrowedFd<'_>, attach_type: AttachType) -> io::Result<u32> {
+    let mut attr = QueryAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_type: attach_type as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: `attr` lives across the call; with `prog_ids` null the kernel only writes the
+    // count back into it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut QueryAttr,
+            mem::size_of::<QueryAttr>() as u32,
+        )
+    };
+    cvt(ret as libc::c_int)?;
+    Ok(attr.prog_cnt)
+}

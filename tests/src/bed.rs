@@ -1,0 +1,236 @@
+//! The bed: an underlay namespace with a bridge, the pods on it, a cgroup and a pin root, all
+//! under one per-run prefix and all removed together.
+
+use crate::{BedError, Pod, cgroup, cgroup::TestCgroup, ip, names, sniff::Sniffer};
+use amesh_sys::netns::Netns;
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+/// Where beds put bpffs pins (`<root>/<prefix>`).
+const BPFFS: &str = "/sys/fs/bpf";
+/// The bridge every pod's veth joins, inside the underlay namespace.
+pub const BRIDGE: &str = "br0";
+
+/// Prefixes of the beds alive in this process, cleaned up on Ctrl-C / SIGTERM.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+pub struct TestBed {
+    prefix: String,
+    underlay: String,
+    underlay_ns: Netns,
+    cgroup: TestCgroup,
+    cgroup_procs: Arc<std::fs::File>,
+    next_index: AtomicU32,
+    closed: bool,
+}
+
+/// What a cleanup could not remove (empty when everything went).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub netns: Vec<String>,
+    pub cgroup: Option<PathBuf>,
+    pub pins: Option<PathBuf>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl TestBed {
+    /// Makes a new bed: sweeps what killed runs left, mounts bpffs if needed, creates the
+    /// underlay namespace with its bridge and the bed's cgroup.
+    pub fn new() -> Result<Self, BedError> {
+        amesh_sys::signal::on_terminate(cleanup_live)
+            .map_err(BedError::io("installing signal handlers"))?;
+        sweep_stale();
+        ensure_bpffs()?;
+        let prefix = names::new_prefix();
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(prefix.clone());
+        let cg_root = amesh_sys::fs::cgroup2_mount().ok_or(BedError::NoCgroup2)?;
+        let underlay = format!("{prefix}-ul");
+        ip::ip(&["netns", "add", &underlay])?;
+        ip::ip_in(&underlay, &["link", "add", BRIDGE, "type", "bridge"])?;
+        // Promiscuous, so that a capture on the bridge sees frames forwarded between pods.
+        ip::ip_in(&underlay, &["link", "set", BRIDGE, "promisc", "on", "up"])?;
+        ip::ip_in(&underlay, &["link", "set", "lo", "up"])?;
+        let underlay_ns = Netns::open(format!("/run/netns/{underlay}"))?;
+        let cgroup = TestCgroup::create(&cg_root, &prefix)?;
+        let cgroup_procs = Arc::new(
+            cgroup
+                .procs()
+                .try_clone()
+                .map_err(BedError::io("cloning cgroup fd"))?,
+        );
+        Ok(Self {
+            prefix,
+            underlay,
+            underlay_ns,
+            cgroup,
+            cgroup_procs,
+            next_index: AtomicU32::new(0),
+            closed: false,
+        })
+    }
+
+    /// The per-run prefix every object of this bed starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlay namespace's name (for `ip netns exec`).
+    pub fn underlay(&self) -> &str {
+        &self.underlay
+    }
+
+    pub fn underlay_netns(&self) -> &Netns {
+        &self.underlay_ns
+    }
+
+    /// The cgroup pod processes run in (attach outbound capture here).
+    pub fn cgroup_path(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    /// A bpffs directory for this bed's pins.
+    pub fn pin_root(&self) -> PathBuf {
+        Path::new(BPFFS).join(&self.prefix)
+    }
+
+    /// Adds a pod named `name` (lowercase letters, digits, dashes) on the bridge.
+    pub fn add_pod(&self, name: &str) -> Result<Pod, BedError> {
+        if name.is_empty()
+            || name.len() > 20
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(BedError::BadName(name.to_string()));
+        }
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        Pod::create(
+            &self.underlay,
+            BRIDGE,
+            name,
+            format!("{}-{name}", self.prefix),
+            index,
+            self.cgroup_procs.clone(),
+        )
+    }
+
+    /// Starts capturing every frame that crosses the underlay bridge.
+    pub fn sniff(&self) -> Result<Sniffer, BedError> {
+        Sniffer::start(&self.underlay_ns, BRIDGE)
+    }
+
+    /// Removes everything and reports what, if anything, could not be removed.
+    pub fn close(mut self) -> Leftovers {
+        self.closed = true;
+        cleanup_prefix(&self.prefix)
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if !self.closed {
+            let left = cleanup_prefix(&self.prefix);
+            if !left.is_empty() {
+                eprintln!("amesh-testbed: could not remove {left:?}");
+            }
+        }
+    }
+}
+
+/// Removes every object named with `prefix`: pod processes (via the cgroup), namespaces,
+/// the cgroup and the pin root.
+fn cleanup_prefix(prefix: &str) -> Leftovers {
+    let ours = |name: &str| name == prefix || name.starts_with(&format!("{prefix}-"));
+    let cg = amesh_sys::fs::cgroup2_mount().map(|root| root.join(prefix));
+    if let Some(cg) = &cg {
+        if let Err(e) = cgroup::remove(cg) {
+            eprintln!("amesh-testbed: {e}");
+        }
+    }
+    for ns in ip::netns_list().into_iter().filter(|n| ours(n)) {
+        if let Err(e) = ip::ip(&["netns", "del", &ns]) {
+            eprintln!("amesh-testbed: {e}");
+        }
+    }
+    let pins = Path::new(BPFFS).join(prefix);
+    if pins.exists() {
+        // Unlinking pinned links detaches them; maps and programs go with their last user.
+        if let Err(e) = std::fs::remove_dir_all(&pins) {
+            eprintln!("amesh-testbed: removing {}: {e}", pins.display());
+        }
+    }
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != prefix);
+    Leftovers {
+        netns: ip::netns_list().into_iter().filter(|n| ours(n)).collect(),
+        cgroup: cg.filter(|p| p.exists()),
+        pins: pins.exists().then_some(pins),
+    }
+}
+
+/// Called on Ctrl-C / SIGTERM: removes the objects of every bed alive in this process.
+fn cleanup_live() {
+    let live: Vec<String> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for prefix in live {
+        cleanup_prefix(&prefix);
+    }
+}
+
+/// Removes objects whose owning process no longer exists (a run killed with SIGKILL).
+fn sweep_stale() {
+    let mut names: Vec<String> = ip::netns_list();
+    if let Some(root) = amesh_sys::fs::cgroup2_mount() {
+        names.extend(dir_names(&root));
+    }
+    names.extend(dir_names(Path::new(BPFFS)));
+    let mut prefixes: Vec<String> = names
+        .iter()
+        .filter(|n| names::is_stale(n))
+        .filter_map(|n| {
+            let mut parts = n.splitn(4, '-');
+            Some(format!(
+                "{}-{}-{}",
+                parts.next()?,
+                parts.next()?,
+                parts.next()?
+            ))
+        })
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    for prefix in prefixes {
+        eprintln!("amesh-testbed: removing objects left by a killed run: {prefix}");
+        cleanup_prefix(&prefix);
+    }
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (pins need it).
+fn ensure_bpffs() -> Result<(), BedError> {
+    if amesh_sys::fs::is_bpffs(Path::new(BPFFS)) {
+        return Ok(());
+    }
+    ip::run("mount", &["-t", "bpf", "bpf", BPFFS]).map(drop)
+}

@@ -1,0 +1,154 @@
+//! A small client and server that tests run inside pods (see `amesh_testbed::probe`).
+
+use socket2::{Domain, Socket, Type};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("connect") => connect(&args[1..]),
+        Some("serve") => serve(&args[1..]),
+        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve --name NAME ADDR...".into()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("amesh-probe: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct ConnectOptions {
+    mark: Option<u32>,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+}
+
+fn connect(args: &[String]) -> Result<bool, String> {
+    let mut opts = ConnectOptions {
+        mark: None,
+        bind: None,
+        timeout: Duration::from_secs(5),
+    };
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--mark" => opts.mark = Some(parse_u32(value()?)?),
+            "--bind" => opts.bind = Some(value()?.parse().map_err(|e| format!("--bind: {e}"))?),
+            "--timeout-ms" => opts.timeout = Duration::from_millis(u64::from(parse_u32(value()?)?)),
+            t => targets.push(
+                t.parse::<SocketAddr>()
+                    .map_err(|e| format!("target {t}: {e}"))?,
+            ),
+        }
+    }
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| s.spawn(|| one_connection(*t, &opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
+    });
+    let mut out = std::io::stdout().lock();
+    let mut all_ok = true;
+    for (t, r) in targets.iter().zip(results) {
+        let _ = match r {
+            Ok(line) => writeln!(out, "target={t} {line}"),
+            Err(e) => {
+                all_ok = false;
+                writeln!(out, "target={t} error={e}")
+            }
+        };
+    }
+    Ok(all_ok)
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s}: {e}"))
+}
+
+fn one_connection(target: SocketAddr, opts: &ConnectOptions) -> Result<String, String> {
+    let sock =
+        Socket::new(Domain::for_address(target), Type::STREAM, None).map_err(|e| e.to_string())?;
+    if let Some(mark) = opts.mark {
+        sock.set_mark(mark).map_err(|e| format!("SO_MARK: {e}"))?;
+    }
+    if let Some(ip) = opts.bind {
+        sock.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| format!("bind: {e}"))?;
+    }
+    sock.connect_timeout(&target.into(), opts.timeout)
+        .map_err(|e| e.to_string())?;
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .map_err(|e| e.to_string())?;
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let peer = stream.peer_addr().map_err(|e| e.to_string())?;
+    (&stream)
+        .write_all(format!("{target}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| format!("reading reply: {e}"))?;
+    if reply.is_empty() {
+        return Err("connection closed without a reply".into());
+    }
+    Ok(format!(
+        "local={local} peer={peer} reply={}",
+        reply.trim_end()
+    ))
+}
+
+fn serve(args: &[String]) -> Result<bool, String> {
+    let mut name = "server".to_string();
+    let mut listeners = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
+            addr => {
+                let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+                listeners.push(TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?);
+            }
+        }
+    }
+    println!("ready");
+    std::thread::scope(|s| {
+        for l in &listeners {
+            let name = &name;
+            s.spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let name = name.clone();
+                    std::thread::spawn(move || answer(conn, &name));
+                }
+            });
+        }
+    });
+    Ok(true)
+}
+
+fn answer(conn: TcpStream, name: &str) {
+    let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut line = String::new();
+    let _ = BufReader::new(&conn).read_line(&mut line);
+    let _ = (&conn)
+        .write_all(format!("served-by={name} local={local} line={}\n", line.trim_end()).as_bytes());
+}

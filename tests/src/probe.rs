@@ -1,0 +1,99 @@
+//! The `amesh-probe` helper's protocol: what a test runs inside a pod to connect or serve,
+//! and how its output reads.
+//!
+//! - `amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET...` connects to every
+//!   target at once, sends the target text and a newline, reads one reply line, and prints one
+//!   line per target: `target=T local=L peer=P reply=R` or `target=T error=E`. Exit 0 only if
+//!   every connection got a reply.
+//! - `amesh-probe serve --name NAME ADDR...` listens on each address, prints `ready`, and answers
+//!   every line it reads with `served-by=NAME local=L line=LINE`.
+
+use std::net::SocketAddr;
+
+/// One connection's outcome as `amesh-probe connect` printed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectResult {
+    pub target: String,
+    pub outcome: Result<Connected, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub reply: String,
+}
+
+/// `key=value` fields of one output line; the last field (`reply`, `error`, `line`) takes
+/// the rest of the line.
+pub fn fields(line: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim();
+        if matches!(key, "reply" | "error" | "line") {
+            out.push((key, after));
+            break;
+        }
+        let (value, next) = after.split_once(' ').unwrap_or((after, ""));
+        out.push((key, value));
+        rest = next;
+    }
+    out
+}
+
+impl ConnectResult {
+    pub fn parse(line: &str) -> Option<Self> {
+        let f = fields(line);
+        let get = |k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let target = get("target")?.to_string();
+        if let Some(error) = get("error") {
+            return Some(Self {
+                target,
+                outcome: Err(error.to_string()),
+            });
+        }
+        Some(Self {
+            target,
+            outcome: Ok(Connected {
+                local: get("local")?.parse().ok()?,
+                peer: get("peer")?.parse().ok()?,
+                reply: get("reply")?.to_string(),
+            }),
+        })
+    }
+}
+
+/// The value of `key` in a `served-by=... local=... line=...` reply.
+pub fn reply_field<'a>(reply: &'a str, key: &str) -> Option<&'a str> {
+    fields(reply)
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_success_and_error_lines() {
+        let ok = ConnectResult::parse(
+            "target=10.0.0.2:80 local=10.0.0.1:5000 peer=127.0.0.1:15001 reply=served-by=b local=10.0.0.2:80 line=x y",
+        )
+        .expect("line");
+        let c = ok.outcome.expect("connected");
+        assert_eq!(c.peer, "127.0.0.1:15001".parse().expect("addr"));
+        assert_eq!(reply_field(&c.reply, "served-by"), Some("b"));
+        assert_eq!(reply_field(&c.reply, "line"), Some("x y"));
+        let err =
+            ConnectResult::parse("target=[fd00::2]:80 error=connection refused (os error 111)")
+                .expect("line");
+        assert_eq!(err.target, "[fd00::2]:80");
+        assert_eq!(
+            err.outcome,
+            Err("connection refused (os error 111)".to_string())
+        );
+        assert_eq!(ConnectResult::parse("garbage"), None);
+    }
+}
