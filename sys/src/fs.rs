@@ -37,6 +37,17 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The first cgroup v2 mount point in `/proc/mounts` (e.g. `/sys/fs/cgroup` on a unified
+/// host, `/sys/fs/cgroup/unified` on a hybrid one). Never hard-code one.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,15 +58,4 @@ mod tests {
         assert!(!is_cgroup2(Path::new("/proc")));
         assert!(fs_magic(Path::new("/nonexistent-amesh")).is_err());
     }
-}
-
-/// The first cgroup v2 mount point in `/proc/mounts` (e.g. `/sys/fs/cgroup` on a unified
-/// host, `/sys/fs/cgroup/unified` on a hybrid one). Never hard-code one.
-pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
-    })
 }

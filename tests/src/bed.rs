@@ -155,10 +155,10 @@ impl Drop for TestBed {
 fn cleanup_prefix(prefix: &str) -> Leftovers {
     let ours = |name: &str| name == prefix || name.starts_with(&format!("{prefix}-"));
     let cg = amesh_sys::fs::cgroup2_mount().map(|root| root.join(prefix));
-    if let Some(cg) = &cg {
-        if let Err(e) = cgroup::remove(cg) {
-            eprintln!("amesh-testbed: {e}");
-        }
+    if let Some(cg) = &cg
+        && let Err(e) = cgroup::remove(cg)
+    {
+        eprintln!("amesh-testbed: {e}");
     }
     for ns in ip::netns_list().into_iter().filter(|n| ours(n)) {
         if let Err(e) = ip::ip(&["netns", "del", &ns]) {

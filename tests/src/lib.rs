@@ -23,6 +23,7 @@ mod pod;
 pub mod probe;
 mod process;
 pub mod sniff;
+pub mod standin;
 
 pub use bed::{Leftovers, TestBed};
 pub use pod::Pod;

@@ -8,7 +8,77 @@
 //! - `amesh-probe serve --name NAME ADDR...` listens on each address, prints `ready`, and answers
 //!   every line it reads with `served-by=NAME local=L line=LINE`.
 
-use std::net::SocketAddr;
+use crate::{BedError, Pod, PodProcess};
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+/// Starts `amesh-probe serve` in `pod` on `addrs` and waits until it listens.
+pub fn serve(
+    probe: &Path,
+    pod: &Pod,
+    name: &str,
+    addrs: &[SocketAddr],
+) -> Result<PodProcess, BedError> {
+    let mut cmd = pod.command(probe);
+    cmd.args(["serve", "--name", name])
+        .args(addrs.iter().map(|a| a.to_string()));
+    let p = pod.spawn(cmd)?;
+    match p.next_line(Duration::from_secs(10)).as_deref() {
+        Some("ready") => Ok(p),
+        _ => Err(BedError::Command {
+            command: format!("amesh-probe serve in pod {}", pod.name()),
+            stderr: p.stderr(),
+        }),
+    }
+}
+
+/// Runs `amesh-probe connect` in `pod`; one result per target, in order.
+pub fn connect(
+    probe: &Path,
+    pod: &Pod,
+    extra: &[&str],
+    targets: &[SocketAddr],
+) -> Result<Vec<ConnectResult>, BedError> {
+    let mut cmd = pod.command(probe);
+    cmd.arg("connect")
+        .args(extra)
+        .args(targets.iter().map(|t| t.to_string()));
+    let p = pod.spawn(cmd)?;
+    let label = p.label().to_string();
+    let (_, lines) = p
+        .finish(Duration::from_secs(60))
+        .map_err(|stderr| BedError::Command {
+            command: label.clone(),
+            stderr,
+        })?;
+    let results: Vec<ConnectResult> = lines
+        .iter()
+        .filter_map(|l| ConnectResult::parse(l))
+        .collect();
+    if results.len() != targets.len() {
+        return Err(BedError::Command {
+            command: label,
+            stderr: format!("unexpected output: {lines:?}"),
+        });
+    }
+    Ok(results)
+}
+
+impl Connected {
+    /// Who answered (`served-by=` of the reply).
+    pub fn served_by(&self) -> &str {
+        reply_field(&self.reply, "served-by").unwrap_or("")
+    }
+
+    /// The address the answering server saw as the connection's local end.
+    pub fn served_local(&self) -> Option<SocketAddr> {
+        reply_field(&self.reply, "local").and_then(|l| l.parse().ok())
+    }
+
+    /// The original destination the outbound stand-in recovered (`orig=`).
+    pub fn orig(&self) -> Option<&str> {
+        reply_field(&self.reply, "orig")
+    }
+}
 
 /// One connection's outcome as `amesh-probe connect` printed it.
 #[derive(Clone, Debug, PartialEq, Eq)]

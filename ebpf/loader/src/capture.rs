@@ -113,7 +113,7 @@ impl Capture {
             .default_map_pin_directory(layout.maps())
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(OBJECT)
-            .map_err(|e| load_error(e))?;
+            .map_err(load_error)?;
         let log_pump = if config.debug_logs {
             LogPump::start(&mut ebpf)
         } else {
@@ -242,13 +242,13 @@ impl Capture {
     ) -> Result<(), CaptureError> {
         let pod_id = config.pod_id;
         for &addr in req.addresses {
-            if let Some(owner) = self.maps.owner_of(addr)? {
-                if owner != pod_id {
-                    return Err(CaptureError::AddressInUse {
-                        addr,
-                        pod_id: owner,
-                    });
-                }
+            if let Some(owner) = self.maps.owner_of(addr)?
+                && owner != pod_id
+            {
+                return Err(CaptureError::AddressInUse {
+                    addr,
+                    pod_id: owner,
+                });
             }
         }
         if !update {

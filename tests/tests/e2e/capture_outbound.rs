@@ -16,11 +16,7 @@ fn connects_to_other_pods_land_on_the_outbound_listener_v4_and_v6() {
     for target in [v4(b, APP_PORT), v6(b, APP_PORT)] {
         let c = connect_one(bed.pod("a"), &[], target);
         assert_eq!(served_by(&c), "outbound", "{target}: {c:?}");
-        assert_eq!(
-            reply_field(&c.reply, "orig"),
-            Some(target.to_string().as_str()),
-            "{c:?}"
-        );
+        assert_eq!(c.orig(), Some(target.to_string().as_str()), "{c:?}");
         let listener: SocketAddr = if target.is_ipv4() {
             "127.0.0.1:15001"
         } else {
@@ -58,11 +54,7 @@ fn two_hundred_concurrent_connects_each_recover_their_own_destination() {
         // The line is what the client sent on this very connection; orig is what the maps
         // say for the peer address the listener accepted: they must agree, one by one.
         assert_eq!(reply_field(&c.reply, "line"), Some(r.target.as_str()));
-        assert_eq!(
-            reply_field(&c.reply, "orig"),
-            Some(r.target.as_str()),
-            "{c:?}"
-        );
+        assert_eq!(c.orig(), Some(r.target.as_str()), "{c:?}");
     }
     assert_eq!(
         bed.capture

@@ -1,24 +1,16 @@
-//! Shared pieces of the end-to-end tests: a bed with capture loaded, probe runs inside pods,
-//! and stand-ins for ztunnel's in-pod listeners that report what the capture delivered.
+//! Shared pieces of the end-to-end tests: a bed with capture loaded, and short forms of the
+//! test bed's probe runners and ztunnel stand-ins that fail the test with a clear message.
 
-use amesh_ebpf_loader::{
-    Capture, CaptureConfig, CaptureMaps, EnrollRequest, EnrolledPod, PinLayout,
-};
+use amesh_ebpf_loader::{Capture, CaptureConfig, EnrollRequest, EnrolledPod};
 use amesh_testbed::{
-    Pod, PodProcess, TestBed,
-    probe::{ConnectResult, Connected, reply_field},
+    Pod, PodProcess, TestBed, probe,
+    probe::{ConnectResult, Connected},
+    standin::{StandIn, orig_lookup},
 };
-use socket2::{Domain, Socket, Type};
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr},
     os::fd::AsFd,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::Duration,
+    path::Path,
 };
 
 pub const PROBE: &str = env!("CARGO_BIN_EXE_amesh-probe");
@@ -70,7 +62,7 @@ pub fn capture_config(bed: &TestBed) -> CaptureConfig {
     }
 }
 
-pub fn request<'a>(netns: &'a std::path::Path, addrs: &'a [IpAddr]) -> EnrollRequest<'a> {
+pub fn request<'a>(netns: &'a Path, addrs: &'a [IpAddr]) -> EnrollRequest<'a> {
     EnrollRequest {
         netns,
         addresses: addrs,
@@ -81,42 +73,12 @@ pub fn request<'a>(netns: &'a std::path::Path, addrs: &'a [IpAddr]) -> EnrollReq
     }
 }
 
-/// Starts `amesh-probe serve` in `pod` on `addrs` and waits until it listens.
 pub fn serve(pod: &Pod, name: &str, addrs: &[SocketAddr]) -> PodProcess {
-    let mut cmd = pod.command(PROBE);
-    cmd.args(["serve", "--name", name])
-        .args(addrs.iter().map(|a| a.to_string()));
-    let p = pod.spawn(cmd).expect("start server");
-    let line = p.next_line(Duration::from_secs(10));
-    assert_eq!(
-        line.as_deref(),
-        Some("ready"),
-        "server in {} did not start: {}",
-        pod.name(),
-        p.stderr()
-    );
-    p
+    probe::serve(Path::new(PROBE), pod, name, addrs).expect("start server")
 }
 
-/// Runs `amesh-probe connect` in `pod` and returns one result per target, in order.
 pub fn connect(pod: &Pod, extra: &[&str], targets: &[SocketAddr]) -> Vec<ConnectResult> {
-    let mut cmd = pod.command(PROBE);
-    cmd.arg("connect")
-        .args(extra)
-        .args(targets.iter().map(|t| t.to_string()));
-    let p = pod.spawn(cmd).expect("start client");
-    let stderr_hint = p.label().to_string();
-    let (_, lines) = p.finish(Duration::from_secs(60)).expect("client finished");
-    let results: Vec<ConnectResult> = lines
-        .iter()
-        .filter_map(|l| ConnectResult::parse(l))
-        .collect();
-    assert_eq!(
-        results.len(),
-        targets.len(),
-        "{stderr_hint} printed: {lines:?}"
-    );
-    results
+    probe::connect(Path::new(PROBE), pod, extra, targets).expect("run client")
 }
 
 /// The single connection's successful outcome, or a panic naming the error.
@@ -127,157 +89,34 @@ pub fn connect_one(pod: &Pod, extra: &[&str], target: SocketAddr) -> Connected {
         .unwrap_or_else(|e| panic!("connect to {target} failed: {e}"))
 }
 
-/// Who answered a connection (`served-by=` of the reply).
 pub fn served_by(c: &Connected) -> &str {
-    reply_field(&c.reply, "served-by").unwrap_or("")
+    c.served_by()
 }
 
-/// The `local=` an answering server saw (the connection's destination at the server).
 pub fn served_local(c: &Connected) -> SocketAddr {
-    reply_field(&c.reply, "local")
-        .and_then(|l| l.parse().ok())
-        .expect("local= in reply")
-}
-
-/// A stand-in for one of ztunnel's listeners: accepts, answers like `amesh-probe serve`, and
-/// for the outbound listener adds `orig=` (the original destination read from the maps).
-pub struct FakeListener {
-    pub socket: Arc<Socket>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// What the outbound stand-in uses to recover original destinations.
-pub struct OrigLookup {
-    pub maps: Mutex<CaptureMaps>,
-    pub pod_id: u32,
-}
-
-impl FakeListener {
-    /// Binds `addr` inside `pod` (dual-stack when it is `[::]`) and serves until dropped.
-    pub fn start(pod: &Pod, name: &str, addr: SocketAddr, orig: Option<Arc<OrigLookup>>) -> Self {
-        let socket = pod
-            .run(|| -> std::io::Result<Socket> {
-                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-                if addr.is_ipv6() {
-                    s.set_only_v6(!addr.ip().is_unspecified())?;
-                }
-                s.set_reuse_address(true)?;
-                s.bind(&addr.into())?;
-                s.listen(1024)?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            })
-            .expect("enter pod")
-            .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", pod.name()));
-        let socket = Arc::new(socket);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, flag, name) = (socket.clone(), stop.clone(), name.to_string());
-        let thread = std::thread::spawn(move || {
-            let listener: TcpListener = s.try_clone().expect("clone listener").into();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, peer)) => {
-                        let (name, orig) = (name.clone(), orig.clone());
-                        std::thread::spawn(move || answer(conn, peer, &name, orig.as_deref()));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Self {
-            socket,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl AsFd for FakeListener {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
-}
-
-impl Drop for FakeListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn answer(conn: TcpStream, peer: SocketAddr, name: &str, orig: Option<&OrigLookup>) {
-    let _ = conn.set_nonblocking(false);
-    let local = conn
-        .local_addr()
-        .map(canonical)
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let orig = orig.map(|o| {
-        let found = o
-            .maps
-            .lock()
-            .expect("maps")
-            .take_original_dst(o.pod_id, canonical(peer));
-        match found {
-            Ok(Some(a)) => a.to_string(),
-            Ok(None) => "none".to_string(),
-            Err(e) => format!("error:{e}"),
-        }
-    });
-    let mut line = String::new();
-    let _ = BufReader::new(&conn).read_line(&mut line);
-    let orig = orig.map(|o| format!(" orig={o}")).unwrap_or_default();
-    let _ = (&conn).write_all(
-        format!(
-            "served-by={name}{orig} local={local} line={}\n",
-            line.trim_end()
-        )
-        .as_bytes(),
-    );
-}
-
-/// IPv4-mapped addresses (from dual-stack sockets) as plain IPv4.
-pub fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
-/// Opens the maps from the pins the way ztunnel does.
-pub fn orig_lookup(bed: &TestBed, pod_id: u32) -> Arc<OrigLookup> {
-    let maps = CaptureMaps::open_pinned(&PinLayout::new(bed.pin_root())).expect("open pinned maps");
-    Arc::new(OrigLookup {
-        maps: Mutex::new(maps),
-        pod_id,
-    })
+    c.served_local().expect("local= in reply")
 }
 
 /// ztunnel's outbound listeners of a pod: 127.0.0.1:15001 and [::1]:15001.
-pub fn outbound_listeners(bed: &Bed, pod: &str, pod_id: u32) -> (FakeListener, FakeListener) {
-    let lookup = orig_lookup(&bed.bed, pod_id);
+pub fn outbound_listeners(bed: &Bed, pod: &str, pod_id: u32) -> (StandIn, StandIn) {
+    let lookup = orig_lookup(&bed.bed.pin_root(), pod_id).expect("open pinned maps");
     let p = bed.pod(pod);
+    let start = |addr: &str, l| {
+        StandIn::start(p, "outbound", addr.parse().expect("addr"), Some(l)).expect("listener")
+    };
     (
-        FakeListener::start(
-            p,
-            "outbound",
-            "127.0.0.1:15001".parse().expect("addr"),
-            Some(lookup.clone()),
-        ),
-        FakeListener::start(
-            p,
-            "outbound",
-            "[::1]:15001".parse().expect("addr"),
-            Some(lookup),
-        ),
+        start("127.0.0.1:15001", lookup.clone()),
+        start("[::1]:15001", lookup),
     )
 }
 
 /// ztunnel's inbound listeners of a pod (dual-stack), registered with the capture.
-pub fn inbound_listeners(bed: &mut Bed, pod: &str, pod_id: u32) -> (FakeListener, FakeListener) {
+pub fn inbound_listeners(bed: &mut Bed, pod: &str, pod_id: u32) -> (StandIn, StandIn) {
     let p = bed.pods.iter().find(|x| x.name() == pod).expect("pod");
-    let hbone = FakeListener::start(p, "hbone", "[::]:15008".parse().expect("addr"), None);
-    let plain = FakeListener::start(p, "plaintext", "[::]:15006".parse().expect("addr"), None);
+    let hbone =
+        StandIn::start(p, "hbone", "[::]:15008".parse().expect("addr"), None).expect("listener");
+    let plain = StandIn::start(p, "plaintext", "[::]:15006".parse().expect("addr"), None)
+        .expect("listener");
     bed.capture
         .maps()
         .register_listeners(pod_id, hbone.as_fd(), plain.as_fd())

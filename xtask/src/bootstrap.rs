@@ -1,0 +1,153 @@
+//! Installs what the build and the tests need, idempotently: Debian packages, the nightly's
+//! rust-src, and bpf-linker built against the LLVM inside the nightly toolchain (no release
+//! binary can be downloaded here, and bpf-linker's default LLVM is not on these machines).
+
+use crate::{
+    paths::Paths,
+    run::{cmd, output},
+};
+use anyhow::{Context, Result, bail};
+use std::{path::PathBuf, process::Command};
+
+/// The bpf-linker release known to work with the nightly's LLVM (see shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and demo use: `ip` builds the test networks, `mount` mounts bpffs.
+const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("mount", "mount")];
+
+/// `cargo xtask setup`: everything but the eBPF build itself.
+pub fn setup(paths: &Paths) -> Result<()> {
+    apt_packages()?;
+    mount_bpffs()?;
+    rust_src()?;
+    bpf_linker(paths)?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, bin)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    cmd(Command::new("apt-get").arg("update").arg("-qq"))
+        .context("apt-get needs root; install these packages yourself if you cannot")?;
+    cmd(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// Pins live on bpffs; most machines mount it, some (like a fresh CI box) do not.
+fn mount_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    if output(Command::new("id").arg("-u"))
+        .as_deref()
+        .map(str::trim)
+        != Some("0")
+    {
+        return Ok(()); // the build does not need it; privileged tasks check for root first
+    }
+    println!("xtask: mounting bpffs at /sys/fs/bpf");
+    cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("`rustup` is needed to manage the nightly toolchain the kernel programs build with")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    println!("xtask: adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
+    cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly's sysroot, LLVM major version and rustc version line.
+fn nightly() -> Result<(PathBuf, String, String)> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV does not name its LLVM")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_string();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("nightly sysroot")?;
+    let release = vv.lines().next().unwrap_or_default().to_string();
+    Ok((PathBuf::from(sysroot.trim()), major, release))
+}
+
+/// Where the project's bpf-linker lives.
+pub fn bpf_linker_bin(paths: &Paths) -> PathBuf {
+    paths.cache.join("bpf-linker/bin")
+}
+
+fn bpf_linker(paths: &Paths) -> Result<()> {
+    let (sysroot, llvm_major, release) = nightly()?;
+    let stamp_path = paths.cache.join("bpf-linker/stamp");
+    let stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{llvm_major} {release}");
+    let bin = bpf_linker_bin(paths).join("bpf-linker");
+    if bin.exists() && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+        return Ok(());
+    }
+    // bpf-linker links against libLLVM; give it the nightly's under the name it looks for.
+    let lib_dir = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        });
+    let Some(libllvm) = libllvm else {
+        bail!(
+            "the nightly toolchain has no libLLVM.so.{llvm_major}* in {}; bpf-linker needs it",
+            lib_dir.display()
+        );
+    };
+    let llvm_prefix = paths.cache.join("llvm");
+    let link = llvm_prefix.join("lib/libLLVM.so");
+    std::fs::create_dir_all(llvm_prefix.join("lib"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    println!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute, once)"
+    );
+    let mut c = Command::new("cargo");
+    c.args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--force",
+    ])
+    .args(["--features", &format!("llvm-{llvm_major}")])
+    .arg("--root")
+    .arg(paths.cache.join("bpf-linker"))
+    .env("LLVM_PREFIX", &llvm_prefix)
+    .env_remove("CARGO_TARGET_DIR")
+    .env_remove("RUSTUP_TOOLCHAIN");
+    cmd(&mut c).context("building bpf-linker from crates.io")?;
+    std::fs::write(&stamp_path, stamp)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Running commands with their progress shown, and the `test` and `demo` tasks.
+
+use crate::{bootstrap, ebpf, paths::Paths};
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+
+/// Prints what runs, runs it, and fails with the command line if it fails.
+pub fn cmd(c: &mut Command) -> Result<()> {
+    println!("xtask: $ {}", show(c));
+    let status = c
+        .status()
+        .with_context(|| format!("starting {}", show(c)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(c));
+    }
+    Ok(())
+}
+
+/// Runs a command quietly and returns its stdout, or `None` if it could not run or failed.
+pub fn output(c: &mut Command) -> Option<String> {
+    let out = c.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn show(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().into_owned();
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// A cargo command for the host workspace, pointed at the embedded eBPF object.
+fn cargo(paths: &Paths, object: &std::path::Path) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(&paths.root)
+        .env("CARGO_TARGET_DIR", &paths.target)
+        .env("AMESH_EBPF_OBJECT", object);
+    c
+}
+
+fn require_root(task: &str) -> Result<()> {
+    let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
+    if uid.trim() != "0" {
+        bail!(
+            "`cargo xtask {task}` builds network namespaces and loads eBPF programs, so it must \
+             run as root (CI does); try `sudo -E cargo xtask {task}`"
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: formatting, clippy, every test in the workspace, and the demo
+/// scenario, as root. Ends with one `N passed, M failed` line over all of it.
+pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
+    require_root("test")?;
+    bootstrap::setup(paths)?;
+    let object = ebpf::build(paths)?;
+    println!("xtask: checking formatting");
+    cmd(cargo(paths, &object).args(["fmt", "--all", "--check"]))?;
+    println!("xtask: clippy");
+    cmd(cargo(paths, &object).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    println!("xtask: running every test (unit, kernel and end-to-end)");
+    let mut tally = crate::tally::run_tests(
+        cargo(paths, &object)
+            .args(["test", "--workspace"])
+            .args(args),
+    )?;
+    println!("xtask: running the demo scenario (what `cargo xtask demo` shows)");
+    cmd(cargo(paths, &object).args([
+        "build",
+        "--bins",
+        "--package",
+        "amesh-demo",
+        "--package",
+        "amesh-testbed",
+    ]))?;
+    let demo_ok = cmd(&mut Command::new(paths.target.join("debug/amesh-demo"))).is_ok();
+    tally.record(demo_ok);
+    println!("amesh: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 || !tally.ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`: release build, then the demo binary.
+pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
+    require_root("demo")?;
+    bootstrap::setup(paths)?;
+    let object = ebpf::build(paths)?;
+    println!("xtask: building the demo (release)");
+    // The demo runs the probe helper inside its pods; build both.
+    cmd(cargo(paths, &object).args([
+        "build",
+        "--release",
+        "--bins",
+        "--package",
+        "amesh-demo",
+        "--package",
+        "amesh-testbed",
+    ]))?;
+    let bin = paths.target.join("release/amesh-demo");
+    cmd(Command::new(&bin).args(args).current_dir(&paths.root))
+}
