@@ -48,6 +48,15 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     })
 }
 
+/// Switches only the calling thread to `uid` (real, effective and saved), dropping its
+/// capabilities. The raw syscall is used on purpose: libc's `setresuid` changes every thread.
+/// Used to check how amesh behaves without privileges; the thread cannot regain them.
+pub fn become_user_on_this_thread(uid: u32) -> std::io::Result<()> {
+    // SAFETY: setresuid only reads its integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    crate::cvt(ret as libc::c_int).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,21 @@ fn connects_to_other_pods_land_on_the_outbound_listener_v4_and_v6() {
         .expect("addr");
         assert_eq!(served_local(&c), listener);
     }
+    // An IPv6 socket dialing an IPv4-mapped address travels as IPv4: it lands on the IPv4
+    // listener and the original destination reads as the IPv4 address.
+    let mapped: SocketAddr = format!("[::ffff:{}]:{APP_PORT}", b.ipv4())
+        .parse()
+        .expect("addr");
+    let c = connect_one(bed.pod("a"), &[], mapped);
+    assert_eq!(served_by(&c), "outbound");
+    assert_eq!(
+        c.orig(),
+        Some(v4(b, APP_PORT).to_string().as_str()),
+        "{c:?}"
+    );
+    assert_eq!(served_local(&c), "127.0.0.1:15001".parse().expect("addr"));
     let counters = bed.capture.counters(a.pod_id).expect("counters");
-    assert_eq!(counters.outbound_captured, 2, "{counters:?}");
+    assert_eq!(counters.outbound_captured, 3, "{counters:?}");
 }
 
 #[test]

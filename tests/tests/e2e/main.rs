@@ -4,4 +4,5 @@
 mod capture_inbound;
 mod capture_outbound;
 mod lifecycle;
+mod privileges_and_logs;
 mod support;
