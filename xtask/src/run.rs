@@ -77,14 +77,7 @@ pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
             .args(args),
     )?;
     println!("xtask: running the demo scenario (what `cargo xtask demo` shows)");
-    cmd(cargo(paths, &object).args([
-        "build",
-        "--bins",
-        "--package",
-        "amesh-demo",
-        "--package",
-        "amesh-testbed",
-    ]))?;
+    build_demo(paths, &object, false)?;
     let demo_ok = cmd(&mut Command::new(paths.target.join("debug/amesh-demo"))).is_ok();
     tally.record(demo_ok);
     println!("amesh: {} passed, {} failed", tally.passed, tally.failed);
@@ -100,16 +93,23 @@ pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
     bootstrap::setup(paths)?;
     let object = ebpf::build(paths)?;
     println!("xtask: building the demo (release)");
-    // The demo runs the probe helper inside its pods; build both.
-    cmd(cargo(paths, &object).args([
-        "build",
-        "--release",
+    build_demo(paths, &object, true)?;
+    let bin = paths.target.join("release/amesh-demo");
+    cmd(Command::new(&bin).args(args).current_dir(&paths.root))
+}
+
+/// Builds the demo and the probe helper it runs inside its pods.
+fn build_demo(paths: &Paths, object: &std::path::Path, release: bool) -> Result<()> {
+    let mut c = cargo(paths, object);
+    c.arg("build");
+    if release {
+        c.arg("--release");
+    }
+    cmd(c.args([
         "--bins",
         "--package",
         "amesh-demo",
         "--package",
         "amesh-testbed",
-    ]))?;
-    let bin = paths.target.join("release/amesh-demo");
-    cmd(Command::new(&bin).args(args).current_dir(&paths.root))
+    ]))
 }

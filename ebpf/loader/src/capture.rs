@@ -536,7 +536,11 @@ fn attach_cgroup(
     cgroup: BorrowedFd<'_>,
 ) -> Result<FdLink, CaptureError> {
     let pin = layout.prog(name);
-    let link: FdLink = match kind {
+    let to_fd_link = |source| CaptureError::Link {
+        path: pin.clone(),
+        source,
+    };
+    match kind {
         Some(kind) => {
             let mut prog =
                 CgroupSockAddr::from_pin(&pin, kind).map_err(CaptureError::program(name))?;
@@ -546,10 +550,7 @@ fn attach_cgroup(
             prog.take_link(id)
                 .map_err(CaptureError::program(name))?
                 .try_into()
-                .map_err(|source| CaptureError::Link {
-                    path: pin.clone(),
-                    source,
-                })?
+                .map_err(to_fd_link)
         }
         None => {
             let mut prog = SockOps::from_pin(&pin).map_err(CaptureError::program(name))?;
@@ -559,13 +560,9 @@ fn attach_cgroup(
             prog.take_link(id)
                 .map_err(CaptureError::program(name))?
                 .try_into()
-                .map_err(|source| CaptureError::Link {
-                    path: pin.clone(),
-                    source,
-                })?
+                .map_err(to_fd_link)
         }
-    };
-    Ok(link)
+    }
 }
 
 fn load_program(prog: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
