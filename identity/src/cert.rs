@@ -16,11 +16,8 @@ pub enum CertError {
     EmptyChain,
     #[error("the CA returned a certificate that does not parse: {0}")]
     Parse(String),
-    #[error("the CA signed {got:?} but {want} was asked for")]
-    WrongIdentity {
-        want: Identity,
-        got: Option<Identity>,
-    },
+    #[error("the CA signed {got} but {want} was asked for")]
+    WrongIdentity { want: String, got: String },
 }
 
 /// A certificate for one identity, ready for TLS.
@@ -61,8 +58,8 @@ impl WorkloadCert {
         let got = identity_of(leaf).ok();
         if got.as_ref() != Some(identity) {
             return Err(CertError::WrongIdentity {
-                want: identity.clone(),
-                got,
+                want: identity.to_string(),
+                got: got.map_or_else(|| "no SPIFFE id".to_string(), |g| g.to_string()),
             });
         }
         let (not_before, not_after) = validity(leaf)?;
