@@ -3,6 +3,7 @@
 //! the pods' "ztunnel" is a stand-in listener that reports where each connection arrived.
 //!
 //! Exits 0 only if every step passed; removes everything it made, also on Ctrl-C.
+#![forbid(unsafe_code)]
 
 use amesh_ebpf_loader::{Capture, CaptureConfig, EnrollRequest};
 use amesh_testbed::{
@@ -65,42 +66,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Stand-in ztunnel listeners registered for the demo's enrolled pods.
+struct Enrolled {
+    client_id: u32,
+    server_id: u32,
+    _listeners: [StandIn; 4],
+}
+
 fn run() -> Result<Vec<Step>> {
-    let probe = std::env::current_exe()?
-        .parent()
-        .context("demo binary has a directory")?
-        .join("amesh-probe");
-    ensure!(
-        probe.is_file(),
-        "{} is missing: run the demo with `cargo xtask demo`",
-        probe.display()
-    );
-    ensure!(
-        amesh_sys::fs::euid() == 0,
-        "the demo builds network namespaces and loads eBPF: run it as root"
-    );
-    let bed = TestBed::new()?;
-    println!(
-        "• built a test network under prefix {} (underlay bridge br0)",
-        bed.prefix()
-    );
-    let demo = Demo {
-        client: bed.add_pod("client")?,
-        server: bed.add_pod("server")?,
-        outsider: bed.add_pod("outsider")?,
-        probe,
-        bed,
-    };
-    for p in [&demo.client, &demo.server, &demo.outsider] {
-        println!("  pod {:<9} {:<12} {}", p.name(), p.ipv4(), p.ipv6());
-    }
+    let demo = Demo::build()?;
     let _app = probe::serve(
         &demo.probe,
         &demo.server,
         "server-app",
         &[SocketAddr::from(([0; 16], APP_PORT))],
     )?;
-
     let mut steps = Vec::new();
     let mut step = |name, outcome: Result<String>| {
         let mark = if outcome.is_ok() { "ok  " } else { "FAIL" };
@@ -111,7 +91,6 @@ fn run() -> Result<Vec<Step>> {
         "before enrollment: plaintext crosses the wire",
         demo.plaintext_before(),
     );
-
     let config = CaptureConfig {
         pin_root: demo.bed.pin_root(),
         cgroup: demo.bed.cgroup_path().to_path_buf(),
@@ -123,32 +102,7 @@ fn run() -> Result<Vec<Step>> {
         config.cgroup.display(),
         config.pin_root.display()
     );
-    let (client_id, server_id) = (
-        demo.enroll(&mut capture, &demo.client)?,
-        demo.enroll(&mut capture, &demo.server)?,
-    );
-    let lookup = orig_lookup(&config.pin_root, client_id)?;
-    let _out4 = StandIn::start(
-        &demo.client,
-        "ztunnel-outbound",
-        "127.0.0.1:15001".parse()?,
-        Some(lookup.clone()),
-    )?;
-    let _out6 = StandIn::start(
-        &demo.client,
-        "ztunnel-outbound",
-        "[::1]:15001".parse()?,
-        Some(lookup),
-    )?;
-    let hbone = StandIn::start(&demo.server, "ztunnel-hbone", "[::]:15008".parse()?, None)?;
-    let plain = StandIn::start(&demo.server, "ztunnel-inbound", "[::]:15006".parse()?, None)?;
-    capture
-        .maps()
-        .register_listeners(server_id, hbone.as_fd(), plain.as_fd())?;
-    println!(
-        "• enrolled client (pod {client_id}) and server (pod {server_id}); stand-in ztunnel listeners registered"
-    );
-
+    let enrolled = demo.enroll_both(&mut capture, &config)?;
     step(
         "outbound connects land on ztunnel in the pod",
         demo.outbound_captured(),
@@ -163,29 +117,95 @@ fn run() -> Result<Vec<Step>> {
     );
     step(
         "per-pod counters count",
-        counters(&capture, client_id, server_id),
+        counters(&capture, enrolled.client_id, enrolled.server_id),
     );
     step(
         "unenroll restores the direct path",
-        demo.unenrolled(&mut capture, client_id),
+        demo.unenrolled(&mut capture, enrolled.client_id),
     );
     step(
         "teardown removes programs, links and pins",
         teardown(capture, &config.pin_root),
     );
+    drop(enrolled);
     let left = demo.bed.close();
-    step(
-        "nothing left behind (netns, cgroup, pins)",
-        if left.is_empty() {
-            Ok("all removed".into())
-        } else {
-            Err(anyhow!("left: {left:?}"))
-        },
-    );
+    let cleaned = if left.is_empty() {
+        Ok("all removed".into())
+    } else {
+        Err(anyhow!("left: {left:?}"))
+    };
+    step("nothing left behind (netns, cgroup, pins)", cleaned);
     Ok(steps)
 }
 
 impl Demo {
+    /// Checks the prerequisites and builds the pods.
+    fn build() -> Result<Self> {
+        let probe = std::env::current_exe()?
+            .parent()
+            .context("demo binary has a directory")?
+            .join("amesh-probe");
+        ensure!(
+            probe.is_file(),
+            "{} is missing: run the demo with `cargo xtask demo`",
+            probe.display()
+        );
+        ensure!(
+            amesh_sys::fs::euid() == 0,
+            "the demo builds network namespaces and loads eBPF: run it as root"
+        );
+        let bed = TestBed::new()?;
+        println!(
+            "• built a test network under prefix {} (underlay bridge br0)",
+            bed.prefix()
+        );
+        let demo = Self {
+            client: bed.add_pod("client")?,
+            server: bed.add_pod("server")?,
+            outsider: bed.add_pod("outsider")?,
+            probe,
+            bed,
+        };
+        for p in [&demo.client, &demo.server, &demo.outsider] {
+            println!("  pod {:<9} {:<12} {}", p.name(), p.ipv4(), p.ipv6());
+        }
+        Ok(demo)
+    }
+
+    /// Enrolls client and server and registers stand-in ztunnel listeners for them.
+    fn enroll_both(&self, capture: &mut Capture, config: &CaptureConfig) -> Result<Enrolled> {
+        let client_id = self.enroll(capture, &self.client)?;
+        let server_id = self.enroll(capture, &self.server)?;
+        let lookup = orig_lookup(&config.pin_root, client_id)?;
+        let listeners = [
+            StandIn::start(
+                &self.client,
+                "ztunnel-outbound",
+                "127.0.0.1:15001".parse()?,
+                Some(lookup.clone()),
+            )?,
+            StandIn::start(
+                &self.client,
+                "ztunnel-outbound",
+                "[::1]:15001".parse()?,
+                Some(lookup),
+            )?,
+            StandIn::start(&self.server, "ztunnel-hbone", "[::]:15008".parse()?, None)?,
+            StandIn::start(&self.server, "ztunnel-inbound", "[::]:15006".parse()?, None)?,
+        ];
+        capture
+            .maps()
+            .register_listeners(server_id, listeners[2].as_fd(), listeners[3].as_fd())?;
+        println!(
+            "• enrolled client (pod {client_id}) and server (pod {server_id}); stand-in ztunnel listeners registered"
+        );
+        Ok(Enrolled {
+            client_id,
+            server_id,
+            _listeners: listeners,
+        })
+    }
+
     fn connect(&self, from: &Pod, extra: &[&str], to: SocketAddr) -> Result<Connected> {
         let r = probe::connect(&self.probe, from, extra, &[to])?.remove(0);
         r.outcome

@@ -1,5 +1,6 @@
 //! Protocol types amesh shares with Istio, generated from the `.proto` files in `proto/`.
 //! Field numbers, names and packages match Istio's so the bytes interoperate.
+#![forbid(unsafe_code)]
 
 /// ZDS: node agent ↔ ztunnel (`istio.workload.zds`).
 pub mod zds {

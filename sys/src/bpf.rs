@@ -142,3 +142,124 @@ pub fn attached_count(target: BorrowedFd<'_>, attach_type: AttachType) -> io::Re
     cvt(ret as libc::c_int)?;
     Ok(attr.prog_cnt)
 }
+
+/// IDs of the programs attached to `target` at `attach_type` (so an owner can tell whether a
+/// link it pinned is still attached there: cgroup queries report program ids, not link ids).
+pub fn attached_prog_ids(target: BorrowedFd<'_>, attach_type: AttachType) -> io::Result<Vec<u32>> {
+    let count = attached_count(target, attach_type)? as usize;
+    let mut prog_ids = vec![0u32; count.max(1)];
+    let mut attr = QueryAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_type: attach_type as u32,
+        prog_ids: prog_ids.as_mut_ptr() as u64,
+        prog_cnt: prog_ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: the id buffers live across the call and `prog_cnt` says how long they are.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut QueryAttr,
+            mem::size_of::<QueryAttr>() as u32,
+        )
+    };
+    cvt(ret as libc::c_int)?;
+    prog_ids.truncate(attr.prog_cnt as usize);
+    Ok(prog_ids)
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_link_info` for netns links.
+#[repr(C)]
+#[derive(Default)]
+struct NetnsLinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    netns_ino: u32,
+    attach_type: u32,
+    _rest: [u64; 6],
+}
+
+/// What the kernel says about a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub prog_id: u32,
+    /// For a netns link, the inode of its namespace; 0 once the namespace is gone (which
+    /// detaches the link).
+    pub netns_ino: u32,
+}
+
+/// Reads a link's [`LinkInfo`].
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let mut info = NetnsLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: mem::size_of::<NetnsLinkInfo>() as u32,
+        info: (&mut info as *mut NetnsLinkInfo) as u64,
+    };
+    // SAFETY: `info` lives across the call and `info_len` is its size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            mem::size_of::<InfoAttr>() as u32,
+        )
+    };
+    cvt(ret as libc::c_int)?;
+    Ok(LinkInfo {
+        id: info.id,
+        prog_id: info.prog_id,
+        netns_ino: info.netns_ino,
+    })
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// The `obj` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Opens a pinned BPF object (map, program or link) by its bpffs path.
+pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    // SAFETY: `attr` points at a valid C string that lives across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut ObjAttr,
+            mem::size_of::<ObjAttr>() as u32,
+        )
+    };
+    let fd = cvt(ret as libc::c_int)?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

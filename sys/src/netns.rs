@@ -107,6 +107,15 @@ impl AsFd for Netns {
     }
 }
 
+/// True when the calling thread's network namespace has an interface called `name`.
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 /// Moves the calling thread into the network namespace `fd`.
 pub fn enter(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: setns only reads its integer arguments.

@@ -160,6 +160,7 @@ fn cleanup_prefix(prefix: &str) -> Leftovers {
     {
         eprintln!("amesh-testbed: {e}");
     }
+    delete_veths(&format!("{prefix}-ul"));
     for ns in ip::netns_list().into_iter().filter(|n| ours(n)) {
         if let Err(e) = ip::ip(&["netns", "del", &ns]) {
             eprintln!("amesh-testbed: {e}");
@@ -179,6 +180,27 @@ fn cleanup_prefix(prefix: &str) -> Leftovers {
         netns: ip::netns_list().into_iter().filter(|n| ours(n)).collect(),
         cgroup: cg.filter(|p| p.exists()),
         pins: pins.exists().then_some(pins),
+    }
+}
+
+/// Deletes the veths in an underlay namespace. Deleting one end removes the pair at once,
+/// whereas a namespace is torn down asynchronously after `ip netns del`.
+fn delete_veths(underlay: &str) {
+    if !ip::netns_list().iter().any(|n| n == underlay) {
+        return;
+    }
+    let Ok(out) = ip::run(
+        "ip",
+        &["-n", underlay, "-o", "link", "show", "type", "veth"],
+    ) else {
+        return;
+    };
+    let names = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n));
+    for name in names {
+        let _ = ip::ip_in(underlay, &["link", "del", name]);
     }
 }
 

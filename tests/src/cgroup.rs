@@ -37,10 +37,19 @@ impl TestCgroup {
     }
 }
 
-/// Kills every process in the cgroup at `path` and removes it. Missing is fine.
+/// Kills every process in the cgroup at `path` and removes it with any child cgroups.
+/// Missing is fine.
 pub(crate) fn remove(path: &Path) -> Result<(), BedError> {
     if !path.exists() {
         return Ok(());
+    }
+    let children =
+        std::fs::read_dir(path).map_err(BedError::io(format!("reading {}", path.display())))?;
+    for child in children
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    {
+        remove(&child.path())?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -14,6 +14,7 @@
 //! let out = a.command("ping").args(["-c1", &b.ipv4().to_string()]).output().unwrap();
 //! assert!(out.status.success());
 //! ```
+#![forbid(unsafe_code)]
 
 mod bed;
 mod cgroup;

@@ -152,6 +152,11 @@ impl Pod {
         }
     }
 
+    /// Deletes the pod's namespace (as when a pod is deleted without anyone unenrolling it).
+    pub fn delete(self) -> Result<(), BedError> {
+        ip::ip(&["netns", "del", &self.netns_name])
+    }
+
     /// Adds an on-link route over `eth0` (e.g. back to the probe source).
     pub fn add_route(&self, dst: &str) -> Result<(), BedError> {
         ip::ip_in(&self.netns_name, &["route", "add", dst, "dev", "eth0"])

@@ -111,7 +111,7 @@ fn answer(conn: TcpStream, peer: SocketAddr, name: &str, orig: Option<&OrigLooku
         let found = o
             .maps
             .lock()
-            .expect("maps")
+            .unwrap_or_else(|e| e.into_inner())
             .take_original_dst(o.pod_id, canonical(peer));
         match found {
             Ok(Some(a)) => a.to_string(),

@@ -14,13 +14,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and demo use: `ip` builds the test networks, `mount` mounts bpffs.
 const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("mount", "mount")];
 
-/// `cargo xtask setup`: everything but the eBPF build itself.
+/// `cargo xtask setup`: everything the tests and demo need but the eBPF build itself.
 pub fn setup(paths: &Paths) -> Result<()> {
     apt_packages()?;
     mount_bpffs()?;
+    toolchain(paths)
+}
+
+/// What building the kernel programs needs: rust-src for the nightly and bpf-linker.
+pub fn toolchain(paths: &Paths) -> Result<()> {
     rust_src()?;
-    bpf_linker(paths)?;
-    Ok(())
+    bpf_linker(paths)
 }
 
 fn apt_packages() -> Result<()> {

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 /// Bootstraps the toolchain if needed, builds the programs, returns the object's path.
 pub fn build(paths: &Paths) -> Result<PathBuf> {
-    bootstrap::setup(paths)?;
+    bootstrap::toolchain(paths)?;
     println!("xtask: building the kernel programs (nightly, bpfel-unknown-none)");
     let path = format!(
         "{}:{}",

@@ -7,6 +7,7 @@
 //! - `demo`: builds in release and runs the mesh-in-a-box demo.
 //!
 //! Everything it installs is idempotent; a second run with nothing changed takes seconds.
+#![forbid(unsafe_code)]
 
 mod bootstrap;
 mod ebpf;

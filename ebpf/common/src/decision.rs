@@ -67,6 +67,8 @@ pub enum InboundDecision {
     /// Give it to ztunnel's plaintext listener (15006).
     Plaintext,
     Pass(PassReason),
+    /// Drop it: it would otherwise reach the app around ztunnel.
+    Refuse,
 }
 
 /// Facts about one inbound socket lookup the program reads from its context.
@@ -105,6 +107,20 @@ pub fn inbound(cfg: &PodConfig, l: &InboundLookup) -> InboundDecision {
         return InboundDecision::Pass(PassReason::ExcludedPort);
     }
     InboundDecision::Plaintext
+}
+
+/// Decides for a connection that arrives in an enrolled pod's namespace at an address that
+/// is not registered for any pod (an address added later, an IPv6 link-local one...). Only
+/// the pod talking to itself passes; anything else is refused rather than let through.
+#[inline(always)]
+pub fn inbound_unregistered(l: &InboundLookup, dst: &Ip6) -> InboundDecision {
+    if l.protocol != PROTO_TCP {
+        return InboundDecision::Pass(PassReason::NotTcp);
+    }
+    if l.ingress_ifindex == crate::LOOPBACK_IFINDEX || is_loopback(&l.src) || ip_eq(&l.src, dst) {
+        return InboundDecision::Pass(PassReason::Loopback);
+    }
+    InboundDecision::Refuse
 }
 
 #[cfg(test)]
@@ -335,6 +351,31 @@ mod tests {
         for (name, c, l, want) in cases {
             assert_eq!(inbound(c, l), *want, "case {name}");
         }
+    }
+
+    #[test]
+    fn unregistered_destinations_are_refused_unless_local() {
+        let dst = v4(10, 0, 0, 7);
+        let l = lookup(v4(10, 0, 0, 9), 8080);
+        assert_eq!(inbound_unregistered(&l, &dst), InboundDecision::Refuse);
+        assert_eq!(
+            inbound_unregistered(&InboundLookup { protocol: 17, ..l }, &dst),
+            InboundDecision::Pass(PassReason::NotTcp)
+        );
+        assert_eq!(
+            inbound_unregistered(
+                &InboundLookup {
+                    ingress_ifindex: 1,
+                    ..l
+                },
+                &dst
+            ),
+            InboundDecision::Pass(PassReason::Loopback)
+        );
+        assert_eq!(
+            inbound_unregistered(&InboundLookup { src: dst, ..l }, &dst),
+            InboundDecision::Pass(PassReason::Loopback)
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! network order, the layout the kernel uses for `user_ip6` / `local_ip6`. IPv4 addresses are
 //! stored IPv4-mapped (`::ffff:a.b.c.d`) so that one key type serves both families.
 #![no_std]
+// Only the `aya::Pod` impls below need `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod decision;
 
@@ -213,6 +215,7 @@ impl PodCounters {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 mod user {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers, and have no
     // padding (asserted by size next to each type), so any byte pattern is a valid value.

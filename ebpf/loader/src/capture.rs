@@ -1,32 +1,24 @@
 //! The owner of the capture programs on a node: loads (or adopts) and attaches them, and
 //! enrolls and releases pods.
 
-use crate::{CaptureError, CaptureMaps, PinLayout, logs, logs::LogPump, maps, object::OBJECT};
+use crate::{
+    CaptureError, CaptureMaps, PinLayout,
+    logs::LogPump,
+    maps,
+    setup::{self, CGROUP_HOOKS, PROGRAMS, SK_LOOKUP},
+};
 use amesh_ebpf_common::{
     MAX_EXCLUDED_PORTS, MAX_PODS, POD_FLAG_BYPASS_INBOUND, PodConfig, PodCounters,
 };
 use amesh_sys::{bpf::AttachType, netns::Netns};
-use aya::{
-    EbpfLoader,
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
-        cgroup_sock_addr::CgroupSockAddrAttachType,
-        links::{FdLink, PinnedLink},
-    },
-    sys::is_program_supported,
-};
+use aya::programs::{SkLookup, links::FdLink};
 use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
-use tracing::{debug, info, warn};
-
-const CONNECT4: &str = "amesh_connect4";
-const CONNECT6: &str = "amesh_connect6";
-const SOCKOPS: &str = "amesh_sockops";
-const SK_LOOKUP: &str = "amesh_sk_lookup";
+use tracing::{info, warn};
 
 /// Where and how to run the capture programs.
 #[derive(Clone, Debug)]
@@ -89,7 +81,8 @@ pub struct Capture {
 
 /// Steps of an enrollment already done, undone in reverse if a later one fails.
 enum Undo {
-    Config(u32),
+    /// Put back the pod's previous settings (the default, empty ones for a new pod).
+    Config(u32, PodConfig),
     Address(IpAddr),
     Link(u32),
     Listeners(u32),
@@ -99,68 +92,15 @@ impl Capture {
     /// Loads and attaches the programs, or adopts the ones a previous owner pinned under
     /// `config.pin_root`. Nothing already attached is attached again.
     pub fn load_or_adopt(config: &CaptureConfig) -> Result<Self, CaptureError> {
-        preflight(config)?;
+        setup::preflight(config)?;
         let layout = PinLayout::new(&config.pin_root);
-        for dir in [layout.maps(), layout.progs(), layout.links()] {
-            std::fs::create_dir_all(&dir).map_err(CaptureError::io(dir))?;
-        }
-        let level = if config.debug_logs {
-            logs::LEVEL_DEBUG
-        } else {
-            logs::LEVEL_OFF
-        };
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(layout.maps())
-            .override_global("AYA_LOG_LEVEL", &level, false)
-            .load(OBJECT)
-            .map_err(load_error)?;
+        let (mut ebpf, programs_pinned) = setup::load_programs(&layout, config.debug_logs)?;
         let log_pump = if config.debug_logs {
             LogPump::start(&mut ebpf)
         } else {
             None
         };
-
-        // Pin each program once; a restarted owner keeps using the pinned ones.
-        let mut adopted = true;
-        for name in [CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP] {
-            let pin = layout.prog(name);
-            if pin.exists() {
-                continue;
-            }
-            adopted = false;
-            let prog = ebpf.program_mut(name).ok_or_else(|| {
-                CaptureError::program(name)(aya::programs::ProgramError::NotLoaded)
-            })?;
-            load_program(prog).map_err(|e| program_error(name, e))?;
-            prog.pin(&pin).map_err(|source| CaptureError::Pin {
-                path: pin.clone(),
-                source,
-            })?;
-        }
-
-        let cgroup_dir = File::open(&config.cgroup).map_err(CaptureError::io(&config.cgroup))?;
-        for (name, kind) in [
-            (CONNECT4, Some(CgroupSockAddrAttachType::Connect4)),
-            (CONNECT6, Some(CgroupSockAddrAttachType::Connect6)),
-            (SOCKOPS, None),
-        ] {
-            let link_pin = layout.link(name);
-            if link_pin.exists() {
-                PinnedLink::from_pin(&link_pin).map_err(|source| CaptureError::Link {
-                    path: link_pin.clone(),
-                    source,
-                })?;
-                debug!(program = name, "adopted pinned cgroup link");
-                continue;
-            }
-            adopted = false;
-            let link = attach_cgroup(&layout, name, kind, cgroup_dir.as_fd())?;
-            link.pin(&link_pin).map_err(|source| CaptureError::Pin {
-                path: link_pin.clone(),
-                source,
-            })?;
-        }
-
+        let links_adopted = setup::ensure_cgroup_links(&layout, &config.cgroup)?;
         let sk_lookup =
             SkLookup::from_pin(layout.prog(SK_LOOKUP)).map_err(CaptureError::program(SK_LOOKUP))?;
         let maps = CaptureMaps::take_from(&mut ebpf)?;
@@ -169,14 +109,14 @@ impl Capture {
             cgroup: config.cgroup.clone(),
             maps,
             sk_lookup,
-            adopted,
+            adopted: programs_pinned && links_adopted,
             _logs: log_pump,
         };
         capture.drop_orphan_links()?;
         info!(
             pin_root = %config.pin_root.display(),
             cgroup = %config.cgroup.display(),
-            adopted,
+            adopted = capture.adopted,
             pods = capture.maps.enrolled()?.len(),
             "capture programs ready"
         );
@@ -203,6 +143,17 @@ impl Capture {
     /// are refused while none are registered). Enrolling again updates the settings. If any
     /// step fails, the steps already taken are undone.
     pub fn enroll(&mut self, req: &EnrollRequest<'_>) -> Result<EnrolledPod, CaptureError> {
+        match self.try_enroll(req) {
+            // The address may belong to a pod that died without being unenrolled (its IP is
+            // being reused): release such pods and try once more.
+            Err(CaptureError::AddressInUse { .. }) if self.prune_vanished()? > 0 => {
+                self.try_enroll(req)
+            }
+            other => other,
+        }
+    }
+
+    fn try_enroll(&mut self, req: &EnrollRequest<'_>) -> Result<EnrolledPod, CaptureError> {
         let config = pod_config(req)?;
         let netns = Netns::open(req.netns)?;
         let netns_cookie = netns.cookie()?;
@@ -251,30 +202,32 @@ impl Capture {
                 });
             }
         }
+        let previous_config = if update {
+            self.maps.config(pod_id)?
+        } else {
+            PodConfig::default()
+        };
         if !update {
             self.maps.reset_counters(pod_id)?;
         }
+        done.push(Undo::Config(pod_id, previous_config));
         self.maps.set_config(pod_id, config)?;
-        if !update {
-            done.push(Undo::Config(pod_id));
-        }
         let previous = self.maps.addresses_of(pod_id)?;
         for &addr in req.addresses {
             if !previous.contains(&addr) {
-                self.maps.add_address(addr, pod_id)?;
                 done.push(Undo::Address(addr));
+                self.maps.add_address(addr, pod_id)?;
             }
         }
-        let link_pin = self.layout.sk_lookup_link(pod_id);
-        if !link_pin.exists() {
+        if !self.layout.sk_lookup_link(pod_id).exists() {
             self.attach_sk_lookup(pod_id, netns)?;
             done.push(Undo::Link(pod_id));
         }
         if let Some((hbone, plaintext)) = req.listeners {
-            self.maps.register_listeners(pod_id, hbone, plaintext)?;
             if !update {
                 done.push(Undo::Listeners(pod_id));
             }
+            self.maps.register_listeners(pod_id, hbone, plaintext)?;
         }
         // Last: this is what turns outbound capture on.
         self.maps.enable_outbound(config.netns_cookie, pod_id)?;
@@ -289,7 +242,7 @@ impl Capture {
 
     fn undo(&mut self, step: Undo) {
         let result = match step {
-            Undo::Config(id) => self.maps.set_config(id, &PodConfig::default()),
+            Undo::Config(id, previous) => self.maps.set_config(id, &previous),
             Undo::Address(addr) => self.maps.remove_address(addr),
             Undo::Link(id) => self.detach_sk_lookup(id),
             Undo::Listeners(id) => self.maps.remove_listeners(id),
@@ -297,6 +250,28 @@ impl Capture {
         if let Err(error) = result {
             warn!(%error, "rollback step failed");
         }
+    }
+
+    /// Unenrolls pods whose network namespace no longer exists (the pod went away without
+    /// an unenroll: its sk_lookup link was detached by the kernel). Returns how many.
+    pub fn prune_vanished(&mut self) -> Result<usize, CaptureError> {
+        let mut pruned = 0;
+        for pod in self.pods()? {
+            let pin = self.layout.sk_lookup_link(pod.pod_id);
+            let Ok(link) = amesh_sys::bpf::obj_get(&pin) else {
+                continue;
+            };
+            let info = amesh_sys::bpf::link_info(link.as_fd()).map_err(CaptureError::io(&pin))?;
+            if info.netns_ino == 0 {
+                warn!(
+                    pod_id = pod.pod_id,
+                    "pod's network namespace is gone; unenrolling it"
+                );
+                self.unenroll(pod.pod_id)?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     fn attach_sk_lookup(&mut self, pod_id: u32, netns: &Netns) -> Result<(), CaptureError> {
@@ -316,7 +291,7 @@ impl Capture {
     }
 
     fn detach_sk_lookup(&mut self, pod_id: u32) -> Result<(), CaptureError> {
-        unpin_link(&self.layout.sk_lookup_link(pod_id))
+        setup::unpin_link(&self.layout.sk_lookup_link(pod_id))
     }
 
     /// Releases a pod: its traffic goes direct again. Returns false if it was not enrolled.
@@ -431,14 +406,14 @@ impl Capture {
         for id in self.layout.pinned_sk_lookup_pods() {
             self.detach_sk_lookup(id)?;
         }
-        for name in [CONNECT4, CONNECT6, SOCKOPS] {
-            unpin_link(&self.layout.link(name))?;
+        for (name, _, _) in CGROUP_HOOKS {
+            setup::unpin_link(&self.layout.link(name))?;
         }
-        for name in [CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP] {
-            remove_pin(&self.layout.prog(name))?;
+        for name in PROGRAMS {
+            setup::remove_pin(&self.layout.prog(name))?;
         }
         for name in maps::ALL {
-            remove_pin(&self.layout.map(name))?;
+            setup::remove_pin(&self.layout.map(name))?;
         }
         for dir in [
             self.layout.links(),
@@ -492,6 +467,10 @@ impl Capture {
 }
 
 fn pod_config(req: &EnrollRequest<'_>) -> Result<PodConfig, CaptureError> {
+    // Inbound capture finds a pod by destination address; without one it could only refuse.
+    if req.addresses.is_empty() && !req.bypass_inbound {
+        return Err(CaptureError::NoAddresses);
+    }
     let mut config = PodConfig {
         flags: if req.bypass_inbound {
             POD_FLAG_BYPASS_INBOUND
@@ -522,124 +501,4 @@ fn pod_config(req: &EnrollRequest<'_>) -> Result<PodConfig, CaptureError> {
         slots[..ports.len()].copy_from_slice(ports);
     }
     Ok(config)
-}
-
-/// aya attaches through a bpf_link on this kernel; link-based cgroup attachments always
-/// coexist with other programs on the cgroup (Cilium, Istio CNI, ...) and the kernel refuses
-/// attach flags on them, so the mode must be the flagless one.
-const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-fn attach_cgroup(
-    layout: &PinLayout,
-    name: &'static str,
-    kind: Option<CgroupSockAddrAttachType>,
-    cgroup: BorrowedFd<'_>,
-) -> Result<FdLink, CaptureError> {
-    let pin = layout.prog(name);
-    let to_fd_link = |source| CaptureError::Link {
-        path: pin.clone(),
-        source,
-    };
-    match kind {
-        Some(kind) => {
-            let mut prog =
-                CgroupSockAddr::from_pin(&pin, kind).map_err(CaptureError::program(name))?;
-            let id = prog
-                .attach(cgroup, LINK_MODE)
-                .map_err(CaptureError::program(name))?;
-            prog.take_link(id)
-                .map_err(CaptureError::program(name))?
-                .try_into()
-                .map_err(to_fd_link)
-        }
-        None => {
-            let mut prog = SockOps::from_pin(&pin).map_err(CaptureError::program(name))?;
-            let id = prog
-                .attach(cgroup, LINK_MODE)
-                .map_err(CaptureError::program(name))?;
-            prog.take_link(id)
-                .map_err(CaptureError::program(name))?
-                .try_into()
-                .map_err(to_fd_link)
-        }
-    }
-}
-
-fn load_program(prog: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
-    use aya::programs::Program;
-    match prog {
-        Program::CgroupSockAddr(p) => p.load(),
-        Program::SockOps(p) => p.load(),
-        Program::SkLookup(p) => p.load(),
-        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
-    }
-}
-
-fn unpin_link(path: &Path) -> Result<(), CaptureError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let link = PinnedLink::from_pin(path).map_err(|source| CaptureError::Link {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    // Dropping the unpinned link closes its last fd, which detaches it.
-    drop(link.unpin().map_err(CaptureError::io(path))?);
-    Ok(())
-}
-
-fn remove_pin(path: &Path) -> Result<(), CaptureError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CaptureError::io(path)(e)),
-    }
-}
-
-/// Checks the environment first, so operators get a precise message instead of a syscall error.
-fn preflight(config: &CaptureConfig) -> Result<(), CaptureError> {
-    if !amesh_sys::fs::is_cgroup2(&config.cgroup) {
-        return Err(CaptureError::CgroupNotFound {
-            path: config.cgroup.clone(),
-        });
-    }
-    let mut existing = config.pin_root.as_path();
-    while !existing.exists() {
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    if !amesh_sys::fs::is_bpffs(existing) {
-        return Err(CaptureError::BpffsNotMounted {
-            path: existing.to_path_buf(),
-        });
-    }
-    for (program, ty) in [
-        (
-            "cgroup sock_addr",
-            aya::programs::ProgramType::CgroupSockAddr,
-        ),
-        ("sock_ops", aya::programs::ProgramType::SockOps),
-        ("sk_lookup", aya::programs::ProgramType::SkLookup),
-    ] {
-        match is_program_supported(ty) {
-            Ok(true) => {}
-            Ok(false) => return Err(CaptureError::ProgramUnsupported { program }),
-            Err(_) if amesh_sys::fs::euid() != 0 => return Err(CaptureError::NotPrivileged),
-            Err(e) => return Err(CaptureError::program(program)(e)),
-        }
-    }
-    Ok(())
-}
-
-fn load_error(e: aya::EbpfError) -> CaptureError {
-    if amesh_sys::fs::euid() != 0 {
-        return CaptureError::NotPrivileged;
-    }
-    CaptureError::Load(Box::new(e))
-}
-
-fn program_error(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
-    if amesh_sys::fs::euid() != 0 {
-        return CaptureError::NotPrivileged;
-    }
-    CaptureError::program(name)(e)
 }

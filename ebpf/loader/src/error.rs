@@ -28,6 +28,8 @@ pub enum CaptureError {
     NoPodSlot { max: u32 },
     #[error("address {addr} is already enrolled for another pod (pod id {pod_id})")]
     AddressInUse { addr: IpAddr, pod_id: u32 },
+    #[error("a pod must be enrolled with its addresses (or with inbound capture bypassed)")]
+    NoAddresses,
     #[error("pod id {pod_id} is not enrolled")]
     UnknownPod { pod_id: u32 },
     #[error("{count} excluded {direction} ports given; at most {max} are supported")]

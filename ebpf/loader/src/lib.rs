@@ -12,6 +12,10 @@
 //! peer --> podIP:8080 --sk_lookup--> ztunnel's 15006 listener (local address stays podIP:8080)
 //! peer --> podIP:15008 --sk_lookup--> ztunnel's HBONE listener
 //! ```
+//!
+//! ztunnel must reach a pod's app from inside the pod over loopback or from the pod's own
+//! address: inbound capture cannot see socket marks, so a connection arriving on eth0 from
+//! any other source (e.g. a preserved client address) would be captured again.
 #![forbid(unsafe_code)]
 
 mod capture;
@@ -20,6 +24,7 @@ mod logs;
 pub mod maps;
 mod object;
 mod pins;
+mod setup;
 
 pub use amesh_ebpf_common::{PodConfig, PodCounters};
 pub use capture::{Capture, CaptureConfig, CgroupAttachments, EnrollRequest, EnrolledPod};

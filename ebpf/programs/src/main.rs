@@ -323,21 +323,27 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, ()> {
         lookup_ingress_ifindex(l),
         lookup_local_port(l) as u16,
     );
-    // Only connections to an enrolled pod's address are ours.
+    let facts = decision::InboundLookup { protocol, ingress_ifindex: ifindex, src, src_is_own: false, dst_port };
+    // This program runs only in enrolled pods' namespaces; the destination address says which
+    // pod (sk_lookup has no netns cookie). An address registered for no pod is refused unless
+    // the pod is talking to itself.
     // SAFETY: the value is read out of the map at once.
-    let pod_id = unsafe { *ADDR_TO_POD.get(&IpKey { addr: dst }).ok_or(())? };
-    let cfg = *POD_CONFIG.get(pod_id).ok_or(())?;
-    let lookup = decision::InboundLookup {
-        protocol,
-        ingress_ifindex: ifindex,
-        src,
-        src_is_own: is_own_address(pod_id, src),
-        dst_port,
+    let Some(pod_id) = (unsafe { ADDR_TO_POD.get(&IpKey { addr: dst }) }).copied() else {
+        return Ok(match decision::inbound_unregistered(&facts, &dst) {
+            decision::InboundDecision::Refuse => sk_action::SK_DROP,
+            _ => sk_action::SK_PASS,
+        });
     };
+    let cfg = *POD_CONFIG.get(pod_id).ok_or(())?;
+    let lookup = decision::InboundLookup { src_is_own: is_own_address(pod_id, src), ..facts };
     let kind = match decision::inbound(&cfg, &lookup) {
         decision::InboundDecision::Pass(_) => {
             count(pod_id, |c| c.inbound_passthrough += 1);
             return Ok(sk_action::SK_PASS);
+        }
+        decision::InboundDecision::Refuse => {
+            count(pod_id, |c| c.inbound_refused += 1);
+            return Ok(sk_action::SK_DROP);
         }
         decision::InboundDecision::Hbone => LISTENER_HBONE,
         decision::InboundDecision::Plaintext => LISTENER_PLAINTEXT,

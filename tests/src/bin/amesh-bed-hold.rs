@@ -1,5 +1,6 @@
 //! Builds a small bed (one pod running a process, a pin directory) and holds it until it is
 //! told to stop: lets tests check that Ctrl-C / SIGTERM remove everything.
+#![forbid(unsafe_code)]
 
 use amesh_testbed::TestBed;
 use std::io::Write;

@@ -1,4 +1,5 @@
 //! A small client and server that tests run inside pods (see `amesh_testbed::probe`).
+#![forbid(unsafe_code)]
 
 use socket2::{Domain, Socket, Type};
 use std::{

@@ -241,8 +241,19 @@ fn sk_lookup_decisions_under_prog_test_run() {
             0,
         ),
         (
-            "address of no pod untouched",
+            "unregistered address refused",
             lookup_ctx(peer, "10.200.50.50".parse().expect("addr"), 8080, PROTO_TCP),
+            SK_DROP,
+            0,
+        ),
+        (
+            "unregistered address, from itself",
+            lookup_ctx(
+                "10.200.50.50".parse().expect("addr"),
+                "10.200.50.50".parse().expect("addr"),
+                8080,
+                PROTO_TCP,
+            ),
             SK_PASS,
             0,
         ),
@@ -271,4 +282,24 @@ fn sk_lookup_decisions_under_prog_test_run() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn an_address_not_registered_for_the_pod_is_refused() {
+    let mut bed = Bed::new(&["a", "b"]);
+    let b = bed.enroll("b");
+    let (_hbone, _plain) = inbound_listeners(&mut bed, "b", b.pod_id);
+    bed.pod("b")
+        .add_address("10.200.1.99/16")
+        .expect("extra address");
+    let _app = serve(bed.pod("b"), "b-app", &["[::]:8080".parse().expect("addr")]);
+    let extra: SocketAddr = "10.200.1.99:8080".parse().expect("addr");
+    let r = connect(bed.pod("a"), &["--timeout-ms", "1500"], &[extra]).remove(0);
+    assert!(
+        r.outcome.is_err(),
+        "an unregistered address must not lead to the app: {r:?}"
+    );
+    // The pod itself may still use it (ztunnel's marked sockets are not redirected outbound).
+    let own = ["--mark", "0x539", "--bind", "10.200.1.99"];
+    assert_eq!(served_by(&connect_one(bed.pod("b"), &own, extra)), "b-app");
 }

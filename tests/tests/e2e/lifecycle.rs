@@ -1,10 +1,15 @@
-//! The loader's lifecycle: restart adoption, idempotent enrollment, rollback, bad input, and
-//! teardown that leaves nothing behind.
+//! The loader's lifecycle: restart adoption, idempotent enrollment, rollback, pruning, bad
+//! input, and teardown that leaves nothing behind.
 
 use crate::support::*;
 use amesh_ebpf_loader::{Capture, CaptureConfig, CaptureError, CgroupAttachments, EnrollRequest};
 use amesh_sys::{bpf::AttachType, netns::NetnsError};
-use std::{net::IpAddr, os::fd::AsFd, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsFd,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 fn sk_lookup_attachments(pod: &amesh_testbed::Pod) -> u32 {
     amesh_sys::bpf::attached_count(pod.netns().as_fd(), AttachType::SkLookup).expect("query netns")
@@ -18,8 +23,10 @@ const ONE_EACH: CgroupAttachments = CgroupAttachments {
 
 #[test]
 fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
-    let mut bed = Bed::new(&["a", "b"]);
+    let mut bed = Bed::new(&["a", "b", "c"]);
     let a = bed.enroll("a");
+    let b = bed.enroll("b");
+    let (_h, _p) = inbound_listeners(&mut bed, "b", b.pod_id);
     assert!(!bed.capture.adopted());
     assert_eq!(bed.capture.cgroup_attachments().expect("query"), ONE_EACH);
 
@@ -31,6 +38,12 @@ fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
         bed: testbed,
     } = bed;
     drop(capture);
+    let b_app = SocketAddr::new(IpAddr::V4(pods[1].ipv4()), APP_PORT);
+    assert_eq!(
+        served_by(&connect_one(&pods[2], &[], b_app)),
+        "plaintext",
+        "inbound with no owner"
+    );
     let mut bed = Bed {
         capture: Capture::load_or_adopt(&config).expect("adopt"),
         pods,
@@ -45,21 +58,27 @@ fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
     assert_eq!(sk_lookup_attachments(bed.pod("a")), 1);
     assert_eq!(
         bed.capture.pods().expect("pods"),
-        vec![a.clone()],
+        vec![a.clone(), b.clone()],
         "enrollment survived"
     );
 
     let _out = outbound_listeners(&bed, "a", a.pod_id);
-    let target = v4(bed.pod("b"), APP_PORT);
+    let c_app = v4(bed.pod("c"), APP_PORT);
     assert_eq!(
-        served_by(&connect_one(bed.pod("a"), &[], target)),
+        served_by(&connect_one(bed.pod("a"), &[], c_app)),
         "outbound"
     );
+    assert_eq!(
+        served_by(&connect_one(bed.pod("c"), &[], b_app)),
+        "plaintext"
+    );
     // The adopted instance can enroll more pods and they work too.
-    let b = bed.enroll("b");
-    let (_h, _p) = inbound_listeners(&mut bed, "b", b.pod_id);
-    let c = connect_one(bed.pod("a"), &["--mark", "0x539"], target);
-    assert_eq!(served_by(&c), "plaintext");
+    let c = bed.enroll("c");
+    let (_h2, _p2) = inbound_listeners(&mut bed, "c", c.pod_id);
+    assert_eq!(
+        served_by(&connect_one(bed.pod("a"), &["--mark", "0x539"], c_app)),
+        "plaintext"
+    );
 
     let pin_root = bed.bed.pin_root();
     let Bed {
@@ -96,6 +115,13 @@ fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
             .iter()
             .all(|n| !n.starts_with(&prefix))
     );
+    for p in &pods {
+        // The namespaces live on while we hold their fds; their veths must be gone.
+        let has_eth0 = p
+            .run(|| amesh_sys::netns::interface_exists("eth0"))
+            .expect("enter");
+        assert!(!has_eth0, "{} still has eth0", p.name());
+    }
 }
 
 #[test]
@@ -147,6 +173,11 @@ fn a_path_that_is_not_a_netns_is_refused_and_nothing_is_attached() {
         "{err}"
     );
     assert!(err.to_string().contains("does not exist"), "{err}");
+    let err = bed
+        .capture
+        .enroll(&request(&bed.pod("a").netns_path(), &[]))
+        .unwrap_err();
+    assert!(matches!(err, CaptureError::NoAddresses), "{err}");
     assert_eq!(bed.capture.pods().expect("pods"), vec![]);
     assert!(
         bed.capture
@@ -155,13 +186,10 @@ fn a_path_that_is_not_a_netns_is_refused_and_nothing_is_attached() {
             .expect("lookup")
             .is_none()
     );
-    assert_eq!(
-        std::fs::read_dir(bed.bed.pin_root().join("links"))
-            .expect("links")
-            .count(),
-        3,
-        "only the cgroup links"
-    );
+    let links = std::fs::read_dir(bed.bed.pin_root().join("links"))
+        .expect("links")
+        .count();
+    assert_eq!(links, 3, "only the cgroup links");
 }
 
 #[test]
@@ -198,6 +226,108 @@ fn a_failed_enrollment_is_rolled_back() {
 }
 
 #[test]
+fn a_failure_mid_enrollment_undoes_every_step() {
+    let mut bed = Bed::new(&["a"]);
+    let (path, addrs) = (bed.pod("a").netns_path(), bed.pod("a").addresses());
+    // A socket that is not listening cannot be a listener: registration fails after the
+    // settings, addresses and sk_lookup link are already in place.
+    let not_listening =
+        socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("socket");
+    let bad = Some((not_listening.as_fd(), not_listening.as_fd()));
+    let err = bed
+        .capture
+        .enroll(&EnrollRequest {
+            listeners: bad,
+            ..request(&path, &addrs)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CaptureError::Map {
+                map: "LISTENERS",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(bed.capture.pods().expect("pods"), vec![]);
+    assert_eq!(sk_lookup_attachments(bed.pod("a")), 0);
+    assert!(
+        bed.capture
+            .maps()
+            .owner_of(addrs[0])
+            .expect("lookup")
+            .is_none()
+    );
+    assert_eq!(
+        bed.capture.pod(0).expect("pod"),
+        None,
+        "the slot's settings were cleared"
+    );
+
+    // An update that fails puts the previous settings back.
+    let before = bed.enroll("a");
+    let update = EnrollRequest {
+        excluded_outbound_ports: &[9000],
+        listeners: bad,
+        ..request(&path, &addrs)
+    };
+    let err = bed.capture.enroll(&update).unwrap_err();
+    assert!(matches!(err, CaptureError::Map { .. }), "{err}");
+    assert_eq!(bed.capture.pod(before.pod_id).expect("pod"), Some(before));
+}
+
+#[test]
+fn a_pod_whose_netns_vanished_is_pruned_and_its_address_reused() {
+    let mut bed = Bed::new(&["gone", "next"]);
+    let gone = bed.enroll("gone");
+    let gone_ip = IpAddr::V4(bed.pod("gone").ipv4());
+    bed.pods.remove(0).delete().expect("delete netns");
+    // "next" gets the dead pod's address; enrollment prunes the dead pod to make room. The
+    // kernel tears namespaces down asynchronously, so this retries for a bounded time.
+    let (path, addrs) = (bed.pod("next").netns_path(), vec![gone_ip]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        match bed.capture.enroll(&request(&path, &addrs)) {
+            Ok(p) => break p,
+            Err(CaptureError::AddressInUse { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("enroll: {e}"),
+        }
+    };
+    assert_eq!(next.addresses, vec![gone_ip]);
+    let pods = bed.capture.pods().expect("pods");
+    assert_eq!(pods.len(), 1, "the vanished pod was pruned: {pods:?}");
+    assert_ne!(pods[0].netns_cookie, gone.netns_cookie);
+}
+
+#[test]
+fn adopting_onto_another_cgroup_moves_the_links() {
+    let bed = Bed::new(&[]);
+    let child = bed.bed.cgroup_path().join("moved");
+    std::fs::create_dir(&child).expect("child cgroup");
+    let config = CaptureConfig {
+        cgroup: child,
+        ..capture_config(&bed.bed)
+    };
+    let Bed {
+        capture,
+        bed: testbed,
+        ..
+    } = bed;
+    drop(capture);
+    let moved = Capture::load_or_adopt(&config).expect("adopt");
+    assert!(!moved.adopted(), "links had to be re-attached");
+    assert_eq!(moved.cgroup_attachments().expect("query"), ONE_EACH);
+    let parent = std::fs::File::open(testbed.cgroup_path()).expect("cgroup");
+    let left = amesh_sys::bpf::attached_count(parent.as_fd(), AttachType::CgroupInet4Connect)
+        .expect("query");
+    assert_eq!(left, 0, "the old cgroup's links are gone");
+}
+
+#[test]
 fn operator_mistakes_get_precise_errors() {
     let bed = Bed::new(&[]);
     let err = Capture::load_or_adopt(&CaptureConfig {
@@ -206,11 +336,11 @@ fn operator_mistakes_get_precise_errors() {
     })
     .unwrap_err();
     assert!(matches!(err, CaptureError::CgroupNotFound { .. }), "{err}");
-    let err = Capture::load_or_adopt(&CaptureConfig {
+    let not_bpffs = CaptureConfig {
         pin_root: "/tmp/amesh-not-bpffs".into(),
         ..capture_config(&bed.bed)
-    })
-    .unwrap_err();
+    };
+    let err = Capture::load_or_adopt(&not_bpffs).unwrap_err();
     assert!(matches!(err, CaptureError::BpffsNotMounted { .. }), "{err}");
     assert!(
         err.to_string().contains("mount -t bpf bpf /sys/fs/bpf"),

@@ -1,0 +1,304 @@
+//! The HBONE client: CONNECT streams multiplexed over pooled mutual-TLS connections, one pool
+//! entry per (source identity, destination identities, destination address), at most
+//! [`PoolConfig::max_streams`] streams per connection. Idle connections are released; live
+//! ones are kept alive with HTTP/2 PINGs.
+
+use crate::{H2Stream, HboneError, settings};
+use amesh_identity::Identity;
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+/// What connections are pooled by: the same source identity may share a connection only with
+/// the same destination address and expected identities.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src: Identity,
+    pub dst: SocketAddr,
+    pub dst_identities: Vec<Identity>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub max_streams: usize,
+    /// A connection with no stream for this long is closed.
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Bound on dialing plus the CONNECT round trip.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: settings::MAX_STREAMS as usize,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    send: SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
+}
+
+/// The HBONE connection pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    config: PoolConfig,
+    conns: Arc<Mutex<HashMap<PoolKey, Vec<Conn>>>>,
+    handshakes: Arc<AtomicU64>,
+}
+
+/// A CONNECT stream borrowed from the pool; its slot is released when dropped.
+#[derive(Debug)]
+pub struct PooledStream {
+    inner: H2Stream,
+    active: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Self {
+        Self {
+            config,
+            conns: Arc::default(),
+            handshakes: Arc::default(),
+        }
+    }
+
+    /// TLS connections opened so far (each is one handshake).
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Connections currently pooled.
+    pub fn connections(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|v| v.iter().filter(|c| c.alive.load(Ordering::Relaxed)).count())
+            .sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a CONNECT stream to `authority` with `headers`, reusing a pooled connection for
+    /// `key` when one has room, else calling `dial` for a new mutual-TLS connection.
+    pub async fn connect<IO, D, F>(
+        &self,
+        key: &PoolKey,
+        authority: &str,
+        headers: http::HeaderMap,
+        dial: D,
+    ) -> Result<PooledStream, HboneError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
+    {
+        let timeout = self.config.connect_timeout;
+        tokio::time::timeout(timeout, self.connect_inner(key, authority, headers, dial))
+            .await
+            .map_err(|_| HboneError::Timeout(timeout))?
+    }
+
+    async fn connect_inner<IO, D, F>(
+        &self,
+        key: &PoolKey,
+        authority: &str,
+        headers: http::HeaderMap,
+        dial: D,
+    ) -> Result<PooledStream, HboneError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
+    {
+        let (send, active) = match self.checkout(key) {
+            Some(found) => found,
+            None => self.dial(key, dial).await?,
+        };
+        let result = request(send, authority, headers).await;
+        match result {
+            Ok(inner) => Ok(PooledStream { inner, active }),
+            Err(e) => {
+                active.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// A live pooled connection with room for one more stream, its slot taken.
+    fn checkout(&self, key: &PoolKey) -> Option<(SendRequest<Bytes>, Arc<AtomicUsize>)> {
+        let mut conns = self.lock();
+        let list = conns.get_mut(key)?;
+        list.retain(|c| c.alive.load(Ordering::Acquire));
+        let max = self.config.max_streams;
+        let conn = list.iter().find(|c| {
+            c.active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        })?;
+        Some((conn.send.clone(), conn.active.clone()))
+    }
+
+    async fn dial<IO, D, F>(
+        &self,
+        key: &PoolKey,
+        dial: D,
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), HboneError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        D: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
+    {
+        let io = dial().await.map_err(HboneError::Connect)?;
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+        let (send, conn) = settings::client_builder().handshake::<_, Bytes>(io).await?;
+        let active = Arc::new(AtomicUsize::new(1));
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(drive(
+            conn,
+            active.clone(),
+            alive.clone(),
+            self.config.clone(),
+        ));
+        self.lock().entry(key.clone()).or_default().push(Conn {
+            send: send.clone(),
+            active: active.clone(),
+            alive,
+        });
+        debug!(dst = %key.dst, src = %key.src, "new HBONE connection");
+        Ok((send, active))
+    }
+}
+
+async fn request(
+    send: SendRequest<Bytes>,
+    authority: &str,
+    headers: http::HeaderMap,
+) -> Result<H2Stream, HboneError> {
+    let mut send = send.ready().await?;
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority)
+        .body(())?;
+    *req.headers_mut() = headers;
+    let (response, stream) = send.send_request(req, false)?;
+    let response = response.await?;
+    if response.status() != StatusCode::OK {
+        return Err(HboneError::Status(response.status()));
+    }
+    Ok(H2Stream::new(stream, response.into_body()))
+}
+
+/// Drives one pooled connection: its frames, keepalive PINGs, and closing when idle.
+async fn drive<IO>(
+    mut conn: h2::client::Connection<IO, Bytes>,
+    active: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
+    config: PoolConfig,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ping_pong = conn.ping_pong();
+    let mut tick = tokio::time::interval(config.ping_interval.min(config.idle_timeout));
+    tick.tick().await;
+    let mut idle_since: Option<Instant> = None;
+    let mut last_ping = Instant::now();
+    loop {
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(error) = result {
+                    debug!(%error, "HBONE connection ended");
+                }
+                break;
+            }
+            _ = tick.tick() => {
+                if active.load(Ordering::Acquire) == 0 {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= config.idle_timeout {
+                        debug!("closing idle HBONE connection");
+                        break;
+                    }
+                } else {
+                    idle_since = None;
+                }
+                if last_ping.elapsed() >= config.ping_interval {
+                    last_ping = Instant::now();
+                    if let Some(pp) = ping_pong.as_mut() {
+                        let pong = tokio::time::timeout(config.ping_timeout, pp.ping(h2::Ping::opaque()));
+                        // The PING rides the same connection, so keep driving it meanwhile.
+                        let answered = tokio::select! {
+                            r = pong => matches!(r, Ok(Ok(_))),
+                            result = &mut conn => { let _ = result; false }
+                        };
+                        if !answered {
+                            debug!("HBONE peer did not answer a PING in time; closing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    alive.store(false, Ordering::Release);
+}
+
+impl AsyncRead for PooledStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PooledStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for PooledStream {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
