@@ -68,6 +68,9 @@ struct Conn {
 pub struct Pool {
     config: PoolConfig,
     conns: Arc<Mutex<HashMap<PoolKey, Vec<Conn>>>>,
+    /// One dial at a time per key, so that concurrent openers share the new connection
+    /// instead of each making their own.
+    dialing: Arc<Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>>,
     handshakes: Arc<AtomicU64>,
 }
 
@@ -83,6 +86,7 @@ impl Pool {
         Self {
             config,
             conns: Arc::default(),
+            dialing: Arc::default(),
             handshakes: Arc::default(),
         }
     }
@@ -138,7 +142,21 @@ impl Pool {
     {
         let (send, active) = match self.checkout(key) {
             Some(found) => found,
-            None => self.dial(key, dial).await?,
+            None => {
+                let gate = self
+                    .dialing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let _turn = gate.lock().await;
+                // Whoever dialed while we waited may have made room for us.
+                match self.checkout(key) {
+                    Some(found) => found,
+                    None => self.dial(key, dial).await?,
+                }
+            }
         };
         let result = request(send, authority, headers).await;
         match result {
