@@ -1,4 +1,5 @@
 //! HBONE over real mutual TLS on loopback: a server answering CONNECT with an echo tunnel and
+#![allow(clippy::unwrap_used, reason = "test code")]
 //! the pooled client.
 
 use amesh_hbone::{HboneError, Pool, PoolConfig, PoolKey, server};
