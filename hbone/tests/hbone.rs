@@ -1,6 +1,6 @@
 //! HBONE over real mutual TLS on loopback: a server answering CONNECT with an echo tunnel and
-#![allow(clippy::unwrap_used, reason = "test code")]
 //! the pooled client.
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 use amesh_hbone::{HboneError, Pool, PoolConfig, PoolKey, server};
 use amesh_identity::{Identity, LocalCa, WorkloadCert, tls};
