@@ -6,6 +6,7 @@
 //! - [`fs`]: which filesystem a path is on (bpffs, cgroup2), and effective uid.
 //! - [`bpf`]: `BPF_PROG_TEST_RUN`, which aya does not wrap.
 //! - [`packet`]: raw `AF_PACKET` sockets, to capture what crosses a test network.
+//! - [`seqpacket`]: Unix SEQPACKET sockets carrying fds (the ZDS transport).
 //! - [`signal`]: run cleanup when the process is told to stop (Ctrl-C, SIGTERM).
 //! - [`spawn`]: async-signal-safe steps for a child between fork and exec.
 
@@ -13,6 +14,7 @@ pub mod bpf;
 pub mod fs;
 pub mod netns;
 pub mod packet;
+pub mod seqpacket;
 pub mod signal;
 pub mod sockopt;
 pub mod spawn;
