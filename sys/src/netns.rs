@@ -90,6 +90,22 @@ impl Netns {
         self.fd.try_clone()
     }
 
+    /// Runs `f` on the *calling* thread inside this namespace, then moves the thread back to
+    /// `home`. Cheap (two `setns`), for creating a socket on an async worker thread. If the
+    /// way back fails the process aborts: a thread stranded in a pod's namespace would
+    /// silently misroute everything it does next.
+    pub fn enter_briefly<R>(&self, home: &Netns, f: impl FnOnce() -> R) -> Result<R, NetnsError> {
+        enter(self.fd.as_fd()).map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        })?;
+        let result = f();
+        if enter(home.fd.as_fd()).is_err() {
+            std::process::abort();
+        }
+        Ok(result)
+    }
+
     /// The kernel's cookie for this namespace (what `bpf_get_netns_cookie` returns).
     pub fn cookie(&self) -> Result<u64, NetnsError> {
         let path = self.path.clone();

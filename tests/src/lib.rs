@@ -25,6 +25,7 @@ pub mod probe;
 mod process;
 pub mod sniff;
 pub mod standin;
+pub mod zds_agent;
 
 pub use bed::{Leftovers, TestBed};
 pub use pod::Pod;

@@ -140,6 +140,18 @@ impl Pod {
         Ok(PodProcess::new(child, label))
     }
 
+    /// Like [`Pod::spawn`], with stdin piped for [`PodProcess::send_line`].
+    pub fn spawn_interactive(&self, mut cmd: Command) -> Result<PodProcess, BedError> {
+        let label = format!("{:?} in pod {}", cmd.get_program(), self.name);
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(BedError::io(format!("starting {label}")))?;
+        Ok(PodProcess::new(child, label))
+    }
+
     /// Adds an address to `eth0` (e.g. to send from the kubelet probe source).
     pub fn add_address(&self, cidr: &str) -> Result<(), BedError> {
         if cidr.contains(':') {

@@ -11,6 +11,60 @@
 use crate::{BedError, Pod, PodProcess};
 use std::{net::SocketAddr, path::Path, time::Duration};
 
+/// Finds a binary built next to the running one (`target/<profile>/NAME`): tests of one
+/// package use the helpers of another this way.
+pub fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs.map(|d| d.join(name)).find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("{name} is not built next to {}: run `cargo xtask test` (or build the workspace's binaries first)", exe.display())
+    })
+}
+
+/// Starts `amesh-probe serve --echo` in `pod`: every connection gets its bytes back.
+pub fn serve_echo(probe: &Path, pod: &Pod, addrs: &[SocketAddr]) -> Result<PodProcess, BedError> {
+    let mut cmd = pod.command(probe);
+    cmd.args(["serve", "--echo"])
+        .args(addrs.iter().map(|a| a.to_string()));
+    let p = pod.spawn(cmd)?;
+    match p.next_line(Duration::from_secs(10)).as_deref() {
+        Some("ready") => Ok(p),
+        _ => Err(BedError::Command {
+            command: format!("amesh-probe serve --echo in pod {}", pod.name()),
+            stderr: p.stderr(),
+        }),
+    }
+}
+
+/// Sends `bytes` through `target` to an echo server and checks they come back intact.
+pub fn bulk(probe: &Path, pod: &Pod, target: SocketAddr, bytes: usize) -> Result<(), String> {
+    let mut cmd = pod.command(probe);
+    cmd.args(["bulk", "--bytes", &bytes.to_string(), &target.to_string()]);
+    let p = pod.spawn(cmd).map_err(|e| e.to_string())?;
+    let (_, lines) = p.finish(Duration::from_secs(300))?;
+    match lines.first() {
+        Some(l) if l.ends_with(" ok") => Ok(()),
+        other => Err(format!("bulk transfer to {target}: {other:?}")),
+    }
+}
+
+/// Starts `amesh-probe pipe` in `pod` to `target` and waits until it is connected; lines
+/// sent with [`PodProcess::send_line`] travel over the connection, what comes back arrives
+/// as lines, and `closed` when the connection ends.
+pub fn pipe(probe: &Path, pod: &Pod, target: SocketAddr) -> Result<PodProcess, BedError> {
+    let mut cmd = pod.command(probe);
+    cmd.args(["pipe", &target.to_string()]);
+    let p = pod.spawn_interactive(cmd)?;
+    match p.next_line(Duration::from_secs(10)).as_deref() {
+        Some("connected") => Ok(p),
+        other => Err(BedError::Command {
+            command: format!("amesh-probe pipe {target} in pod {}", pod.name()),
+            stderr: format!("{other:?} {}", p.stderr()),
+        }),
+    }
+}
+
 /// Starts `amesh-probe serve` in `pod` on `addrs` and waits until it listens.
 pub fn serve(
     probe: &Path,

@@ -57,6 +57,18 @@ impl PodProcess {
         &self.label
     }
 
+    /// Writes a line to its stdin (spawned with [`crate::Pod::spawn_interactive`]).
+    pub fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stdin is not piped"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()
+    }
+
     /// The next line it printed, waiting up to `timeout`.
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()

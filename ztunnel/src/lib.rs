@@ -1,6 +1,96 @@
 //! amesh's ztunnel: the per-node L4 proxy.
 //!
-//! Not built yet (issue "ztunnel: the L4 data path"). It will accept the connections the
-//! capture programs steer to its in-pod listeners (see `amesh-ebpf-loader`), carry them over
-//! HBONE (HTTP/2 CONNECT inside mutual TLS, port 15008) and apply L4 policy.
+//! For every pod the node agent hands over (ZDS), ztunnel opens listeners inside the pod's
+//! network namespace and registers them with the eBPF capture; captured connections are
+//! carried over HBONE (HTTP/2 CONNECT in mutual TLS, port 15008) with the pod's SPIFFE
+//! identity, or passed through as plain TCP when the destination is not in the mesh.
 #![forbid(unsafe_code)]
+
+pub mod state;
+
+pub mod config;
+pub mod inpod;
+pub mod proxy;
+pub mod shared;
+pub mod zds;
+
+use amesh_ebpf_loader::{CaptureMaps, PinLayout};
+use amesh_hbone::{Pool, PoolConfig};
+use amesh_identity::{CertManager, LocalCa, tls};
+use amesh_sys::netns::Netns;
+use anyhow::Context;
+use shared::{Shared, Stop};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tracing::{info, warn};
+
+/// Runs ztunnel until SIGTERM/SIGINT, then drains.
+pub async fn run(args: config::Args) -> anyhow::Result<()> {
+    let state = state::StateStore::default();
+    state::watch_file(args.config.clone(), state.clone())?;
+    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?;
+    let certs = CertManager::new(Arc::new(ca), Duration::from_secs(args.cert_validity_secs));
+    let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
+    let maps = open_capture_maps(&args.capture_pins).await;
+    let home = Arc::new(Netns::open("/proc/self/ns/net")?);
+    let (drain_tx, draining) = Stop::new();
+    let shared = Arc::new(Shared {
+        node: args.node.clone(),
+        trust_domain: args.trust_domain.clone(),
+        state,
+        certs,
+        bundle,
+        provider: tls::provider(),
+        pool: Pool::new(PoolConfig::default()),
+        maps: Mutex::new(maps),
+        home,
+        next_pick: Default::default(),
+        draining,
+    });
+    let pods = Arc::new(inpod::InPod::new(shared.clone()));
+    tokio::spawn(zds::run(args.zds_socket.clone(), pods.clone()));
+    info!(node = %args.node, zds = %args.zds_socket.display(), "ztunnel running");
+    wait_for_signal().await;
+    info!(
+        deadline_secs = args.drain_secs,
+        "draining: no new connections; open ones may finish"
+    );
+    drain_tx.send_replace(true);
+    let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+    while Instant::now() < deadline && shared::active_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    info!(open = shared::active_connections(), "exiting");
+    Ok(())
+}
+
+/// The capture maps the node agent pinned; waits for them (the agent may start later).
+async fn open_capture_maps(pins: &std::path::Path) -> CaptureMaps {
+    let mut retry = Duration::from_millis(100);
+    loop {
+        match CaptureMaps::open_pinned(&PinLayout::new(pins)) {
+            Ok(m) => return m,
+            Err(error) => {
+                warn!(pins = %pins.display(), %error, "capture maps not available yet (is the node agent running?)");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

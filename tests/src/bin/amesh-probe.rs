@@ -14,7 +14,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("connect") => connect(&args[1..]),
         Some("serve") => serve(&args[1..]),
-        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve --name NAME ADDR...".into()),
+        Some("bulk") => bulk(&args[1..]),
+        Some("pipe") => pipe(&args[1..]),
+        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve [--echo] --name NAME ADDR... | bulk --bytes N TARGET".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -120,11 +122,13 @@ fn one_connection(target: SocketAddr, opts: &ConnectOptions) -> Result<String, S
 
 fn serve(args: &[String]) -> Result<bool, String> {
     let mut name = "server".to_string();
+    let mut echo = false;
     let mut listeners = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
+            "--echo" => echo = true,
             addr => {
                 let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
                 listeners.push(TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?);
@@ -138,7 +142,11 @@ fn serve(args: &[String]) -> Result<bool, String> {
             s.spawn(move || {
                 for conn in l.incoming().flatten() {
                     let name = name.clone();
-                    std::thread::spawn(move || answer(conn, &name));
+                    if echo {
+                        std::thread::spawn(move || echo_back(conn));
+                    } else {
+                        std::thread::spawn(move || answer(conn, &name));
+                    }
                 }
             });
         }
@@ -152,4 +160,131 @@ fn answer(conn: TcpStream, name: &str) {
     let _ = BufReader::new(&conn).read_line(&mut line);
     let _ = (&conn)
         .write_all(format!("served-by={name} local={local} line={}\n", line.trim_end()).as_bytes());
+}
+
+/// Sends everything back until the peer half-closes, then half-closes too.
+fn echo_back(conn: TcpStream) {
+    let _ = std::io::copy(&mut &conn, &mut &conn);
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+/// Deterministic bytes for a bulk transfer (xorshift), so both ends agree without storing it.
+fn pattern(len: usize) -> impl Iterator<Item = u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    })
+}
+
+/// `bulk --bytes N TARGET`: sends N pattern bytes to an echo server, half-closes, and checks
+/// that exactly the same N bytes come back. Prints `target=T bytes=N ok` or `... error=E`.
+fn bulk(args: &[String]) -> Result<bool, String> {
+    use std::io::Read;
+    let (mut bytes, mut target) = (0usize, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bytes" => {
+                bytes = it
+                    .next()
+                    .ok_or("--bytes needs a value")?
+                    .parse()
+                    .map_err(|e| format!("--bytes: {e}"))?
+            }
+            t => {
+                target = Some(
+                    t.parse::<SocketAddr>()
+                        .map_err(|e| format!("target {t}: {e}"))?,
+                )
+            }
+        }
+    }
+    let target = target.ok_or("bulk needs a target")?;
+    let result = (|| -> Result<(), String> {
+        let conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let writer = conn.try_clone().map_err(|e| e.to_string())?;
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, &writer);
+            let mut chunk = Vec::with_capacity(64 * 1024);
+            for b in pattern(bytes) {
+                chunk.push(b);
+                if chunk.len() == chunk.capacity() {
+                    w.write_all(&chunk)?;
+                    chunk.clear();
+                }
+            }
+            w.write_all(&chunk)?;
+            w.flush()?;
+            drop(w);
+            writer.shutdown(std::net::Shutdown::Write)
+        });
+        let mut expected = pattern(bytes);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0usize;
+        let mut r = &conn;
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| format!("after {got} bytes: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            for &b in &buf[..n] {
+                if Some(b) != expected.next() {
+                    return Err(format!("byte {got} differs"));
+                }
+                got += 1;
+            }
+        }
+        sender
+            .join()
+            .map_err(|_| "sender panicked".to_string())?
+            .map_err(|e| format!("sending: {e}"))?;
+        if got != bytes {
+            return Err(format!("got {got} of {bytes} bytes back"));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            println!("target={target} bytes={bytes} ok");
+            Ok(true)
+        }
+        Err(e) => {
+            println!("target={target} bytes={bytes} error={e}");
+            Ok(false)
+        }
+    }
+}
+
+/// `pipe TARGET`: connects, prints `connected`, then sends stdin to the connection and prints
+/// what comes back line by line; prints `closed` when the connection ends.
+fn pipe(args: &[String]) -> Result<bool, String> {
+    let target: SocketAddr = args
+        .first()
+        .ok_or("pipe needs a target")?
+        .parse()
+        .map_err(|e| format!("target: {e}"))?;
+    let conn =
+        TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    println!("connected");
+    let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut writer);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    for line in BufReader::new(&conn).lines() {
+        match line {
+            Ok(l) => println!("{l}"),
+            Err(_) => break,
+        }
+    }
+    println!("closed");
+    Ok(true)
 }

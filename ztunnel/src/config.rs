@@ -1,0 +1,60 @@
+//! Command-line configuration.
+
+use clap::Parser;
+use std::{net::SocketAddr, path::PathBuf};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ztunnel", about = "amesh's per-node L4 proxy")]
+pub struct Args {
+    /// Local file of workloads and services (the shape of Istio's workload API); reloaded on
+    /// change.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This node's name (service endpoints on it are preferred when a service asks).
+    #[arg(long, default_value = "")]
+    pub node: String,
+    /// The node agent's ZDS socket.
+    #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    /// Where the capture programs' maps are pinned.
+    #[arg(long, default_value = amesh_ebpf_loader::DEFAULT_PIN_ROOT)]
+    pub capture_pins: PathBuf,
+    /// Directory of the in-process CA's root (created if missing; share it between ztunnels
+    /// that must trust each other).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    #[arg(long, default_value = amesh_identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates, in seconds (renewed at half life).
+    #[arg(long, default_value_t = 86400)]
+    pub cert_validity_secs: u64,
+    /// Admin endpoint (config dump, log level, quit); keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long, default_value = "[::]:15020")]
+    pub metrics: SocketAddr,
+    /// Readiness (`/healthz/ready`).
+    #[arg(long, default_value = "[::]:15021")]
+    pub readiness: SocketAddr,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+    /// On SIGTERM, how long open connections may finish before ztunnel exits.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+/// Logs to stderr as text or JSON, level from `RUST_LOG` (default `info`).
+pub fn init_logging(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

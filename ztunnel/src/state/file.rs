@@ -1,0 +1,360 @@
+//! The local configuration file: workloads and services in the shape of Istio's workload API.
+//!
+//! ```yaml
+//! workloads:
+//! - uid: cluster1//v1/Pod/shop/cart-0
+//!   name: cart-0
+//!   namespace: shop
+//!   serviceAccount: cart          # default "default"
+//!   trustDomain: cluster.local    # default "cluster.local"
+//!   addresses: [10.200.0.2, "fd00:200::2"]
+//!   protocol: HBONE               # HBONE (default) or TCP
+//!   node: node-1
+//!   status: Healthy               # Healthy (default) or Unhealthy
+//!   services:
+//!     shop/cart.shop.svc.cluster.local: {80: 8080}
+//! services:
+//! - name: cart
+//!   namespace: shop
+//!   hostname: cart.shop.svc.cluster.local
+//!   vips: [10.96.0.10]
+//!   ports: {80: 8080}
+//!   loadBalancing: {routingPreference: [Node], mode: Failover}   # optional
+//! ```
+//!
+//! A file that does not parse or validate is rejected as a whole with the file, the field and
+//! the reason; the previous good state stays.
+
+use super::{Preference, Protocol, Service, State, StateStore, Workload};
+use serde::Deserialize;
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+use tracing::{error, info};
+
+/// A rejected configuration file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {field}: {reason}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    workloads: Vec<RawWorkload>,
+    #[serde(default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWorkload {
+    uid: String,
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    trust_domain: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    services: BTreeMap<String, BTreeMap<u16, u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawService {
+    name: String,
+    namespace: String,
+    hostname: String,
+    #[serde(default)]
+    vips: Vec<String>,
+    #[serde(default)]
+    ports: BTreeMap<u16, u16>,
+    #[serde(default)]
+    load_balancing: Option<RawLoadBalancing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLoadBalancing {
+    #[serde(default)]
+    routing_preference: Vec<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Reads and validates the file.
+pub fn load_file(path: &Path) -> Result<State, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError {
+        file: path.to_path_buf(),
+        field: field.to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err("(file)", e.to_string()))?;
+    let raw: FileConfig = serde_yaml::from_str(&text).map_err(|e| {
+        let field = e.location().map_or_else(
+            || "(document)".to_string(),
+            |l| format!("line {} column {}", l.line(), l.column()),
+        );
+        err(&field, e.to_string())
+    })?;
+    let mut uids = HashSet::new();
+    let mut ips = HashSet::new();
+    let mut workloads = Vec::new();
+    for (i, w) in raw.workloads.into_iter().enumerate() {
+        let at = format!("workloads[{i}]");
+        let w = workload(w, &at).map_err(|(f, r)| err(&f, r))?;
+        if !uids.insert(w.uid.clone()) {
+            return Err(err(
+                &format!("{at}.uid"),
+                format!("{:?} appears twice", w.uid),
+            ));
+        }
+        for ip in &w.addresses {
+            if !ips.insert(*ip) {
+                return Err(err(
+                    &format!("{at}.addresses"),
+                    format!("{ip} belongs to another workload too"),
+                ));
+            }
+        }
+        workloads.push(w);
+    }
+    let mut services = Vec::new();
+    for (i, s) in raw.services.into_iter().enumerate() {
+        services.push(service(s, &format!("services[{i}]")).map_err(|(f, r)| err(&f, r))?);
+    }
+    Ok(State::new(workloads, services))
+}
+
+type FieldError = (String, String);
+
+fn ip_list(raw: &[String], at: &str) -> Result<Vec<IpAddr>, FieldError> {
+    raw.iter()
+        .enumerate()
+        .map(|(j, a)| {
+            a.parse()
+                .map_err(|_| (format!("{at}[{j}]"), format!("{a:?} is not an IP address")))
+        })
+        .collect()
+}
+
+fn required(value: &str, at: String) -> Result<(), FieldError> {
+    if value.is_empty() {
+        Err((at, "must not be empty".into()))
+    } else {
+        Ok(())
+    }
+}
+
+fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
+    required(&w.uid, format!("{at}.uid"))?;
+    required(&w.name, format!("{at}.name"))?;
+    required(&w.namespace, format!("{at}.namespace"))?;
+    let protocol = match w.protocol.as_deref().unwrap_or("HBONE") {
+        "HBONE" => Protocol::Hbone,
+        "TCP" | "NONE" => Protocol::Tcp,
+        other => {
+            return Err((
+                format!("{at}.protocol"),
+                format!("{other:?} is not HBONE or TCP"),
+            ));
+        }
+    };
+    let healthy = match w.status.as_deref().unwrap_or("Healthy") {
+        "Healthy" => true,
+        "Unhealthy" => false,
+        other => {
+            return Err((
+                format!("{at}.status"),
+                format!("{other:?} is not Healthy or Unhealthy"),
+            ));
+        }
+    };
+    for svc in w.services.keys() {
+        if !svc.contains('/') {
+            return Err((
+                format!("{at}.services"),
+                format!("{svc:?} is not namespace/hostname"),
+            ));
+        }
+    }
+    Ok(Workload {
+        addresses: ip_list(&w.addresses, &format!("{at}.addresses"))?,
+        uid: w.uid,
+        name: w.name,
+        namespace: w.namespace,
+        service_account: w.service_account.unwrap_or_else(|| "default".into()),
+        trust_domain: w
+            .trust_domain
+            .unwrap_or_else(|| amesh_identity::DEFAULT_TRUST_DOMAIN.into()),
+        protocol,
+        node: w.node,
+        healthy,
+        services: w.services,
+    })
+}
+
+fn service(s: RawService, at: &str) -> Result<Service, FieldError> {
+    required(&s.name, format!("{at}.name"))?;
+    required(&s.namespace, format!("{at}.namespace"))?;
+    required(&s.hostname, format!("{at}.hostname"))?;
+    let preference = match &s.load_balancing {
+        None => Preference::Any,
+        Some(lb) => {
+            let node = lb
+                .routing_preference
+                .iter()
+                .any(|p| p == "Node" || p == "NODE");
+            match (node, lb.mode.as_deref().unwrap_or("Failover")) {
+                (false, _) => Preference::Any,
+                (true, "Strict" | "STRICT") => Preference::NodeOnly,
+                (true, "Failover" | "FAILOVER") => Preference::NodeFirst,
+                (true, other) => {
+                    return Err((
+                        format!("{at}.loadBalancing.mode"),
+                        format!("{other:?} is not Strict or Failover"),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(Service {
+        vips: ip_list(&s.vips, &format!("{at}.vips"))?,
+        name: s.name,
+        namespace: s.namespace,
+        hostname: s.hostname,
+        ports: s.ports,
+        preference,
+    })
+}
+
+/// Loads the file into `store` now (failing if it is invalid: ztunnel must not start on a bad
+/// file) and then reloads it whenever it changes, keeping the last good state on errors.
+pub fn watch_file(path: PathBuf, store: StateStore) -> Result<(), ConfigError> {
+    store.replace(load_file(&path)?);
+    info!(file = %path.display(), "configuration loaded");
+    tokio::spawn(async move {
+        let mut seen = modified(&path);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_file(&path) {
+                Ok(state) => {
+                    store.replace(state);
+                    info!(file = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    error!(file = %e.file.display(), field = %e.field, reason = %e.reason, "configuration rejected; keeping the last good one")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn modified(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("amesh-ztunnel-{}-{name}.yaml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_valid_file_is_indexed() {
+        let p = write(
+            "ok",
+            "workloads:\n- {uid: u1, name: a, namespace: ns, addresses: [10.0.0.1], services: {ns/s.ns: {80: 8080}}}\nservices:\n- {name: s, namespace: ns, hostname: s.ns, vips: [10.96.0.1], ports: {80: 8080}}\n",
+        );
+        let s = load_file(&p).unwrap();
+        let w = s.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            (w.service_account.as_str(), w.protocol),
+            ("default", Protocol::Hbone)
+        );
+        assert_eq!(
+            w.identity().to_string(),
+            "spiffe://cluster.local/ns/ns/sa/default"
+        );
+        assert_eq!(s.services().count(), 1);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_reason() {
+        let cases = [
+            (
+                "workloads:\n- {uid: u1, name: a, namespace: ns, addresses: [10.0.0]}\n",
+                "workloads[0].addresses[0]",
+                "not an IP address",
+            ),
+            (
+                "workloads:\n- {uid: u1, name: a, namespace: ns, protocol: UDP}\n",
+                "workloads[0].protocol",
+                "not HBONE or TCP",
+            ),
+            (
+                "workloads:\n- {uid: u1, name: '', namespace: ns}\n",
+                "workloads[0].name",
+                "must not be empty",
+            ),
+            (
+                "workloads:\n- {uid: u1, name: a, namespace: ns}\n- {uid: u1, name: b, namespace: ns}\n",
+                "workloads[1].uid",
+                "appears twice",
+            ),
+            (
+                "services:\n- {name: s, namespace: ns, hostname: h, vips: [x]}\n",
+                "services[0].vips[0]",
+                "not an IP address",
+            ),
+            (
+                "workloads:\n- {uid: u1, name: a, namespace: ns, colour: red}\n",
+                "line 2",
+                "unknown field",
+            ),
+            ("workloads: [\n", "line", "expected"),
+        ];
+        for (i, (text, field, reason)) in cases.iter().enumerate() {
+            let p = write(&format!("bad{i}"), text);
+            let e = load_file(&p).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with(&p.display().to_string()), "{msg}");
+            assert!(
+                e.field.starts_with(field),
+                "case {i}: field {:?}, want {field}",
+                e.field
+            );
+            assert!(msg.contains(reason), "case {i}: {msg}");
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! What ztunnel knows about the mesh: workloads and services in the shape of Istio's workload
+//! API, validated and indexed for the data path. The local file (and later xDS) produce a
+//! [`State`]; [`StateStore`] swaps it atomically so that connections always see one version.
+
+mod file;
+mod route;
+
+pub use file::{ConfigError, load_file, watch_file};
+pub use route::Route;
+
+use amesh_identity::Identity;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+use tokio::sync::watch;
+
+/// How a workload receives mesh traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Protocol {
+    /// HBONE on port 15008 (the workload is in the ambient mesh).
+    Hbone,
+    /// Plain TCP to the workload's own port (not in the mesh).
+    Tcp,
+}
+
+/// Which endpoints a service prefers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Preference {
+    /// Any healthy endpoint.
+    Any,
+    /// Endpoints on the client's node first, others if there are none.
+    NodeFirst,
+    /// Only endpoints on the client's node.
+    NodeOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+    pub addresses: Vec<IpAddr>,
+    pub protocol: Protocol,
+    pub node: String,
+    pub healthy: bool,
+    /// Services this workload backs (`namespace/hostname`) and their port maps
+    /// (service port → target port).
+    pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+}
+
+impl Workload {
+    pub fn identity(&self) -> Identity {
+        Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    /// Service port → target port (0 = use the workload's own mapping).
+    pub ports: BTreeMap<u16, u16>,
+    pub preference: Preference,
+}
+
+impl Service {
+    /// `namespace/hostname`, the resource name Istio uses.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+}
+
+/// One consistent version of the mesh, indexed for lookups.
+#[derive(Debug, Default)]
+pub struct State {
+    workloads: BTreeMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    services: BTreeMap<String, Arc<Service>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Service key → the workloads backing it.
+    endpoints: HashMap<String, Vec<Arc<Workload>>>,
+}
+
+impl State {
+    /// Builds the indexes. Inputs are already validated.
+    pub fn new(workloads: Vec<Workload>, services: Vec<Service>) -> Self {
+        let mut s = State::default();
+        for w in workloads {
+            let w = Arc::new(w);
+            for ip in &w.addresses {
+                s.by_ip.insert(*ip, w.clone());
+            }
+            for svc in w.services.keys() {
+                s.endpoints.entry(svc.clone()).or_default().push(w.clone());
+            }
+            s.workloads.insert(w.uid.clone(), w);
+        }
+        for svc in services {
+            let svc = Arc::new(svc);
+            for vip in &svc.vips {
+                s.by_vip.insert(*vip, svc.clone());
+            }
+            s.services.insert(svc.key(), svc);
+        }
+        s
+    }
+
+    pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip)
+    }
+
+    /// The workload a pod sent by ZDS is, by namespace and name.
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads
+            .values()
+            .find(|w| w.namespace == namespace && w.name == name)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+}
+
+/// The current [`State`]; readers take a snapshot, the single writer replaces it whole.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    tx: Arc<watch::Sender<Arc<State>>>,
+    loaded: Arc<watch::Sender<bool>>,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(Arc::new(State::default())).0),
+            loaded: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl StateStore {
+    pub fn snapshot(&self) -> Arc<State> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn replace(&self, state: State) {
+        self.tx.send_replace(Arc::new(state));
+        self.loaded.send_replace(true);
+    }
+
+    /// True once a first valid configuration arrived.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,167 @@
+//! ZDS, the node agent's channel to ztunnel (Istio's protocol): ztunnel connects to the
+//! agent's Unix SOCK_SEQPACKET socket, says hello, then answers every request (add with the
+//! pod's netns fd, keep, del, snapshot-sent) with an ACK or a NACK carrying the reason.
+//! Malformed requests, missing or extra fds, or an fd that is not a netns are NACKed and
+//! change nothing. ztunnel reconnects with backoff when the agent goes away.
+
+use crate::inpod::{InPod, PodInfo};
+use amesh_proto::zds::{
+    Ack, Version, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request::Payload,
+    workload_response,
+};
+use amesh_sys::{netns::Netns, seqpacket};
+use prost::Message;
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{info, warn};
+
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const MAX_RETRY: Duration = Duration::from_secs(15);
+/// Largest ZDS message accepted.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Connects to the agent at `path` and serves it forever, reconnecting with backoff.
+pub async fn run(path: PathBuf, pods: Arc<InPod>) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        match seqpacket::connect(&path) {
+            Ok(fd) => {
+                retry = FIRST_RETRY;
+                info!(socket = %path.display(), "connected to the node agent");
+                if let Err(error) = session(fd, &pods).await {
+                    warn!(%error, "node agent connection failed");
+                } else {
+                    info!("node agent closed the connection");
+                }
+            }
+            Err(error) => {
+                warn!(socket = %path.display(), %error, retry_in = ?retry, "node agent not reachable")
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
+async fn send(sock: &AsyncFd<OwnedFd>, msg: &impl Message) -> io::Result<()> {
+    let bytes = msg.encode_to_vec();
+    sock.async_io(Interest::WRITABLE, |fd| {
+        seqpacket::send(fd.as_fd(), &bytes, &[])
+    })
+    .await
+    .map(drop)
+}
+
+/// One connection: hello, then request → answer until the agent hangs up.
+async fn session(fd: OwnedFd, pods: &InPod) -> io::Result<()> {
+    // `AsyncFd::new` is deprecated because a generic `T` could change its fd while
+    // registered; an `OwnedFd` we own cannot, which is what the replacement's contract asks.
+    #[allow(deprecated, reason = "sound for an OwnedFd, see above")]
+    let sock = AsyncFd::new(fd)?;
+    send(
+        &sock,
+        &ZdsHello {
+            version: Version::V1 as i32,
+        },
+    )
+    .await?;
+    let mut mentioned = HashSet::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let packet = sock
+            .async_io(Interest::READABLE, |fd| {
+                seqpacket::recv(fd.as_fd(), &mut buf)
+            })
+            .await?;
+        let Some(packet) = packet else { return Ok(()) };
+        let error = match handle(pods, &buf[..packet.len], packet, &mut mentioned) {
+            Ok(()) => String::new(),
+            Err(reason) => {
+                warn!(%reason, "NACK to the node agent");
+                reason
+            }
+        };
+        let answer = WorkloadResponse {
+            payload: Some(workload_response::Payload::Ack(Ack { error })),
+        };
+        send(&sock, &answer).await?;
+    }
+}
+
+fn handle(
+    pods: &InPod,
+    bytes: &[u8],
+    packet: seqpacket::Received,
+    mentioned: &mut HashSet<String>,
+) -> Result<(), String> {
+    if packet.truncated || packet.fds_truncated {
+        return Err("message or its descriptors were truncated".into());
+    }
+    let req = WorkloadRequest::decode(bytes).map_err(|e| format!("malformed message: {e}"))?;
+    let mut fds = packet.fds;
+    let no_fds = |fds: &[OwnedFd]| {
+        if fds.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "unexpected {} descriptor(s) on a message that takes none",
+                fds.len()
+            ))
+        }
+    };
+    match req.payload.ok_or("empty request")? {
+        Payload::Add(add) => {
+            if fds.len() != 1 {
+                return Err(format!(
+                    "add needs exactly one network-namespace descriptor, got {}",
+                    fds.len()
+                ));
+            }
+            let info = add.workload_info.ok_or("add without workload_info")?;
+            if add.uid.is_empty() {
+                return Err("add without uid".into());
+            }
+            let netns = Netns::from_fd(fds.remove(0), Path::new("zds").join(&add.uid))
+                .map_err(|e| e.to_string())?;
+            mentioned.insert(add.uid.clone());
+            pods.add(
+                PodInfo {
+                    uid: add.uid,
+                    name: info.name,
+                    namespace: info.namespace,
+                    service_account: info.service_account,
+                },
+                netns,
+            )
+        }
+        Payload::Keep(keep) => {
+            no_fds(&fds)?;
+            mentioned.insert(keep.uid.clone());
+            if pods.has(&keep.uid) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "keep for a pod this ztunnel does not serve: {}",
+                    keep.uid
+                ))
+            }
+        }
+        Payload::Del(del) => {
+            no_fds(&fds)?;
+            pods.del(&del.uid);
+            Ok(())
+        }
+        Payload::SnapshotSent(_) => {
+            no_fds(&fds)?;
+            pods.retain(mentioned);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! ztunnel end to end: real ztunnel processes, real eBPF capture, pods made of network
+//! namespaces, a fake node agent speaking ZDS. Needs root (CI runs as root).
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+mod dataplane;
+mod support;
+mod zds;

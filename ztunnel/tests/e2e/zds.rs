@@ -1,0 +1,134 @@
+//! ZDS from the node agent's side: bad messages are NACKed and change nothing; removing a pod
+//! closes its connections; a snapshot drops pods it does not mention.
+
+use crate::support::*;
+use prost::Message;
+use std::{os::fd::AsFd, time::Duration};
+
+#[test]
+fn bad_messages_are_nacked_and_change_nothing() {
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("b", "ns-b", "node1")]);
+    let _apps = mesh.apps(&["b"]);
+    let agent = &mesh.node("node1").agent;
+    let netns = mesh.pod("a").netns().as_fd();
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let add = |fds: &[std::os::fd::BorrowedFd<'_>]| {
+        let msg = amesh_proto::zds::WorkloadRequest {
+            payload: Some(amesh_proto::zds::workload_request::Payload::Add(
+                amesh_proto::zds::AddWorkload {
+                    uid: "x".into(),
+                    workload_info: Some(amesh_proto::zds::WorkloadInfo {
+                        name: "x".into(),
+                        namespace: "ns".into(),
+                        service_account: "x".into(),
+                    }),
+                },
+            )),
+        };
+        agent.send_raw(&msg.encode_to_vec(), fds).unwrap()
+    };
+    let nack = |r: Result<(), String>, want: &str| {
+        let reason = r.expect_err("a NACK");
+        assert!(
+            reason.contains(want),
+            "NACK {reason:?} should mention {want:?}"
+        );
+    };
+    nack(add(&[]), "exactly one");
+    nack(add(&[netns, netns]), "exactly one");
+    nack(add(&[file.as_fd()]), "not a network namespace");
+    nack(
+        agent.send_raw(b"\xff\xff\xff garbage", &[]).unwrap(),
+        "malformed",
+    );
+    // Only an unknown field (6): decodes, but asks for nothing. (A zero-length packet cannot
+    // be sent: on SEQPACKET it reads as the peer hanging up.)
+    nack(agent.send_raw(&[0x30, 0x01], &[]).unwrap(), "empty");
+    nack(agent.keep("no-such-pod").unwrap(), "does not serve");
+    let del = amesh_proto::zds::WorkloadRequest {
+        payload: Some(amesh_proto::zds::workload_request::Payload::Del(
+            amesh_proto::zds::DelWorkload { uid: "x".into() },
+        )),
+    };
+    nack(
+        agent.send_raw(&del.encode_to_vec(), &[netns]).unwrap(),
+        "descriptor",
+    );
+    // Nothing changed: the mesh still works.
+    assert_eq!(agent.keep(&uid(mesh.spec("a"))).unwrap(), Ok(()));
+    assert_eq!(
+        mesh.connect_one("a", mesh.v4("b", APP_PORT)).served_by(),
+        "b-app"
+    );
+}
+
+#[test]
+fn removing_a_pod_closes_its_connections_and_stops_its_traffic() {
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);
+    let _echo = amesh_testbed::probe::serve_echo(
+        &mesh.probe,
+        mesh.pod("c"),
+        &["[::]:8080".parse().unwrap()],
+    )
+    .unwrap();
+    // A long-lived connection from a, captured and held open by a piping client.
+    let target = mesh.v4("c", APP_PORT);
+    let mut pipe = amesh_testbed::probe::pipe(&mesh.probe, mesh.pod("a"), target).unwrap();
+    pipe.send_line("ping").unwrap();
+    assert_eq!(
+        pipe.next_line(Duration::from_secs(10)).as_deref(),
+        Some("ping")
+    );
+
+    assert_eq!(
+        mesh.node("node1").agent.del(&uid(mesh.spec("a"))).unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        pipe.next_line(Duration::from_secs(10)).as_deref(),
+        Some("closed"),
+        "the connection closes when its pod is removed"
+    );
+    // a is still enrolled in capture but no ztunnel serves it: its traffic is refused.
+    let r = mesh
+        .connect("a", &["--timeout-ms", "2000"], &[target])
+        .remove(0);
+    assert!(r.outcome.is_err(), "{r:?}");
+}
+
+#[test]
+fn a_snapshot_drops_pods_it_does_not_mention() {
+    let mut mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("b", "ns-b", "node1")]);
+    let _apps = mesh.apps(&["b"]);
+    let node = mesh.nodes.iter_mut().find(|n| n.name == "node1").unwrap();
+    // The agent reconnects (ztunnel retries) and sends a snapshot with only b.
+    node.agent.hang_up();
+    node.agent.accept().unwrap();
+    let b = mesh.specs.iter().position(|s| s.name == "b").unwrap();
+    let node = &mesh.nodes[0];
+    let s = &mesh.specs[b];
+    assert_eq!(
+        node.agent
+            .add(
+                &uid(s),
+                s.name,
+                s.namespace,
+                s.service_account,
+                mesh.pods[b].netns().as_fd()
+            )
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(node.agent.snapshot_sent().unwrap(), Ok(()));
+    assert_eq!(
+        node.agent.keep(&uid(mesh.spec("a"))).unwrap(),
+        Err(format!(
+            "keep for a pod this ztunnel does not serve: {}",
+            uid(mesh.spec("a"))
+        ))
+    );
+    let r = mesh
+        .connect("a", &["--timeout-ms", "2000"], &[mesh.v4("b", APP_PORT)])
+        .remove(0);
+    assert!(r.outcome.is_err(), "a is no longer served: {r:?}");
+}
