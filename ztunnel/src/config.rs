@@ -45,16 +45,26 @@ pub struct Args {
     pub drain_secs: u64,
 }
 
+/// Changes the log filter at run time (the admin endpoint's `/logging`).
+pub type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
 /// Logs to stderr as text or JSON, level from `RUST_LOG` (default `info`).
-pub fn init_logging(args: &Args) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+pub fn init_logging(args: &Args) -> LogHandle {
+    use tracing_subscriber::{
+        EnvFilter, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     if args.log_format == "json" {
-        builder.json().init();
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
+    handle
 }

@@ -8,8 +8,10 @@
 
 pub mod state;
 
+pub mod admin;
 pub mod config;
 pub mod inpod;
+pub mod metrics;
 pub mod proxy;
 pub mod shared;
 pub mod zds;
@@ -26,8 +28,8 @@ use std::{
 };
 use tracing::{info, warn};
 
-/// Runs ztunnel until SIGTERM/SIGINT, then drains.
-pub async fn run(args: config::Args) -> anyhow::Result<()> {
+/// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
+pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<()> {
     let state = state::StateStore::default();
     state::watch_file(args.config.clone(), state.clone())?;
     let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?;
@@ -35,6 +37,8 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
     let maps = open_capture_maps(&args.capture_pins).await;
     let home = Arc::new(Netns::open("/proc/self/ns/net")?);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let (drain_tx, draining) = Stop::new();
     let shared = Arc::new(Shared {
         node: args.node.clone(),
@@ -48,11 +52,38 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         home,
         next_pick: Default::default(),
         draining,
+        metrics,
     });
     let pods = Arc::new(inpod::InPod::new(shared.clone()));
-    tokio::spawn(zds::run(args.zds_socket.clone(), pods.clone()));
+    let endpoints = Arc::new(admin::Endpoints {
+        shared: shared.clone(),
+        pods: pods.clone(),
+        registry,
+        log,
+        snapshot_received: Default::default(),
+        quit: Default::default(),
+    });
+    for (addr, role) in [
+        (args.admin, admin::Role::Admin),
+        (args.readiness, admin::Role::Readiness),
+        (args.metrics, admin::Role::Metrics),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {role:?} endpoint {addr}"))?;
+        info!(endpoint = ?role, address = %listener.local_addr()?, "listening");
+        tokio::spawn(admin::serve(listener, role, endpoints.clone()));
+    }
+    tokio::spawn(zds::run(
+        args.zds_socket.clone(),
+        pods.clone(),
+        endpoints.snapshot_received.clone(),
+    ));
     info!(node = %args.node, zds = %args.zds_socket.display(), "ztunnel running");
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = endpoints.quit.notified() => {}
+    }
     info!(
         deadline_secs = args.drain_secs,
         "draining: no new connections; open ones may finish"

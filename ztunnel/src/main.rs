@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    amesh_ztunnel::config::init_logging(&args);
+    let log = amesh_ztunnel::config::init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(amesh_ztunnel::run(args)) {
+    match runtime.block_on(amesh_ztunnel::run(args, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -33,6 +33,7 @@ pub struct Shared {
     pub next_pick: AtomicUsize,
     /// Becomes true when ztunnel drains: stop accepting, let open connections finish.
     pub draining: Stop,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {

@@ -16,7 +16,10 @@ use std::{
     io,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -28,14 +31,14 @@ const MAX_RETRY: Duration = Duration::from_secs(15);
 const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Connects to the agent at `path` and serves it forever, reconnecting with backoff.
-pub async fn run(path: PathBuf, pods: Arc<InPod>) {
+pub async fn run(path: PathBuf, pods: Arc<InPod>, snapshot_received: Arc<AtomicBool>) {
     let mut retry = FIRST_RETRY;
     loop {
         match seqpacket::connect(&path) {
             Ok(fd) => {
                 retry = FIRST_RETRY;
                 info!(socket = %path.display(), "connected to the node agent");
-                if let Err(error) = session(fd, &pods).await {
+                if let Err(error) = session(fd, &pods, &snapshot_received).await {
                     warn!(%error, "node agent connection failed");
                 } else {
                     info!("node agent closed the connection");
@@ -60,7 +63,7 @@ async fn send(sock: &AsyncFd<OwnedFd>, msg: &impl Message) -> io::Result<()> {
 }
 
 /// One connection: hello, then request → answer until the agent hangs up.
-async fn session(fd: OwnedFd, pods: &InPod) -> io::Result<()> {
+async fn session(fd: OwnedFd, pods: &InPod, snapshot_received: &AtomicBool) -> io::Result<()> {
     // `AsyncFd::new` is deprecated because a generic `T` could change its fd while
     // registered; an `OwnedFd` we own cannot, which is what the replacement's contract asks.
     #[allow(deprecated, reason = "sound for an OwnedFd, see above")]
@@ -81,7 +84,13 @@ async fn session(fd: OwnedFd, pods: &InPod) -> io::Result<()> {
             })
             .await?;
         let Some(packet) = packet else { return Ok(()) };
-        let error = match handle(pods, &buf[..packet.len], packet, &mut mentioned) {
+        let error = match handle(
+            pods,
+            &buf[..packet.len],
+            packet,
+            &mut mentioned,
+            snapshot_received,
+        ) {
             Ok(()) => String::new(),
             Err(reason) => {
                 warn!(%reason, "NACK to the node agent");
@@ -100,6 +109,7 @@ fn handle(
     bytes: &[u8],
     packet: seqpacket::Received,
     mentioned: &mut HashSet<String>,
+    snapshot_received: &AtomicBool,
 ) -> Result<(), String> {
     if packet.truncated || packet.fds_truncated {
         return Err("message or its descriptors were truncated".into());
@@ -161,6 +171,7 @@ fn handle(
         Payload::SnapshotSent(_) => {
             no_fds(&fds)?;
             pods.retain(mentioned);
+            snapshot_received.store(true, Ordering::Release);
             Ok(())
         }
     }

@@ -1,15 +1,16 @@
 //! Inbound: HBONE (15008) from other pods' ztunnels, and plaintext (15006) from outside the
 //! mesh; both end in a connection to the app made inside the pod.
 
-use super::{AccessLog, copy};
+use super::{record::ConnRecord, relay};
 use crate::{
     inpod::PodCtx,
+    metrics::TcpLabels,
     shared::{CERT_WAIT, Shared},
 };
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
 use http::StatusCode;
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -47,13 +48,8 @@ pub async fn handle_hbone(
             return;
         }
     };
-    let Some(peer_identity) = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| identity_of(c).ok())
-    else {
+    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let Some(peer_identity) = cert.and_then(|c| identity_of(c).ok()) else {
         return;
     };
     let pod_ip = local.ip().to_canonical();
@@ -76,7 +72,6 @@ async fn connect_app(
     peer: SocketAddr,
     pod_ip: std::net::IpAddr,
 ) {
-    let started = Instant::now();
     let target = match &req.target {
         Target::Addr(a) if a.ip().to_canonical() == pod_ip => *a,
         other => {
@@ -84,30 +79,27 @@ async fn connect_app(
             return req.refuse(StatusCode::BAD_REQUEST);
         }
     };
-    let log = AccessLog {
-        direction: "inbound",
-        src: peer,
-        dst: target,
-        src_identity: Some(req.peer_identity.to_string()),
-        dst_identity: Some(pod.identity.to_string()),
-        dst_workload: Some(&pod.name),
-        started,
-    };
-    let _ = &shared;
+    let mut record = ConnRecord::new(
+        shared.metrics.clone(),
+        TcpLabels::new("destination"),
+        peer,
+        target,
+    );
+    let source_workload = req.peer_identity.service_account.clone();
+    record.source(&req.peer_identity, &source_workload);
+    record.destination(&pod.identity, &pod.name);
+    record.labels.connection_security_policy = "mutual_tls";
+    // The L4 policy issue decides here; until then every authenticated peer is allowed.
     let mut app = match pod.net.connect(target).await {
         Ok(a) => a,
         Err(e) => {
-            log.finish(0, 0, &format!("app unreachable: {e}"));
+            record.fail("CONNECT", &format!("app unreachable: {e}"));
             return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let mut stream = match req.accept() {
-        Ok(s) => s,
-        Err(e) => return log.finish(0, 0, &format!("answering CONNECT: {e}")),
-    };
-    match copy(&mut stream, &mut app).await {
-        Ok((sent, received)) => log.finish(sent, received, "ok"),
-        Err(e) => log.finish(0, 0, &format!("copy failed: {e}")),
+    match req.accept() {
+        Ok(mut stream) => relay(record, &mut stream, &mut app).await,
+        Err(e) => record.fail("CONNECT", &format!("answering CONNECT: {e}")),
     }
 }
 
@@ -117,24 +109,19 @@ pub async fn handle_plaintext(
     mut conn: TcpStream,
     peer: SocketAddr,
 ) {
-    let _ = &shared;
     let Ok(local) = conn.local_addr() else { return };
     // The capture kept the original destination as the local address.
     let target = SocketAddr::new(local.ip().to_canonical(), local.port());
-    let log = AccessLog {
-        direction: "inbound",
-        src: peer,
-        dst: target,
-        src_identity: None,
-        dst_identity: Some(pod.identity.to_string()),
-        dst_workload: Some(&pod.name),
-        started: Instant::now(),
-    };
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let mut record = ConnRecord::new(
+        shared.metrics.clone(),
+        TcpLabels::new("destination"),
+        peer,
+        target,
+    );
+    record.destination(&pod.identity, &pod.name);
     match pod.net.connect(target).await {
-        Ok(mut app) => match copy(&mut conn, &mut app).await {
-            Ok((sent, received)) => log.finish(sent, received, "ok"),
-            Err(e) => log.finish(0, 0, &format!("copy failed: {e}")),
-        },
-        Err(e) => log.finish(0, 0, &format!("app unreachable: {e}")),
+        Ok(mut app) => relay(record, &mut conn, &mut app).await,
+        Err(e) => record.fail("CONNECT", &format!("app unreachable: {e}")),
     }
 }

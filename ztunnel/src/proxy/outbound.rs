@@ -2,26 +2,25 @@
 //! original destination: over HBONE with the pod's own identity when the destination is in
 //! the mesh, as plain TCP otherwise.
 
-use super::{AccessLog, copy};
+use super::{record::ConnRecord, relay};
 use crate::{
     inpod::PodCtx,
+    metrics::TcpLabels,
     shared::{CERT_WAIT, Shared},
-    state::Route,
+    state::{Route, Service},
 };
 use amesh_hbone::{HBONE_PORT, PoolKey};
-use amesh_identity::tls;
+use amesh_identity::{Identity, tls};
 use http::HeaderMap;
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
-    time::Instant,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
 pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
     // Without the original destination there is nowhere safe to send it: refuse.
     let Some(orig) = shared.original_dst(pod.pod_id, peer) else {
         warn!(pod = %pod.name, %peer, "no original destination recorded for this connection; refusing");
@@ -32,83 +31,106 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
     let src_ip = state
         .workload_by_name(&pod.namespace, &pod.name)
         .and_then(|w| w.addresses.first().copied());
-    let mut log = AccessLog {
-        direction: "outbound",
-        src: src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port())),
-        dst: orig,
-        src_identity: Some(pod.identity.to_string()),
-        dst_identity: None,
-        dst_workload: None,
-        started,
-    };
+    let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
+    let mut record = ConnRecord::new(shared.metrics.clone(), TcpLabels::new("source"), src, orig);
+    record.source(&pod.identity, &pod.name);
     match state.route(orig, &shared.node, pick) {
         Route::Hbone {
             workload,
             service,
             target,
         } => {
-            log.dst_identity = Some(workload.identity().to_string());
-            log.dst_workload = Some(&workload.name);
-            let mut headers = HeaderMap::new();
-            if let Some(ip) = src_ip
-                && let Ok(v) = format!("for=\"{ip}\"").parse()
-            {
-                headers.insert("forwarded", v);
-            }
-            let baggage = format!(
-                "k8s.namespace.name={},k8s.pod.name={}{}",
-                pod.namespace,
-                pod.name,
-                service
-                    .as_ref()
-                    .map(|s| format!(",service.name={}", s.name))
-                    .unwrap_or_default()
-            );
-            if let Ok(v) = baggage.parse() {
-                headers.insert("baggage", v);
-            }
+            record.dst = target;
+            record.destination(&workload.identity(), &workload.name);
+            label_service(&mut record, service.as_deref());
+            record.labels.connection_security_policy = "mutual_tls";
+            let headers = hbone_headers(&pod, src_ip, service.as_deref());
             match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
-                Ok(mut stream) => finish(&log, copy(&mut conn, &mut stream).await),
-                Err(reason) => log.finish(0, 0, &reason),
+                Ok(mut stream) => relay(record, &mut conn, &mut stream).await,
+                Err((flag, reason)) => record.fail(flag, &reason),
             }
         }
-        Route::Direct { dst, workload, .. } => {
-            log.dst = dst;
-            log.dst_workload = workload.as_ref().map(|w| w.name.as_str());
+        Route::Direct {
+            dst,
+            workload,
+            service,
+        } => {
+            record.dst = dst;
+            if let Some(w) = &workload {
+                record.destination(&w.identity(), &w.name);
+                record.labels.destination_principal = crate::metrics::UNKNOWN.into();
+            }
+            label_service(&mut record, service.as_deref());
             match pod.net.connect(dst).await {
-                Ok(mut upstream) => finish(&log, copy(&mut conn, &mut upstream).await),
-                Err(e) => log.finish(0, 0, &format!("connect failed: {e}")),
+                Ok(mut upstream) => relay(record, &mut conn, &mut upstream).await,
+                Err(e) => record.fail("CONNECT", &format!("connect failed: {e}")),
             }
         }
-        Route::NoEndpoint { service } => log.finish(
-            0,
-            0,
-            &format!("no healthy endpoint for service {}", service.hostname),
-        ),
+        Route::NoEndpoint { service } => {
+            label_service(&mut record, Some(&service));
+            record.fail(
+                "NO_HEALTHY_UPSTREAM",
+                &format!("no healthy endpoint for service {}", service.hostname),
+            );
+        }
     }
 }
 
-fn finish(log: &AccessLog<'_>, result: std::io::Result<(u64, u64)>) {
-    match result {
-        Ok((sent, received)) => log.finish(sent, received, "ok"),
-        Err(e) => log.finish(0, 0, &format!("copy failed: {e}")),
+fn label_service(record: &mut ConnRecord, service: Option<&Service>) {
+    if let Some(s) = service {
+        record.labels.destination_service = s.hostname.clone();
+        record.labels.destination_service_name = s.name.clone();
+        record.labels.destination_service_namespace = s.namespace.clone();
     }
+}
+
+/// Istio's CONNECT request headers: `forwarded` (the client address) and `baggage`
+/// (telemetry about the source).
+fn hbone_headers(
+    pod: &PodCtx,
+    src_ip: Option<std::net::IpAddr>,
+    service: Option<&Service>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(ip) = src_ip
+        && let Ok(v) = format!("for=\"{ip}\"").parse()
+    {
+        headers.insert("forwarded", v);
+    }
+    let service = service
+        .map(|s| format!(",service.name={}", s.name))
+        .unwrap_or_default();
+    if let Ok(v) = format!(
+        "k8s.namespace.name={},k8s.pod.name={}{service}",
+        pod.namespace, pod.name
+    )
+    .parse()
+    {
+        headers.insert("baggage", v);
+    }
+    headers
 }
 
 /// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
+/// Errors carry Istio's response flag and the reason.
 async fn tunnel(
     shared: &Shared,
     pod: &PodCtx,
-    dst_identity: &amesh_identity::Identity,
+    dst_identity: &Identity,
     target: SocketAddr,
     headers: HeaderMap,
-) -> Result<amesh_hbone::PooledStream, String> {
+) -> Result<amesh_hbone::PooledStream, (&'static str, String)> {
     // Never send as a pod whose certificate is not ready: refuse instead (fail closed).
     let cert = shared
         .certs
         .wait_ready(&pod.identity, CERT_WAIT)
         .await
-        .ok_or_else(|| format!("no certificate for {} yet", pod.identity))?;
+        .ok_or_else(|| {
+            (
+                "IDENTITY_ERROR",
+                format!("no certificate for {} yet", pod.identity),
+            )
+        })?;
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let expected = vec![dst_identity.clone()];
     let key = PoolKey {
@@ -117,16 +139,24 @@ async fn tunnel(
         dst_identities: expected.clone(),
     };
     let tls_config = tls::client_config(&cert, &shared.bundle, expected, shared.provider.clone())
-        .map_err(|e| e.to_string())?;
-    let net = &pod.net;
+        .map_err(|e| ("TLS_FAILURE", e.to_string()))?;
+    let (net, metrics) = (&pod.net, &shared.metrics);
     shared
         .pool
         .connect(&key, &target.to_string(), headers, move || async move {
+            metrics.hbone_handshakes.inc();
             let tcp = net.connect(hbone_addr).await?;
             TlsConnector::from(tls_config)
                 .connect(tls::server_name(hbone_addr.ip()), tcp)
                 .await
         })
         .await
-        .map_err(|e| format!("hbone to {hbone_addr}: {e}"))
+        .map_err(|e| {
+            let flag = match e {
+                amesh_hbone::HboneError::Status(s) if s == http::StatusCode::UNAUTHORIZED => "DENY",
+                amesh_hbone::HboneError::Connect(_) => "CONNECT",
+                _ => "CONNECT",
+            };
+            (flag, format!("hbone to {hbone_addr}: {e}"))
+        })
 }

@@ -3,5 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 mod dataplane;
+mod observe;
+mod security;
 mod support;
 mod zds;

@@ -28,6 +28,9 @@ pub struct PodSpec {
     pub healthy: bool,
     /// Backs the service at `VIP:80` (→ 8080).
     pub in_service: bool,
+    /// What the node agent says the pod's service account is, when it differs from the
+    /// configuration (to test identity mismatches).
+    pub zds_service_account: Option<&'static str>,
 }
 
 pub const fn pod(name: &'static str, namespace: &'static str, node: &'static str) -> PodSpec {
@@ -39,6 +42,7 @@ pub const fn pod(name: &'static str, namespace: &'static str, node: &'static str
         tcp: false,
         healthy: true,
         in_service: false,
+        zds_service_account: None,
     }
 }
 
@@ -51,6 +55,7 @@ pub const fn outside(name: &'static str) -> PodSpec {
         tcp: false,
         healthy: true,
         in_service: false,
+        zds_service_account: None,
     }
 }
 
@@ -79,6 +84,69 @@ impl ZtunnelProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address an endpoint (`Admin`, `Readiness`, `Metrics`) bound, from the log.
+    pub fn endpoint(&self, role: &str) -> SocketAddr {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            for line in self.log().lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let f = &v["fields"];
+                if f["message"] == "listening" && f["endpoint"] == role {
+                    return f["address"].as_str().unwrap().parse().unwrap();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ztunnel never logged its {role} address: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// `METHOD path` against one of its endpoints: (status, body).
+    pub fn http(&self, role: &str, method: &str, path: &str) -> (u16, String) {
+        http_raw(
+            self.endpoint(role),
+            format!("{method} {path} HTTP/1.1\r\nHost: ztunnel\r\n\r\n").as_bytes(),
+        )
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends raw bytes to an HTTP endpoint on loopback; (status, body) of the answer.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(request).unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub struct Mesh {
@@ -99,6 +167,11 @@ impl Drop for Mesh {
 
 impl Mesh {
     pub fn new(specs: &[PodSpec]) -> Self {
+        Self::with_args(specs, &[])
+    }
+
+    /// A mesh whose ztunnels get extra arguments, per node (`(node, args)`).
+    pub fn with_args(specs: &[PodSpec], extra: &[(&str, &[&str])]) -> Self {
         amesh_testbed::require_root();
         let bed = TestBed::new().expect("test bed");
         let pods: Vec<Pod> = specs
@@ -121,13 +194,17 @@ impl Mesh {
             bed,
         };
         for name in node_names {
-            let node = mesh.start_node(name, &config);
+            let args = extra
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(&[][..], |(_, a)| *a);
+            let node = mesh.start_node(name, &config, args);
             mesh.nodes.push(node);
         }
         mesh
     }
 
-    fn start_node(&self, name: &'static str, config: &Path) -> Node {
+    fn start_node(&self, name: &'static str, config: &Path, args: &[&str]) -> Node {
         let pin_root = self.bed.pin_root().join(name);
         let mut capture = Capture::load_or_adopt(&CaptureConfig {
             pin_root: pin_root.clone(),
@@ -152,7 +229,7 @@ impl Mesh {
         }
         let mut agent =
             FakeAgent::listen(&self.dir.join(format!("{name}.sock"))).expect("agent socket");
-        let ztunnel = self.spawn_ztunnel(name, config, &pin_root, &[]);
+        let ztunnel = self.spawn_ztunnel(name, config, &pin_root, args);
         assert_eq!(
             agent.accept().expect("ztunnel connects"),
             1,
@@ -160,12 +237,13 @@ impl Mesh {
         );
         for &i in &members {
             let s = &self.specs[i];
+            let sa = s.zds_service_account.unwrap_or(s.service_account);
             let answer = agent
                 .add(
                     &uid(s),
                     s.name,
                     s.namespace,
-                    s.service_account,
+                    sa,
                     self.pods[i].netns().as_fd(),
                 )
                 .expect("add");
@@ -274,6 +352,13 @@ impl Mesh {
 
     pub fn v6(&self, name: &str, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V6(self.pod(name).ipv6()), port)
+    }
+}
+
+/// The mesh's configuration file (rewrite it to change the mesh live).
+impl Mesh {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mesh.yaml")
     }
 }
 

@@ -1,0 +1,115 @@
+//! One connection's record: its Istio metric labels and access-log fields. Counted as opened
+//! once established; `finish` or `fail` closes it, and dropping it unfinished (the pod was
+//! removed, ztunnel stopped) still counts it closed and logs why, so nothing leaks.
+
+use crate::metrics::{Metrics, TcpLabels};
+use amesh_identity::Identity;
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+use tracing::info;
+
+#[derive(Debug)]
+pub struct ConnRecord {
+    metrics: Arc<Metrics>,
+    pub labels: TcpLabels,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    started: Instant,
+    established: bool,
+    done: bool,
+}
+
+impl ConnRecord {
+    pub fn new(metrics: Arc<Metrics>, labels: TcpLabels, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            metrics,
+            labels,
+            src,
+            dst,
+            started: Instant::now(),
+            established: false,
+            done: false,
+        }
+    }
+
+    /// Fills the source side of the labels from a workload identity.
+    pub fn source(&mut self, identity: &Identity, workload: &str) {
+        self.labels.source_principal = identity.to_string();
+        self.labels.source_workload = workload.to_string();
+        self.labels.source_canonical_service = workload.to_string();
+        self.labels.source_workload_namespace = identity.namespace.clone();
+    }
+
+    /// Fills the destination side of the labels from a workload identity.
+    pub fn destination(&mut self, identity: &Identity, workload: &str) {
+        self.labels.destination_principal = identity.to_string();
+        self.labels.destination_workload = workload.to_string();
+        self.labels.destination_canonical_service = workload.to_string();
+        self.labels.destination_workload_namespace = identity.namespace.clone();
+    }
+
+    /// The connection is up: count it opened.
+    pub fn established(&mut self) {
+        self.established = true;
+        self.metrics.opened.get_or_create(&self.labels).inc();
+    }
+
+    /// The connection ended after carrying bytes (source → destination, and back).
+    pub fn finish(mut self, sent: u64, received: u64, outcome: &str) {
+        self.metrics
+            .sent_bytes
+            .get_or_create(&self.labels)
+            .inc_by(sent);
+        self.metrics
+            .received_bytes
+            .get_or_create(&self.labels)
+            .inc_by(received);
+        self.metrics.closed.get_or_create(&self.labels).inc();
+        self.log(sent, received, outcome);
+        self.done = true;
+    }
+
+    /// The connection could not be set up; `flag` is Istio's response flag for why.
+    pub fn fail(mut self, flag: &'static str, reason: &str) {
+        self.labels.response_flags = flag;
+        self.metrics.failed.get_or_create(&self.labels).inc();
+        self.log(0, 0, reason);
+        self.done = true;
+    }
+
+    fn log(&self, sent: u64, received: u64, outcome: &str) {
+        let l = &self.labels;
+        info!(
+            target: "access",
+            reporter = l.reporter,
+            src.addr = %self.src,
+            dst.addr = %self.dst,
+            src.identity = %l.source_principal,
+            src.workload = %l.source_workload,
+            dst.identity = %l.destination_principal,
+            dst.workload = %l.destination_workload,
+            dst.service = %l.destination_service,
+            security = l.connection_security_policy,
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            outcome,
+            "connection complete"
+        );
+    }
+}
+
+impl Drop for ConnRecord {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.established {
+            self.metrics.closed.get_or_create(&self.labels).inc();
+            self.log(0, 0, "closed: pod removed or ztunnel stopping");
+        } else {
+            self.labels.response_flags = "CONNECT";
+            self.metrics.failed.get_or_create(&self.labels).inc();
+            self.log(0, 0, "abandoned before it was established");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! What operators see and do: Istio-named metrics, the config dump, readiness, the admin
+//! endpoint, live configuration reload, and draining on SIGTERM.
+
+use crate::support::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn metric_value(metrics: &str, name: &str, must_contain: &[&str]) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[test]
+fn metrics_config_dump_and_readiness_after_traffic() {
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);
+    let _apps = mesh.apps(&["c"]);
+    let (n1, n2) = (&mesh.node("node1").ztunnel, &mesh.node("node2").ztunnel);
+    for _ in 0..100 {
+        assert_eq!(
+            mesh.connect_one("a", mesh.v4("c", APP_PORT)).served_by(),
+            "c-app"
+        );
+    }
+    let (status, metrics) = n1.http("Metrics", "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_value(&metrics, "amesh_hbone_tls_handshakes_total", &[]),
+        Some(1),
+        "100 sequential connections, one TLS handshake:\n{metrics}"
+    );
+    let src = [
+        "reporter=\"source\"",
+        "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
+        "destination_principal=\"spiffe://cluster.local/ns/ns-c/sa/c\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(
+        metric_value(&metrics, "istio_tcp_connections_opened_total", &src),
+        Some(100),
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "istio_tcp_sent_bytes_total", &src).unwrap_or(0) > 0);
+    // Closing is recorded when the copy ends, just after the client saw its reply.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m2) = n2.http("Metrics", "GET", "/metrics");
+        let dst = [
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
+            "destination_workload=\"c\"",
+        ];
+        if metric_value(&m2, "istio_tcp_connections_closed_total", &dst) == Some(100) {
+            assert_eq!(
+                metric_value(&m2, "istio_tcp_connections_opened_total", &dst),
+                Some(100)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node2 did not count 100 closed connections:\n{m2}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (status, dump) = n1.http("Admin", "GET", "/config_dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{dump}");
+    let cert = &dump["certificates"][0];
+    assert_eq!(cert["identity"], "spiffe://cluster.local/ns/ns-a/sa/a");
+    assert_eq!(cert["state"], "Ready");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(cert["expiry"].as_u64().unwrap() > now + 3600, "{cert}");
+    assert_eq!(dump["pods"][0], uid(mesh.spec("a")));
+    assert_eq!(n1.http("Readiness", "GET", "/healthz/ready").0, 200);
+}
+
+#[test]
+fn readiness_waits_for_the_node_agent_and_the_admin_endpoint_copes_with_garbage() {
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1")]);
+    // A ztunnel whose node agent never answers is not ready, and says why.
+    let lonely = mesh.spawn_ztunnel(
+        "lonely",
+        &mesh.config_path(),
+        &mesh.bed.pin_root().join("node1"),
+        &[],
+    );
+    let (status, body) = lonely.http("Readiness", "GET", "/healthz/ready");
+    assert_eq!(status, 503);
+    assert!(body.contains("node agent snapshot"), "{body}");
+
+    let z = &mesh.node("node1").ztunnel;
+    assert_eq!(z.http("Admin", "POST", "/logging?level=debug").0, 200);
+    assert_eq!(z.http("Admin", "POST", "/logging?level=[nonsense").0, 400);
+    assert_eq!(z.http("Admin", "GET", "/nowhere").0, 404);
+    assert_eq!(z.http("Admin", "DELETE", "/config_dump").0, 405);
+    assert_eq!(
+        http_raw(z.endpoint("Admin"), b"\x16\x03\x01garbage\r\n\r\n").0,
+        400
+    );
+    assert_eq!(
+        z.http("Admin", "GET", "/config_dump").0,
+        200,
+        "still serving after garbage"
+    );
+}
+
+#[test]
+fn the_configuration_file_reloads_live_and_a_bad_one_is_rejected_with_its_field() {
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1")]);
+    let z = &mesh.node("node1").ztunnel;
+    let workloads = |z: &ZtunnelProcess| {
+        let (_, dump) = z.http("Admin", "GET", "/config_dump");
+        let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        v["workloads"].as_array().unwrap().len()
+    };
+    assert_eq!(workloads(z), 1);
+    let mut text = std::fs::read_to_string(mesh.config_path()).unwrap();
+    text = text.replacen(
+        "workloads:\n",
+        "workloads:\n- {uid: extra, name: extra, namespace: ns-x, addresses: [10.200.99.1]}\n",
+        1,
+    );
+    std::fs::write(mesh.config_path(), &text).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while workloads(z) != 2 {
+        assert!(std::time::Instant::now() < deadline, "reload not seen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(mesh.config_path(), text.replace("10.200.99.1", "10.200.99")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !z.log().contains("configuration rejected") {
+        assert!(std::time::Instant::now() < deadline, "rejection not logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = z.log();
+    assert!(
+        log.contains("workloads[0].addresses[0]") && log.contains("not an IP address"),
+        "{log}"
+    );
+    assert_eq!(workloads(z), 2, "the last good configuration stays");
+}
+
+#[test]
+fn sigterm_drains_open_connections_and_refuses_new_ones() {
+    let mut mesh = Mesh::with_args(
+        &[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")],
+        &[("node1", &["--drain-secs", "30"])],
+    );
+    let _echo = amesh_testbed::probe::serve_echo(
+        &mesh.probe,
+        mesh.pod("c"),
+        &["[::]:8080".parse().unwrap()],
+    )
+    .unwrap();
+    let mut pipe =
+        amesh_testbed::probe::pipe(&mesh.probe, mesh.pod("a"), mesh.v4("c", APP_PORT)).unwrap();
+    let pid = mesh.node("node1").ztunnel.child.id();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The established connection keeps working while ztunnel drains...
+    pipe.send_line("still-here").unwrap();
+    assert_eq!(
+        pipe.next_line(Duration::from_secs(10)).as_deref(),
+        Some("still-here")
+    );
+    // ...new ones are refused...
+    let r = mesh
+        .connect("a", &["--timeout-ms", "2000"], &[mesh.v4("c", APP_PORT)])
+        .remove(0);
+    assert!(r.outcome.is_err(), "{r:?}");
+    // ...and once it closes, ztunnel exits well before the deadline.
+    drop(pipe);
+    let node = mesh.nodes.iter_mut().find(|n| n.name == "node1").unwrap();
+    let status = node
+        .ztunnel
+        .wait_exit(Duration::from_secs(10))
+        .expect("ztunnel exits after the last connection");
+    assert!(status.success(), "{status:?}");
+}
