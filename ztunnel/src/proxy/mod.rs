@@ -4,25 +4,14 @@
 //! - [`inbound`]: 15008 (HBONE from other pods) and 15006 (plaintext from outside the mesh).
 //! - [`record`]: per-connection metrics and access log.
 
+mod copy;
 pub mod inbound;
 pub mod outbound;
 pub mod record;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Copy buffer per direction. Sized for throughput on loopback and LANs while keeping a
-/// thousand idle connections cheap.
-const COPY_BUFFER: usize = 64 * 1024;
-
-/// Copies both ways until both sides are done; half-close travels across. Returns bytes
-/// (a → b, b → a).
-pub async fn copy<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
-}
+pub use copy::copy;
 
 /// Runs the copy for an established connection and closes its record.
 pub async fn relay<A, B>(mut record: record::ConnRecord, a: &mut A, b: &mut B)
