@@ -65,6 +65,12 @@ async fn handle(req: server::IncomingConnect) {
         server::Target::Host(_, p) => *p,
     };
     match port {
+        // Floods the client, to show a stream that is not read stalls only itself.
+        7777 => {
+            let mut s = req.accept().unwrap();
+            let chunk = vec![7u8; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
+        }
         401 => req.refuse(StatusCode::UNAUTHORIZED),
         503 => req.refuse(StatusCode::SERVICE_UNAVAILABLE),
         _ => {
@@ -123,11 +129,18 @@ impl Setup {
     }
 }
 
+/// Sends `payload` (then half-closes) while reading everything back, as a real client would:
+/// writing first and reading later would deadlock against any echo once windows fill.
 async fn echo(stream: &mut amesh_hbone::PooledStream, payload: &[u8]) -> (String, Vec<u8>) {
-    stream.write_all(payload).await.unwrap();
-    stream.shutdown().await.unwrap();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let write = async {
+        w.write_all(payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
     let mut out = Vec::new();
-    stream.read_to_end(&mut out).await.unwrap();
+    let read = r.read_to_end(&mut out);
+    let (_, n) = tokio::join!(write, read);
+    n.unwrap();
     let nl = out.iter().position(|&b| b == b'\n').unwrap();
     let rest = out.split_off(nl + 1);
     (String::from_utf8(out).unwrap().trim().to_string(), rest)
@@ -137,7 +150,7 @@ async fn echo(stream: &mut amesh_hbone::PooledStream, payload: &[u8]) -> (String
 async fn bytes_cross_both_ways_with_half_close_and_the_server_sees_the_client_identity() {
     let s = start_server().await;
     let pool = Pool::new(PoolConfig::default());
-    for size in [1usize, 3 * 1024 * 1024] {
+    for size in [1usize, 32 * 1024 * 1024] {
         let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let mut stream = s
             .open(&pool, "10.0.0.1:8080", s.server_id.clone())
@@ -259,4 +272,27 @@ async fn requests_that_are_not_connect_get_400() {
         let (resp, _) = send.send_request(req, true).unwrap();
         assert_eq!(resp.await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_does_not_stall_the_others() {
+    let s = start_server().await;
+    let pool = Pool::new(PoolConfig::default());
+    // The server floods this stream; we never read it, so its window fills up.
+    let _flooded = s
+        .open(&pool, "10.0.0.1:7777", s.server_id.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another stream on the same connection still carries 8 MiB both ways promptly.
+    let mut other = s
+        .open(&pool, "10.0.0.1:8080", s.server_id.clone())
+        .await
+        .unwrap();
+    assert_eq!(pool.handshakes(), 1, "both streams share one connection");
+    let payload = vec![1u8; 8 * 1024 * 1024];
+    let (_, back) = tokio::time::timeout(Duration::from_secs(20), echo(&mut other, &payload))
+        .await
+        .expect("not stalled");
+    assert_eq!(back.len(), payload.len());
 }

@@ -100,6 +100,11 @@ fn readiness_waits_for_the_node_agent_and_the_admin_endpoint_copes_with_garbage(
     let (status, body) = lonely.http("Readiness", "GET", "/healthz/ready");
     assert_eq!(status, 503);
     assert!(body.contains("node agent snapshot"), "{body}");
+    assert_eq!(lonely.http("Admin", "POST", "/quitquitquit").0, 200);
+    let status = lonely
+        .wait_exit(Duration::from_secs(10))
+        .expect("quitquitquit stops ztunnel");
+    assert!(status.success(), "{status:?}");
 
     let z = &mesh.node("node1").ztunnel;
     assert_eq!(z.http("Admin", "POST", "/logging?level=debug").0, 200);
