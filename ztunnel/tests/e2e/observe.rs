@@ -91,7 +91,7 @@ fn metrics_config_dump_and_readiness_after_traffic() {
 fn readiness_waits_for_the_node_agent_and_the_admin_endpoint_copes_with_garbage() {
     let mesh = Mesh::new(&[pod("a", "ns-a", "node1")]);
     // A ztunnel whose node agent never answers is not ready, and says why.
-    let lonely = mesh.spawn_ztunnel(
+    let mut lonely = mesh.spawn_ztunnel(
         "lonely",
         &mesh.config_path(),
         &mesh.bed.pin_root().join("node1"),
