@@ -1,0 +1,129 @@
+//! Deciding one connection against the policies that apply to its destination workload, as
+//! Istio orders it: any matching DENY refuses; otherwise, if any ALLOW policy applies and none
+//! matches, refuse; otherwise allow. Dry-run policies are evaluated and reported but never
+//! change the outcome.
+
+use crate::model::{Action, Authorization, Clause, Match, Rule};
+use amesh_identity::Identity;
+use std::net::IpAddr;
+
+/// What the destination ztunnel knows about a connection at L4.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection<'a> {
+    /// From the peer's certificate; `None` for plaintext.
+    pub source: Option<&'a Identity>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+}
+
+/// The outcome, with the policy that decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `by` names the ALLOW policy that matched, if any applied.
+    Allow { by: Option<String> },
+    /// Refused by a matching DENY policy, or because ALLOW policies apply and none matched.
+    Deny { by: String },
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+/// A decision and the dry-run policies that would have decided differently... or at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Dry-run policies whose rules matched (`namespace/name`, action).
+    pub dry_run_hits: Vec<(String, Action)>,
+}
+
+/// Evaluates `policies` (those that apply to the destination) for `conn`.
+pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
+    let mut dry_run_hits = Vec::new();
+    let mut deny = None;
+    let (mut allow_applies, mut allowed_by) = (false, None);
+    for p in policies {
+        let hit = policy_matches(p, conn);
+        if p.dry_run {
+            if hit {
+                dry_run_hits.push((p.key(), p.action));
+            }
+            continue;
+        }
+        match p.action {
+            Action::Deny if hit && deny.is_none() => deny = Some(p.key()),
+            Action::Allow => {
+                allow_applies = true;
+                if hit && allowed_by.is_none() {
+                    allowed_by = Some(p.key());
+                }
+            }
+            _ => {}
+        }
+    }
+    let decision = match (deny, allow_applies, allowed_by) {
+        (Some(by), _, _) => Decision::Deny { by },
+        (None, true, None) => Decision::Deny {
+            by: "no ALLOW policy matched".to_string(),
+        },
+        (None, _, by) => Decision::Allow { by },
+    };
+    Outcome {
+        decision,
+        dry_run_hits,
+    }
+}
+
+fn policy_matches(p: &Authorization, conn: &Connection<'_>) -> bool {
+    p.rules.iter().any(|r| rule_matches(r, p.action, conn))
+}
+
+fn rule_matches(r: &Rule, action: Action, conn: &Connection<'_>) -> bool {
+    r.clauses.iter().all(|c| clause_matches(c, action, conn))
+}
+
+fn clause_matches(c: &Clause, action: Action, conn: &Connection<'_>) -> bool {
+    c.matches.iter().any(|m| match_matches(m, action, conn))
+}
+
+/// All of a list, or true when the list is empty.
+fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {
+    list.is_empty() || list.iter().any(f)
+}
+
+fn match_matches(m: &Match, action: Action, conn: &Connection<'_>) -> bool {
+    if m.requires_l7 && action == Action::Allow {
+        return false;
+    }
+    // Without an identity (plaintext), positive identity conditions never match and negative
+    // ones always hold: `notPrincipals: ["*"]` is Istio's way to say "peers without mTLS".
+    let identity_ok = match conn.source {
+        Some(id) => {
+            let principal = id.principal();
+            let ns = id.namespace.as_str();
+            let sa_is = |sa: &crate::model::ServiceAccountMatch| {
+                sa.namespace == id.namespace && sa.service_account == id.service_account
+            };
+            any_or_empty(&m.principals, |s| s.matches(&principal))
+                && !m.not_principals.iter().any(|s| s.matches(&principal))
+                && any_or_empty(&m.namespaces, |s| s.matches(ns))
+                && !m.not_namespaces.iter().any(|s| s.matches(ns))
+                && any_or_empty(&m.service_accounts, sa_is)
+                && !m.not_service_accounts.iter().any(sa_is)
+        }
+        None => m.principals.is_empty() && m.namespaces.is_empty() && m.service_accounts.is_empty(),
+    };
+    identity_ok
+        && any_or_empty(&m.source_ips, |n| n.contains(conn.source_ip))
+        && !m.not_source_ips.iter().any(|n| n.contains(conn.source_ip))
+        && any_or_empty(&m.destination_ips, |n| n.contains(conn.destination_ip))
+        && !m
+            .not_destination_ips
+            .iter()
+            .any(|n| n.contains(conn.destination_ip))
+        && any_or_empty(&m.destination_ports, |p| *p == conn.destination_port)
+        && !m.not_destination_ports.contains(&conn.destination_port)
+}

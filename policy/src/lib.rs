@@ -1,0 +1,19 @@
+//! L4 security policy for amesh, with Istio's semantics.
+//!
+//! - [`model`]: authorization policies in the shape ztunnel receives them.
+//! - [`eval`]: deciding a connection (DENY first, then ALLOW, dry-run reported apart).
+//! - [`peer_auth`]: whether a workload accepts plaintext (PeerAuthentication modes).
+#![forbid(unsafe_code)]
+
+pub mod eval;
+pub mod model;
+pub mod peer_auth;
+
+pub use eval::{Connection, Decision, Outcome, evaluate};
+pub use model::{
+    Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
+};
+pub use peer_auth::{MtlsMode, PeerAuthentication, PeerScope, effective_mode};
+
+#[cfg(test)]
+mod tests;

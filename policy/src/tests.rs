@@ -1,0 +1,765 @@
+//! Table-driven semantics tests: every field and its `not` form, scopes of action, DENY over
+//! ALLOW, empty rules, dry-run, L7 attributes at L4, and PeerAuthentication precedence.
+
+use crate::*;
+use amesh_identity::Identity;
+use std::collections::BTreeMap;
+
+fn id(ns: &str, sa: &str) -> Identity {
+    Identity::new("cluster.local", ns, sa)
+}
+
+fn s(v: &str) -> StringMatch {
+    StringMatch::parse(v)
+}
+
+fn net(v: &str) -> IpNet {
+    IpNet::parse(v).unwrap()
+}
+
+fn policy(name: &str, action: Action, matches: Vec<Match>) -> Authorization {
+    Authorization {
+        name: name.into(),
+        namespace: "shop".into(),
+        scope: Scope::Namespace,
+        action,
+        rules: vec![Rule {
+            clauses: vec![Clause { matches }],
+        }],
+        dry_run: false,
+    }
+}
+
+fn allow(m: Match) -> Authorization {
+    policy("allow", Action::Allow, vec![m])
+}
+
+fn deny(m: Match) -> Authorization {
+    policy("deny", Action::Deny, vec![m])
+}
+
+struct Conn {
+    source: Option<Identity>,
+    source_ip: &'static str,
+    port: u16,
+}
+
+const CLIENT: fn() -> Conn = || Conn {
+    source: Some(id("shop", "client")),
+    source_ip: "10.1.2.3",
+    port: 8080,
+};
+const PLAIN: fn() -> Conn = || Conn {
+    source: None,
+    source_ip: "10.1.2.3",
+    port: 8080,
+};
+
+fn from(ns: &str, sa: &str) -> Conn {
+    Conn {
+        source: Some(id(ns, sa)),
+        ..CLIENT()
+    }
+}
+
+fn decide(policies: &[Authorization], c: &Conn) -> Outcome {
+    let refs: Vec<&Authorization> = policies.iter().collect();
+    let conn = Connection {
+        source: c.source.as_ref(),
+        source_ip: c.source_ip.parse().unwrap(),
+        destination_ip: "10.9.9.9".parse().unwrap(),
+        destination_port: c.port,
+    };
+    evaluate(&refs, &conn)
+}
+
+/// `Some("x")`: denied by policy x; `None`: allowed.
+fn verdict(o: &Outcome) -> Option<String> {
+    match &o.decision {
+        Decision::Allow { .. } => None,
+        Decision::Deny { by } => Some(by.trim_start_matches("shop/").to_string()),
+    }
+}
+
+#[test]
+fn authorization_table() {
+    let ip_conn = |ip: &'static str| Conn {
+        source_ip: ip,
+        ..CLIENT()
+    };
+    let port = |p: u16| Conn {
+        port: p,
+        ..CLIENT()
+    };
+    let m = Match::default;
+    let l7 = |mm: Match| Match {
+        requires_l7: true,
+        ..mm
+    };
+    let cases: Vec<(&str, Vec<Authorization>, Conn, Option<&str>)> = vec![
+        ("no policy allows", vec![], CLIENT(), None),
+        (
+            "principal exact",
+            vec![allow(Match {
+                principals: vec![s("cluster.local/ns/shop/sa/client")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "principal exact, other peer",
+            vec![allow(Match {
+                principals: vec![s("cluster.local/ns/shop/sa/other")],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "principal prefix",
+            vec![allow(Match {
+                principals: vec![s("cluster.local/ns/shop/*")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "principal suffix",
+            vec![allow(Match {
+                principals: vec![s("*/sa/client")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "principal presence, mTLS",
+            vec![allow(Match {
+                principals: vec![s("*")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "principal presence, plaintext",
+            vec![allow(Match {
+                principals: vec![s("*")],
+                ..m()
+            })],
+            PLAIN(),
+            Some("no ALLOW"),
+        ),
+        (
+            "notPrincipals names the peer",
+            vec![allow(Match {
+                not_principals: vec![s("cluster.local/ns/shop/sa/client")],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "notPrincipals names another",
+            vec![allow(Match {
+                not_principals: vec![s("cluster.local/ns/shop/sa/x")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "DENY notPrincipals * refuses plaintext",
+            vec![deny(Match {
+                not_principals: vec![s("*")],
+                ..m()
+            })],
+            PLAIN(),
+            Some("deny"),
+        ),
+        (
+            "DENY notPrincipals * lets mTLS through",
+            vec![deny(Match {
+                not_principals: vec![s("*")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "namespace",
+            vec![allow(Match {
+                namespaces: vec![s("shop")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "namespace, other",
+            vec![allow(Match {
+                namespaces: vec![s("shop")],
+                ..m()
+            })],
+            from("web", "client"),
+            Some("no ALLOW"),
+        ),
+        (
+            "notNamespaces",
+            vec![allow(Match {
+                not_namespaces: vec![s("shop")],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "namespace prefix",
+            vec![allow(Match {
+                namespaces: vec![s("sh*")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "namespace, plaintext never matches",
+            vec![allow(Match {
+                namespaces: vec![s("shop")],
+                ..m()
+            })],
+            PLAIN(),
+            Some("no ALLOW"),
+        ),
+        (
+            "DENY notNamespaces holds for plaintext",
+            vec![deny(Match {
+                not_namespaces: vec![s("shop")],
+                ..m()
+            })],
+            PLAIN(),
+            Some("deny"),
+        ),
+        (
+            "service account",
+            vec![allow(Match {
+                service_accounts: vec![ServiceAccountMatch {
+                    namespace: "shop".into(),
+                    service_account: "client".into(),
+                }],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "service account, other",
+            vec![allow(Match {
+                service_accounts: vec![ServiceAccountMatch {
+                    namespace: "shop".into(),
+                    service_account: "x".into(),
+                }],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "notServiceAccounts",
+            vec![allow(Match {
+                not_service_accounts: vec![ServiceAccountMatch {
+                    namespace: "shop".into(),
+                    service_account: "client".into(),
+                }],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "source ip block",
+            vec![allow(Match {
+                source_ips: vec![net("10.0.0.0/8")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "source ip block, outside",
+            vec![allow(Match {
+                source_ips: vec![net("10.0.0.0/8")],
+                ..m()
+            })],
+            ip_conn("192.168.1.1"),
+            Some("no ALLOW"),
+        ),
+        (
+            "notSourceIps",
+            vec![allow(Match {
+                not_source_ips: vec![net("10.1.0.0/16")],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "source ip v6 block",
+            vec![allow(Match {
+                source_ips: vec![net("fd00::/8")],
+                ..m()
+            })],
+            ip_conn("fd00::5"),
+            None,
+        ),
+        (
+            "source single ip",
+            vec![allow(Match {
+                source_ips: vec![net("10.1.2.3")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "v4 block never holds a v6 peer",
+            vec![allow(Match {
+                source_ips: vec![net("0.0.0.0/0")],
+                ..m()
+            })],
+            ip_conn("fd00::5"),
+            Some("no ALLOW"),
+        ),
+        (
+            "destination ip",
+            vec![allow(Match {
+                destination_ips: vec![net("10.9.9.9/32")],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "notDestinationIps",
+            vec![allow(Match {
+                not_destination_ips: vec![net("10.9.0.0/16")],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "destination port",
+            vec![allow(Match {
+                destination_ports: vec![8080],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "destination port, other",
+            vec![allow(Match {
+                destination_ports: vec![8080],
+                ..m()
+            })],
+            port(9090),
+            Some("no ALLOW"),
+        ),
+        (
+            "notDestinationPorts",
+            vec![allow(Match {
+                not_destination_ports: vec![9090],
+                ..m()
+            })],
+            port(9090),
+            Some("no ALLOW"),
+        ),
+        (
+            "DENY a port",
+            vec![deny(Match {
+                destination_ports: vec![9090],
+                ..m()
+            })],
+            port(9090),
+            Some("deny"),
+        ),
+        (
+            "DENY a port, other port",
+            vec![deny(Match {
+                destination_ports: vec![9090],
+                ..m()
+            })],
+            CLIENT(),
+            None,
+        ),
+        (
+            "fields of a match AND",
+            vec![allow(Match {
+                principals: vec![s("*")],
+                destination_ports: vec![9090],
+                ..m()
+            })],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "matches of a clause OR",
+            vec![policy(
+                "allow",
+                Action::Allow,
+                vec![
+                    Match {
+                        destination_ports: vec![1],
+                        ..m()
+                    },
+                    Match {
+                        destination_ports: vec![8080],
+                        ..m()
+                    },
+                ],
+            )],
+            CLIENT(),
+            None,
+        ),
+        (
+            "clauses of a rule AND",
+            vec![Authorization {
+                rules: vec![Rule {
+                    clauses: vec![
+                        Clause {
+                            matches: vec![Match {
+                                principals: vec![s("*")],
+                                ..m()
+                            }],
+                        },
+                        Clause {
+                            matches: vec![Match {
+                                destination_ports: vec![9090],
+                                ..m()
+                            }],
+                        },
+                    ],
+                }],
+                ..allow(m())
+            }],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "rules of a policy OR",
+            vec![Authorization {
+                rules: vec![
+                    Rule {
+                        clauses: vec![Clause {
+                            matches: vec![Match {
+                                destination_ports: vec![1],
+                                ..m()
+                            }],
+                        }],
+                    },
+                    Rule {
+                        clauses: vec![Clause {
+                            matches: vec![Match {
+                                destination_ports: vec![8080],
+                                ..m()
+                            }],
+                        }],
+                    },
+                ],
+                ..allow(m())
+            }],
+            CLIENT(),
+            None,
+        ),
+        (
+            "ALLOW without rules allows nothing",
+            vec![Authorization {
+                rules: vec![],
+                ..allow(m())
+            }],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "an empty rule matches everything",
+            vec![Authorization {
+                rules: vec![Rule::default()],
+                ..allow(m())
+            }],
+            PLAIN(),
+            None,
+        ),
+        (
+            "DENY wins over ALLOW",
+            vec![
+                allow(m()),
+                deny(Match {
+                    principals: vec![s("*")],
+                    ..m()
+                }),
+            ],
+            CLIENT(),
+            Some("deny"),
+        ),
+        (
+            "non-matching DENY, matching ALLOW",
+            vec![
+                allow(m()),
+                deny(Match {
+                    destination_ports: vec![1],
+                    ..m()
+                }),
+            ],
+            CLIENT(),
+            None,
+        ),
+        (
+            "second ALLOW matches",
+            vec![
+                policy(
+                    "a1",
+                    Action::Allow,
+                    vec![Match {
+                        destination_ports: vec![1],
+                        ..m()
+                    }],
+                ),
+                policy("a2", Action::Allow, vec![m()]),
+            ],
+            CLIENT(),
+            None,
+        ),
+        (
+            "dry-run DENY only reports",
+            vec![Authorization {
+                dry_run: true,
+                ..deny(m())
+            }],
+            CLIENT(),
+            None,
+        ),
+        (
+            "dry-run ALLOW does not make others deny",
+            vec![Authorization {
+                dry_run: true,
+                ..allow(Match {
+                    destination_ports: vec![1],
+                    ..m()
+                })
+            }],
+            CLIENT(),
+            None,
+        ),
+        (
+            "ALLOW needing L7 never matches",
+            vec![allow(l7(Match {
+                principals: vec![s("*")],
+                ..m()
+            }))],
+            CLIENT(),
+            Some("no ALLOW"),
+        ),
+        (
+            "DENY needing L7 denies on its L4 part",
+            vec![deny(l7(Match {
+                principals: vec![s("*")],
+                ..m()
+            }))],
+            CLIENT(),
+            Some("deny"),
+        ),
+        (
+            "DENY needing L7, L4 part not matching",
+            vec![deny(l7(Match {
+                destination_ports: vec![1],
+                ..m()
+            }))],
+            CLIENT(),
+            None,
+        ),
+        (
+            "an L4 match next to an L7 one still allows",
+            vec![policy(
+                "allow",
+                Action::Allow,
+                vec![
+                    l7(m()),
+                    Match {
+                        principals: vec![s("*")],
+                        ..m()
+                    },
+                ],
+            )],
+            CLIENT(),
+            None,
+        ),
+    ];
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for (name, policies, conn, want) in &cases {
+        let got = verdict(&decide(policies, conn));
+        let want = want.map(str::to_string);
+        match (&got, &want) {
+            (Some(g), Some(w)) => {
+                assert!(g.starts_with(w.as_str()), "{name}: denied by {g}, want {w}")
+            }
+            _ => assert_eq!(got, want, "{name}"),
+        }
+    }
+}
+
+#[test]
+fn decisions_name_the_deciding_policy_and_dry_run_hits() {
+    let allow_all = Authorization {
+        rules: vec![Rule::default()],
+        ..allow(Match::default())
+    };
+    let o = decide(&[allow_all.clone()], &CLIENT());
+    assert_eq!(
+        o.decision,
+        Decision::Allow {
+            by: Some("shop/allow".into())
+        }
+    );
+    let dry = Authorization {
+        dry_run: true,
+        name: "would-deny".into(),
+        ..deny(Match::default())
+    };
+    let o = decide(&[allow_all, dry], &CLIENT());
+    assert_eq!(
+        o.dry_run_hits,
+        vec![("shop/would-deny".to_string(), Action::Deny)]
+    );
+    assert!(o.decision.is_allowed());
+}
+
+#[test]
+fn string_and_ip_syntax() {
+    assert_eq!(StringMatch::parse("*"), StringMatch::Presence);
+    assert_eq!(StringMatch::parse("a*"), StringMatch::Prefix("a".into()));
+    assert_eq!(StringMatch::parse("*a"), StringMatch::Suffix("a".into()));
+    assert_eq!(StringMatch::parse("a"), StringMatch::Exact("a".into()));
+    assert!(!StringMatch::Presence.matches(""));
+    for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.1/x"] {
+        assert!(IpNet::parse(bad).is_none(), "{bad}");
+    }
+    assert!(net("0.0.0.0/0").contains("1.2.3.4".parse().unwrap()));
+    assert!(
+        net("10.0.0.0/8").contains("::ffff:10.1.1.1".parse().unwrap()),
+        "mapped addresses count as IPv4"
+    );
+}
+
+fn pa(scope: PeerScope, ns: &str, mode: MtlsMode, ports: &[(u16, MtlsMode)]) -> PeerAuthentication {
+    PeerAuthentication {
+        name: format!("{scope:?}"),
+        namespace: ns.into(),
+        scope,
+        workloads: if scope == PeerScope::Workload {
+            vec!["w1".into()]
+        } else {
+            vec![]
+        },
+        mode,
+        port_modes: ports.iter().copied().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+#[test]
+fn peer_authentication_precedence() {
+    use MtlsMode::*;
+    let mesh_strict = pa(PeerScope::Mesh, "istio-system", Strict, &[]);
+    let cases: Vec<(&str, Vec<PeerAuthentication>, &str, u16, MtlsMode)> = vec![
+        ("nothing set: permissive", vec![], "w1", 80, Permissive),
+        ("mesh strict", vec![mesh_strict.clone()], "w1", 80, Strict),
+        (
+            "namespace permissive overrides mesh",
+            vec![
+                mesh_strict.clone(),
+                pa(PeerScope::Namespace, "shop", Permissive, &[]),
+            ],
+            "w1",
+            80,
+            Permissive,
+        ),
+        (
+            "port-level permissive",
+            vec![pa(
+                PeerScope::Namespace,
+                "shop",
+                Strict,
+                &[(8080, Permissive)],
+            )],
+            "w1",
+            8080,
+            Permissive,
+        ),
+        (
+            "other ports stay strict",
+            vec![pa(
+                PeerScope::Namespace,
+                "shop",
+                Strict,
+                &[(8080, Permissive)],
+            )],
+            "w1",
+            9090,
+            Strict,
+        ),
+        (
+            "workload overrides namespace",
+            vec![
+                pa(PeerScope::Namespace, "shop", Strict, &[]),
+                pa(PeerScope::Workload, "shop", Permissive, &[]),
+            ],
+            "w1",
+            80,
+            Permissive,
+        ),
+        (
+            "other workloads keep the namespace mode",
+            vec![
+                pa(PeerScope::Namespace, "shop", Strict, &[]),
+                pa(PeerScope::Workload, "shop", Permissive, &[]),
+            ],
+            "w2",
+            80,
+            Strict,
+        ),
+        (
+            "unset inherits",
+            vec![
+                pa(PeerScope::Namespace, "shop", Strict, &[]),
+                pa(PeerScope::Workload, "shop", Unset, &[]),
+            ],
+            "w1",
+            80,
+            Strict,
+        ),
+        (
+            "port-level strict under permissive",
+            vec![pa(
+                PeerScope::Mesh,
+                "istio-system",
+                Permissive,
+                &[(5432, Strict)],
+            )],
+            "w1",
+            5432,
+            Strict,
+        ),
+        (
+            "another namespace's policy does not apply",
+            vec![pa(PeerScope::Namespace, "web", Strict, &[])],
+            "w1",
+            80,
+            Permissive,
+        ),
+    ];
+    for (name, policies, uid, port, want) in cases {
+        assert_eq!(effective_mode(&policies, "shop", uid, port), want, "{name}");
+    }
+}
