@@ -616,7 +616,7 @@ fn decisions_name_the_deciding_policy_and_dry_run_hits() {
         rules: vec![Rule::default()],
         ..allow(Match::default())
     };
-    let o = decide(&[allow_all.clone()], &CLIENT());
+    let o = decide(std::slice::from_ref(&allow_all), &CLIENT());
     assert_eq!(
         o.decision,
         Decision::Allow {
