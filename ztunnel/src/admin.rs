@@ -227,7 +227,8 @@ fn config_dump(e: &Endpoints) -> String {
         "node": e.shared.node,
         "workloads": state.workloads().map(|w| w.as_ref()).collect::<Vec<_>>(),
         "services": state.services().map(|s| s.as_ref()).collect::<Vec<_>>(),
-        "policies": [],
+        "policies": state.policies().map(|p| p.as_ref()).collect::<Vec<_>>(),
+        "peerAuthentications": state.peer_authentications(),
         "pods": e.pods.uids(),
         "certificates": certificates,
     });

@@ -53,7 +53,19 @@ pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<(
         next_pick: Default::default(),
         draining,
         metrics,
+        live: Default::default(),
     });
+    // A configuration change re-checks every open inbound connection against the new policies.
+    {
+        let shared = shared.clone();
+        let mut changes = shared.state.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let state = changes.borrow_and_update().clone();
+                shared.live.recheck(&state, &shared.metrics);
+            }
+        });
+    }
     let pods = Arc::new(inpod::InPod::new(shared.clone()));
     let endpoints = Arc::new(admin::Endpoints {
         shared: shared.clone(),

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub sent_bytes: Family<TcpLabels, Counter>,
     pub received_bytes: Family<TcpLabels, Counter>,
     pub hbone_handshakes: Counter,
+    pub dry_run_hits: Family<crate::proxy::authz::DryRunLabels, Counter>,
 }
 
 impl Metrics {
@@ -116,6 +117,11 @@ impl Metrics {
             "amesh_hbone_tls_handshakes",
             "Mutual-TLS connections the HBONE pool opened",
             m.hbone_handshakes.clone(),
+        );
+        registry.register(
+            "amesh_policy_dry_run_hits",
+            "Connections a dry-run policy matched (not enforced)",
+            m.dry_run_hits.clone(),
         );
         m
     }

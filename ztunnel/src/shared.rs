@@ -34,6 +34,8 @@ pub struct Shared {
     /// Becomes true when ztunnel drains: stop accepting, let open connections finish.
     pub draining: Stop,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Inbound connections a policy change must re-check.
+    pub live: Arc<crate::proxy::authz::LiveConnections>,
 }
 
 impl Shared {

@@ -1,7 +1,12 @@
 //! Inbound: HBONE (15008) from other pods' ztunnels, and plaintext (15006) from outside the
-//! mesh; both end in a connection to the app made inside the pod.
+//! mesh. Policy decides before any byte reaches the app; allowed connections end in a
+//! connection to the app made inside the pod, and are re-checked when policies change.
 
-use super::{record::ConnRecord, relay};
+use super::{
+    authz::{Facts, authorize},
+    record::ConnRecord,
+    relay,
+};
 use crate::{
     inpod::PodCtx,
     metrics::TcpLabels,
@@ -9,8 +14,12 @@ use crate::{
 };
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
+use amesh_policy::{Decision, MtlsMode};
 use http::StatusCode;
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -63,14 +72,14 @@ pub async fn handle_hbone(
     let _ = server::serve(tls, peer_identity, handler, shared.draining.clone().wait()).await;
 }
 
-/// Answers one CONNECT: 400 unless it targets this pod, 503 if the app is unreachable, else
-/// 200 and the bytes.
+/// Answers one CONNECT: 400 unless it targets this pod, 401 if policy refuses, 503 if the app
+/// is unreachable, else 200 and the bytes.
 async fn connect_app(
     shared: Arc<Shared>,
     pod: Arc<PodCtx>,
     req: IncomingConnect,
     peer: SocketAddr,
-    pod_ip: std::net::IpAddr,
+    pod_ip: IpAddr,
 ) {
     let target = match &req.target {
         Target::Addr(a) if a.ip().to_canonical() == pod_ip => *a,
@@ -89,7 +98,22 @@ async fn connect_app(
     record.source(&req.peer_identity, &source_workload);
     record.destination(&pod.identity, &pod.name);
     record.labels.connection_security_policy = "mutual_tls";
-    // The L4 policy issue decides here; until then every authenticated peer is allowed.
+    let facts = Facts {
+        pod_namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+        source: Some(req.peer_identity.clone()),
+        source_ip: peer.ip().to_canonical(),
+        destination_ip: target.ip().to_canonical(),
+        destination_port: target.port(),
+    };
+    match authorize(&shared.state.snapshot(), &facts, &shared.metrics) {
+        Decision::Deny { by } => {
+            record.fail("DENY", &format!("denied by {by}"));
+            return req.refuse(StatusCode::UNAUTHORIZED);
+        }
+        Decision::Allow { by } => record.policy = by,
+    }
+    let (_live, kill) = shared.live.register(facts);
     let mut app = match pod.net.connect(target).await {
         Ok(a) => a,
         Err(e) => {
@@ -98,7 +122,7 @@ async fn connect_app(
         }
     };
     match req.accept() {
-        Ok(mut stream) => relay(record, &mut stream, &mut app).await,
+        Ok(mut stream) => relay(record, &mut stream, &mut app, Some(kill)).await,
         Err(e) => record.fail("CONNECT", &format!("answering CONNECT: {e}")),
     }
 }
@@ -120,8 +144,30 @@ pub async fn handle_plaintext(
         target,
     );
     record.destination(&pod.identity, &pod.name);
+    let state = shared.state.snapshot();
+    // STRICT peer authentication: plaintext is refused; the connection closes unanswered.
+    let uid = state
+        .workload_by_name(&pod.namespace, &pod.name)
+        .map(|w| w.uid.clone())
+        .unwrap_or_default();
+    if state.mtls_mode(&pod.namespace, &uid, target.port()) == MtlsMode::Strict {
+        return record.fail("DENY", "plaintext refused: peer authentication is STRICT");
+    }
+    let facts = Facts {
+        pod_namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+        source: None,
+        source_ip: peer.ip(),
+        destination_ip: target.ip(),
+        destination_port: target.port(),
+    };
+    match authorize(&state, &facts, &shared.metrics) {
+        Decision::Deny { by } => return record.fail("DENY", &format!("denied by {by}")),
+        Decision::Allow { by } => record.policy = by,
+    }
+    let (_live, kill) = shared.live.register(facts);
     match pod.net.connect(target).await {
-        Ok(mut app) => relay(record, &mut conn, &mut app).await,
+        Ok(mut app) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail("CONNECT", &format!("app unreachable: {e}")),
     }
 }

@@ -4,6 +4,7 @@
 //! - [`inbound`]: 15008 (HBONE from other pods) and 15006 (plaintext from outside the mesh).
 //! - [`record`]: per-connection metrics and access log.
 
+pub mod authz;
 mod copy;
 pub mod inbound;
 pub mod outbound;
@@ -13,15 +14,32 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use copy::copy;
 
-/// Runs the copy for an established connection and closes its record.
-pub async fn relay<A, B>(mut record: record::ConnRecord, a: &mut A, b: &mut B)
-where
+/// Runs the copy for an established connection and closes its record. When `kill` is
+/// raised (a policy change denied the connection) the copy stops and both sides close.
+pub async fn relay<A, B>(
+    mut record: record::ConnRecord,
+    a: &mut A,
+    b: &mut B,
+    kill: Option<crate::shared::Stop>,
+) where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     record.established();
-    match copy(a, b).await {
-        Ok((sent, received)) => record.finish(sent, received, "ok"),
-        Err(e) => record.finish(0, 0, &format!("ended with an error: {e}")),
+    let killed = async move {
+        match kill {
+            Some(k) => k.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = copy(a, b) => match result {
+            Ok((sent, received)) => record.finish(sent, received, "ok"),
+            Err(e) => record.finish(0, 0, &format!("ended with an error: {e}")),
+        },
+        () = killed => {
+            record.labels.response_flags = "DENY";
+            record.finish(0, 0, "closed: a policy change denies it");
+        }
     }
 }

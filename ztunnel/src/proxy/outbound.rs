@@ -46,7 +46,7 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             record.labels.connection_security_policy = "mutual_tls";
             let headers = hbone_headers(&pod, src_ip, service.as_deref());
             match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
-                Ok(mut stream) => relay(record, &mut conn, &mut stream).await,
+                Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err((flag, reason)) => record.fail(flag, &reason),
             }
         }
@@ -62,7 +62,7 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             }
             label_service(&mut record, service.as_deref());
             match pod.net.connect(dst).await {
-                Ok(mut upstream) => relay(record, &mut conn, &mut upstream).await,
+                Ok(mut upstream) => relay(record, &mut conn, &mut upstream, None).await,
                 Err(e) => record.fail("CONNECT", &format!("connect failed: {e}")),
             }
         }

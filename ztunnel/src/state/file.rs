@@ -45,12 +45,16 @@ pub struct ConfigError {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FileConfig {
     #[serde(default)]
     workloads: Vec<RawWorkload>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    policies: Vec<super::policy_file::RawPolicy>,
+    #[serde(default)]
+    peer_authentications: Vec<super::policy_file::RawPeerAuthentication>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +77,8 @@ struct RawWorkload {
     status: Option<String>,
     #[serde(default)]
     services: BTreeMap<String, BTreeMap<u16, u16>>,
+    #[serde(default)]
+    authorization_policies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +145,20 @@ pub fn load_file(path: &Path) -> Result<State, ConfigError> {
     for (i, s) in raw.services.into_iter().enumerate() {
         services.push(service(s, &format!("services[{i}]")).map_err(|(f, r)| err(&f, r))?);
     }
-    Ok(State::new(workloads, services))
+    let mut policies = Vec::new();
+    for (i, p) in raw.policies.into_iter().enumerate() {
+        policies.push(
+            super::policy_file::policy(p, &format!("policies[{i}]"))
+                .map_err(|(f, r)| err(&f, r))?,
+        );
+    }
+    let mut peer_auths = Vec::new();
+    for (i, p) in raw.peer_authentications.into_iter().enumerate() {
+        let at = format!("peerAuthentications[{i}]");
+        peer_auths
+            .push(super::policy_file::peer_authentication(p, &at).map_err(|(f, r)| err(&f, r))?);
+    }
+    Ok(State::new(workloads, services).with_policies(policies, peer_auths))
 }
 
 type FieldError = (String, String);
@@ -207,6 +226,7 @@ fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
         node: w.node,
         healthy,
         services: w.services,
+        authorization_policies: w.authorization_policies,
     })
 }
 
@@ -342,6 +362,26 @@ mod tests {
                 "unknown field",
             ),
             ("workloads: [\n", "line", "expected"),
+            (
+                "policies:\n- {name: p, namespace: ns, scope: Namespace, action: AUDIT}\n",
+                "policies[0].action",
+                "not supported at L4",
+            ),
+            (
+                "policies:\n- {name: p, namespace: ns, scope: Everywhere, action: Allow}\n",
+                "policies[0].scope",
+                "not Global",
+            ),
+            (
+                "policies:\n- {name: p, namespace: ns, scope: Global, action: Deny, rules: [{clauses: [{matches: [{sourceIps: [10.0.0.0/33]}]}]}]}\n",
+                "policies[0].rules[0].clauses[0].matches[0].sourceIps[0]",
+                "not an address",
+            ),
+            (
+                "peerAuthentications:\n- {name: d, namespace: ns, scope: Mesh, mode: SOMETIMES}\n",
+                "peerAuthentications[0].mode",
+                "not STRICT",
+            ),
         ];
         for (i, (text, field, reason)) in cases.iter().enumerate() {
             let p = write(&format!("bad{i}"), text);

@@ -3,12 +3,14 @@
 //! [`State`]; [`StateStore`] swaps it atomically so that connections always see one version.
 
 mod file;
+mod policy_file;
 mod route;
 
 pub use file::{ConfigError, load_file, watch_file};
 pub use route::Route;
 
 use amesh_identity::Identity;
+use amesh_policy::{Authorization, MtlsMode, PeerAuthentication, Scope};
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -50,6 +52,8 @@ pub struct Workload {
     /// Services this workload backs (`namespace/hostname`) and their port maps
     /// (service port → target port).
     pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+    /// `WorkloadSelector` policies that apply to it (`namespace/name`).
+    pub authorization_policies: Vec<String>,
 }
 
 impl Workload {
@@ -85,6 +89,9 @@ pub struct State {
     by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Service key → the workloads backing it.
     endpoints: HashMap<String, Vec<Arc<Workload>>>,
+    /// Authorization policies by `namespace/name`.
+    policies: BTreeMap<String, Arc<Authorization>>,
+    peer_auths: Vec<PeerAuthentication>,
 }
 
 impl State {
@@ -109,6 +116,62 @@ impl State {
             s.services.insert(svc.key(), svc);
         }
         s
+    }
+
+    /// Adds the security policies.
+    pub fn with_policies(
+        mut self,
+        policies: Vec<Authorization>,
+        peer_auths: Vec<PeerAuthentication>,
+    ) -> Self {
+        self.policies = policies
+            .into_iter()
+            .map(|p| (p.key(), Arc::new(p)))
+            .collect();
+        self.peer_auths = peer_auths;
+        self
+    }
+
+    /// The authorization policies that apply to a workload in `namespace` (the workload, if
+    /// ztunnel knows it, names its selector-scoped ones). A referenced policy that is not
+    /// known is an error: the caller must refuse rather than open a hole.
+    pub fn policies_for(
+        &self,
+        namespace: &str,
+        workload: Option<&Workload>,
+    ) -> Result<Vec<Arc<Authorization>>, String> {
+        let mut out: Vec<Arc<Authorization>> = self
+            .policies
+            .values()
+            .filter(|p| {
+                p.scope == Scope::Global
+                    || (p.scope == Scope::Namespace && p.namespace == namespace)
+            })
+            .cloned()
+            .collect();
+        for key in workload
+            .map(|w| w.authorization_policies.as_slice())
+            .unwrap_or_default()
+        {
+            match self.policies.get(key) {
+                Some(p) => out.push(p.clone()),
+                None => return Err(key.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether plaintext to `port` of a workload is refused (PeerAuthentication STRICT).
+    pub fn mtls_mode(&self, namespace: &str, uid: &str, port: u16) -> MtlsMode {
+        amesh_policy::effective_mode(&self.peer_auths, namespace, uid, port)
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Authorization>> {
+        self.policies.values()
+    }
+
+    pub fn peer_authentications(&self) -> &[PeerAuthentication] {
+        &self.peer_auths
     }
 
     pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {

@@ -126,6 +126,7 @@ mod tests {
             node: node.into(),
             healthy,
             services: BTreeMap::from([("ns/svc.ns".to_string(), BTreeMap::from([(80, 8080)]))]),
+            authorization_policies: vec![],
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod observe;
+mod policy;
 mod security;
 mod support;
 mod zds;

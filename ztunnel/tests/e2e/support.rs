@@ -360,6 +360,35 @@ impl Mesh {
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("mesh.yaml")
     }
+
+    /// Rewrites the configuration with `edit` and waits until every ztunnel serves it: its
+    /// config dump lists exactly the `policies` names.
+    pub fn update_config(&self, policies: &[&str], edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(self.config_path(), edit(text)).unwrap();
+        for node in &self.nodes {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let (_, dump) = node.ztunnel.http("Admin", "GET", "/config_dump");
+                let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+                let names: Vec<&str> = v["policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                if names == policies {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never loaded the new configuration: {dump}",
+                    node.name
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 pub fn uid(s: &PodSpec) -> String {
