@@ -28,6 +28,9 @@ use tracing::debug;
 /// the same destination address and expected identities.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The pod the connections belong to: they are opened from its network namespace and
+    /// carry its address, so two pods never share one, even with the same identity.
+    pub src_pod: String,
     pub src: Identity,
     pub dst: SocketAddr,
     pub dst_identities: Vec<Identity>,
@@ -140,39 +143,64 @@ impl Pool {
         D: FnOnce() -> F,
         F: Future<Output = io::Result<IO>>,
     {
-        let (send, active) = match self.checkout(key) {
-            Some(found) => found,
-            None => {
-                let gate = self
-                    .dialing
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key.clone())
-                    .or_default()
-                    .clone();
-                let _turn = gate.lock().await;
-                // Whoever dialed while we waited may have made room for us.
-                match self.checkout(key) {
-                    Some(found) => found,
-                    None => self.dial(key, dial).await?,
+        // A pooled connection may have been told to go away (the peer drains) since it was
+        // last used: if the request fails on it, it is retired and a fresh one dialed.
+        if let Some(pooled) = self.checkout(key) {
+            match request(pooled.send.clone(), authority, headers.clone()).await {
+                Ok(inner) => {
+                    return Ok(PooledStream {
+                        inner,
+                        active: pooled.active,
+                    });
+                }
+                Err(HboneError::H2(e)) => {
+                    debug!(error = %e, dst = %key.dst, "pooled HBONE connection is gone; dialing a new one");
+                    pooled.alive.store(false, Ordering::Release);
+                    pooled.active.fetch_sub(1, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    pooled.active.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e);
                 }
             }
+        }
+        let pooled = {
+            let gate = self.lock_gates().entry(key.clone()).or_default().clone();
+            let _turn = gate.lock().await;
+            // Whoever dialed while we waited may have made room for us.
+            match self.checkout(key) {
+                Some(found) => found,
+                None => self.dial(key, dial).await?,
+            }
         };
-        let result = request(send, authority, headers).await;
-        match result {
-            Ok(inner) => Ok(PooledStream { inner, active }),
+        self.lock_gates().remove(key);
+        match request(pooled.send, authority, headers).await {
+            Ok(inner) => Ok(PooledStream {
+                inner,
+                active: pooled.active,
+            }),
             Err(e) => {
-                active.fetch_sub(1, Ordering::AcqRel);
+                pooled.active.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
             }
         }
     }
 
+    fn lock_gates(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>> {
+        self.dialing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A live pooled connection with room for one more stream, its slot taken.
-    fn checkout(&self, key: &PoolKey) -> Option<(SendRequest<Bytes>, Arc<AtomicUsize>)> {
+    fn checkout(&self, key: &PoolKey) -> Option<Checkout> {
         let mut conns = self.lock();
         let list = conns.get_mut(key)?;
         list.retain(|c| c.alive.load(Ordering::Acquire));
+        if list.is_empty() {
+            conns.remove(key);
+            return None;
+        }
         let max = self.config.max_streams;
         let conn = list.iter().find(|c| {
             c.active
@@ -181,14 +209,14 @@ impl Pool {
                 })
                 .is_ok()
         })?;
-        Some((conn.send.clone(), conn.active.clone()))
+        Some(Checkout {
+            send: conn.send.clone(),
+            active: conn.active.clone(),
+            alive: conn.alive.clone(),
+        })
     }
 
-    async fn dial<IO, D, F>(
-        &self,
-        key: &PoolKey,
-        dial: D,
-    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), HboneError>
+    async fn dial<IO, D, F>(&self, key: &PoolKey, dial: D) -> Result<Checkout, HboneError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         D: FnOnce() -> F,
@@ -205,14 +233,39 @@ impl Pool {
             alive.clone(),
             self.config.clone(),
         ));
-        self.lock().entry(key.clone()).or_default().push(Conn {
+        let entry = Conn {
             send: send.clone(),
             active: active.clone(),
+            alive: alive.clone(),
+        };
+        self.lock().entry(key.clone()).or_default().push(entry);
+        debug!(dst = %key.dst, src = %key.src, pod = %key.src_pod, "new HBONE connection");
+        Ok(Checkout {
+            send,
+            active,
             alive,
-        });
-        debug!(dst = %key.dst, src = %key.src, "new HBONE connection");
-        Ok((send, active))
+        })
     }
+
+    /// Forgets every connection of pod `src_pod` (it is gone): they close once their last
+    /// stream ends.
+    pub fn evict(&self, src_pod: &str) {
+        self.lock().retain(|k, list| {
+            if k.src_pod != src_pod {
+                return true;
+            }
+            list.iter()
+                .for_each(|c| c.alive.store(false, Ordering::Release));
+            false
+        });
+    }
+}
+
+/// A pooled connection handed to one request.
+struct Checkout {
+    send: SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
 }
 
 async fn request(

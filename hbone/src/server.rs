@@ -13,6 +13,9 @@ use std::{future::Future, net::SocketAddr};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+/// Bound on the HTTP/2 preface and settings exchange of a new connection.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where a CONNECT asks to go (`:authority`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -84,7 +87,10 @@ where
     H: Fn(IncomingConnect) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut conn = settings::server_builder().handshake::<_, Bytes>(io).await?;
+    let handshake = settings::server_builder().handshake::<_, Bytes>(io);
+    let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| HboneError::Timeout(HANDSHAKE_TIMEOUT))??;
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {

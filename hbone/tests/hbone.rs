@@ -94,6 +94,7 @@ async fn handle(req: server::IncomingConnect) {
 impl Setup {
     fn key(&self) -> PoolKey {
         PoolKey {
+            src_pod: "client-pod".into(),
             src: self.client_cert.identity.clone(),
             dst: self.addr,
             dst_identities: vec![self.server_id.clone()],

@@ -99,11 +99,17 @@ impl Netns {
             path: self.path.clone(),
             source,
         })?;
-        let result = f();
-        if enter(home.fd.as_fd()).is_err() {
-            std::process::abort();
+        // Returns home on every exit, a panic in `f` included.
+        struct Home<'a>(BorrowedFd<'a>);
+        impl Drop for Home<'_> {
+            fn drop(&mut self) {
+                if enter(self.0).is_err() {
+                    std::process::abort();
+                }
+            }
         }
-        Ok(result)
+        let _home = Home(home.fd.as_fd());
+        Ok(f())
     }
 
     /// The kernel's cookie for this namespace (what `bpf_get_netns_cookie` returns).

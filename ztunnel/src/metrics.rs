@@ -105,12 +105,12 @@ impl Metrics {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent towards the destination (Istio's direction, see istio#32399)",
+            "Bytes from the server back to the client (Istio's naming, istio#32399)",
             m.sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received from the destination",
+            "Bytes from the client towards the server (Istio's naming, istio#32399)",
             m.received_bytes.clone(),
         );
         registry.register(

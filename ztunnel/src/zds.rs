@@ -140,28 +140,26 @@ fn handle(
             }
             let netns = Netns::from_fd(fds.remove(0), Path::new("zds").join(&add.uid))
                 .map_err(|e| e.to_string())?;
-            mentioned.insert(add.uid.clone());
-            pods.add(
-                PodInfo {
-                    uid: add.uid,
-                    name: info.name,
-                    namespace: info.namespace,
-                    service_account: info.service_account,
-                },
-                netns,
-            )
+            let uid = add.uid.clone();
+            let info = PodInfo {
+                uid: add.uid,
+                name: info.name,
+                namespace: info.namespace,
+                service_account: info.service_account,
+            };
+            pods.add(info, netns)?;
+            mentioned.insert(uid);
+            Ok(())
         }
         Payload::Keep(keep) => {
             no_fds(&fds)?;
-            mentioned.insert(keep.uid.clone());
-            if pods.has(&keep.uid) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "keep for a pod this ztunnel does not serve: {}",
-                    keep.uid
-                ))
+            // As Istio: a keep for a pod ztunnel does not have is acknowledged (the agent has
+            // no fd to give it); the pod simply stays unserved until an add.
+            if !pods.has(&keep.uid) {
+                warn!(uid = %keep.uid, "keep for a pod this ztunnel does not serve");
             }
+            mentioned.insert(keep.uid);
+            Ok(())
         }
         Payload::Del(del) => {
             no_fds(&fds)?;

@@ -42,6 +42,68 @@ pub struct PodCtx {
 struct Running {
     stop: watch::Sender<bool>,
     identity: Identity,
+    netns_cookie: u64,
+}
+
+/// A pod's listeners, opened inside its network namespace.
+struct Listeners {
+    outbound4: TcpListener,
+    /// Pods without IPv6 have no `[::1]`.
+    outbound6: Option<TcpListener>,
+    hbone: TcpListener,
+    plaintext: TcpListener,
+}
+
+impl Listeners {
+    fn open(net: &PodNet) -> Result<Self, String> {
+        let listen = |addr: &str| -> Result<TcpListener, String> {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| "bad listener address".to_string())?;
+            net.listen(addr)
+                .map_err(|e| format!("listening on {addr} in the pod: {e}"))
+        };
+        Ok(Self {
+            outbound4: listen("127.0.0.1:15001")?,
+            outbound6: listen("[::1]:15001").ok(),
+            hbone: listen("[::]:15008")?,
+            plaintext: listen("[::]:15006")?,
+        })
+    }
+
+    /// Starts an accept loop per listener, each ending when the pod stops or ztunnel drains.
+    fn serve(self, pod: &Arc<PodCtx>, shared: &Arc<Shared>, stop: &Stop) {
+        let spawn = |listener: TcpListener, kind: ListenerKind| {
+            let (pod, shared, stop) = (pod.clone(), shared.clone(), stop.clone());
+            tokio::spawn(accept_loop(
+                listener,
+                stop,
+                shared.draining.clone(),
+                move |conn, peer| {
+                    let (pod, shared) = (pod.clone(), shared.clone());
+                    async move {
+                        match kind {
+                            ListenerKind::Outbound => {
+                                proxy::outbound::handle(shared, pod, conn, peer).await
+                            }
+                            ListenerKind::Hbone => {
+                                proxy::inbound::handle_hbone(shared, pod, conn, peer).await
+                            }
+                            ListenerKind::Plaintext => {
+                                proxy::inbound::handle_plaintext(shared, pod, conn, peer).await
+                            }
+                        }
+                    }
+                },
+            ));
+        };
+        spawn(self.outbound4, ListenerKind::Outbound);
+        if let Some(l) = self.outbound6 {
+            spawn(l, ListenerKind::Outbound);
+        }
+        spawn(self.hbone, ListenerKind::Hbone);
+        spawn(self.plaintext, ListenerKind::Plaintext);
+    }
 }
 
 /// The pods this ztunnel serves.
@@ -72,14 +134,19 @@ impl InPod {
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts serving a pod. Errors are the reason sent back as a NACK.
+    /// Starts serving a pod. The same pod sent again (same network namespace) is left as it
+    /// is; a new namespace for a known uid replaces the old one. Errors are the reason sent
+    /// back as a NACK.
     pub fn add(&self, info: PodInfo, netns: Netns) -> Result<(), String> {
         let cookie = netns.cookie().map_err(|e| e.to_string())?;
-        let pod_id = {
-            let maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-            maps.pod_of_netns(cookie).map_err(|e| e.to_string())?
+        if self
+            .pods()
+            .get(&info.uid)
+            .is_some_and(|r| r.netns_cookie == cookie)
+        {
+            return Ok(());
         }
-        .ok_or("the pod's network namespace is not enrolled in the capture programs")?;
+        let pod_id = self.enrolled_pod_id(cookie)?;
         let sa = if info.service_account.is_empty() {
             "default"
         } else {
@@ -87,25 +154,15 @@ impl InPod {
         };
         let identity = Identity::new(&self.shared.trust_domain, &info.namespace, sa);
         let net = PodNet::new(netns, self.shared.home.clone());
-        let listen = |addr: &str| -> Result<TcpListener, String> {
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| "bad listener address".to_string())?;
-            net.listen(addr)
-                .map_err(|e| format!("listening on {addr} in the pod: {e}"))
-        };
-        let outbound4 = listen("127.0.0.1:15001")?;
-        let outbound6 = listen("[::1]:15001").ok(); // pods without IPv6 have no [::1]
-        let hbone = listen("[::]:15008")?;
-        let plaintext = listen("[::]:15006")?;
+        let listeners = Listeners::open(&net)?;
         {
             let mut maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-            maps.register_listeners(pod_id, hbone.as_fd(), plaintext.as_fd())
+            maps.register_listeners(pod_id, listeners.hbone.as_fd(), listeners.plaintext.as_fd())
                 .map_err(|e| e.to_string())?;
         }
-        // Replacing a pod ztunnel already serves (the agent re-sent it) stops the old one.
-        self.del(&info.uid);
+        // Take the identity before releasing the old one so a replacement keeps its certificate.
         self.shared.certs.acquire(&identity);
+        self.del(&info.uid);
         let (stop_tx, stop) = Stop::new();
         let pod = Arc::new(PodCtx {
             uid: info.uid.clone(),
@@ -116,54 +173,38 @@ impl InPod {
             net,
             server_tls: Mutex::new(None),
         });
-        let shared = self.shared.clone();
-        let serve = |listener: TcpListener, kind: ListenerKind| {
-            let (pod, shared, stop) = (pod.clone(), shared.clone(), stop.clone());
-            tokio::spawn(accept_loop(
-                listener,
-                stop,
-                shared.draining.clone(),
-                move |conn, peer| {
-                    let (pod, shared) = (pod.clone(), shared.clone());
-                    async move {
-                        match kind {
-                            ListenerKind::Outbound => {
-                                proxy::outbound::handle(shared, pod, conn, peer).await
-                            }
-                            ListenerKind::Hbone => {
-                                proxy::inbound::handle_hbone(shared, pod, conn, peer).await
-                            }
-                            ListenerKind::Plaintext => {
-                                proxy::inbound::handle_plaintext(shared, pod, conn, peer).await
-                            }
-                        }
-                    }
-                },
-            ));
-        };
-        serve(outbound4, ListenerKind::Outbound);
-        if let Some(l) = outbound6 {
-            serve(l, ListenerKind::Outbound);
-        }
-        serve(hbone, ListenerKind::Hbone);
-        serve(plaintext, ListenerKind::Plaintext);
+        listeners.serve(&pod, &self.shared, &stop);
         info!(uid = %info.uid, pod = %info.name, namespace = %info.namespace, %identity, pod_id, "proxying for pod");
         self.pods().insert(
             info.uid,
             Running {
                 stop: stop_tx,
                 identity,
+                netns_cookie: cookie,
             },
         );
         Ok(())
     }
 
-    /// Stops serving a pod: listeners and all its connections close now.
+    /// The capture's pod id for a network namespace; a pod the node agent did not enroll in
+    /// the capture programs cannot be served (its traffic would not reach ztunnel).
+    fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, String> {
+        let maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.pod_of_netns(cookie)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                "the pod's network namespace is not enrolled in the capture programs".to_string()
+            })
+    }
+
+    /// Stops serving a pod: listeners and all its connections close now, its pooled HBONE
+    /// connections are dropped, and its identity released.
     pub fn del(&self, uid: &str) -> bool {
         let Some(running) = self.pods().remove(uid) else {
             return false;
         };
         running.stop.send_replace(true);
+        self.shared.pool.evict(uid);
         self.shared.certs.release(&running.identity);
         info!(%uid, "stopped proxying for pod");
         true

@@ -4,20 +4,41 @@
 //! busy one moves data in few syscalls. Half-close crosses over: when one side stops sending,
 //! the other side's write half is shut down, and the other direction carries on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub(crate) const MIN_BUF: usize = 4 * 1024;
 pub(crate) const MAX_BUF: usize = 256 * 1024;
 
-/// Copies both ways until both directions end. Returns bytes (a → b, b → a).
-pub async fn copy<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+/// What a copy moved, and how it ended.
+#[derive(Debug)]
+pub struct Copied {
+    /// Bytes from `a` to `b` (downstream to upstream).
+    pub up: u64,
+    /// Bytes from `b` to `a`.
+    pub down: u64,
+    /// Why it stopped early, if it did; the counts are still what crossed.
+    pub error: Option<std::io::Error>,
+}
+
+/// Copies both ways until both directions end (or one fails).
+pub async fn copy<A, B>(a: &mut A, b: &mut B) -> Copied
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    tokio::try_join!(one_way(&mut ar, &mut bw), one_way(&mut br, &mut aw))
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let result = tokio::try_join!(
+        one_way(&mut ar, &mut bw, &up),
+        one_way(&mut br, &mut aw, &down)
+    );
+    Copied {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        error: result.err(),
+    }
 }
 
 /// The next buffer size after a read of `n` bytes into a buffer of `len`.
@@ -31,22 +52,20 @@ pub(crate) fn next_size(len: usize, n: usize) -> usize {
     }
 }
 
-async fn one_way<R, W>(r: &mut R, w: &mut W) -> std::io::Result<u64>
+async fn one_way<R, W>(r: &mut R, w: &mut W, total: &AtomicU64) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; MIN_BUF];
-    let mut total = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
-            w.shutdown().await?;
-            return Ok(total);
+            return w.shutdown().await;
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
-        total += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
         let size = next_size(buf.len(), n);
         if size != buf.len() {
             buf.resize(size, 0);
@@ -96,6 +115,8 @@ mod tests {
         server.write_all(b"done").await.unwrap();
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"done");
-        assert_eq!(relay.await.unwrap().unwrap(), (up.len() as u64, 4));
+        let copied = relay.await.unwrap();
+        assert!(copied.error.is_none(), "{copied:?}");
+        assert_eq!((copied.up, copied.down), (up.len() as u64, 4));
     }
 }

@@ -24,6 +24,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+/// Ports ztunnel itself listens on (Istio's list). Forwarding a connection to one of them
+/// would send it straight back to ztunnel, forever: such connections are refused.
+const ZTUNNEL_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];
+
+/// Bound on the TLS handshake of an inbound HBONE connection.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_ztunnel_port(port: u16) -> bool {
+    ZTUNNEL_PORTS.contains(&port)
+}
+
 /// The TLS server config presenting the pod's current certificate.
 async fn server_config(shared: &Shared, pod: &PodCtx) -> Option<Arc<rustls::ServerConfig>> {
     let cert = shared.certs.wait_ready(&pod.identity, CERT_WAIT).await?;
@@ -50,10 +61,16 @@ pub async fn handle_hbone(
         warn!(pod = %pod.name, %peer, "refusing HBONE: the pod's certificate is not ready");
         return;
     };
-    let tls = match TlsAcceptor::from(config).accept(conn).await {
-        Ok(t) => t,
-        Err(error) => {
+    // A peer that never finishes its handshake must not hold a task (and drain) forever.
+    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(conn));
+    let tls = match accept.await {
+        Ok(Ok(t)) => t,
+        Ok(Err(error)) => {
             debug!(pod = %pod.name, %peer, %error, "HBONE TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(pod = %pod.name, %peer, "HBONE TLS handshake timed out");
             return;
         }
     };
@@ -88,6 +105,10 @@ async fn connect_app(
             return req.refuse(StatusCode::BAD_REQUEST);
         }
     };
+    if is_ztunnel_port(target.port()) {
+        warn!(pod = %pod.name, %target, "refusing a CONNECT to one of ztunnel's own ports (it would loop)");
+        return req.refuse(StatusCode::BAD_REQUEST);
+    }
     let mut record = ConnRecord::new(
         shared.metrics.clone(),
         TcpLabels::new("destination"),
@@ -136,6 +157,10 @@ pub async fn handle_plaintext(
     let Ok(local) = conn.local_addr() else { return };
     // The capture kept the original destination as the local address.
     let target = SocketAddr::new(local.ip().to_canonical(), local.port());
+    if is_ztunnel_port(target.port()) {
+        warn!(pod = %pod.name, %peer, %target, "refusing plaintext to one of ztunnel's own ports (it would loop)");
+        return;
+    }
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let mut record = ConnRecord::new(
         shared.metrics.clone(),

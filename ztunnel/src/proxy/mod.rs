@@ -12,7 +12,7 @@ pub mod record;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use copy::copy;
+pub use copy::{Copied, copy};
 
 /// Runs the copy for an established connection and closes its record. When `kill` is
 /// raised (a policy change denied the connection) the copy stops and both sides close.
@@ -33,9 +33,9 @@ pub async fn relay<A, B>(
         }
     };
     tokio::select! {
-        result = copy(a, b) => match result {
-            Ok((sent, received)) => record.finish(sent, received, "ok"),
-            Err(e) => record.finish(0, 0, &format!("ended with an error: {e}")),
+        copied = copy(a, b) => match copied.error {
+            None => record.finish(copied.up, copied.down, "ok"),
+            Some(e) => record.finish(copied.up, copied.down, &format!("ended with an error: {e}")),
         },
         () = killed => {
             record.labels.response_flags = "DENY";

@@ -9,7 +9,7 @@ use crate::{
     shared::{CERT_WAIT, Shared},
     state::{Route, Service},
 };
-use amesh_hbone::{HBONE_PORT, PoolKey};
+use amesh_hbone::{HBONE_PORT, HboneError, PoolKey};
 use amesh_identity::{Identity, tls};
 use http::HeaderMap;
 use std::{
@@ -44,7 +44,7 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             record.destination(&workload.identity(), &workload.name);
             label_service(&mut record, service.as_deref());
             record.labels.connection_security_policy = "mutual_tls";
-            let headers = hbone_headers(&pod, src_ip, service.as_deref());
+            let headers = hbone_headers(&pod, src, service.as_deref());
             match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err((flag, reason)) => record.fail(flag, &reason),
@@ -84,31 +84,34 @@ fn label_service(record: &mut ConnRecord, service: Option<&Service>) {
     }
 }
 
-/// Istio's CONNECT request headers: `forwarded` (the client address) and `baggage`
-/// (telemetry about the source).
-fn hbone_headers(
-    pod: &PodCtx,
-    src_ip: Option<std::net::IpAddr>,
-    service: Option<&Service>,
-) -> HeaderMap {
+/// Istio's CONNECT request headers: `forwarded` (the client's address, and the service
+/// hostname when a service was targeted) and `baggage` (telemetry about the source).
+fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(ip) = src_ip
-        && let Ok(v) = format!("for=\"{ip}\"").parse()
-    {
+    let host = service
+        .map(|s| format!(";host={}", s.hostname))
+        .unwrap_or_default();
+    if let Ok(v) = format!("for=\"{src}\"{host}").parse() {
         headers.insert("forwarded", v);
     }
-    let service = service
-        .map(|s| format!(",service.name={}", s.name))
-        .unwrap_or_default();
-    if let Ok(v) = format!(
-        "k8s.namespace.name={},k8s.pod.name={}{service}",
-        pod.namespace, pod.name
-    )
-    .parse()
-    {
+    let baggage = format!(
+        "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version=latest",
+        pod.namespace, pod.name, pod.name
+    );
+    if let Ok(v) = baggage.parse() {
         headers.insert("baggage", v);
     }
     headers
+}
+
+/// Istio's response flag for a failed tunnel.
+fn flag(e: &HboneError) -> &'static str {
+    match e {
+        HboneError::Status(s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
+        // tokio-rustls reports certificate and handshake failures as InvalidData.
+        HboneError::Connect(io) if io.kind() == std::io::ErrorKind::InvalidData => "TLS_FAILURE",
+        _ => "CONNECT",
+    }
 }
 
 /// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
@@ -134,29 +137,25 @@ async fn tunnel(
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let expected = vec![dst_identity.clone()];
     let key = PoolKey {
+        src_pod: pod.uid.clone(),
         src: pod.identity.clone(),
         dst: hbone_addr,
         dst_identities: expected.clone(),
     };
-    let tls_config = tls::client_config(&cert, &shared.bundle, expected, shared.provider.clone())
-        .map_err(|e| ("TLS_FAILURE", e.to_string()))?;
     let (net, metrics) = (&pod.net, &shared.metrics);
     shared
         .pool
         .connect(&key, &target.to_string(), headers, move || async move {
+            // Only a new connection needs a TLS configuration.
+            let config =
+                tls::client_config(&cert, &shared.bundle, expected, shared.provider.clone())
+                    .map_err(std::io::Error::other)?;
             metrics.hbone_handshakes.inc();
             let tcp = net.connect(hbone_addr).await?;
-            TlsConnector::from(tls_config)
+            TlsConnector::from(config)
                 .connect(tls::server_name(hbone_addr.ip()), tcp)
                 .await
         })
         .await
-        .map_err(|e| {
-            let flag = match e {
-                amesh_hbone::HboneError::Status(s) if s == http::StatusCode::UNAUTHORIZED => "DENY",
-                amesh_hbone::HboneError::Connect(_) => "CONNECT",
-                _ => "CONNECT",
-            };
-            (flag, format!("hbone to {hbone_addr}: {e}"))
-        })
+        .map_err(|e| (flag(&e), format!("hbone to {hbone_addr}: {e}")))
 }

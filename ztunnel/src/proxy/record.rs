@@ -56,18 +56,21 @@ impl ConnRecord {
         self.metrics.opened.get_or_create(&self.labels).inc();
     }
 
-    /// The connection ended after carrying bytes (source → destination, and back).
-    pub fn finish(mut self, sent: u64, received: u64, outcome: &str) {
-        self.metrics
-            .sent_bytes
-            .get_or_create(&self.labels)
-            .inc_by(sent);
+    /// The connection ended after carrying `up` bytes from the client towards the server and
+    /// `down` bytes back. Istio counts them "backwards" (istio#32399): client → server is
+    /// `istio_tcp_received_bytes`, server → client `istio_tcp_sent_bytes`; kept for
+    /// compatibility with existing dashboards.
+    pub fn finish(mut self, up: u64, down: u64, outcome: &str) {
         self.metrics
             .received_bytes
             .get_or_create(&self.labels)
-            .inc_by(received);
+            .inc_by(up);
+        self.metrics
+            .sent_bytes
+            .get_or_create(&self.labels)
+            .inc_by(down);
         self.metrics.closed.get_or_create(&self.labels).inc();
-        self.log(sent, received, outcome);
+        self.log(up, down, outcome);
         self.done = true;
     }
 
@@ -79,7 +82,7 @@ impl ConnRecord {
         self.done = true;
     }
 
-    fn log(&self, sent: u64, received: u64, outcome: &str) {
+    fn log(&self, up: u64, down: u64, outcome: &str) {
         let l = &self.labels;
         info!(
             target: "access",
@@ -93,8 +96,8 @@ impl ConnRecord {
             dst.service = %l.destination_service,
             security = l.connection_security_policy,
             authz.policy = self.policy.as_deref().unwrap_or("-"),
-            bytes_sent = sent,
-            bytes_received = received,
+            bytes.up = up,
+            bytes.down = down,
             duration_ms = self.started.elapsed().as_millis() as u64,
             outcome,
             "connection complete"

@@ -77,28 +77,41 @@ fn traffic_between_pods_goes_over_hbone_on_one_node_and_across_nodes() {
 }
 
 #[test]
-fn one_byte_and_256_mib_cross_intact_both_ways() {
-    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);
-    let _echo =
-        probe::serve_echo(&mesh.probe, mesh.pod("c"), &["[::]:8080".parse().unwrap()]).unwrap();
-    for bytes in [1, 256 << 20] {
-        probe::bulk(&mesh.probe, mesh.pod("a"), mesh.v4("c", APP_PORT), bytes).unwrap();
+fn one_byte_and_256_mib_cross_intact_both_ways_on_one_node_and_across() {
+    let mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("b", "ns-b", "node1"),
+        pod("c", "ns-c", "node2"),
+    ]);
+    let any: std::net::SocketAddr = "[::]:8080".parse().unwrap();
+    let _echo_b = probe::serve_echo(&mesh.probe, mesh.pod("b"), &[any]).unwrap();
+    let _echo_c = probe::serve_echo(&mesh.probe, mesh.pod("c"), &[any]).unwrap();
+    for to in ["b", "c"] {
+        for bytes in [1, 256 << 20] {
+            probe::bulk(&mesh.probe, mesh.pod("a"), mesh.v4(to, APP_PORT), bytes).unwrap();
+        }
     }
 }
 
 #[test]
-fn a_thousand_concurrent_connections() {
-    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);
-    let _apps = mesh.apps(&["c"]);
-    let targets = vec![mesh.v4("c", APP_PORT); 1000];
-    let results = mesh.connect("a", &["--timeout-ms", "30000"], &targets);
-    let failed: Vec<_> = results.iter().filter(|r| r.outcome.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 1000 failed, e.g. {:?}",
-        failed.len(),
-        failed.first()
-    );
+fn a_thousand_concurrent_connections_on_one_node_and_across() {
+    let mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("b", "ns-b", "node1"),
+        pod("c", "ns-c", "node2"),
+    ]);
+    let _apps = mesh.apps(&["b", "c"]);
+    for to in ["b", "c"] {
+        let targets = vec![mesh.v4(to, APP_PORT); 1000];
+        let results = mesh.connect("a", &["--timeout-ms", "30000"], &targets);
+        let failed: Vec<_> = results.iter().filter(|r| r.outcome.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "to {to}: {} of 1000 failed, e.g. {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
 }
 
 #[test]

@@ -41,7 +41,15 @@ fn metrics_config_dump_and_readiness_after_traffic() {
         Some(100),
         "{metrics}"
     );
-    assert!(metric_value(&metrics, "istio_tcp_sent_bytes_total", &src).unwrap_or(0) > 0);
+    // Each client sent "<target>\n" and got a longer reply: Istio's naming counts
+    // client -> server as received and server -> client as sent.
+    let request = format!("{}\n", mesh.v4("c", APP_PORT)).len() as u64;
+    assert_eq!(
+        metric_value(&metrics, "istio_tcp_received_bytes_total", &src),
+        Some(100 * request),
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "istio_tcp_sent_bytes_total", &src).unwrap() > 100 * request);
     // Closing is recorded when the copy ends, just after the client saw its reply.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -83,6 +83,7 @@ fn garbage_on_15008_is_refused_and_other_connections_are_unharmed() {
     let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()]).unwrap();
     let server_id = Identity::new("cluster.local", "ns-c", "c");
     let (c_app, b_app) = (mesh.v4("c", APP_PORT), mesh.v4("b", APP_PORT));
+    let c_loop = mesh.v4("c", 15006);
     let statuses = in_pod(&mesh, "d", async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Not TLS at all: the connection is closed.
@@ -147,6 +148,11 @@ fn garbage_on_15008_is_refused_and_other_connections_are_unharmed() {
                 .unwrap(),
             http::Request::builder()
                 .method("CONNECT")
+                .uri(c_loop.to_string())
+                .body(())
+                .unwrap(),
+            http::Request::builder()
+                .method("CONNECT")
                 .uri(c_app.to_string())
                 .body(())
                 .unwrap(),
@@ -158,9 +164,14 @@ fn garbage_on_15008_is_refused_and_other_connections_are_unharmed() {
     });
     assert_eq!(
         statuses,
-        [400, 400, 400, 200],
-        "not CONNECT, bad authority, another pod's address, this pod"
+        [400, 400, 400, 400, 200],
+        "not CONNECT, bad authority, another pod's address, ztunnel's own port, this pod"
     );
+    // Plaintext aimed at ztunnel's own port is dropped instead of looping through ztunnel.
+    let r = mesh
+        .connect("d", &["--timeout-ms", "3000"], &[c_loop])
+        .remove(0);
+    assert!(r.outcome.is_err(), "{r:?}");
     // Nothing else was harmed.
     pipe.send_line("fine").unwrap();
     assert_eq!(

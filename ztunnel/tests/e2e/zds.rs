@@ -44,7 +44,8 @@ fn bad_messages_are_nacked_and_change_nothing() {
     // Only an unknown field (6): decodes, but asks for nothing. (A zero-length packet cannot
     // be sent: on SEQPACKET it reads as the peer hanging up.)
     nack(agent.send_raw(&[0x30, 0x01], &[]).unwrap(), "empty");
-    nack(agent.keep("no-such-pod").unwrap(), "does not serve");
+    // A keep for a pod ztunnel does not have is acknowledged, as in Istio.
+    assert_eq!(agent.keep("no-such-pod").unwrap(), Ok(()));
     let del = amesh_proto::zds::WorkloadRequest {
         payload: Some(amesh_proto::zds::workload_request::Payload::Del(
             amesh_proto::zds::DelWorkload { uid: "x".into() },
@@ -97,35 +98,51 @@ fn removing_a_pod_closes_its_connections_and_stops_its_traffic() {
 }
 
 #[test]
-fn a_snapshot_drops_pods_it_does_not_mention() {
-    let mut mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("b", "ns-b", "node1")]);
-    let _apps = mesh.apps(&["b"]);
+fn a_snapshot_drops_pods_it_does_not_mention_and_re_adding_a_pod_keeps_its_connections() {
+    let mut mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("b", "ns-b", "node1"),
+        outside("d"),
+    ]);
+    let _echo = amesh_testbed::probe::serve_echo(
+        &mesh.probe,
+        mesh.pod("b"),
+        &["[::]:8080".parse().unwrap()],
+    )
+    .unwrap();
+    // A connection into b that must survive the agent reconnecting and re-sending b.
+    let mut pipe =
+        amesh_testbed::probe::pipe(&mesh.probe, mesh.pod("d"), mesh.v4("b", APP_PORT)).unwrap();
     let node = mesh.nodes.iter_mut().find(|n| n.name == "node1").unwrap();
     // The agent reconnects (ztunnel retries) and sends a snapshot with only b.
     node.agent.hang_up();
     node.agent.accept().unwrap();
     let b = mesh.specs.iter().position(|s| s.name == "b").unwrap();
-    let node = &mesh.nodes[0];
-    let s = &mesh.specs[b];
-    assert_eq!(
-        node.agent
-            .add(
-                &uid(s),
-                s.name,
-                s.namespace,
-                s.service_account,
-                mesh.pods[b].netns().as_fd()
-            )
-            .unwrap(),
-        Ok(())
-    );
+    let (node, s) = (&mesh.nodes[0], &mesh.specs[b]);
+    let answer = node
+        .agent
+        .add(
+            &uid(s),
+            s.name,
+            s.namespace,
+            s.service_account,
+            mesh.pods[b].netns().as_fd(),
+        )
+        .unwrap();
+    assert_eq!(answer, Ok(()));
     assert_eq!(node.agent.snapshot_sent().unwrap(), Ok(()));
+    let (_, dump) = node.ztunnel.http("Admin", "GET", "/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(
-        node.agent.keep(&uid(mesh.spec("a"))).unwrap(),
-        Err(format!(
-            "keep for a pod this ztunnel does not serve: {}",
-            uid(mesh.spec("a"))
-        ))
+        dump["pods"],
+        serde_json::json!([uid(s)]),
+        "only b is served now"
+    );
+    pipe.send_line("still-open").unwrap();
+    assert_eq!(
+        pipe.next_line(Duration::from_secs(10)).as_deref(),
+        Some("still-open"),
+        "re-adding b did not restart it"
     );
     let r = mesh
         .connect("a", &["--timeout-ms", "2000"], &[mesh.v4("b", APP_PORT)])
