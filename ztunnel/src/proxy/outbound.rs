@@ -28,13 +28,17 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
     };
     let state = shared.state.snapshot();
     let pick = shared.next_pick.fetch_add(1, Ordering::Relaxed);
-    let src_ip = state
-        .workload_by_name(&pod.namespace, &pod.name)
-        .and_then(|w| w.addresses.first().copied());
+    let me = state.workload_by_name(&pod.namespace, &pod.name);
+    let src_ip = me.and_then(|w| w.addresses.first().copied());
     let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
     let mut record = ConnRecord::new(shared.metrics.clone(), TcpLabels::new("source"), src, orig);
     record.source(&pod.identity, &pod.name);
-    match state.route(orig, &shared.node, pick) {
+    let nowhere = crate::state::Locality::default();
+    let client = crate::state::Client {
+        node: &shared.node,
+        locality: me.map_or(&nowhere, |w| &w.locality),
+    };
+    match state.route(orig, &client, pick) {
         Route::Hbone {
             workload,
             service,

@@ -11,6 +11,7 @@
 //!   protocol: HBONE               # HBONE (default) or TCP
 //!   node: node-1
 //!   status: Healthy               # Healthy (default) or Unhealthy
+//!   locality: {region: r1, zone: z1}  # optional
 //!   services:
 //!     shop/cart.shop.svc.cluster.local: {80: 8080}
 //! services:
@@ -19,13 +20,15 @@
 //!   hostname: cart.shop.svc.cluster.local
 //!   vips: [10.96.0.10]
 //!   ports: {80: 8080}
-//!   loadBalancing: {routingPreference: [Node], mode: Failover}   # optional
+//!   loadBalancing: {routingPreference: [Zone, Node], mode: Failover}   # optional
 //! ```
 //!
 //! A file that does not parse or validate is rejected as a whole with the file, the field and
 //! the reason; the previous good state stays.
 
-use super::{Preference, Protocol, Service, State, StateStore, Workload};
+use super::{
+    LoadBalancing, Locality, LocalityScope, Protocol, Service, State, StateStore, Workload,
+};
 use serde::Deserialize;
 use std::{
     collections::{BTreeMap, HashSet},
@@ -79,6 +82,19 @@ struct RawWorkload {
     services: BTreeMap<String, BTreeMap<u16, u16>>,
     #[serde(default)]
     authorization_policies: Vec<String>,
+    #[serde(default)]
+    locality: RawLocality,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocality {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    subzone: String,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +243,11 @@ fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
         healthy,
         services: w.services,
         authorization_policies: w.authorization_policies,
+        locality: Locality {
+            region: w.locality.region,
+            zone: w.locality.zone,
+            subzone: w.locality.subzone,
+        },
     })
 }
 
@@ -234,25 +255,9 @@ fn service(s: RawService, at: &str) -> Result<Service, FieldError> {
     required(&s.name, format!("{at}.name"))?;
     required(&s.namespace, format!("{at}.namespace"))?;
     required(&s.hostname, format!("{at}.hostname"))?;
-    let preference = match &s.load_balancing {
-        None => Preference::Any,
-        Some(lb) => {
-            let node = lb
-                .routing_preference
-                .iter()
-                .any(|p| p == "Node" || p == "NODE");
-            match (node, lb.mode.as_deref().unwrap_or("Failover")) {
-                (false, _) => Preference::Any,
-                (true, "Strict" | "STRICT") => Preference::NodeOnly,
-                (true, "Failover" | "FAILOVER") => Preference::NodeFirst,
-                (true, other) => {
-                    return Err((
-                        format!("{at}.loadBalancing.mode"),
-                        format!("{other:?} is not Strict or Failover"),
-                    ));
-                }
-            }
-        }
+    let load_balancing = match &s.load_balancing {
+        None => LoadBalancing::default(),
+        Some(lb) => load_balancing(lb, &format!("{at}.loadBalancing"))?,
     };
     Ok(Service {
         vips: ip_list(&s.vips, &format!("{at}.vips"))?,
@@ -260,8 +265,37 @@ fn service(s: RawService, at: &str) -> Result<Service, FieldError> {
         namespace: s.namespace,
         hostname: s.hostname,
         ports: s.ports,
-        preference,
+        load_balancing,
     })
+}
+
+fn load_balancing(lb: &RawLoadBalancing, at: &str) -> Result<LoadBalancing, FieldError> {
+    let mut prefer = Vec::new();
+    for (i, p) in lb.routing_preference.iter().enumerate() {
+        prefer.push(match p.to_ascii_uppercase().as_str() {
+            "REGION" => LocalityScope::Region,
+            "ZONE" => LocalityScope::Zone,
+            "SUBZONE" => LocalityScope::Subzone,
+            "NODE" => LocalityScope::Node,
+            other => {
+                return Err((
+                    format!("{at}.routingPreference[{i}]"),
+                    format!("{other:?} is not Region, Zone, Subzone or Node"),
+                ));
+            }
+        });
+    }
+    let strict = match lb.mode.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("FAILOVER") => false,
+        Some("STRICT") => true,
+        Some(other) => {
+            return Err((
+                format!("{at}.mode"),
+                format!("{other:?} is not Strict or Failover"),
+            ));
+        }
+    };
+    Ok(LoadBalancing { prefer, strict })
 }
 
 /// Loads the file into `store` now (failing if it is invalid: ztunnel must not start on a bad

@@ -27,15 +27,37 @@ pub enum Protocol {
     Tcp,
 }
 
-/// Which endpoints a service prefers.
+/// Where a workload runs (Istio's locality).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+/// A level of locality a service can prefer its endpoints to share with the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Preference {
-    /// Any healthy endpoint.
-    Any,
-    /// Endpoints on the client's node first, others if there are none.
-    NodeFirst,
-    /// Only endpoints on the client's node.
-    NodeOnly,
+pub enum LocalityScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+}
+
+/// How a service picks endpoints (Istio's `LoadBalancing`): endpoints are ranked by how many
+/// of `prefer`, in order, they share with the client; `Failover` uses the best rank present,
+/// `Strict` only endpoints that share all of them. Empty `prefer`: any healthy endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LoadBalancing {
+    pub prefer: Vec<LocalityScope>,
+    pub strict: bool,
+}
+
+/// Who makes a connection, for locality preferences.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    pub node: &'a str,
+    pub locality: &'a Locality,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +76,7 @@ pub struct Workload {
     pub services: BTreeMap<String, BTreeMap<u16, u16>>,
     /// `WorkloadSelector` policies that apply to it (`namespace/name`).
     pub authorization_policies: Vec<String>,
+    pub locality: Locality,
 }
 
 impl Workload {
@@ -70,7 +93,7 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Service port → target port (0 = use the workload's own mapping).
     pub ports: BTreeMap<u16, u16>,
-    pub preference: Preference,
+    pub load_balancing: LoadBalancing,
 }
 
 impl Service {

@@ -1,7 +1,7 @@
 //! Where an outbound connection goes: a workload by IP, or a service VIP spread over its
 //! healthy endpoints; HBONE for workloads in the mesh, plain TCP otherwise.
 
-use super::{Preference, Protocol, Service, State, Workload};
+use super::{Client, LocalityScope, Protocol, Service, State, Workload};
 use std::{net::SocketAddr, sync::Arc};
 
 #[derive(Clone, Debug)]
@@ -25,9 +25,9 @@ pub enum Route {
 impl State {
     /// Routes a connection to `orig` made from a pod on `client_node`. `pick` spreads
     /// connections over a service's endpoints (callers pass a rotating counter).
-    pub fn route(&self, orig: SocketAddr, client_node: &str, pick: usize) -> Route {
+    pub fn route(&self, orig: SocketAddr, client: &Client<'_>, pick: usize) -> Route {
         if let Some(service) = self.by_vip.get(&orig.ip()) {
-            return self.route_service(service, orig, client_node, pick);
+            return self.route_service(service, orig, client, pick);
         }
         match self.by_ip.get(&orig.ip()) {
             Some(w) if w.protocol == Protocol::Hbone => Route::Hbone {
@@ -52,7 +52,7 @@ impl State {
         &self,
         service: &Arc<Service>,
         orig: SocketAddr,
-        client_node: &str,
+        client: &Client<'_>,
         pick: usize,
     ) -> Route {
         let key = service.key();
@@ -64,11 +64,20 @@ impl State {
             .filter(|w| w.healthy)
             .filter_map(|w| endpoint(w, service, &key, orig).map(|addr| (w.clone(), addr)))
             .collect();
-        let local = |c: &(Arc<Workload>, SocketAddr)| c.0.node == client_node;
-        match service.preference {
-            Preference::NodeOnly => candidates.retain(local),
-            Preference::NodeFirst if candidates.iter().any(local) => candidates.retain(local),
-            _ => {}
+        let lb = &service.load_balancing;
+        if !lb.prefer.is_empty() {
+            let rank = |w: &Workload| {
+                lb.prefer
+                    .iter()
+                    .take_while(|scope| shares(w, client, **scope))
+                    .count()
+            };
+            let wanted = if lb.strict {
+                lb.prefer.len()
+            } else {
+                candidates.iter().map(|c| rank(&c.0)).max().unwrap_or(0)
+            };
+            candidates.retain(|c| rank(&c.0) == wanted);
         }
         if candidates.is_empty() {
             return Route::NoEndpoint {
@@ -88,6 +97,17 @@ impl State {
                 service: Some(service.clone()),
             },
         }
+    }
+}
+
+/// Whether workload `w` shares `scope` of locality with the client.
+fn shares(w: &Workload, client: &Client<'_>, scope: LocalityScope) -> bool {
+    let (a, b) = (&w.locality, client.locality);
+    match scope {
+        LocalityScope::Region => !a.region.is_empty() && a.region == b.region,
+        LocalityScope::Zone => !a.zone.is_empty() && a.zone == b.zone,
+        LocalityScope::Subzone => !a.subzone.is_empty() && a.subzone == b.subzone,
+        LocalityScope::Node => !w.node.is_empty() && w.node == client.node,
     }
 }
 
@@ -112,9 +132,17 @@ fn endpoint(w: &Workload, service: &Service, key: &str, orig: SocketAddr) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{LoadBalancing, Locality};
     use std::collections::BTreeMap;
 
-    fn wl(uid: &str, ip: &str, node: &str, healthy: bool, protocol: Protocol) -> Workload {
+    fn wl(
+        uid: &str,
+        ip: &str,
+        node: &str,
+        zone: &str,
+        healthy: bool,
+        protocol: Protocol,
+    ) -> Workload {
         Workload {
             uid: uid.into(),
             name: uid.into(),
@@ -127,17 +155,22 @@ mod tests {
             healthy,
             services: BTreeMap::from([("ns/svc.ns".to_string(), BTreeMap::from([(80, 8080)]))]),
             authorization_policies: vec![],
+            locality: Locality {
+                region: "r1".into(),
+                zone: zone.into(),
+                subzone: String::new(),
+            },
         }
     }
 
-    fn svc(preference: Preference) -> Service {
+    fn svc(prefer: Vec<LocalityScope>, strict: bool) -> Service {
         Service {
             name: "svc".into(),
             namespace: "ns".into(),
             hostname: "svc.ns".into(),
             vips: vec!["10.96.0.1".parse().unwrap()],
             ports: BTreeMap::from([(80, 8080)]),
-            preference,
+            load_balancing: LoadBalancing { prefer, strict },
         }
     }
 
@@ -149,32 +182,38 @@ mod tests {
         }
     }
 
+    fn client<'a>(node: &'a str, locality: &'a Locality) -> Client<'a> {
+        Client { node, locality }
+    }
+
     #[test]
     fn routes_by_workload_and_service() {
         let state = State::new(
             vec![
-                wl("a", "10.0.0.1", "n1", true, Protocol::Hbone),
-                wl("b", "10.0.0.2", "n2", true, Protocol::Hbone),
-                wl("c", "10.0.0.3", "n2", false, Protocol::Hbone),
-                wl("t", "10.0.0.4", "n2", true, Protocol::Tcp),
+                wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone),
+                wl("b", "10.0.0.2", "n2", "z1", true, Protocol::Hbone),
+                wl("c", "10.0.0.3", "n2", "z1", false, Protocol::Hbone),
+                wl("t", "10.0.0.4", "n2", "z1", true, Protocol::Tcp),
             ],
-            vec![svc(Preference::Any)],
+            vec![svc(vec![], false)],
         );
+        let here = Locality::default();
+        let c = client("n1", &here);
         let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
         assert_eq!(
-            target(&state.route("10.0.0.1:8080".parse().unwrap(), "n1", 0)),
+            target(&state.route("10.0.0.1:8080".parse().unwrap(), &c, 0)),
             "hbone 10.0.0.1:8080"
         );
         assert_eq!(
-            target(&state.route("10.0.0.4:9000".parse().unwrap(), "n1", 0)),
+            target(&state.route("10.0.0.4:9000".parse().unwrap(), &c, 0)),
             "direct 10.0.0.4:9000"
         );
         assert_eq!(
-            target(&state.route("192.0.2.1:443".parse().unwrap(), "n1", 0)),
+            target(&state.route("192.0.2.1:443".parse().unwrap(), &c, 0)),
             "direct 192.0.2.1:443"
         );
         let picked: std::collections::BTreeSet<String> =
-            (0..9).map(|i| target(&state.route(vip, "n1", i))).collect();
+            (0..9).map(|i| target(&state.route(vip, &c, i))).collect();
         assert_eq!(
             picked.into_iter().collect::<Vec<_>>(),
             [
@@ -185,27 +224,62 @@ mod tests {
             "every healthy endpoint gets traffic, the unhealthy one none"
         );
         assert_eq!(
-            target(&state.route("10.96.0.1:81".parse().unwrap(), "n1", 0)),
+            target(&state.route("10.96.0.1:81".parse().unwrap(), &c, 0)),
             "none",
             "no such port"
         );
     }
 
     #[test]
-    fn node_preference() {
+    fn locality_preferences() {
+        use LocalityScope::*;
         let ws = vec![
-            wl("a", "10.0.0.1", "n1", true, Protocol::Hbone),
-            wl("b", "10.0.0.2", "n2", true, Protocol::Hbone),
+            wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone),
+            wl("b", "10.0.0.2", "n2", "z1", true, Protocol::Hbone),
+            wl("c", "10.0.0.3", "n3", "z2", true, Protocol::Hbone),
         ];
         let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
-        let first = State::new(ws.clone(), vec![svc(Preference::NodeFirst)]);
-        assert!((0..4).all(|i| target(&first.route(vip, "n2", i)) == "hbone 10.0.0.2:8080"));
+        let all = |state: &State, c: &Client<'_>| -> std::collections::BTreeSet<String> {
+            (0..6).map(|i| target(&state.route(vip, c, i))).collect()
+        };
+        let z1 = Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            subzone: String::new(),
+        };
+        let z3 = Locality {
+            region: "r1".into(),
+            zone: "z3".into(),
+            subzone: String::new(),
+        };
+        let node_first = State::new(ws.clone(), vec![svc(vec![Node], false)]);
         assert_eq!(
-            target(&first.route(vip, "n3", 1)),
-            "hbone 10.0.0.2:8080",
-            "falls back to other nodes"
+            all(&node_first, &client("n2", &z1)),
+            ["hbone 10.0.0.2:8080".to_string()].into()
         );
-        let strict = State::new(ws, vec![svc(Preference::NodeOnly)]);
-        assert_eq!(target(&strict.route(vip, "n3", 0)), "none");
+        assert_eq!(
+            all(&node_first, &client("n9", &z1)).len(),
+            3,
+            "no local endpoint: fail over to all"
+        );
+        let zone_first = State::new(ws.clone(), vec![svc(vec![Region, Zone], false)]);
+        assert_eq!(
+            all(&zone_first, &client("n9", &z1)),
+            [
+                "hbone 10.0.0.1:8080".to_string(),
+                "hbone 10.0.0.2:8080".to_string()
+            ]
+            .into()
+        );
+        assert_eq!(
+            all(&zone_first, &client("n9", &z3)).len(),
+            3,
+            "same region only: all rank equal"
+        );
+        let strict = State::new(ws, vec![svc(vec![Region, Zone], true)]);
+        assert_eq!(
+            all(&strict, &client("n9", &z3)),
+            ["none".to_string()].into()
+        );
     }
 }
