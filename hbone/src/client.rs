@@ -3,7 +3,7 @@
 //! [`PoolConfig::max_streams`] streams per connection. Idle connections are released; live
 //! ones are kept alive with HTTP/2 PINGs.
 
-use crate::{H2Stream, HboneError, settings};
+use crate::{H2Stream, HboneError, keepalive::DeadPeer, settings};
 use amesh_identity::Identity;
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -296,11 +296,10 @@ async fn drive<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ping_pong = conn.ping_pong();
-    let mut tick = tokio::time::interval(config.ping_interval.min(config.idle_timeout));
-    tick.tick().await;
+    let dead_peer = DeadPeer::watch(conn.ping_pong(), config.ping_interval, config.ping_timeout);
+    tokio::pin!(dead_peer);
+    let mut tick = tokio::time::interval((config.idle_timeout / 4).max(Duration::from_millis(10)));
     let mut idle_since: Option<Instant> = None;
-    let mut last_ping = Instant::now();
     loop {
         tokio::select! {
             result = &mut conn => {
@@ -309,30 +308,18 @@ async fn drive<IO>(
                 }
                 break;
             }
+            () = &mut dead_peer => {
+                debug!("HBONE peer did not answer a PING in time; closing");
+                break;
+            }
             _ = tick.tick() => {
-                if active.load(Ordering::Acquire) == 0 {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= config.idle_timeout {
-                        debug!("closing idle HBONE connection");
-                        break;
-                    }
-                } else {
+                if active.load(Ordering::Acquire) > 0 || !alive.load(Ordering::Acquire) {
                     idle_since = None;
+                    continue;
                 }
-                if last_ping.elapsed() >= config.ping_interval {
-                    last_ping = Instant::now();
-                    if let Some(pp) = ping_pong.as_mut() {
-                        let pong = tokio::time::timeout(config.ping_timeout, pp.ping(h2::Ping::opaque()));
-                        // The PING rides the same connection, so keep driving it meanwhile.
-                        let answered = tokio::select! {
-                            r = pong => matches!(r, Ok(Ok(_))),
-                            result = &mut conn => { let _ = result; false }
-                        };
-                        if !answered {
-                            debug!("HBONE peer did not answer a PING in time; closing");
-                            break;
-                        }
-                    }
+                if idle_since.get_or_insert_with(Instant::now).elapsed() >= config.idle_timeout {
+                    debug!("closing idle HBONE connection");
+                    break;
                 }
             }
         }

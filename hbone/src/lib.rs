@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod keepalive;
 pub mod server;
 mod settings;
 mod stream;

@@ -4,7 +4,11 @@
 //! every other request is handed to the caller as an [`IncomingConnect`], which answers it
 //! (401 refused by policy, 503 upstream unreachable, 200 and a byte stream).
 
-use crate::{H2Stream, HboneError, settings};
+use crate::{
+    H2Stream, HboneError,
+    keepalive::{self, DeadPeer},
+    settings,
+};
 use amesh_identity::Identity;
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
@@ -93,6 +97,9 @@ where
         .map_err(|_| HboneError::Timeout(HANDSHAKE_TIMEOUT))??;
     tokio::pin!(shutdown);
     let mut draining = false;
+    // The client side pings too; a peer that stops answering is dropped.
+    let dead_peer = DeadPeer::watch(conn.ping_pong(), keepalive::INTERVAL, keepalive::TIMEOUT);
+    tokio::pin!(dead_peer);
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
@@ -100,6 +107,10 @@ where
                 draining = true;
                 conn.graceful_shutdown();
                 continue;
+            }
+            () = &mut dead_peer => {
+                debug!("HBONE peer stopped answering PINGs; closing");
+                return Ok(());
             }
         };
         let Some(next) = next else { return Ok(()) };

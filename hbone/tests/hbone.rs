@@ -297,3 +297,34 @@ async fn a_stream_nobody_reads_does_not_stall_the_others() {
         .expect("not stalled");
     assert_eq!(back.len(), payload.len());
 }
+
+#[tokio::test]
+async fn idle_connections_are_released() {
+    let s = start_server().await;
+    let config = PoolConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(config);
+    let mut stream = s
+        .open(&pool, "10.0.0.1:8080", s.server_id.clone())
+        .await
+        .unwrap();
+    echo(&mut stream, b"x").await;
+    assert_eq!(pool.connections(), 1, "kept while in use");
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle connection was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = s
+        .open(&pool, "10.0.0.1:8080", s.server_id.clone())
+        .await
+        .unwrap();
+    echo(&mut again, b"y").await;
+    assert_eq!(pool.handshakes(), 2, "a released connection is not reused");
+}
