@@ -8,6 +8,35 @@ pub mod zds {
     include!(concat!(env!("OUT_DIR"), "/istio.workload.zds.rs"));
 }
 
+/// Istio's workload-discovery API (`istio.workload`).
+pub mod workload {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/istio.workload.rs"));
+}
+
+/// Istio's L4 authorization (`istio.security`).
+pub mod security {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/istio.security.rs"));
+}
+
+/// Envoy's delta aggregated discovery (`envoy.service.discovery.v3`).
+pub mod discovery {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+}
+
+/// Istio's CA service (`istio.v1.auth`).
+pub mod ca {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
+}
+
+/// Type URL of workload-discovery resources.
+pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
+/// Type URL of authorization resources.
+pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
 #[cfg(test)]
 mod tests {
     use super::zds::*;
@@ -53,5 +82,44 @@ mod tests {
             payload: Some(workload_response::Payload::Ack(Ack { error: "x".into() })),
         };
         assert_eq!(nack.encode_to_vec(), [0x0a, 0x03, 0x0a, 0x01, b'x']);
+    }
+
+    /// Field numbers the workload and authorization APIs put on the wire (INTEROP B3).
+    #[test]
+    fn workload_and_authorization_field_numbers() {
+        use crate::{security, workload};
+        let w = workload::Workload {
+            uid: "u".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            tunnel_protocol: workload::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        };
+        // uid is field 20 (tag 0xa2 0x01), addresses field 3, tunnel_protocol field 5.
+        assert_eq!(
+            w.encode_to_vec(),
+            [0x1a, 0x04, 10, 0, 0, 1, 0x28, 0x01, 0xa2, 0x01, 0x01, b'u']
+        );
+        let a = workload::Address {
+            r#type: Some(workload::address::Type::Workload(
+                workload::Workload::default(),
+            )),
+        };
+        assert_eq!(a.encode_to_vec(), [0x0a, 0x00]);
+        let p = security::Authorization {
+            name: "p".into(),
+            dry_run: true,
+            action: security::Action::Deny as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.encode_to_vec(),
+            [0x0a, 0x01, b'p', 0x20, 0x01, 0x30, 0x01]
+        );
+        let m = security::Match {
+            destination_ports: vec![8080],
+            ..Default::default()
+        };
+        // Packed repeated uint32, field 9.
+        assert_eq!(m.encode_to_vec(), [0x4a, 0x02, 0x90, 0x3f]);
     }
 }

@@ -5,6 +5,7 @@
 mod file;
 mod policy_file;
 mod route;
+pub mod xds;
 
 pub use file::{ConfigError, load_file, watch_file};
 pub use route::Route;
