@@ -42,11 +42,16 @@ pub struct Outcome {
 
 /// Evaluates `policies` (those that apply to the destination) for `conn`.
 pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
+    let principal = conn.source.map(Identity::principal);
+    let peer = Peer {
+        conn,
+        principal: principal.as_deref(),
+    };
     let mut dry_run_hits = Vec::new();
     let mut deny = None;
     let (mut allow_applies, mut allowed_by) = (false, None);
     for p in policies {
-        let hit = policy_matches(p, conn);
+        let hit = policy_matches(p, &peer);
         if p.dry_run {
             if hit {
                 dry_run_hits.push((p.key(), p.action));
@@ -77,16 +82,22 @@ pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
     }
 }
 
-fn policy_matches(p: &Authorization, conn: &Connection<'_>) -> bool {
-    p.rules.iter().any(|r| rule_matches(r, p.action, conn))
+/// The connection with its principal worked out once per decision.
+struct Peer<'a> {
+    conn: &'a Connection<'a>,
+    principal: Option<&'a str>,
 }
 
-fn rule_matches(r: &Rule, action: Action, conn: &Connection<'_>) -> bool {
-    r.clauses.iter().all(|c| clause_matches(c, action, conn))
+fn policy_matches(p: &Authorization, peer: &Peer<'_>) -> bool {
+    p.rules.iter().any(|r| rule_matches(r, p.action, peer))
 }
 
-fn clause_matches(c: &Clause, action: Action, conn: &Connection<'_>) -> bool {
-    c.matches.iter().any(|m| match_matches(m, action, conn))
+fn rule_matches(r: &Rule, action: Action, peer: &Peer<'_>) -> bool {
+    r.clauses.iter().all(|c| clause_matches(c, action, peer))
+}
+
+fn clause_matches(c: &Clause, action: Action, peer: &Peer<'_>) -> bool {
+    c.matches.iter().any(|m| match_matches(m, action, peer))
 }
 
 /// All of a list, or true when the list is empty.
@@ -94,27 +105,27 @@ fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(f)
 }
 
-fn match_matches(m: &Match, action: Action, conn: &Connection<'_>) -> bool {
+fn match_matches(m: &Match, action: Action, peer: &Peer<'_>) -> bool {
+    let conn = peer.conn;
     if m.requires_l7 && action == Action::Allow {
         return false;
     }
     // Without an identity (plaintext), positive identity conditions never match and negative
     // ones always hold: `notPrincipals: ["*"]` is Istio's way to say "peers without mTLS".
-    let identity_ok = match conn.source {
-        Some(id) => {
-            let principal = id.principal();
+    let identity_ok = match (conn.source, peer.principal) {
+        (Some(id), Some(principal)) => {
             let ns = id.namespace.as_str();
             let sa_is = |sa: &crate::model::ServiceAccountMatch| {
                 sa.namespace == id.namespace && sa.service_account == id.service_account
             };
-            any_or_empty(&m.principals, |s| s.matches(&principal))
-                && !m.not_principals.iter().any(|s| s.matches(&principal))
+            any_or_empty(&m.principals, |s| s.matches(principal))
+                && !m.not_principals.iter().any(|s| s.matches(principal))
                 && any_or_empty(&m.namespaces, |s| s.matches(ns))
                 && !m.not_namespaces.iter().any(|s| s.matches(ns))
                 && any_or_empty(&m.service_accounts, sa_is)
                 && !m.not_service_accounts.iter().any(sa_is)
         }
-        None => m.principals.is_empty() && m.namespaces.is_empty() && m.service_accounts.is_empty(),
+        _ => m.principals.is_empty() && m.namespaces.is_empty() && m.service_accounts.is_empty(),
     };
     identity_ok
         && any_or_empty(&m.source_ips, |n| n.contains(conn.source_ip))

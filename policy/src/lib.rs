@@ -2,9 +2,11 @@
 //!
 //! - [`model`]: authorization policies in the shape ztunnel receives them.
 //! - [`eval`]: deciding a connection (DENY first, then ALLOW, dry-run reported apart).
+//! - [`crd`]: Istio's AuthorizationPolicy / PeerAuthentication resources translated for L4.
 //! - [`peer_auth`]: whether a workload accepts plaintext (PeerAuthentication modes).
 #![forbid(unsafe_code)]
 
+pub mod crd;
 pub mod eval;
 pub mod model;
 pub mod peer_auth;

@@ -763,3 +763,128 @@ fn peer_authentication_precedence() {
         assert_eq!(effective_mode(&policies, "shop", uid, port), want, "{name}");
     }
 }
+
+mod crd_translation {
+    use crate::crd::*;
+    use crate::*;
+
+    fn policy(yaml: &str) -> Result<Option<Translated>, CrdError> {
+        let p: AuthorizationPolicy = serde_yaml::from_str(yaml).unwrap();
+        authorization_policy(&p, "istio-system")
+    }
+
+    #[test]
+    fn scopes_actions_and_rules() {
+        let t = policy(
+            "metadata: {name: allow-sleep, namespace: shop}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/sleep]}}, {source: {namespaces: [ops]}}]
+    to: [{operation: {ports: ['8080']}}]
+    when: [{key: source.ip, values: [10.0.0.0/8]}]
+",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.policy.scope, Scope::WorkloadSelector);
+        assert_eq!(t.selector.unwrap()["app"], "httpbin");
+        let clauses = &t.policy.rules[0].clauses;
+        assert_eq!(clauses.len(), 3, "from, to and one condition");
+        assert_eq!(clauses[0].matches.len(), 2, "two sources are alternatives");
+        assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
+        assert_eq!(
+            clauses[2].matches[0].source_ips,
+            vec![IpNet::parse("10.0.0.0/8").unwrap()]
+        );
+
+        let mesh = policy("metadata: {name: deny-all, namespace: istio-system}\nspec: {action: DENY, rules: [{}]}\n").unwrap().unwrap();
+        assert_eq!(
+            (mesh.policy.scope, mesh.policy.action),
+            (Scope::Global, Action::Deny)
+        );
+        let ns = policy("metadata: {name: allow-nothing, namespace: shop}\nspec: {}\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ns.policy.scope, ns.policy.action, ns.policy.rules.len()),
+            (Scope::Namespace, Action::Allow, 0)
+        );
+    }
+
+    #[test]
+    fn audit_custom_waypoints_and_bad_fields() {
+        for action in ["AUDIT", "CUSTOM"] {
+            let err = policy(&format!(
+                "metadata: {{name: p, namespace: shop}}\nspec: {{action: {action}}}\n"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("not supported at L4"), "{err}");
+        }
+        let waypoint = policy("metadata: {name: p, namespace: shop}\nspec: {targetRefs: [{kind: Service, name: web}]}\n").unwrap();
+        assert!(
+            waypoint.is_none(),
+            "targetRefs policies belong to waypoints"
+        );
+        let err = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("spec.rules[0].from[0].source.ipBlocks[0]"),
+            "{err}"
+        );
+        let err = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {serviceAccounts: [nosep]}}]}]}\n").unwrap_err();
+        assert!(err.to_string().contains("serviceAccounts[0]"), "{err}");
+    }
+
+    #[test]
+    fn l7_attributes_mark_their_match() {
+        let t = policy(
+            "metadata: {name: p, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {principals: ['*']}}]
+    to: [{operation: {methods: [GET]}}]
+  - when: [{key: 'request.headers[x-user]', values: [admin]}]
+  - from: [{source: {requestPrincipals: ['*']}}]
+",
+        )
+        .unwrap()
+        .unwrap();
+        let r = &t.policy.rules;
+        assert!(!r[0].clauses[0].matches[0].requires_l7 && r[0].clauses[1].matches[0].requires_l7);
+        assert!(r[1].clauses[0].matches[0].requires_l7);
+        assert!(r[2].clauses[0].matches[0].requires_l7);
+        // As an ALLOW policy, none of these rules can match at L4: the workload is closed.
+        let id = amesh_identity::Identity::new("cluster.local", "shop", "x");
+        let conn = Connection {
+            source: Some(&id),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 80,
+        };
+        assert!(!evaluate(&[&t.policy], &conn).decision.is_allowed());
+    }
+
+    #[test]
+    fn peer_authentication_resources() {
+        let p: PeerAuthenticationResource = serde_yaml::from_str(
+            "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}, portLevelMtls: {'9090': {mode: PERMISSIVE}}}\n",
+        )
+        .unwrap();
+        let (pa, selector) = peer_authentication(&p, "istio-system").unwrap();
+        assert_eq!(
+            (pa.scope, pa.mode, selector),
+            (PeerScope::Mesh, MtlsMode::Strict, None)
+        );
+        assert_eq!(pa.port_modes[&9090], MtlsMode::Permissive);
+        let p: PeerAuthenticationResource = serde_yaml::from_str("metadata: {name: off, namespace: shop}\nspec: {selector: {matchLabels: {app: a}}, mtls: {mode: DISABLE}}\n").unwrap();
+        let (pa, selector) = peer_authentication(&p, "istio-system").unwrap();
+        assert_eq!(
+            (pa.scope, pa.mode),
+            (PeerScope::Workload, MtlsMode::Unset),
+            "DISABLE is ignored"
+        );
+        assert!(selector.is_some());
+    }
+}

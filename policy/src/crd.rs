@@ -1,0 +1,449 @@
+//! Istio's `AuthorizationPolicy` and `PeerAuthentication` (security.istio.io/v1) turned into
+//! what ztunnel enforces, the way istiod translates them for ambient:
+//! - scope: the root namespace without a selector is mesh-wide, a namespace without a
+//!   selector is namespace-wide, a selector targets workloads (the caller resolves which);
+//!   policies with `targetRef(s)` are for waypoints and are not ztunnel's;
+//! - a rule's `from` sources, `to` operations and each `when` condition become clauses (all
+//!   must hold), each of them a list of alternatives;
+//! - attributes ztunnel cannot see (methods, paths, hosts, request principals, L7 `when`
+//!   keys) mark the match `requires_l7` (see [`crate::Match::requires_l7`]);
+//! - `AUDIT` and `CUSTOM` are refused: not supported at L4.
+
+use crate::{
+    Action, Authorization, Clause, IpNet, Match, MtlsMode, PeerAuthentication, PeerScope, Rule,
+    Scope, ServiceAccountMatch, StringMatch,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Why a resource cannot be enforced at L4 (reported as the object's status or in the log).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrdError {
+    #[error(
+        "{namespace}/{name}: action {action} is not supported at L4 (ztunnel enforces ALLOW and DENY)"
+    )]
+    UnsupportedAction {
+        namespace: String,
+        name: String,
+        action: String,
+    },
+    #[error("{namespace}/{name}: {field}: {reason}")]
+    Invalid {
+        namespace: String,
+        name: String,
+        field: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `kind: AuthorizationPolicy`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationPolicy {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    #[serde(default)]
+    pub selector: Option<Selector>,
+    #[serde(default)]
+    pub target_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    pub target_refs: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PolicyRule {
+    #[serde(default)]
+    pub from: Vec<From>,
+    #[serde(default)]
+    pub to: Vec<To>,
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct From {
+    #[serde(default)]
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub request_principals: Vec<String>,
+    #[serde(default)]
+    pub not_request_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct To {
+    #[serde(default)]
+    pub operation: Operation,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub not_ports: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
+}
+
+/// A translated policy and, for workload-scoped ones, the labels selecting its workloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translated {
+    pub policy: Authorization,
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+struct Ctx<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, field: String, reason: String) -> CrdError {
+        CrdError::Invalid {
+            namespace: self.namespace.into(),
+            name: self.name.into(),
+            field,
+            reason,
+        }
+    }
+
+    fn nets(&self, v: &[String], field: &str) -> Result<Vec<IpNet>, CrdError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                IpNet::parse(s).ok_or_else(|| {
+                    self.invalid(
+                        format!("{field}[{i}]"),
+                        format!("{s:?} is not an address or CIDR block"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn ports(&self, v: &[String], field: &str) -> Result<Vec<u16>, CrdError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse().map_err(|_| {
+                    self.invalid(format!("{field}[{i}]"), format!("{s:?} is not a port"))
+                })
+            })
+            .collect()
+    }
+
+    fn accounts(&self, v: &[String], field: &str) -> Result<Vec<ServiceAccountMatch>, CrdError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| match s.split_once('/') {
+                Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => Ok(ServiceAccountMatch {
+                    namespace: ns.into(),
+                    service_account: sa.into(),
+                }),
+                _ => Err(self.invalid(
+                    format!("{field}[{i}]"),
+                    format!("{s:?} is not <namespace>/<service account>"),
+                )),
+            })
+            .collect()
+    }
+}
+
+fn strings(v: &[String]) -> Vec<StringMatch> {
+    v.iter().map(|s| StringMatch::parse(s)).collect()
+}
+
+/// Translates an `AuthorizationPolicy`. `Ok(None)`: it targets waypoints, not ztunnel.
+pub fn authorization_policy(
+    p: &AuthorizationPolicy,
+    root_namespace: &str,
+) -> Result<Option<Translated>, CrdError> {
+    let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
+    let ctx = Ctx { namespace, name };
+    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
+        return Ok(None);
+    }
+    let action = match p.spec.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => Action::Allow,
+        "DENY" => Action::Deny,
+        other => {
+            return Err(CrdError::UnsupportedAction {
+                namespace: namespace.into(),
+                name: name.into(),
+                action: other.into(),
+            });
+        }
+    };
+    let selector = p
+        .spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .filter(|l| !l.is_empty());
+    let scope = match (&selector, namespace == root_namespace) {
+        (Some(_), _) => Scope::WorkloadSelector,
+        (None, true) => Scope::Global,
+        (None, false) => Scope::Namespace,
+    };
+    let mut rules = Vec::new();
+    for (i, r) in p.spec.rules.iter().enumerate() {
+        rules.push(rule(&ctx, r, &format!("spec.rules[{i}]"))?);
+    }
+    let policy = Authorization {
+        name: name.into(),
+        namespace: namespace.into(),
+        scope,
+        action,
+        rules,
+        dry_run: false,
+    };
+    Ok(Some(Translated { policy, selector }))
+}
+
+fn rule(ctx: &Ctx<'_>, r: &PolicyRule, at: &str) -> Result<Rule, CrdError> {
+    let mut clauses = Vec::new();
+    if !r.from.is_empty() {
+        let matches = r
+            .from
+            .iter()
+            .enumerate()
+            .map(|(i, f)| source(ctx, &f.source, &format!("{at}.from[{i}].source")))
+            .collect::<Result<_, _>>()?;
+        clauses.push(Clause { matches });
+    }
+    if !r.to.is_empty() {
+        let matches =
+            r.to.iter()
+                .enumerate()
+                .map(|(i, t)| operation(ctx, &t.operation, &format!("{at}.to[{i}].operation")))
+                .collect::<Result<_, _>>()?;
+        clauses.push(Clause { matches });
+    }
+    for (i, c) in r.when.iter().enumerate() {
+        clauses.push(Clause {
+            matches: vec![condition(ctx, c, &format!("{at}.when[{i}]"))?],
+        });
+    }
+    Ok(Rule { clauses })
+}
+
+fn source(ctx: &Ctx<'_>, s: &Source, at: &str) -> Result<Match, CrdError> {
+    // Without proxies in front, the remote address is the source address at L4.
+    let mut source_ips = ctx.nets(&s.ip_blocks, &format!("{at}.ipBlocks"))?;
+    source_ips.extend(ctx.nets(&s.remote_ip_blocks, &format!("{at}.remoteIpBlocks"))?);
+    let mut not_source_ips = ctx.nets(&s.not_ip_blocks, &format!("{at}.notIpBlocks"))?;
+    not_source_ips.extend(ctx.nets(&s.not_remote_ip_blocks, &format!("{at}.notRemoteIpBlocks"))?);
+    Ok(Match {
+        principals: strings(&s.principals),
+        not_principals: strings(&s.not_principals),
+        namespaces: strings(&s.namespaces),
+        not_namespaces: strings(&s.not_namespaces),
+        source_ips,
+        not_source_ips,
+        service_accounts: ctx.accounts(&s.service_accounts, &format!("{at}.serviceAccounts"))?,
+        not_service_accounts: ctx
+            .accounts(&s.not_service_accounts, &format!("{at}.notServiceAccounts"))?,
+        requires_l7: !s.request_principals.is_empty() || !s.not_request_principals.is_empty(),
+        ..Match::default()
+    })
+}
+
+fn operation(ctx: &Ctx<'_>, o: &Operation, at: &str) -> Result<Match, CrdError> {
+    let l7 = [
+        &o.hosts,
+        &o.not_hosts,
+        &o.methods,
+        &o.not_methods,
+        &o.paths,
+        &o.not_paths,
+    ];
+    Ok(Match {
+        destination_ports: ctx.ports(&o.ports, &format!("{at}.ports"))?,
+        not_destination_ports: ctx.ports(&o.not_ports, &format!("{at}.notPorts"))?,
+        requires_l7: l7.iter().any(|v| !v.is_empty()),
+        ..Match::default()
+    })
+}
+
+fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str) -> Result<Match, CrdError> {
+    let (v, nv) = (&c.values, &c.not_values);
+    let m = match c.key.as_str() {
+        "source.ip" | "remote.ip" => Match {
+            source_ips: ctx.nets(v, &format!("{at}.values"))?,
+            not_source_ips: ctx.nets(nv, &format!("{at}.notValues"))?,
+            ..Match::default()
+        },
+        "source.namespace" => Match {
+            namespaces: strings(v),
+            not_namespaces: strings(nv),
+            ..Match::default()
+        },
+        "source.principal" => Match {
+            principals: strings(v),
+            not_principals: strings(nv),
+            ..Match::default()
+        },
+        "destination.ip" => Match {
+            destination_ips: ctx.nets(v, &format!("{at}.values"))?,
+            not_destination_ips: ctx.nets(nv, &format!("{at}.notValues"))?,
+            ..Match::default()
+        },
+        "destination.port" => Match {
+            destination_ports: ctx.ports(v, &format!("{at}.values"))?,
+            not_destination_ports: ctx.ports(nv, &format!("{at}.notValues"))?,
+            ..Match::default()
+        },
+        // request.*, connection.sni, experimental.* ...: not visible at L4.
+        _ => Match {
+            requires_l7: true,
+            ..Match::default()
+        },
+    };
+    Ok(m)
+}
+
+/// `kind: PeerAuthentication`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PeerAuthenticationResource {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PeerAuthenticationSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<Selector>,
+    #[serde(default)]
+    pub mtls: Option<MtlsSpec>,
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<String, MtlsSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MtlsSpec {
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+fn mtls_mode(m: Option<&MtlsSpec>) -> MtlsMode {
+    match m.and_then(|m| m.mode.as_deref()) {
+        Some("STRICT") => MtlsMode::Strict,
+        Some("PERMISSIVE") => MtlsMode::Permissive,
+        // UNSET, DISABLE (meaningless with HBONE, ignored as Istio does), absent.
+        _ => MtlsMode::Unset,
+    }
+}
+
+/// Translates a `PeerAuthentication`; for a workload-scoped one the caller fills
+/// `workloads` from the selector it also gets back.
+pub fn peer_authentication(
+    p: &PeerAuthenticationResource,
+    root_namespace: &str,
+) -> Result<(PeerAuthentication, Option<BTreeMap<String, String>>), CrdError> {
+    let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
+    let ctx = Ctx { namespace, name };
+    let selector = p
+        .spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .filter(|l| !l.is_empty());
+    let scope = match (&selector, namespace == root_namespace) {
+        (Some(_), _) => PeerScope::Workload,
+        (None, true) => PeerScope::Mesh,
+        (None, false) => PeerScope::Namespace,
+    };
+    let mut port_modes = BTreeMap::new();
+    for (port, m) in &p.spec.port_level_mtls {
+        let port = port.parse::<u16>().map_err(|_| {
+            ctx.invalid(
+                format!("spec.portLevelMtls.{port}"),
+                format!("{port:?} is not a port"),
+            )
+        })?;
+        port_modes.insert(port, mtls_mode(Some(m)));
+    }
+    let pa = PeerAuthentication {
+        name: name.into(),
+        namespace: namespace.into(),
+        scope,
+        workloads: Vec::new(),
+        mode: mtls_mode(p.spec.mtls.as_ref()),
+        port_modes,
+    };
+    Ok((pa, selector))
+}
