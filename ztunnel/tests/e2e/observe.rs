@@ -99,12 +99,14 @@ fn metrics_config_dump_and_readiness_after_traffic() {
 fn readiness_waits_for_the_node_agent_and_the_admin_endpoint_copes_with_garbage() {
     let mesh = Mesh::new(&[pod("a", "ns-a", "node1")]);
     // A ztunnel whose node agent never answers is not ready, and says why.
-    let mut lonely = mesh.spawn_ztunnel(
-        "lonely",
-        &mesh.config_path(),
-        &mesh.bed.pin_root().join("node1"),
-        &[],
-    );
+    let mut lonely = mesh
+        .spawn_ztunnel(
+            "lonely",
+            &mesh.config_path(),
+            &mesh.bed.pin_root().join("node1"),
+            &[],
+        )
+        .unwrap();
     let (status, body) = lonely.http("Readiness", "GET", "/healthz/ready");
     assert_eq!(status, 503);
     assert!(body.contains("node agent snapshot"), "{body}");

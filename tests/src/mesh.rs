@@ -1,0 +1,493 @@
+//! A small mesh on one machine: pods in network namespaces on one underlay, grouped into
+//! "nodes", each node with its own capture programs, a stand-in node agent speaking ZDS
+//! ([`FakeAgent`]) and a real `ztunnel` process. Workloads, services and policies come from a
+//! local configuration file that ztunnel reloads live. Used by ztunnel's end-to-end tests and
+//! by the demo.
+//!
+//! [`Mesh::try_build`] makes the pods and the configuration; [`Mesh::try_start`] enrolls them
+//! and starts the nodes (so that a caller can look at the network before the mesh exists).
+
+use crate::{BedError, Pod, PodProcess, TestBed, probe, probe::Connected, zds_agent::FakeAgent};
+use amesh_ebpf_loader::{Capture, CaptureConfig, EnrollRequest};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Port the pods' apps listen on.
+pub const APP_PORT: u16 = 8080;
+/// The VIP of the mesh's one service, `web.shop.svc.cluster.local:80` (→ 8080).
+pub const VIP: &str = "10.96.0.10";
+
+/// One pod of the mesh.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub name: &'static str,
+    pub namespace: &'static str,
+    pub service_account: &'static str,
+    /// The node it runs on; `None`: not in the mesh (not enrolled, not in the config).
+    pub node: Option<&'static str>,
+    /// In the config as a plain-TCP workload (not enrolled).
+    pub tcp: bool,
+    pub healthy: bool,
+    /// Backs the service at `VIP:80`.
+    pub in_service: bool,
+    /// What the node agent says the pod's service account is, when it differs from the
+    /// configuration (to test identity mismatches).
+    pub zds_service_account: Option<&'static str>,
+}
+
+/// A pod in the mesh on `node`, its service account named after it.
+pub const fn pod(name: &'static str, namespace: &'static str, node: &'static str) -> PodSpec {
+    PodSpec {
+        name,
+        namespace,
+        service_account: name,
+        node: Some(node),
+        tcp: false,
+        healthy: true,
+        in_service: false,
+        zds_service_account: None,
+    }
+}
+
+/// A pod outside the mesh.
+pub const fn outside(name: &'static str) -> PodSpec {
+    PodSpec {
+        node: None,
+        namespace: "outside",
+        service_account: "default",
+        ..pod(name, "outside", "")
+    }
+}
+
+/// The uid a pod has in the configuration and over ZDS.
+pub fn uid(s: &PodSpec) -> String {
+    format!("Kubernetes//v1/Pod/{}/{}", s.namespace, s.name)
+}
+
+/// A node: its capture programs, its node agent and its ztunnel.
+pub struct Node {
+    pub name: &'static str,
+    pub ztunnel: ZtunnelProcess,
+    pub agent: FakeAgent,
+    pub capture: Capture,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A ztunnel process (JSON logs to a file), killed when dropped.
+#[derive(Debug)]
+pub struct ZtunnelProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for ZtunnelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> BedError {
+    BedError::Command {
+        command: what.into(),
+        stderr: why.to_string(),
+    }
+}
+
+impl ZtunnelProcess {
+    /// What it logged so far (JSON lines).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address an endpoint (`Admin`, `Readiness`, `Metrics`) bound, from the log.
+    pub fn try_endpoint(&self, role: &str) -> Result<SocketAddr, BedError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log().lines().find_map(|line| {
+                let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+                let f = &v["fields"];
+                (f["message"] == "listening" && f["endpoint"] == role)
+                    .then(|| f["address"].as_str()?.parse().ok())?
+            });
+            if let Some(addr) = found {
+                return Ok(addr);
+            }
+            if Instant::now() > deadline {
+                return Err(failed(
+                    format!("finding ztunnel's {role} endpoint"),
+                    "not in its log",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `METHOD path` against one of its endpoints: (status, body).
+    pub fn try_http(
+        &self,
+        role: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, String), BedError> {
+        http_raw(
+            self.try_endpoint(role)?,
+            format!("{method} {path} HTTP/1.1\r\nHost: ztunnel\r\n\r\n").as_bytes(),
+        )
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends raw bytes to an HTTP endpoint on loopback; (status, body) of the answer.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BedError> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| failed(format!("HTTP to {addr}"), e);
+    let mut conn = std::net::TcpStream::connect(addr).map_err(io)?;
+    conn.write_all(request).map_err(io)?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).map_err(io)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The mesh. Fields drop in order: nodes (ztunnels) before the bed they live in.
+pub struct Mesh {
+    pub nodes: Vec<Node>,
+    pub specs: Vec<PodSpec>,
+    pub pods: Vec<Pod>,
+    pub dir: PathBuf,
+    pub probe: PathBuf,
+    pub ztunnel: PathBuf,
+    pub bed: TestBed,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("prefix", &self.bed.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Mesh {
+    /// Makes the pods and writes the configuration; nothing is enrolled yet.
+    pub fn try_build(specs: &[PodSpec]) -> Result<Self, BedError> {
+        let bed = TestBed::new()?;
+        let pods = specs
+            .iter()
+            .map(|s| bed.add_pod(s.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dir = std::env::temp_dir().join(bed.prefix());
+        std::fs::create_dir_all(&dir).map_err(BedError::io("creating the mesh's directory"))?;
+        std::fs::write(dir.join("mesh.yaml"), config_yaml(specs, &pods))
+            .map_err(BedError::io("writing mesh.yaml"))?;
+        Ok(Self {
+            nodes: Vec::new(),
+            specs: specs.to_vec(),
+            pods,
+            dir,
+            probe: probe::sibling_binary("amesh-probe"),
+            ztunnel: probe::sibling_binary("ztunnel"),
+            bed,
+        })
+    }
+
+    /// Starts every node: capture programs, enrollment, node agent, ztunnel (with extra
+    /// arguments per node, `(node, args)`).
+    pub fn try_start(&mut self, extra: &[(&str, &[&str])]) -> Result<(), BedError> {
+        let mut names: Vec<&'static str> = self.specs.iter().filter_map(|s| s.node).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let args = extra
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(&[][..], |(_, a)| *a);
+            let node = self.start_node(name, args)?;
+            self.nodes.push(node);
+        }
+        Ok(())
+    }
+
+    fn start_node(&self, name: &'static str, args: &[&str]) -> Result<Node, BedError> {
+        let pin_root = self.bed.pin_root().join(name);
+        let config = CaptureConfig {
+            pin_root: pin_root.clone(),
+            cgroup: self.bed.cgroup_path().to_path_buf(),
+            debug_logs: false,
+        };
+        let mut capture = Capture::load_or_adopt(&config)
+            .map_err(|e| failed("loading the capture programs", e))?;
+        let members: Vec<usize> = (0..self.specs.len())
+            .filter(|&i| self.specs[i].node == Some(name) && !self.specs[i].tcp)
+            .collect();
+        for &i in &members {
+            let (path, addrs) = (self.pods[i].netns_path(), self.pods[i].addresses());
+            let req = EnrollRequest {
+                netns: &path,
+                addresses: &addrs,
+                excluded_outbound_ports: &[],
+                excluded_inbound_ports: &[],
+                bypass_inbound: false,
+                listeners: None,
+            };
+            capture
+                .enroll(&req)
+                .map_err(|e| failed(format!("enrolling {}", self.specs[i].name), e))?;
+        }
+        let mut agent = FakeAgent::listen(&self.dir.join(format!("{name}.sock")))
+            .map_err(BedError::io("node agent socket"))?;
+        let ztunnel = self.spawn_ztunnel(name, &self.config_path(), &pin_root, args)?;
+        agent
+            .accept()
+            .map_err(BedError::io(format!("waiting for {name}'s ztunnel")))?;
+        for &i in &members {
+            let s = &self.specs[i];
+            let sa = s.zds_service_account.unwrap_or(s.service_account);
+            let answer = agent
+                .add(
+                    &uid(s),
+                    s.name,
+                    s.namespace,
+                    sa,
+                    self.pods[i].netns().as_fd(),
+                )
+                .map_err(BedError::io("ZDS add"))?;
+            answer.map_err(|nack| failed(format!("adding {} to ztunnel", s.name), nack))?;
+        }
+        agent
+            .snapshot_sent()
+            .map_err(BedError::io("ZDS snapshot"))?
+            .map_err(|nack| failed("ZDS snapshot", nack))?;
+        Ok(Node {
+            name,
+            ztunnel,
+            agent,
+            capture,
+        })
+    }
+
+    /// Starts a ztunnel for `node` (its agent socket is `<dir>/<node>.sock`).
+    pub fn spawn_ztunnel(
+        &self,
+        node: &str,
+        config: &Path,
+        pins: &Path,
+        extra: &[&str],
+    ) -> Result<ZtunnelProcess, BedError> {
+        let log = self
+            .dir
+            .join(format!("ztunnel-{node}-{}.log", std::process::id()));
+        let out = std::fs::File::create(&log).map_err(BedError::io("ztunnel log file"))?;
+        let child = Command::new(&self.ztunnel)
+            .args(["--config", &config.display().to_string(), "--node", node])
+            .args([
+                "--zds-socket",
+                &self.dir.join(format!("{node}.sock")).display().to_string(),
+            ])
+            .args(["--capture-pins", &pins.display().to_string()])
+            .args(["--ca-dir", &self.dir.join("ca").display().to_string()])
+            .args([
+                "--log-format",
+                "json",
+                "--admin",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--readiness",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .map_err(BedError::io("starting ztunnel"))?;
+        Ok(ZtunnelProcess { child, log })
+    }
+
+    /// The configuration file (rewrite it to change the mesh live).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mesh.yaml")
+    }
+
+    /// Rewrites the configuration with `edit` and waits until every ztunnel serves it: its
+    /// config dump lists exactly the `policies` names.
+    pub fn try_update_config(
+        &self,
+        policies: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<(), BedError> {
+        let text = std::fs::read_to_string(self.config_path())
+            .map_err(BedError::io("reading mesh.yaml"))?;
+        std::fs::write(self.config_path(), edit(text))
+            .map_err(BedError::io("writing mesh.yaml"))?;
+        for node in &self.nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, dump) = node.ztunnel.try_http("Admin", "GET", "/config_dump")?;
+                let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+                let names: Vec<&str> = v["policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                if names == policies {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(failed(
+                        format!("{} loading the new configuration", node.name),
+                        dump,
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod called `name`. Like indexing, asking for a pod the caller never specified is
+    /// a programming error and panics.
+    pub fn pod(&self, name: &str) -> &Pod {
+        let i = self
+            .specs
+            .iter()
+            .position(|s| s.name == name)
+            .expect("a pod named in the mesh's specs");
+        &self.pods[i]
+    }
+
+    /// The spec of the pod called `name` (panics like [`Mesh::pod`]).
+    pub fn spec(&self, name: &str) -> &PodSpec {
+        self.specs
+            .iter()
+            .find(|s| s.name == name)
+            .expect("a pod named in the mesh's specs")
+    }
+
+    /// The node called `name` (panics like [`Mesh::pod`]).
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("a node of the mesh")
+    }
+
+    /// Starts each named pod's app on 8080 (answers with `served-by=<pod>-app`).
+    pub fn try_apps(&self, names: &[&str]) -> Result<Vec<PodProcess>, BedError> {
+        let any = SocketAddr::from(([0u16; 8], APP_PORT));
+        names
+            .iter()
+            .map(|n| probe::serve(&self.probe, self.pod(n), &format!("{n}-app"), &[any]))
+            .collect()
+    }
+
+    pub fn try_connect(
+        &self,
+        from: &str,
+        extra: &[&str],
+        targets: &[SocketAddr],
+    ) -> Result<Vec<probe::ConnectResult>, BedError> {
+        probe::connect(&self.probe, self.pod(from), extra, targets)
+    }
+
+    /// One connection from `from` to `target`; `Err` names why it failed.
+    pub fn try_connect_one(&self, from: &str, target: SocketAddr) -> Result<Connected, String> {
+        let mut r = self
+            .try_connect(from, &["--timeout-ms", "5000"], &[target])
+            .map_err(|e| e.to_string())?;
+        r.remove(0)
+            .outcome
+            .map_err(|e| format!("{from} -> {target}: {e}"))
+    }
+
+    pub fn v4(&self, name: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.pod(name).ipv4()), port)
+    }
+
+    pub fn v6(&self, name: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.pod(name).ipv6()), port)
+    }
+}
+
+fn config_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
+    let mut y = String::from("workloads:\n");
+    for (s, p) in specs.iter().zip(pods) {
+        let Some(node) = s.node else { continue };
+        let _ = writeln!(
+            y,
+            "- uid: {}\n  name: {}\n  namespace: {}\n  serviceAccount: {}",
+            uid(s),
+            s.name,
+            s.namespace,
+            s.service_account
+        );
+        let _ = writeln!(
+            y,
+            "  addresses: [{}, \"{}\"]\n  node: {node}",
+            p.ipv4(),
+            p.ipv6()
+        );
+        let _ = writeln!(
+            y,
+            "  protocol: {}\n  status: {}",
+            if s.tcp { "TCP" } else { "HBONE" },
+            if s.healthy { "Healthy" } else { "Unhealthy" }
+        );
+        if s.in_service {
+            let _ = writeln!(
+                y,
+                "  services: {{shop/web.shop.svc.cluster.local: {{80: 8080}}}}"
+            );
+        }
+    }
+    let _ = writeln!(
+        y,
+        "services:\n- {{name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: [{VIP}], ports: {{80: 8080}}}}"
+    );
+    y
+}
