@@ -1,41 +1,42 @@
-//! `cargo xtask demo`: builds pods out of network namespaces on this machine, loads amesh's
-//! eBPF capture, and walks through what it does, verifying every step. Until ztunnel lands
-//! the pods' "ztunnel" is a stand-in listener that reports where each connection arrived.
+//! `cargo xtask demo`: a mesh on this machine, out of network namespaces: two nodes, each
+//! with amesh's eBPF capture, a node agent (a stand-in speaking ZDS until the real one lands)
+//! and a real ztunnel; a client in namespace `web`, a service `web.shop` with two endpoints,
+//! and a pod outside the mesh. Every step is verified, not just printed.
 //!
 //! Exits 0 only if every step passed; removes everything it made, also on Ctrl-C.
 #![forbid(unsafe_code)]
 
-use amesh_ebpf_loader::{Capture, CaptureConfig, EnrollRequest};
 use amesh_testbed::{
-    Pod, TestBed, probe,
-    probe::Connected,
-    sniff::{self, TcpSegment},
-    standin::{StandIn, orig_lookup},
+    mesh::{APP_PORT, Mesh, PodSpec, VIP, outside, pod},
+    sniff,
 };
-use anyhow::{Context, Result, anyhow, ensure};
-use std::{
-    net::{IpAddr, SocketAddr},
-    os::fd::AsFd,
-    path::PathBuf,
-};
-
-const APP_PORT: u16 = 8080;
+use anyhow::{Result, anyhow, ensure};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 struct Step {
     name: &'static str,
     outcome: Result<String>,
 }
 
-struct Demo {
-    probe: PathBuf,
-    bed: TestBed,
-    client: Pod,
-    server: Pod,
-    outsider: Pod,
+const DENY_WEB: &str = "policies:\n- name: deny-web\n  namespace: shop\n  scope: Namespace\n  action: Deny\n  rules: [{clauses: [{matches: [{namespaces: [web]}]}]}]\n";
+
+fn specs() -> Vec<PodSpec> {
+    let endpoint = |p: PodSpec| PodSpec {
+        in_service: true,
+        ..p
+    };
+    vec![
+        pod("web", "web", "node1"),
+        endpoint(pod("cart-0", "shop", "node1")),
+        endpoint(pod("cart-1", "shop", "node2")),
+        outside("legacy"),
+    ]
 }
 
 fn main() -> std::process::ExitCode {
-    println!("amesh demo: eBPF traffic capture in network-namespace pods\n");
+    println!(
+        "amesh demo: a two-node mesh in network namespaces, real eBPF capture, real ztunnels\n"
+    );
     let steps = match run() {
         Ok(steps) => steps,
         Err(e) => {
@@ -43,10 +44,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    println!("\n{:<52} {:<6} evidence", "step", "result");
-    println!("{}", "-".repeat(110));
+    summary(&steps)
+}
+
+fn summary(steps: &[Step]) -> std::process::ExitCode {
+    println!("\n{:<60} {:<6} evidence", "step", "result");
+    println!("{}", "-".repeat(130));
     let mut failed = 0;
-    for s in &steps {
+    for s in steps {
         let (result, evidence) = match &s.outcome {
             Ok(e) => ("ok", e.clone()),
             Err(e) => {
@@ -54,7 +59,7 @@ fn main() -> std::process::ExitCode {
                 ("FAIL", format!("{e:#}"))
             }
         };
-        println!("{:<52} {:<6} {evidence}", s.name, result);
+        println!("{:<60} {:<6} {evidence}", s.name, result);
     }
     println!();
     if failed == 0 {
@@ -66,290 +71,221 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Stand-in ztunnel listeners registered for the demo's enrolled pods.
-struct Enrolled {
-    client_id: u32,
-    server_id: u32,
-    _listeners: [StandIn; 4],
-}
-
 fn run() -> Result<Vec<Step>> {
-    let demo = Demo::build()?;
-    let _app = probe::serve(
-        &demo.probe,
-        &demo.server,
-        "server-app",
-        &[SocketAddr::from(([0; 16], APP_PORT))],
-    )?;
+    ensure!(
+        amesh_sys::fs::euid() == 0,
+        "the demo builds network namespaces and loads eBPF: run it as root"
+    );
+    let mut mesh = Mesh::try_build(&specs())?;
+    println!(
+        "• built pods under prefix {} (underlay bridge br0):",
+        mesh.bed.prefix()
+    );
+    for (s, p) in mesh.specs.iter().zip(&mesh.pods) {
+        let node = s.node.unwrap_or("(not in the mesh)");
+        println!(
+            "  {:<7} ns {:<8} {:<18} {:<12} {}",
+            s.name,
+            s.namespace,
+            node,
+            p.ipv4(),
+            p.ipv6()
+        );
+    }
+    let _apps = mesh.try_apps(&["cart-0", "cart-1"])?;
     let mut steps = Vec::new();
     let mut step = |name, outcome: Result<String>| {
-        let mark = if outcome.is_ok() { "ok  " } else { "FAIL" };
-        println!("[{mark}] {name}");
+        println!("[{}] {name}", if outcome.is_ok() { "ok  " } else { "FAIL" });
         steps.push(Step { name, outcome });
     };
     step(
-        "before enrollment: plaintext crosses the wire",
-        demo.plaintext_before(),
+        "before the mesh: the request crosses the wire in plaintext",
+        plaintext_before(&mesh),
     );
-    let config = CaptureConfig {
-        pin_root: demo.bed.pin_root(),
-        cgroup: demo.bed.cgroup_path().to_path_buf(),
-        debug_logs: false,
-    };
-    let mut capture = Capture::load_or_adopt(&config)?;
+    mesh.try_start(&[])?;
     println!(
-        "• loaded connect4/connect6/sock_ops on {} and pinned under {}",
-        config.cgroup.display(),
-        config.pin_root.display()
-    );
-    let enrolled = demo.enroll_both(&mut capture, &config)?;
-    step(
-        "outbound connects land on ztunnel in the pod",
-        demo.outbound_captured(),
+        "• started node1 and node2: capture programs loaded, pods enrolled, ztunnels serving them"
     );
     step(
-        "inbound connections land on ztunnel's listeners",
-        demo.inbound_captured(),
+        "in the mesh: HBONE mTLS on 15008, no plaintext on the wire",
+        hbone_on_the_wire(&mesh),
     );
     step(
-        "ztunnel's own marked sockets are not re-captured",
-        demo.marked_not_captured(),
+        "the destination sees the client's SPIFFE identity",
+        identities(&mesh),
     );
     step(
-        "per-pod counters count",
-        counters(&capture, enrolled.client_id, enrolled.server_id),
+        "the service VIP spreads over its endpoints",
+        service_spread(&mesh),
     );
     step(
-        "unenroll restores the direct path",
-        demo.unenrolled(&mut capture, enrolled.client_id),
+        "a DENY policy refuses the client, with its reason",
+        deny(&mesh),
     );
+    step("removing the policy restores access", undeny(&mesh));
     step(
-        "teardown removes programs, links and pins",
-        teardown(capture, &config.pin_root),
+        "pods outside the mesh still reach in (PERMISSIVE)",
+        outsider(&mesh),
     );
-    drop(enrolled);
-    let left = demo.bed.close();
+    step("Istio metrics on the destination node", metrics(&mesh));
+    let left = mesh.close();
     let cleaned = if left.is_empty() {
-        Ok("all removed".into())
+        Ok("netns, veths, cgroup, pins, processes all removed".into())
     } else {
         Err(anyhow!("left: {left:?}"))
     };
-    step("nothing left behind (netns, cgroup, pins)", cleaned);
+    step("nothing left behind", cleaned);
     Ok(steps)
 }
 
-impl Demo {
-    /// Checks the prerequisites and builds the pods.
-    fn build() -> Result<Self> {
-        let probe = std::env::current_exe()?
-            .parent()
-            .context("demo binary has a directory")?
-            .join("amesh-probe");
-        ensure!(
-            probe.is_file(),
-            "{} is missing: run the demo with `cargo xtask demo`",
-            probe.display()
-        );
-        ensure!(
-            amesh_sys::fs::euid() == 0,
-            "the demo builds network namespaces and loads eBPF: run it as root"
-        );
-        let bed = TestBed::new()?;
-        println!(
-            "• built a test network under prefix {} (underlay bridge br0)",
-            bed.prefix()
-        );
-        let demo = Self {
-            client: bed.add_pod("client")?,
-            server: bed.add_pod("server")?,
-            outsider: bed.add_pod("outsider")?,
-            probe,
-            bed,
-        };
-        for p in [&demo.client, &demo.server, &demo.outsider] {
-            println!("  pod {:<9} {:<12} {}", p.name(), p.ipv4(), p.ipv6());
-        }
-        Ok(demo)
-    }
-
-    /// Enrolls client and server and registers stand-in ztunnel listeners for them.
-    fn enroll_both(&self, capture: &mut Capture, config: &CaptureConfig) -> Result<Enrolled> {
-        let client_id = self.enroll(capture, &self.client)?;
-        let server_id = self.enroll(capture, &self.server)?;
-        let lookup = orig_lookup(&config.pin_root, client_id)?;
-        let listeners = [
-            StandIn::start(
-                &self.client,
-                "ztunnel-outbound",
-                "127.0.0.1:15001".parse()?,
-                Some(lookup.clone()),
-            )?,
-            StandIn::start(
-                &self.client,
-                "ztunnel-outbound",
-                "[::1]:15001".parse()?,
-                Some(lookup),
-            )?,
-            StandIn::start(&self.server, "ztunnel-hbone", "[::]:15008".parse()?, None)?,
-            StandIn::start(&self.server, "ztunnel-inbound", "[::]:15006".parse()?, None)?,
-        ];
-        capture
-            .maps()
-            .register_listeners(server_id, listeners[2].as_fd(), listeners[3].as_fd())?;
-        println!(
-            "• enrolled client (pod {client_id}) and server (pod {server_id}); stand-in ztunnel listeners registered"
-        );
-        Ok(Enrolled {
-            client_id,
-            server_id,
-            _listeners: listeners,
-        })
-    }
-
-    fn connect(&self, from: &Pod, extra: &[&str], to: SocketAddr) -> Result<Connected> {
-        let r = probe::connect(&self.probe, from, extra, &[to])?.remove(0);
-        r.outcome
-            .map_err(|e| anyhow!("{} -> {to}: {e}", from.name()))
-    }
-
-    fn enroll(&self, capture: &mut Capture, pod: &Pod) -> Result<u32> {
-        let (path, addrs) = (pod.netns_path(), pod.addresses());
-        let req = EnrollRequest {
-            netns: &path,
-            addresses: &addrs,
-            excluded_outbound_ports: &[],
-            excluded_inbound_ports: &[],
-            bypass_inbound: false,
-            listeners: None,
-        };
-        Ok(capture.enroll(&req)?.pod_id)
-    }
-
-    fn server_app(&self, ip: IpAddr) -> SocketAddr {
-        SocketAddr::new(ip, APP_PORT)
-    }
-
-    fn plaintext_before(&self) -> Result<String> {
-        let target = self.server_app(self.server.ipv4().into());
-        let sniffer = self.bed.sniff()?;
-        let c = self.connect(&self.client, &[], target)?;
-        let segments = sniffer.stop();
-        ensure!(
-            c.served_by() == "server-app",
-            "answered by {}",
-            c.served_by()
-        );
-        ensure!(
-            sniff::any_payload_contains(&segments, target.to_string().as_bytes()),
-            "the request was not seen on the bridge"
-        );
-        Ok(format!("client's request to {target} readable on br0"))
-    }
-
-    fn outbound_captured(&self) -> Result<String> {
-        let sniffer = self.bed.sniff()?;
-        let mut seen = Vec::new();
-        for ip in [
-            IpAddr::from(self.server.ipv4()),
-            IpAddr::from(self.server.ipv6()),
-        ] {
-            let target = self.server_app(ip);
-            let c = self.connect(&self.client, &[], target)?;
-            ensure!(
-                c.served_by() == "ztunnel-outbound",
-                "{target} answered by {}",
-                c.served_by()
-            );
-            ensure!(
-                c.orig() == Some(target.to_string().as_str()),
-                "original destination {:?}",
-                c.orig()
-            );
-            seen.push(format!("{target} -> {} (orig {target})", c.peer));
-        }
-        let syns = syns_to(&sniffer.stop(), APP_PORT);
-        ensure!(syns == 0, "{syns} SYNs to port {APP_PORT} crossed the wire");
-        Ok(format!("{}; 0 packets on the wire", seen.join(", ")))
-    }
-
-    fn inbound_captured(&self) -> Result<String> {
-        let app = self.server_app(self.server.ipv4().into());
-        let c = self.connect(&self.outsider, &[], app)?;
-        ensure!(
-            c.served_by() == "ztunnel-inbound",
-            "{app} answered by {}",
-            c.served_by()
-        );
-        ensure!(
-            c.served_local() == Some(app),
-            "local address {:?}",
-            c.served_local()
-        );
-        let hb = SocketAddr::new(self.server.ipv4().into(), 15008);
-        let h = self.connect(&self.outsider, &[], hb)?;
-        ensure!(
-            h.served_by() == "ztunnel-hbone",
-            "{hb} answered by {}",
-            h.served_by()
-        );
-        Ok(format!(
-            "{app} -> 15006 listener (local {app}); {hb} -> HBONE listener"
-        ))
-    }
-
-    fn marked_not_captured(&self) -> Result<String> {
-        let target = self.server_app(self.server.ipv4().into());
-        let c = self.connect(&self.client, &["--mark", "0x539"], target)?;
-        // Not redirected to the client's outbound listener; it reaches the server pod, where
-        // inbound capture hands it to ztunnel.
-        ensure!(
-            c.served_by() == "ztunnel-inbound",
-            "answered by {}",
-            c.served_by()
-        );
-        Ok("SO_MARK 0x539 socket went straight to the server pod".into())
-    }
-
-    fn unenrolled(&self, capture: &mut Capture, client_id: u32) -> Result<String> {
-        ensure!(capture.unenroll(client_id)?, "client was not enrolled");
-        let target = self.server_app(self.server.ipv4().into());
-        let c = self.connect(&self.client, &[], target)?;
-        ensure!(
-            c.served_by() == "ztunnel-inbound",
-            "answered by {}",
-            c.served_by()
-        );
-        Ok("client's connects go out directly again".into())
-    }
+fn cart1(mesh: &Mesh) -> SocketAddr {
+    mesh.v4("cart-1", APP_PORT)
 }
 
-fn syns_to(segments: &[TcpSegment], port: u16) -> usize {
-    segments
-        .iter()
-        .filter(|s| s.is_syn() && s.dst.port() == port)
-        .count()
+fn served(mesh: &Mesh, from: &str, to: SocketAddr) -> Result<String> {
+    Ok(mesh
+        .try_connect_one(from, to)
+        .map_err(|e| anyhow!(e))?
+        .served_by()
+        .to_string())
 }
 
-fn counters(capture: &Capture, client: u32, server: u32) -> Result<String> {
-    let c = capture.counters(client)?;
-    let s = capture.counters(server)?;
+fn plaintext_before(mesh: &Mesh) -> Result<String> {
+    let sniffer = mesh.bed.sniff()?;
+    let by = served(mesh, "web", cart1(mesh))?;
+    let segments = sniffer.stop();
+    ensure!(by == "cart-1-app", "answered by {by}");
     ensure!(
-        c.outbound_captured >= 2,
-        "client outbound_captured = {}",
-        c.outbound_captured
+        sniff::any_payload_contains(&segments, cart1(mesh).to_string().as_bytes()),
+        "the request was not seen on the bridge"
     );
+    Ok(format!("web -> {}: request readable on br0", cart1(mesh)))
+}
+
+fn hbone_on_the_wire(mesh: &Mesh) -> Result<String> {
+    let sniffer = mesh.bed.sniff()?;
+    let by = served(mesh, "web", cart1(mesh))?;
+    let segments = sniffer.stop();
+    ensure!(by == "cart-1-app", "answered by {by}");
     ensure!(
-        s.inbound_plaintext >= 1 && s.inbound_hbone >= 1,
-        "server counters {s:?}"
+        !sniff::any_payload_contains(&segments, cart1(mesh).to_string().as_bytes()),
+        "plaintext seen on the wire"
+    );
+    let hbone = segments
+        .iter()
+        .filter(|s| s.dst.port() == 15008 && !s.payload.is_empty())
+        .count();
+    ensure!(hbone > 0, "no HBONE traffic seen");
+    let app_port = segments.iter().filter(|s| s.dst.port() == APP_PORT).count();
+    ensure!(
+        app_port == 0,
+        "{app_port} packets to the app port on the wire"
     );
     Ok(format!(
-        "client: {} captured, {} passed; server: {} plaintext + {} HBONE in",
-        c.outbound_captured, c.outbound_passthrough, s.inbound_plaintext, s.inbound_hbone
+        "{hbone} encrypted segments to :15008, 0 to :{APP_PORT}"
     ))
 }
 
-fn teardown(capture: Capture, pin_root: &std::path::Path) -> Result<String> {
-    capture.teardown()?;
-    ensure!(!pin_root.exists(), "{} still exists", pin_root.display());
-    Ok(format!("{} removed", pin_root.display()))
+fn identities(mesh: &Mesh) -> Result<String> {
+    let log = mesh.node("node2").ztunnel.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| {
+            l.contains("\"reporter\":\"destination\"")
+                && l.contains("spiffe://cluster.local/ns/web/sa/web")
+        })
+        .ok_or_else(|| anyhow!("no access log entry naming the client"))?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let f = &v["fields"];
+    Ok(format!(
+        "{} -> {} ({})",
+        f["src.identity"].as_str().unwrap_or("?"),
+        f["dst.identity"].as_str().unwrap_or("?"),
+        f["security"].as_str().unwrap_or("?")
+    ))
+}
+
+fn service_spread(mesh: &Mesh) -> Result<String> {
+    let vip: SocketAddr = format!("{VIP}:80").parse()?;
+    let results = mesh.try_connect("web", &[], &vec![vip; 20])?;
+    let seen: BTreeSet<String> = results
+        .into_iter()
+        .filter_map(|r| r.outcome.ok())
+        .map(|c| c.served_by().to_string())
+        .collect();
+    ensure!(seen.len() == 2, "answered by {seen:?}");
+    Ok(format!(
+        "20 connections to {vip} answered by {}",
+        seen.into_iter().collect::<Vec<_>>().join(" and ")
+    ))
+}
+
+fn deny(mesh: &Mesh) -> Result<String> {
+    mesh.try_update_config(&["deny-web"], |t| format!("{t}{DENY_WEB}"))?;
+    let refused = mesh.try_connect_one("web", cart1(mesh)).is_err();
+    ensure!(refused, "web still reaches cart-1");
+    let log = mesh.node("node2").ztunnel.log();
+    ensure!(
+        log.contains("denied by shop/deny-web"),
+        "the access log does not name the policy"
+    );
+    Ok("web -> cart-1 refused (HTTP 401 on the tunnel): \"denied by shop/deny-web\"".into())
+}
+
+fn undeny(mesh: &Mesh) -> Result<String> {
+    mesh.try_update_config(&[], |t| t.replace(DENY_WEB, ""))?;
+    let by = served(mesh, "web", cart1(mesh))?;
+    ensure!(by == "cart-1-app", "answered by {by}");
+    Ok("web -> cart-1 answered again".into())
+}
+
+fn outsider(mesh: &Mesh) -> Result<String> {
+    let by = served(mesh, "legacy", cart1(mesh))?;
+    ensure!(by == "cart-1-app", "answered by {by}");
+    Ok("legacy -> cart-1 in plaintext, through ztunnel's 15006 listener".into())
+}
+
+fn metrics(mesh: &Mesh) -> Result<String> {
+    let (status, text) = mesh
+        .node("node2")
+        .ztunnel
+        .try_http("Metrics", "GET", "/metrics")?;
+    ensure!(status == 200, "metrics answered {status}");
+    let opened: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\""))
+        .collect();
+    ensure!(!opened.is_empty(), "no istio_tcp_connections_opened_total");
+    for l in &opened {
+        let (series, value) = l.rsplit_once(' ').unwrap_or((l, ""));
+        let labels = series
+            .split_once('{')
+            .map_or("", |(_, rest)| rest.trim_end_matches('}'));
+        let keep = [
+            "source_principal",
+            "destination_workload=",
+            "connection_security_policy",
+            "response_flags",
+        ];
+        let short: Vec<&str> = labels
+            .split(',')
+            .filter(|kv| keep.iter().any(|k| kv.starts_with(k)))
+            .collect();
+        println!(
+            "    istio_tcp_connections_opened_total{{{}}} {value}",
+            short.join(",")
+        );
+    }
+    let denied = text.lines().any(|l| {
+        l.starts_with("istio_tcp_connections_failed_total") && l.contains("response_flags=\"DENY\"")
+    });
+    ensure!(
+        denied,
+        "the refused connection is not counted with response_flags=DENY"
+    );
+    Ok(format!(
+        "{} opened series; the refusal counted in istio_tcp_connections_failed_total{{response_flags=\"DENY\"}}",
+        opened.len()
+    ))
 }

@@ -184,7 +184,7 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BedEr
     Ok((status, body))
 }
 
-/// The mesh. Fields drop in order: nodes (ztunnels) before the bed they live in.
+/// The mesh. Fields drop in order: nodes (ztunnels) first, the bed they live in last.
 pub struct Mesh {
     pub nodes: Vec<Node>,
     pub specs: Vec<PodSpec>,
@@ -192,7 +192,18 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub probe: PathBuf,
     pub ztunnel: PathBuf,
+    _dir: RemoveOnDrop,
     pub bed: TestBed,
+}
+
+/// Removes the mesh's directory (configuration, logs, sockets, CA) when dropped.
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl std::fmt::Debug for Mesh {
@@ -200,13 +211,6 @@ impl std::fmt::Debug for Mesh {
         f.debug_struct("Mesh")
             .field("prefix", &self.bed.prefix())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -226,6 +230,7 @@ impl Mesh {
             nodes: Vec::new(),
             specs: specs.to_vec(),
             pods,
+            _dir: RemoveOnDrop(dir.clone()),
             dir,
             probe: probe::sibling_binary("amesh-probe"),
             ztunnel: probe::sibling_binary("ztunnel"),
@@ -346,6 +351,22 @@ impl Mesh {
             .spawn()
             .map_err(BedError::io("starting ztunnel"))?;
         Ok(ZtunnelProcess { child, log })
+    }
+
+    /// Stops the nodes and removes everything; reports what could not be removed.
+    pub fn close(self) -> crate::Leftovers {
+        let Mesh {
+            nodes,
+            pods,
+            _dir,
+            bed,
+            ..
+        } = self;
+        drop(nodes);
+        drop(_dir);
+        let left = bed.close();
+        drop(pods);
+        left
     }
 
     /// The configuration file (rewrite it to change the mesh live).
