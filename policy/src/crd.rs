@@ -221,6 +221,33 @@ impl Ctx<'_> {
     }
 }
 
+/// Whom a resource applies to, Istio's rule for both kinds: a selector picks workloads;
+/// without one, the root namespace means the mesh, any other its own namespace.
+enum Reach {
+    Selected,
+    Mesh,
+    Namespace,
+}
+
+fn labels(selector: &Option<Selector>) -> Option<BTreeMap<String, String>> {
+    selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .filter(|l| !l.is_empty())
+}
+
+fn reach(
+    selector: &Option<BTreeMap<String, String>>,
+    namespace: &str,
+    root_namespace: &str,
+) -> Reach {
+    match (selector, namespace == root_namespace) {
+        (Some(_), _) => Reach::Selected,
+        (None, true) => Reach::Mesh,
+        (None, false) => Reach::Namespace,
+    }
+}
+
 fn strings(v: &[String]) -> Vec<StringMatch> {
     v.iter().map(|s| StringMatch::parse(s)).collect()
 }
@@ -246,16 +273,11 @@ pub fn authorization_policy(
             });
         }
     };
-    let selector = p
-        .spec
-        .selector
-        .as_ref()
-        .map(|s| s.match_labels.clone())
-        .filter(|l| !l.is_empty());
-    let scope = match (&selector, namespace == root_namespace) {
-        (Some(_), _) => Scope::WorkloadSelector,
-        (None, true) => Scope::Global,
-        (None, false) => Scope::Namespace,
+    let selector = labels(&p.spec.selector);
+    let scope = match reach(&selector, namespace, root_namespace) {
+        Reach::Selected => Scope::WorkloadSelector,
+        Reach::Mesh => Scope::Global,
+        Reach::Namespace => Scope::Namespace,
     };
     let mut rules = Vec::new();
     for (i, r) in p.spec.rules.iter().enumerate() {
@@ -416,16 +438,11 @@ pub fn peer_authentication(
 ) -> Result<(PeerAuthentication, Option<BTreeMap<String, String>>), CrdError> {
     let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
     let ctx = Ctx { namespace, name };
-    let selector = p
-        .spec
-        .selector
-        .as_ref()
-        .map(|s| s.match_labels.clone())
-        .filter(|l| !l.is_empty());
-    let scope = match (&selector, namespace == root_namespace) {
-        (Some(_), _) => PeerScope::Workload,
-        (None, true) => PeerScope::Mesh,
-        (None, false) => PeerScope::Namespace,
+    let selector = labels(&p.spec.selector);
+    let scope = match reach(&selector, namespace, root_namespace) {
+        Reach::Selected => PeerScope::Workload,
+        Reach::Mesh => PeerScope::Mesh,
+        Reach::Namespace => PeerScope::Namespace,
     };
     let mut port_modes = BTreeMap::new();
     for (port, m) in &p.spec.port_level_mtls {

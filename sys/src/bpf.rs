@@ -9,6 +9,24 @@ use std::{
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
+/// `bpf(cmd, attr, sizeof(attr))`.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` member `cmd` expects, and every pointer in it must be
+/// valid for what the kernel reads and writes there, for the duration of the call.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_int> {
+    // SAFETY: per the function contract.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            mem::size_of::<T>() as u32,
+        )
+    };
+    cvt(ret as libc::c_int)
+}
+
 /// The `test` member of `union bpf_attr`.
 #[repr(C)]
 #[derive(Default)]
@@ -77,15 +95,7 @@ pub fn test_run_sk_lookup(prog: BorrowedFd<'_>, ctx: &SkLookupCtx) -> io::Result
         ..TestRunAttr::default()
     };
     // SAFETY: `attr` describes buffers that live across the call, with their true sizes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    cvt(ret as libc::c_int)?;
+    unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(SkLookupRun {
         verdict: attr.retval,
         selected_cookie: ctx_out.cookie,
@@ -131,15 +141,7 @@ pub fn attached_count(target: BorrowedFd<'_>, attach_type: AttachType) -> io::Re
     };
     // SAFETY: `attr` lives across the call; with `prog_ids` null the kernel only writes the
     // count back into it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut QueryAttr,
-            mem::size_of::<QueryAttr>() as u32,
-        )
-    };
-    cvt(ret as libc::c_int)?;
+    unsafe { sys_bpf(BPF_PROG_QUERY, &mut attr) }?;
     Ok(attr.prog_cnt)
 }
 
@@ -156,15 +158,7 @@ pub fn attached_prog_ids(target: BorrowedFd<'_>, attach_type: AttachType) -> io:
         ..QueryAttr::default()
     };
     // SAFETY: the id buffers live across the call and `prog_cnt` says how long they are.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut QueryAttr,
-            mem::size_of::<QueryAttr>() as u32,
-        )
-    };
-    cvt(ret as libc::c_int)?;
+    unsafe { sys_bpf(BPF_PROG_QUERY, &mut attr) }?;
     prog_ids.truncate(attr.prog_cnt as usize);
     Ok(prog_ids)
 }
@@ -212,15 +206,7 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         info: (&mut info as *mut NetnsLinkInfo) as u64,
     };
     // SAFETY: `info` lives across the call and `info_len` is its size.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
-            mem::size_of::<InfoAttr>() as u32,
-        )
-    };
-    cvt(ret as libc::c_int)?;
+    unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(LinkInfo {
         id: info.id,
         prog_id: info.prog_id,
@@ -251,15 +237,7 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
         ..ObjAttr::default()
     };
     // SAFETY: `attr` points at a valid C string that lives across the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut ObjAttr,
-            mem::size_of::<ObjAttr>() as u32,
-        )
-    };
-    let fd = cvt(ret as libc::c_int)?;
+    let fd = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
