@@ -30,42 +30,10 @@ use tracing::{info, warn};
 
 /// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
 pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<()> {
-    let state = state::StateStore::default();
-    state::watch_file(args.config.clone(), state.clone())?;
-    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?;
-    let certs = CertManager::new(Arc::new(ca), Duration::from_secs(args.cert_validity_secs));
-    let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
-    let maps = open_capture_maps(&args.capture_pins).await;
-    let home = Arc::new(Netns::open("/proc/self/ns/net")?);
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let (drain_tx, draining) = Stop::new();
-    let shared = Arc::new(Shared {
-        node: args.node.clone(),
-        trust_domain: args.trust_domain.clone(),
-        state,
-        certs,
-        bundle,
-        provider: tls::provider(),
-        pool: Pool::new(PoolConfig::default()),
-        maps: Mutex::new(maps),
-        home,
-        next_pick: Default::default(),
-        draining,
-        metrics,
-        live: Default::default(),
-    });
-    // A configuration change re-checks every open inbound connection against the new policies.
-    {
-        let shared = shared.clone();
-        let mut changes = shared.state.subscribe();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let state = changes.borrow_and_update().clone();
-                shared.live.recheck(&state, &shared.metrics);
-            }
-        });
-    }
+    let shared = shared_state(&args, &mut registry, draining).await?;
+    recheck_on_change(&shared);
     let pods = Arc::new(inpod::InPod::new(shared.clone()));
     let endpoints = Arc::new(admin::Endpoints {
         shared: shared.clone(),
@@ -75,20 +43,10 @@ pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<(
         snapshot_received: Default::default(),
         quit: Default::default(),
     });
-    for (addr, role) in [
-        (args.admin, admin::Role::Admin),
-        (args.readiness, admin::Role::Readiness),
-        (args.metrics, admin::Role::Metrics),
-    ] {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {role:?} endpoint {addr}"))?;
-        info!(endpoint = ?role, address = %listener.local_addr()?, "listening");
-        tokio::spawn(admin::serve(listener, role, endpoints.clone()));
-    }
+    serve_endpoints(&args, &endpoints).await?;
     tokio::spawn(zds::run(
         args.zds_socket.clone(),
-        pods.clone(),
+        pods,
         endpoints.snapshot_received.clone(),
     ));
     info!(node = %args.node, zds = %args.zds_socket.display(), "ztunnel running");
@@ -106,6 +64,66 @@ pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     info!(open = shared::active_connections(), "exiting");
+    Ok(())
+}
+
+/// Configuration, certificates, capture maps and metrics: what every pod proxy shares.
+async fn shared_state(
+    args: &config::Args,
+    registry: &mut prometheus_client::registry::Registry,
+    draining: Stop,
+) -> anyhow::Result<Arc<Shared>> {
+    let state = state::StateStore::default();
+    state::watch_file(args.config.clone(), state.clone())?;
+    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?;
+    let certs = CertManager::new(Arc::new(ca), Duration::from_secs(args.cert_validity_secs));
+    let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
+    let maps = open_capture_maps(&args.capture_pins).await;
+    Ok(Arc::new(Shared {
+        node: args.node.clone(),
+        trust_domain: args.trust_domain.clone(),
+        state,
+        certs,
+        bundle,
+        provider: tls::provider(),
+        pool: Pool::new(PoolConfig::default()),
+        maps: Mutex::new(maps),
+        home: Arc::new(Netns::open("/proc/self/ns/net")?),
+        next_pick: Default::default(),
+        draining,
+        metrics: Arc::new(metrics::Metrics::register(registry)),
+        live: Default::default(),
+    }))
+}
+
+/// A configuration change re-checks every open inbound connection against the new policies.
+fn recheck_on_change(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let mut changes = shared.state.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let state = changes.borrow_and_update().clone();
+            shared.live.recheck(&state, &shared.metrics);
+        }
+    });
+}
+
+/// Binds the admin, readiness and metrics endpoints and serves them.
+async fn serve_endpoints(
+    args: &config::Args,
+    endpoints: &Arc<admin::Endpoints>,
+) -> anyhow::Result<()> {
+    for (addr, role) in [
+        (args.admin, admin::Role::Admin),
+        (args.readiness, admin::Role::Readiness),
+        (args.metrics, admin::Role::Metrics),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {role:?} endpoint {addr}"))?;
+        info!(endpoint = ?role, address = %listener.local_addr()?, "listening");
+        tokio::spawn(admin::serve(listener, role, endpoints.clone()));
+    }
     Ok(())
 }
 

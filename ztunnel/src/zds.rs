@@ -94,7 +94,7 @@ async fn session(fd: OwnedFd, pods: &InPod, snapshot_received: &AtomicBool) -> i
             Ok(()) => String::new(),
             Err(reason) => {
                 warn!(%reason, "NACK to the node agent");
-                reason
+                reason.to_string()
             }
         };
         let answer = WorkloadResponse {
@@ -104,42 +104,56 @@ async fn session(fd: OwnedFd, pods: &InPod, snapshot_received: &AtomicBool) -> i
     }
 }
 
+/// Why a request was NACKed; the message is the NACK's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ZdsError {
+    #[error("message or its descriptors were truncated")]
+    Truncated,
+    #[error("malformed message: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    #[error("empty request")]
+    Empty,
+    #[error("add needs exactly one network-namespace descriptor, got {0}")]
+    AddNeedsOneFd(usize),
+    #[error("unexpected {0} descriptor(s) on a message that takes none")]
+    UnexpectedFds(usize),
+    #[error("add without uid or workload_info")]
+    IncompleteAdd,
+    #[error(transparent)]
+    NotNetns(#[from] amesh_sys::netns::NetnsError),
+    #[error(transparent)]
+    Pod(#[from] crate::inpod::InPodError),
+}
+
 fn handle(
     pods: &InPod,
     bytes: &[u8],
     packet: seqpacket::Received,
     mentioned: &mut HashSet<String>,
     snapshot_received: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), ZdsError> {
     if packet.truncated || packet.fds_truncated {
-        return Err("message or its descriptors were truncated".into());
+        return Err(ZdsError::Truncated);
     }
-    let req = WorkloadRequest::decode(bytes).map_err(|e| format!("malformed message: {e}"))?;
+    let req = WorkloadRequest::decode(bytes)?;
     let mut fds = packet.fds;
     let no_fds = |fds: &[OwnedFd]| {
         if fds.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "unexpected {} descriptor(s) on a message that takes none",
-                fds.len()
-            ))
+            Err(ZdsError::UnexpectedFds(fds.len()))
         }
     };
-    match req.payload.ok_or("empty request")? {
+    match req.payload.ok_or(ZdsError::Empty)? {
         Payload::Add(add) => {
             if fds.len() != 1 {
-                return Err(format!(
-                    "add needs exactly one network-namespace descriptor, got {}",
-                    fds.len()
-                ));
+                return Err(ZdsError::AddNeedsOneFd(fds.len()));
             }
-            let info = add.workload_info.ok_or("add without workload_info")?;
-            if add.uid.is_empty() {
-                return Err("add without uid".into());
-            }
-            let netns = Netns::from_fd(fds.remove(0), Path::new("zds").join(&add.uid))
-                .map_err(|e| e.to_string())?;
+            let info = add
+                .workload_info
+                .filter(|_| !add.uid.is_empty())
+                .ok_or(ZdsError::IncompleteAdd)?;
+            let netns = Netns::from_fd(fds.remove(0), Path::new("zds").join(&add.uid))?;
             let uid = add.uid.clone();
             let info = PodInfo {
                 uid: add.uid,

@@ -25,6 +25,22 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+/// Why a pod cannot be served (sent back to the node agent as the NACK reason).
+#[derive(Debug, thiserror::Error)]
+pub enum InPodError {
+    #[error(transparent)]
+    Netns(#[from] amesh_sys::netns::NetnsError),
+    #[error("the pod's network namespace is not enrolled in the capture programs")]
+    NotEnrolled,
+    #[error("listening on {addr} in the pod: {source}")]
+    Listen {
+        addr: &'static str,
+        source: std::io::Error,
+    },
+    #[error("capture maps: {0}")]
+    Capture(#[from] amesh_ebpf_loader::CaptureError),
+}
+
 /// One pod as ztunnel serves it.
 #[derive(Debug)]
 pub struct PodCtx {
@@ -55,13 +71,14 @@ struct Listeners {
 }
 
 impl Listeners {
-    fn open(net: &PodNet) -> Result<Self, String> {
-        let listen = |addr: &str| -> Result<TcpListener, String> {
-            let addr: SocketAddr = addr
-                .parse()
-                .map_err(|_| "bad listener address".to_string())?;
-            net.listen(addr)
-                .map_err(|e| format!("listening on {addr} in the pod: {e}"))
+    fn open(net: &PodNet) -> Result<Self, InPodError> {
+        let listen = |addr: &'static str| -> Result<TcpListener, InPodError> {
+            let parsed: SocketAddr = addr.parse().map_err(|_| InPodError::Listen {
+                addr,
+                source: std::io::ErrorKind::InvalidInput.into(),
+            })?;
+            net.listen(parsed)
+                .map_err(|source| InPodError::Listen { addr, source })
         };
         Ok(Self {
             outbound4: listen("127.0.0.1:15001")?,
@@ -137,8 +154,8 @@ impl InPod {
     /// Starts serving a pod. The same pod sent again (same network namespace) is left as it
     /// is; a new namespace for a known uid replaces the old one. Errors are the reason sent
     /// back as a NACK.
-    pub fn add(&self, info: PodInfo, netns: Netns) -> Result<(), String> {
-        let cookie = netns.cookie().map_err(|e| e.to_string())?;
+    pub fn add(&self, info: PodInfo, netns: Netns) -> Result<(), InPodError> {
+        let cookie = netns.cookie()?;
         if self
             .pods()
             .get(&info.uid)
@@ -157,8 +174,7 @@ impl InPod {
         let listeners = Listeners::open(&net)?;
         {
             let mut maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-            maps.register_listeners(pod_id, listeners.hbone.as_fd(), listeners.plaintext.as_fd())
-                .map_err(|e| e.to_string())?;
+            maps.register_listeners(pod_id, listeners.hbone.as_fd(), listeners.plaintext.as_fd())?;
         }
         // Take the identity before releasing the old one so a replacement keeps its certificate.
         self.shared.certs.acquire(&identity);
@@ -188,13 +204,9 @@ impl InPod {
 
     /// The capture's pod id for a network namespace; a pod the node agent did not enroll in
     /// the capture programs cannot be served (its traffic would not reach ztunnel).
-    fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, String> {
+    fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, InPodError> {
         let maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.pod_of_netns(cookie)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                "the pod's network namespace is not enrolled in the capture programs".to_string()
-            })
+        maps.pod_of_netns(cookie)?.ok_or(InPodError::NotEnrolled)
     }
 
     /// Stops serving a pod: listeners and all its connections close now, its pooled HBONE

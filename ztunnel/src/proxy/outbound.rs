@@ -51,7 +51,7 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             let headers = hbone_headers(&pod, src, service.as_deref());
             match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
-                Err((flag, reason)) => record.fail(flag, &reason),
+                Err(e) => record.fail(e.flag(), &e.to_string()),
             }
         }
         Route::Direct {
@@ -108,13 +108,34 @@ fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> He
     headers
 }
 
-/// Istio's response flag for a failed tunnel.
-fn flag(e: &HboneError) -> &'static str {
-    match e {
-        HboneError::Status(s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
-        // tokio-rustls reports certificate and handshake failures as InvalidData.
-        HboneError::Connect(io) if io.kind() == std::io::ErrorKind::InvalidData => "TLS_FAILURE",
-        _ => "CONNECT",
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum TunnelError {
+    #[error("no certificate for {0} yet")]
+    NoCertificate(Identity),
+    #[error("hbone to {addr}: {source}")]
+    Hbone {
+        addr: SocketAddr,
+        source: HboneError,
+    },
+}
+
+impl TunnelError {
+    /// Istio's response flag for it.
+    fn flag(&self) -> &'static str {
+        match self {
+            Self::NoCertificate(_) => "IDENTITY_ERROR",
+            Self::Hbone {
+                source: HboneError::Status(s),
+                ..
+            } if *s == http::StatusCode::UNAUTHORIZED => "DENY",
+            // tokio-rustls reports certificate and handshake failures as InvalidData.
+            Self::Hbone {
+                source: HboneError::Connect(io),
+                ..
+            } if io.kind() == std::io::ErrorKind::InvalidData => "TLS_FAILURE",
+            Self::Hbone { .. } => "CONNECT",
+        }
     }
 }
 
@@ -126,18 +147,13 @@ async fn tunnel(
     dst_identity: &Identity,
     target: SocketAddr,
     headers: HeaderMap,
-) -> Result<amesh_hbone::PooledStream, (&'static str, String)> {
+) -> Result<amesh_hbone::PooledStream, TunnelError> {
     // Never send as a pod whose certificate is not ready: refuse instead (fail closed).
     let cert = shared
         .certs
         .wait_ready(&pod.identity, CERT_WAIT)
         .await
-        .ok_or_else(|| {
-            (
-                "IDENTITY_ERROR",
-                format!("no certificate for {} yet", pod.identity),
-            )
-        })?;
+        .ok_or_else(|| TunnelError::NoCertificate(pod.identity.clone()))?;
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let expected = vec![dst_identity.clone()];
     let key = PoolKey {
@@ -161,5 +177,8 @@ async fn tunnel(
                 .await
         })
         .await
-        .map_err(|e| (flag(&e), format!("hbone to {hbone_addr}: {e}")))
+        .map_err(|source| TunnelError::Hbone {
+            addr: hbone_addr,
+            source,
+        })
 }
