@@ -1,0 +1,214 @@
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use crate::{source, translate};
+use amesh_proto::{security as sec, workload as pb};
+use std::path::Path;
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-0, namespace: shop, labels: {app: cart, version: v2}}
+spec:
+  nodeName: node-1
+  serviceAccountName: cart
+  containers: [{name: cart, image: cart, ports: [{name: http, containerPort: 8080}]}]
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.200.0.2
+  podIPs: [{ip: 10.200.0.2}, {ip: "fd00:200::2"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-out, namespace: shop, labels: {app: cart, istio.io/dataplane-mode: none}}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Pending, podIPs: [{ip: 10.200.0.3}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: legacy}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.200.0.4}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: shop}
+spec: {hostNetwork: true, containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.200.0.5}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: cart}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{from: [{source: {namespaces: [web]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: shop}
+spec: {action: AUDIT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: shop}
+spec: {mtls: {mode: STRICT}, portLevelMtls: {"9090": {mode: PERMISSIVE}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: shop}
+spec: 5
+"#;
+
+fn translated() -> (translate::Resources, Vec<source::ObjectError>) {
+    let mut snap = source::Snapshot::default();
+    let mut errors = Vec::new();
+    source::read_documents(Path::new("shop.yaml"), OBJECTS, &mut snap, &mut errors);
+    (
+        translate::translate(&snap, &translate::Mesh::default()),
+        errors,
+    )
+}
+
+fn workload(r: &translate::Resources, uid: &str) -> pb::Workload {
+    match r.addresses.get(uid).and_then(|a| a.r#type.clone()) {
+        Some(pb::address::Type::Workload(w)) => w,
+        other => panic!("{uid}: {other:?}"),
+    }
+}
+
+#[test]
+fn pods_become_workloads_with_istio_enrollment_rules() {
+    let (r, _) = translated();
+    let cart = workload(&r, "Kubernetes//v1/Pod/shop/cart-0");
+    assert_eq!(cart.tunnel_protocol, pb::TunnelProtocol::Hbone as i32);
+    assert_eq!(
+        (cart.service_account.as_str(), cart.node.as_str()),
+        ("cart", "node-1")
+    );
+    assert_eq!(
+        cart.addresses,
+        vec![
+            vec![10, 200, 0, 2],
+            vec![0xfd, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+        ]
+    );
+    assert_eq!(
+        (
+            cart.canonical_name.as_str(),
+            cart.canonical_revision.as_str()
+        ),
+        ("cart", "v2")
+    );
+    assert_eq!(cart.status, pb::WorkloadStatus::Healthy as i32);
+    let ports = &cart.services["shop/cart.shop.svc.cluster.local"].ports;
+    assert_eq!(
+        (ports[0].service_port, ports[0].target_port),
+        (80, 8080),
+        "named target port resolved from the pod"
+    );
+    assert_eq!(
+        cart.authorization_policies,
+        vec!["shop/allow-web".to_string()]
+    );
+    for uid in [
+        "Kubernetes//v1/Pod/shop/opted-out",
+        "Kubernetes//v1/Pod/legacy/old",
+        "Kubernetes//v1/Pod/shop/host",
+    ] {
+        assert_eq!(
+            workload(&r, uid).tunnel_protocol,
+            pb::TunnelProtocol::None as i32,
+            "{uid} is not in the mesh"
+        );
+    }
+    assert_eq!(
+        workload(&r, "Kubernetes//v1/Pod/shop/opted-out").status,
+        pb::WorkloadStatus::Unhealthy as i32
+    );
+}
+
+#[test]
+fn services_and_policies_translate_and_bad_objects_are_reported() {
+    let (r, errors) = translated();
+    let Some(pb::address::Type::Service(svc)) = r.addresses["shop/cart.shop.svc.cluster.local"]
+        .r#type
+        .clone()
+    else {
+        panic!("service")
+    };
+    assert_eq!(svc.addresses[0].address, vec![10, 96, 0, 10]);
+    assert_eq!(
+        (svc.ports[0].service_port, svc.ports[0].target_port),
+        (80, 0),
+        "named: resolved per workload"
+    );
+
+    let allow = &r.authorizations["shop/allow-web"];
+    assert_eq!(
+        (allow.scope, allow.action),
+        (
+            sec::Scope::WorkloadSelector as i32,
+            sec::Action::Allow as i32
+        )
+    );
+    let strict = &r.authorizations["shop/converted_peer_authentication_strict"];
+    assert_eq!(
+        (strict.scope, strict.action),
+        (sec::Scope::Namespace as i32, sec::Action::Deny as i32)
+    );
+    let m = &strict.groups[0].rules[0].matches[0];
+    assert_eq!(m.not_destination_ports, vec![9090]);
+    assert_eq!(m.not_principals.len(), 1);
+
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("shop/audit") && e.contains("not supported at L4")),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].kind.as_str(), errors[0].name.as_str()),
+        ("Pod", "broken")
+    );
+    assert!(
+        errors[0].to_string().starts_with("shop.yaml: Pod broken:"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_directory_is_read_in_order() {
+    let dir = std::env::temp_dir().join(format!("amesh-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), OBJECTS).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
+    let (snap, errors) = source::read_dir(&dir).unwrap();
+    assert_eq!(
+        (snap.pods.len(), snap.services.len(), errors.len()),
+        (4, 1, 1)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

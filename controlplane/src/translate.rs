@@ -1,0 +1,506 @@
+//! Kubernetes objects → Istio's workload API, as istiod translates them for ambient:
+//! - every pod with an address becomes a `Workload` (uid `<cluster>//v1/Pod/<ns>/<name>`),
+//!   with tunnel protocol HBONE when it is enrolled (namespace or pod labelled
+//!   `istio.io/dataplane-mode=ambient`, pod not opted out with `none`, not host-network, no
+//!   sidecar) and NONE otherwise;
+//! - every Service becomes a `Service` (resource name `<ns>/<hostname>`), and each pod it
+//!   selects lists it with the port map, named target ports resolved from the pod's
+//!   containers;
+//! - waypoints come from `istio.io/use-waypoint` (pod, then namespace);
+//! - AuthorizationPolicies become `Authorization`s (workload-scoped ones listed on the pods
+//!   their selector matches); STRICT PeerAuthentications become DENY policies for peers
+//!   without an identity, with port-level PERMISSIVE ports excepted.
+//!
+//! An object that cannot be translated is reported and skipped; the rest translate.
+
+use crate::source::Snapshot;
+use amesh_policy::{
+    Action, Authorization, MtlsMode, PeerScope, Scope,
+    crd::{self, CrdError},
+};
+use amesh_proto::{security as sec, workload as pb};
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+/// Settings of the translation.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    pub cluster_id: String,
+    pub trust_domain: String,
+    pub domain_suffix: String,
+    /// Policies here without a selector apply mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Self {
+            cluster_id: "Kubernetes".into(),
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+}
+
+/// The translated resources, keyed by xDS resource name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Resources {
+    pub addresses: BTreeMap<String, pb::Address>,
+    pub authorizations: BTreeMap<String, sec::Authorization>,
+    /// What could not be translated (object and reason).
+    pub errors: Vec<String>,
+}
+
+const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Translates a snapshot.
+pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
+    let mut out = Resources::default();
+    let ns_labels: HashMap<String, BTreeMap<String, String>> = snap
+        .namespaces
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let policies = authorizations(snap, mesh, &mut out);
+    for svc in &snap.services {
+        if let Some((name, s)) = service(svc, mesh) {
+            out.addresses.insert(
+                name,
+                pb::Address {
+                    r#type: Some(pb::address::Type::Service(s)),
+                },
+            );
+        }
+    }
+    for pod in &snap.pods {
+        let empty = BTreeMap::new();
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace_labels = ns_labels.get(ns).unwrap_or(&empty);
+        if let Some(w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
+            out.addresses.insert(
+                w.uid.clone(),
+                pb::Address {
+                    r#type: Some(pb::address::Type::Workload(w)),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Translated policies with their selectors (`None`: namespace or mesh scope).
+type Policies = Vec<(Authorization, Option<BTreeMap<String, String>>)>;
+
+fn authorizations(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> Policies {
+    let mut policies = Vec::new();
+    for p in &snap.authorization_policies {
+        let mut p = p.clone();
+        if p.metadata.namespace.is_empty() {
+            p.metadata.namespace = "default".into();
+        }
+        match crd::authorization_policy(&p, &mesh.root_namespace) {
+            Ok(Some(t)) => policies.push((t.policy, t.selector)),
+            Ok(None) => {}
+            Err(e) => out.errors.push(e.to_string()),
+        }
+    }
+    for pa in &snap.peer_authentications {
+        match crd::peer_authentication(pa, &mesh.root_namespace) {
+            Ok((pa, selector)) => policies.extend(strict_as_deny(&pa).map(|p| (p, selector))),
+            Err(e @ CrdError::Invalid { .. } | e @ CrdError::UnsupportedAction { .. }) => {
+                out.errors.push(e.to_string())
+            }
+        }
+    }
+    for (p, _) in &policies {
+        out.authorizations.insert(p.key(), to_proto(p));
+    }
+    policies
+}
+
+/// STRICT as istiod expresses it to ztunnel: deny peers without an identity, except on
+/// ports the policy leaves PERMISSIVE.
+fn strict_as_deny(pa: &amesh_policy::PeerAuthentication) -> Option<Authorization> {
+    if pa.mode != MtlsMode::Strict {
+        return None;
+    }
+    let permissive: Vec<u16> = pa
+        .port_modes
+        .iter()
+        .filter(|(_, m)| **m == MtlsMode::Permissive)
+        .map(|(p, _)| *p)
+        .collect();
+    let matches = vec![amesh_policy::Match {
+        not_principals: vec![amesh_policy::StringMatch::Presence],
+        not_destination_ports: permissive,
+        ..Default::default()
+    }];
+    Some(Authorization {
+        name: format!("converted_peer_authentication_{}", pa.name),
+        namespace: pa.namespace.clone(),
+        scope: match pa.scope {
+            PeerScope::Mesh => Scope::Global,
+            PeerScope::Namespace => Scope::Namespace,
+            PeerScope::Workload => Scope::WorkloadSelector,
+        },
+        action: Action::Deny,
+        rules: vec![amesh_policy::Rule {
+            clauses: vec![amesh_policy::Clause { matches }],
+        }],
+        dry_run: false,
+    })
+}
+
+fn service(svc: &Service, mesh: &Mesh) -> Option<(String, pb::Service)> {
+    let name = svc.metadata.name.clone()?;
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let spec = svc.spec.as_ref()?;
+    let hostname = format!("{name}.{namespace}.svc.{}", mesh.domain_suffix);
+    let ips = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
+    let addresses = ips
+        .iter()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| pb::NetworkAddress {
+            network: String::new(),
+            address: ip_bytes(ip),
+            length: None,
+        })
+        .collect();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| pb::Port {
+            service_port: p.port as u32,
+            target_port: match &p.target_port {
+                Some(IntOrString::Int(t)) => *t as u32,
+                None => p.port as u32,
+                // Named: resolved per pod, in the workload's own port map.
+                Some(IntOrString::String(_)) => 0,
+            },
+            app_protocol: 0,
+        })
+        .collect();
+    let waypoint = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| waypoint_of(l, &namespace, mesh));
+    let resource = pb::Service {
+        name,
+        namespace: namespace.clone(),
+        hostname: hostname.clone(),
+        addresses,
+        ports,
+        waypoint,
+        ..Default::default()
+    };
+    Some((format!("{namespace}/{hostname}"), resource))
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn waypoint_of(
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+    mesh: &Mesh,
+) -> Option<pb::GatewayAddress> {
+    let name = labels.get(USE_WAYPOINT).filter(|w| *w != "none")?;
+    let ns = labels
+        .get(USE_WAYPOINT_NAMESPACE)
+        .map_or(namespace, String::as_str);
+    Some(pb::GatewayAddress {
+        destination: Some(pb::gateway_address::Destination::Hostname(
+            pb::NamespacedHostname {
+                namespace: ns.into(),
+                hostname: format!("{name}.{ns}.svc.{}", mesh.domain_suffix),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    })
+}
+
+/// Whether a pod is in the ambient mesh (Istio's enrollment rules).
+pub fn enrolled(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> bool {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    if host_network || annotations.contains_key(SIDECAR_STATUS) {
+        return false;
+    }
+    match labels.get(DATAPLANE_MODE).map(String::as_str) {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => namespace_labels
+            .get(DATAPLANE_MODE)
+            .is_some_and(|m| m == "ambient"),
+    }
+}
+
+fn workload(
+    pod: &Pod,
+    ns_labels: &BTreeMap<String, String>,
+    services: &[Service],
+    policies: &Policies,
+    mesh: &Mesh,
+) -> Option<pb::Workload> {
+    let name = pod.metadata.name.clone()?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let status = pod.status.as_ref()?;
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|i| i.ip.clone())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.clone());
+    }
+    let addresses: Vec<Vec<u8>> = ips
+        .iter()
+        .filter_map(|i| i.parse::<IpAddr>().ok())
+        .map(ip_bytes)
+        .collect();
+    if addresses.is_empty() {
+        return None;
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref()?;
+    let ready = status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+    let canonical = labels
+        .get("service.istio.io/canonical-name")
+        .or_else(|| labels.get("app.kubernetes.io/name"))
+        .or_else(|| labels.get("app"))
+        .cloned()
+        .unwrap_or_else(|| name.clone());
+    let mut w = pb::Workload {
+        uid: format!("{}//v1/Pod/{namespace}/{name}", mesh.cluster_id),
+        name: name.clone(),
+        namespace: namespace.clone(),
+        addresses,
+        tunnel_protocol: if enrolled(pod, ns_labels) {
+            pb::TunnelProtocol::Hbone
+        } else {
+            pb::TunnelProtocol::None
+        } as i32,
+        trust_domain: mesh.trust_domain.clone(),
+        service_account: spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        node: spec.node_name.clone().unwrap_or_default(),
+        canonical_name: canonical.clone(),
+        canonical_revision: labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "latest".into()),
+        workload_name: canonical,
+        workload_type: pb::WorkloadType::Pod as i32,
+        status: if ready {
+            pb::WorkloadStatus::Healthy
+        } else {
+            pb::WorkloadStatus::Unhealthy
+        } as i32,
+        cluster_id: mesh.cluster_id.clone(),
+        waypoint: waypoint_of(&labels, &namespace, mesh)
+            .or_else(|| waypoint_of(ns_labels, &namespace, mesh)),
+        ..Default::default()
+    };
+    for svc in services
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+    {
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        if !labels_match(&selector, &labels) {
+            continue;
+        }
+        let Some((key, _)) = service(svc, mesh) else {
+            continue;
+        };
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        let ports = ports
+            .iter()
+            .filter_map(|p| {
+                Some(pb::Port {
+                    service_port: p.port as u32,
+                    target_port: target_port(pod, p.target_port.as_ref(), p.port)?,
+                    app_protocol: 0,
+                })
+            })
+            .collect();
+        w.services.insert(key, pb::PortList { ports });
+    }
+    w.authorization_policies = policies
+        .iter()
+        .filter(|(p, sel)| {
+            p.scope == Scope::WorkloadSelector
+                && p.namespace == namespace
+                && sel.as_ref().is_some_and(|s| labels_match(s, &labels))
+        })
+        .map(|(p, _)| p.key())
+        .collect();
+    Some(w)
+}
+
+/// A service port's target on this pod: a number, or a container port found by name.
+fn target_port(pod: &Pod, target: Option<&IntOrString>, port: i32) -> Option<u32> {
+    match target {
+        None => Some(port as u32),
+        Some(IntOrString::Int(p)) => Some(*p as u32),
+        Some(IntOrString::String(name)) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port as u32),
+    }
+}
+
+/// The model back into the wire form ztunnel receives.
+pub fn to_proto(p: &Authorization) -> sec::Authorization {
+    use sec::string_match::MatchType;
+    let strings = |v: &[amesh_policy::StringMatch]| -> Vec<sec::StringMatch> {
+        v.iter()
+            .map(|s| sec::StringMatch {
+                match_type: Some(match s {
+                    amesh_policy::StringMatch::Exact(x) => MatchType::Exact(x.clone()),
+                    amesh_policy::StringMatch::Prefix(x) => MatchType::Prefix(x.clone()),
+                    amesh_policy::StringMatch::Suffix(x) => MatchType::Suffix(x.clone()),
+                    amesh_policy::StringMatch::Presence => MatchType::Presence(()),
+                }),
+            })
+            .collect()
+    };
+    let nets = |v: &[amesh_policy::IpNet]| -> Vec<sec::Address> {
+        v.iter()
+            .map(|n| sec::Address {
+                address: ip_bytes(n.addr),
+                length: u32::from(n.prefix),
+            })
+            .collect()
+    };
+    let accounts = |v: &[amesh_policy::ServiceAccountMatch]| -> Vec<sec::ServiceAccountMatch> {
+        v.iter()
+            .map(|a| sec::ServiceAccountMatch {
+                namespace: a.namespace.clone(),
+                service_account: a.service_account.clone(),
+            })
+            .collect()
+    };
+    // A condition ztunnel cannot evaluate travels as an extension, so ztunnel fails safe.
+    let l7 = || {
+        vec![pb::Extension {
+            name: "amesh.io/requires-l7".into(),
+            config: None,
+        }]
+    };
+    let groups = p
+        .rules
+        .iter()
+        .map(|r| sec::Group {
+            rules: r
+                .clauses
+                .iter()
+                .map(|c| sec::Rules {
+                    matches: c
+                        .matches
+                        .iter()
+                        .map(|m| sec::Match {
+                            namespaces: strings(&m.namespaces),
+                            not_namespaces: strings(&m.not_namespaces),
+                            principals: strings(&m.principals),
+                            not_principals: strings(&m.not_principals),
+                            source_ips: nets(&m.source_ips),
+                            not_source_ips: nets(&m.not_source_ips),
+                            destination_ips: nets(&m.destination_ips),
+                            not_destination_ips: nets(&m.not_destination_ips),
+                            destination_ports: m
+                                .destination_ports
+                                .iter()
+                                .map(|p| u32::from(*p))
+                                .collect(),
+                            not_destination_ports: m
+                                .not_destination_ports
+                                .iter()
+                                .map(|p| u32::from(*p))
+                                .collect(),
+                            service_accounts: accounts(&m.service_accounts),
+                            not_service_accounts: accounts(&m.not_service_accounts),
+                            extensions: if m.requires_l7 { l7() } else { vec![] },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    sec::Authorization {
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        scope: match p.scope {
+            Scope::Global => sec::Scope::Global,
+            Scope::Namespace => sec::Scope::Namespace,
+            Scope::WorkloadSelector => sec::Scope::WorkloadSelector,
+        } as i32,
+        action: match p.action {
+            Action::Allow => sec::Action::Allow,
+            Action::Deny => sec::Action::Deny,
+        } as i32,
+        groups,
+        dry_run: p.dry_run,
+        extensions: vec![],
+    }
+}
