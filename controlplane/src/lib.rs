@@ -1,11 +1,14 @@
-//! amesh's control plane. So far: the local source (a directory of Kubernetes YAML) and the
-//! translation of Kubernetes objects into Istio's workload API and authorization resources,
-//! which the xDS server will push to ztunnels. The server, the CA and the Kubernetes watch
-//! source come with the control-plane issue.
+//! amesh's control plane: Kubernetes objects from a local directory of YAML, translated into
+//! Istio's workload API and authorization resources and served to ztunnels over delta ADS
+//! on a mutual-TLS port. Not built yet: the Kubernetes watch source and the CA service.
 #![forbid(unsafe_code)]
 
+pub mod ads;
+pub mod catalog;
+pub mod serve;
 pub mod source;
 pub mod translate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -107,6 +107,55 @@ fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> BedError {
     }
 }
 
+/// The control plane process (text logs to a file), killed when dropped.
+#[derive(Debug)]
+pub struct ControlPlaneProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ControlPlaneProcess {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the "serving xDS" line and returns the address it names.
+    fn wait_listening(&mut self) -> Result<SocketAddr, BedError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("serving xDS"))
+                .find_map(|l| {
+                    l.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if let Some(address) = found {
+                return Ok(address);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(failed(format!("amesh-controlplane exited ({status})"), log));
+            }
+            if Instant::now() > deadline {
+                return Err(failed("amesh-controlplane starting", log));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl ZtunnelProcess {
     /// What it logged so far (JSON lines).
     pub fn log(&self) -> String {
@@ -187,6 +236,10 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BedEr
 /// The mesh. Fields drop in order: nodes (ztunnels) first, the bed they live in last.
 pub struct Mesh {
     pub nodes: Vec<Node>,
+    /// The control plane, when the ztunnels are fed over xDS instead of a file.
+    pub control_plane: Option<ControlPlaneProcess>,
+    /// Its address, kept when it is stopped so a restart takes the same port.
+    pub xds: Option<SocketAddr>,
     pub specs: Vec<PodSpec>,
     pub pods: Vec<Pod>,
     pub dir: PathBuf,
@@ -226,8 +279,14 @@ impl Mesh {
         std::fs::create_dir_all(&dir).map_err(BedError::io("creating the mesh's directory"))?;
         std::fs::write(dir.join("mesh.yaml"), config_yaml(specs, &pods))
             .map_err(BedError::io("writing mesh.yaml"))?;
+        let source = dir.join("source");
+        std::fs::create_dir_all(&source).map_err(BedError::io("creating the source directory"))?;
+        std::fs::write(source.join("mesh.yaml"), source_yaml(specs, &pods))
+            .map_err(BedError::io("writing source/mesh.yaml"))?;
         Ok(Self {
             nodes: Vec::new(),
+            control_plane: None,
+            xds: None,
             specs: specs.to_vec(),
             pods,
             _dir: RemoveOnDrop(dir.clone()),
@@ -325,8 +384,13 @@ impl Mesh {
             .dir
             .join(format!("ztunnel-{node}-{}.log", std::process::id()));
         let out = std::fs::File::create(&log).map_err(BedError::io("ztunnel log file"))?;
-        let child = Command::new(&self.ztunnel)
-            .args(["--config", &config.display().to_string(), "--node", node])
+        let mut command = Command::new(&self.ztunnel);
+        match self.xds {
+            Some(xds) => command.args(["--xds-address", &xds.to_string()]),
+            None => command.args(["--config", &config.display().to_string()]),
+        };
+        let child = command
+            .args(["--node", node])
             .args([
                 "--zds-socket",
                 &self.dir.join(format!("{node}.sock")).display().to_string(),
@@ -357,16 +421,75 @@ impl Mesh {
     pub fn close(self) -> crate::Leftovers {
         let Mesh {
             nodes,
+            control_plane,
             pods,
             _dir,
             bed,
             ..
         } = self;
         drop(nodes);
+        drop(control_plane);
         drop(_dir);
         let left = bed.close();
         drop(pods);
         left
+    }
+
+    /// Starts the control plane on the source directory (on the port it had before, if it
+    /// ran already); ztunnels started after this are fed over xDS.
+    pub fn try_start_control_plane(&mut self) -> Result<SocketAddr, BedError> {
+        let listen = self
+            .xds
+            .map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+        let log = self
+            .dir
+            .join(format!("controlplane-{}.log", std::process::id()));
+        let out = std::fs::File::create(&log).map_err(BedError::io("control plane log file"))?;
+        let child = Command::new(probe::sibling_binary("amesh-controlplane"))
+            .args([
+                "--source-dir",
+                &self.dir.join("source").display().to_string(),
+            ])
+            .args(["--ca-dir", &self.dir.join("ca").display().to_string()])
+            .args(["--listen", &listen])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .map_err(BedError::io("starting amesh-controlplane"))?;
+        let mut process = ControlPlaneProcess { child, log };
+        let address = process.wait_listening()?;
+        self.control_plane = Some(process);
+        self.xds = Some(address);
+        Ok(address)
+    }
+
+    /// Kills the control plane (the ztunnels keep their last state).
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane = None;
+    }
+
+    /// The control plane's source file (Kubernetes YAML; rewrite it to change the mesh).
+    pub fn source_path(&self) -> PathBuf {
+        self.dir.join("source").join("mesh.yaml")
+    }
+
+    /// Waits until `node`'s ztunnel reports ready (configuration synced, pods added).
+    pub fn try_wait_ready(&self, node: &str) -> Result<(), BedError> {
+        let z = &self.node(node).ztunnel;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = z.try_http("Readiness", "GET", "/healthz/ready")?;
+            if status == 200 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(failed(format!("{node}'s ztunnel becoming ready"), body));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The configuration file (rewrite it to change the mesh live).
@@ -473,6 +596,53 @@ impl Mesh {
     pub fn v6(&self, name: &str, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V6(self.pod(name).ipv6()), port)
     }
+}
+
+/// The same mesh as Kubernetes objects, for the control plane: a namespace per pod
+/// namespace (ambient unless it only holds plain-TCP pods), the pods with their node, service
+/// account and addresses, and the `web` service.
+fn source_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
+    let mut y = String::new();
+    let mut namespaces: Vec<&str> = specs
+        .iter()
+        .filter(|s| s.node.is_some())
+        .map(|s| s.namespace)
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in namespaces {
+        let _ = writeln!(
+            y,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---"
+        );
+    }
+    for (s, p) in specs.iter().zip(pods) {
+        let Some(node) = s.node else { continue };
+        let mode = if s.tcp {
+            ", istio.io/dataplane-mode: none"
+        } else {
+            ""
+        };
+        let service = if s.in_service { ", svc: web" } else { "" };
+        let ready = if s.healthy { "True" } else { "False" };
+        let _ = writeln!(
+            y,
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}{mode}{service}}}}}\n\
+             spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app, ports: [{{name: http, containerPort: {APP_PORT}}}]}}]}}\n\
+             status: {{phase: Running, conditions: [{{type: Ready, status: \"{ready}\"}}], podIPs: [{{ip: {v4}}}, {{ip: \"{v6}\"}}]}}\n---",
+            name = s.name,
+            ns = s.namespace,
+            sa = s.service_account,
+            v4 = p.ipv4(),
+            v6 = p.ipv6(),
+        );
+    }
+    let _ = writeln!(
+        y,
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n\
+         spec: {{clusterIP: {VIP}, selector: {{svc: web}}, ports: [{{port: 80, targetPort: http}}]}}"
+    );
+    y
 }
 
 fn config_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {

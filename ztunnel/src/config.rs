@@ -8,8 +8,21 @@ use std::{net::SocketAddr, path::PathBuf};
 pub struct Args {
     /// Local file of workloads and services (the shape of Istio's workload API); reloaded on
     /// change.
+    #[arg(
+        long,
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
+    )]
+    pub config: Option<PathBuf>,
+    /// The control plane's xDS address (delta ADS over mutual TLS); instead of `--config`.
     #[arg(long)]
-    pub config: PathBuf,
+    pub xds_address: Option<SocketAddr>,
+    /// `<namespace>/<service account>` the control plane's certificate must name.
+    #[arg(long, default_value = "istio-system/istiod")]
+    pub xds_identity: String,
+    /// Sent to the control plane as the `clusterid` header and node metadata.
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// This node's name (service endpoints on it are preferred when a service asks).
     #[arg(long, default_value = "")]
     pub node: String,

@@ -73,11 +73,17 @@ async fn shared_state(
     registry: &mut prometheus_client::registry::Registry,
     draining: Stop,
 ) -> anyhow::Result<Arc<Shared>> {
-    let state = state::StateStore::default();
-    state::watch_file(args.config.clone(), state.clone())?;
-    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?;
-    let certs = CertManager::new(Arc::new(ca), Duration::from_secs(args.cert_validity_secs));
+    let ca = Arc::new(
+        LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?,
+    );
+    let certs = CertManager::new(ca.clone(), Duration::from_secs(args.cert_validity_secs));
     let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
+    let state = state::StateStore::default();
+    match (&args.config, args.xds_address) {
+        (Some(file), _) => state::watch_file(file.clone(), state.clone())?,
+        (None, Some(address)) => start_xds(args, address, ca, bundle.clone(), state.clone())?,
+        (None, None) => anyhow::bail!("either --config or --xds-address is required"),
+    }
     let maps = open_capture_maps(&args.capture_pins).await;
     Ok(Arc::new(Shared {
         node: args.node.clone(),
@@ -94,6 +100,41 @@ async fn shared_state(
         metrics: Arc::new(metrics::Metrics::register(registry)),
         live: Default::default(),
     }))
+}
+
+/// Starts the xDS client. ztunnel authenticates to the control plane with a certificate for
+/// its own identity (`istio-system/ztunnel`) from the mesh CA, re-issued per connection, and
+/// accepts only a control plane presenting `--xds-identity`.
+fn start_xds(
+    args: &config::Args,
+    address: std::net::SocketAddr,
+    ca: Arc<LocalCa>,
+    bundle: tls::TrustBundle,
+    store: state::StateStore,
+) -> anyhow::Result<()> {
+    let (ns, sa) = args
+        .xds_identity
+        .split_once('/')
+        .context("--xds-identity: expected <namespace>/<service account>")?;
+    let server = amesh_identity::Identity::new(&args.trust_domain, ns, sa);
+    let own = amesh_identity::Identity::new(&args.trust_domain, "istio-system", "ztunnel");
+    let validity = Duration::from_secs(args.cert_validity_secs);
+    let tls = move || {
+        let cert = ca.issue(&own, validity).map_err(|e| e.to_string())?;
+        tls::client_config(&cert, &bundle, vec![server.clone()], tls::provider())
+            .map_err(|e| e.to_string())
+    };
+    let config = state::xds_client::XdsConfig {
+        address,
+        node_id: format!(
+            "ztunnel~0.0.0.0~ztunnel-{node}.istio-system~istio-system.svc.cluster.local",
+            node = args.node
+        ),
+        node_name: args.node.clone(),
+        cluster_id: args.cluster_id.clone(),
+    };
+    tokio::spawn(state::xds_client::run(config, tls, store));
+    Ok(())
 }
 
 /// A configuration change re-checks every open inbound connection against the new policies.

@@ -6,6 +6,7 @@ mod file;
 mod policy_file;
 mod route;
 pub mod xds;
+pub mod xds_client;
 
 pub use file::{ConfigError, load_file, watch_file};
 pub use route::Route;

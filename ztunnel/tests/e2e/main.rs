@@ -7,4 +7,5 @@ mod observe;
 mod policy;
 mod security;
 mod support;
+mod xds;
 mod zds;

@@ -1,0 +1,180 @@
+//! Envoy's delta aggregated discovery service, as ztunnel speaks it: one stream per client,
+//! wildcard subscriptions to the served types, and after the first response only what changed
+//! is pushed. ACKs and NACKs are matched by nonce; a NACK is logged with the client's reason
+//! (the client keeps its last good version, and so does the control plane's record of what it
+//! sent, so the resource is re-sent only when it changes again).
+
+use crate::{
+    catalog::{Catalog, SERVED_TYPES},
+    serve::Peer,
+};
+use amesh_proto::discovery::{
+    self as d, aggregated_discovery_service_server::AggregatedDiscoveryService,
+};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// The service: every stream reads the same published catalog.
+#[derive(Debug, Clone)]
+pub struct Ads {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    nonces: Arc<AtomicU64>,
+}
+
+impl Ads {
+    pub fn new(catalog: watch::Receiver<Arc<Catalog>>) -> Self {
+        Self {
+            catalog,
+            nonces: Arc::default(),
+        }
+    }
+}
+
+type Responses = mpsc::Sender<Result<d::DeltaDiscoveryResponse, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<d::DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<d::DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
+        let (tx, rx) = mpsc::channel(16);
+        let subscriber = Subscriber {
+            peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+            node: String::new(),
+            catalog: self.catalog.clone(),
+            nonces: self.nonces.clone(),
+            held: HashMap::new(),
+        };
+        tokio::spawn(subscriber.run(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One client stream.
+struct Subscriber {
+    peer: String,
+    node: String,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    nonces: Arc<AtomicU64>,
+    /// Per subscribed type: what the client holds (name → version), as far as we know.
+    held: HashMap<String, HashMap<String, String>>,
+}
+
+impl Subscriber {
+    async fn run(mut self, mut inbound: Streaming<d::DeltaDiscoveryRequest>, tx: Responses) {
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if self.on_request(req, &tx).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(peer = %self.peer, node = %self.node, %status, "xDS stream ended");
+                        break;
+                    }
+                },
+                changed = self.catalog.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.catalog.borrow_and_update();
+                    let types: Vec<String> = self.held.keys().cloned().collect();
+                    for t in types {
+                        if self.push(&t, false, &tx).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        info!(peer = %self.peer, node = %self.node, "xDS client disconnected");
+    }
+
+    async fn on_request(
+        &mut self,
+        req: d::DeltaDiscoveryRequest,
+        tx: &Responses,
+    ) -> Result<(), ()> {
+        if let Some(node) = &req.node
+            && self.node.is_empty()
+        {
+            self.node = node.id.clone();
+            info!(peer = %self.peer, node = %self.node, "xDS client connected");
+        }
+        if !SERVED_TYPES.contains(&req.type_url.as_str()) {
+            warn!(node = %self.node, type_url = %req.type_url, "subscription to a type this control plane does not serve; ignored");
+            return Ok(());
+        }
+        if let Some(error) = &req.error_detail {
+            warn!(node = %self.node, type_url = %req.type_url, nonce = %req.response_nonce, reason = %error.message, "client rejected resources (NACK)");
+            return Ok(());
+        }
+        if !req.response_nonce.is_empty() {
+            debug!(node = %self.node, type_url = %req.type_url, nonce = %req.response_nonce, "ACK");
+            return Ok(());
+        }
+        // A new subscription (first on this stream, possibly a reconnect): the client says
+        // what it already holds, so only the difference is sent.
+        if req.resource_names_subscribe.iter().any(|n| n != "*") {
+            debug!(node = %self.node, type_url = %req.type_url, "named subscriptions are served as wildcard");
+        }
+        self.held
+            .insert(req.type_url.clone(), req.initial_resource_versions);
+        self.push(&req.type_url, true, tx).await
+    }
+
+    /// Sends what changed for `type_url`; the first response is sent even when empty, since a
+    /// client counts the type as synced only when it has one.
+    async fn push(&mut self, type_url: &str, first: bool, tx: &Responses) -> Result<(), ()> {
+        let catalog = self.catalog.borrow().clone();
+        let held = self.held.entry(type_url.to_string()).or_default();
+        let delta = catalog.diff(type_url, held);
+        if delta.is_empty() && !first {
+            return Ok(());
+        }
+        let nonce = self.nonces.fetch_add(1, Ordering::Relaxed).to_string();
+        let response = d::DeltaDiscoveryResponse {
+            system_version_info: String::new(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            removed_resources: delta.removed.clone(),
+            resources: delta
+                .updated
+                .iter()
+                .map(|(name, e)| d::Resource {
+                    name: name.clone(),
+                    version: e.version.clone(),
+                    resource: Some(prost_types::Any {
+                        type_url: type_url.to_string(),
+                        value: e.bytes.clone(),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        for name in &delta.removed {
+            held.remove(name);
+        }
+        for (name, e) in &delta.updated {
+            held.insert(name.clone(), e.version.clone());
+        }
+        info!(node = %self.node, type_url, %nonce, updated = delta.updated.len(), removed = delta.removed.len(), "push");
+        tx.send(Ok(response)).await.map_err(|_| ())
+    }
+}

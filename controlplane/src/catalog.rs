@@ -1,0 +1,144 @@
+//! What the control plane serves: every resource of every type, encoded once, with a version
+//! derived from its bytes, so that a change anywhere pushes only the resources that changed.
+
+use crate::translate::Resources;
+use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use prost::Message;
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+/// One encoded resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub version: String,
+    pub bytes: Vec<u8>,
+}
+
+/// All resources of all served types, by type URL, then by resource name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub types: BTreeMap<&'static str, BTreeMap<String, Arc<Entry>>>,
+}
+
+/// The types this control plane serves (ztunnel subscribes to both).
+pub const SERVED_TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
+fn entry(bytes: Vec<u8>) -> Arc<Entry> {
+    // A content hash as the version: unchanged bytes keep their version across rebuilds and
+    // restarts, so a reconnecting client that reports it is not sent the resource again.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Arc::new(Entry {
+        version: format!("{:016x}", h.finish()),
+        bytes,
+    })
+}
+
+impl Catalog {
+    pub fn from_resources(r: &Resources) -> Self {
+        let addresses = r
+            .addresses
+            .iter()
+            .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
+            .collect();
+        let authorizations = r
+            .authorizations
+            .iter()
+            .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
+            .collect();
+        Self {
+            types: BTreeMap::from([
+                (ADDRESS_TYPE_URL, addresses),
+                (AUTHORIZATION_TYPE_URL, authorizations),
+            ]),
+        }
+    }
+
+    /// What a client holding `held` (name → version) lacks for `type_url`: the resources to
+    /// send (new or changed) and the names to remove.
+    pub fn diff(&self, type_url: &str, held: &HashMap<String, String>) -> Delta {
+        let empty = BTreeMap::new();
+        let current = self.types.get(type_url).unwrap_or(&empty);
+        let updated = current
+            .iter()
+            .filter(|(name, e)| held.get(*name) != Some(&e.version))
+            .map(|(name, e)| (name.clone(), e.clone()))
+            .collect();
+        let mut removed: Vec<String> = held
+            .keys()
+            .filter(|name| !current.contains_key(*name))
+            .cloned()
+            .collect();
+        removed.sort();
+        Delta { updated, removed }
+    }
+}
+
+/// One type's change for one client.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub updated: Vec<(String, Arc<Entry>)>,
+    pub removed: Vec<String>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amesh_proto::security as sec;
+
+    fn catalog(names: &[(&str, &str)]) -> Catalog {
+        let mut r = Resources::default();
+        for (name, ns) in names {
+            r.authorizations.insert(
+                name.to_string(),
+                sec::Authorization {
+                    name: name.to_string(),
+                    namespace: ns.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        Catalog::from_resources(&r)
+    }
+
+    fn held(c: &Catalog) -> HashMap<String, String> {
+        c.types[AUTHORIZATION_TYPE_URL]
+            .iter()
+            .map(|(n, e)| (n.clone(), e.version.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn only_changes_are_sent() {
+        let before = catalog(&[("a", "x"), ("b", "x"), ("c", "x")]);
+        let after = catalog(&[("a", "x"), ("b", "y"), ("d", "x")]);
+        let delta = after.diff(AUTHORIZATION_TYPE_URL, &held(&before));
+        let names: Vec<_> = delta.updated.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(delta.removed, ["c"]);
+        assert!(after.diff(AUTHORIZATION_TYPE_URL, &held(&after)).is_empty());
+        assert_eq!(
+            after
+                .diff(AUTHORIZATION_TYPE_URL, &HashMap::new())
+                .updated
+                .len(),
+            3,
+            "a new client gets everything"
+        );
+    }
+
+    #[test]
+    fn versions_depend_only_on_content() {
+        assert_eq!(catalog(&[("a", "x")]), catalog(&[("a", "x")]));
+        assert_ne!(held(&catalog(&[("a", "x")])), held(&catalog(&[("a", "y")])));
+    }
+}
