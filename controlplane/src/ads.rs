@@ -5,6 +5,7 @@
 //! sent, so the resource is re-sent only when it changes again).
 
 use crate::{
+    auth::Authenticator,
     catalog::{Catalog, SERVED_TYPES},
     serve::Peer,
 };
@@ -28,13 +29,15 @@ use tracing::{debug, info, warn};
 pub struct Ads {
     catalog: watch::Receiver<Arc<Catalog>>,
     nonces: Arc<AtomicU64>,
+    auth: Authenticator,
 }
 
 impl Ads {
-    pub fn new(catalog: watch::Receiver<Arc<Catalog>>) -> Self {
+    pub fn new(catalog: watch::Receiver<Arc<Catalog>>, auth: Authenticator) -> Self {
         Self {
             catalog,
             nonces: Arc::default(),
+            auth,
         }
     }
 }
@@ -49,6 +52,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<d::DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        debug!(?caller, "xDS stream authenticated");
         let peer = request.extensions().get::<Peer>().cloned();
         let (tx, rx) = mpsc::channel(16);
         let subscriber = Subscriber {

@@ -5,7 +5,7 @@ use crate::translate::Resources;
 use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use prost::Message;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{Hash, Hasher},
     sync::Arc,
 };
@@ -21,6 +21,9 @@ pub struct Entry {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Catalog {
     pub types: BTreeMap<&'static str, BTreeMap<String, Arc<Entry>>>,
+    /// Every (namespace, service account) a workload in the mesh runs as: the identities
+    /// the CA will sign for a node agent.
+    pub identities: BTreeSet<(String, String)>,
 }
 
 /// The types this control plane serves (ztunnel subscribes to both).
@@ -49,7 +52,18 @@ impl Catalog {
             .iter()
             .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
             .collect();
+        let identities = r
+            .addresses
+            .values()
+            .filter_map(|a| match &a.r#type {
+                Some(amesh_proto::workload::address::Type::Workload(w)) => {
+                    Some((w.namespace.clone(), w.service_account.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         Self {
+            identities,
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),

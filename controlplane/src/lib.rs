@@ -1,9 +1,12 @@
 //! amesh's control plane: Kubernetes objects from a local directory of YAML, translated into
 //! Istio's workload API and authorization resources and served to ztunnels over delta ADS
-//! on a mutual-TLS port. Not built yet: the Kubernetes watch source and the CA service.
+//! and Istio's CA protocol on one TLS port. Not built yet: the Kubernetes watch source (and
+//! with it TokenReview and per-node authorisation).
 #![forbid(unsafe_code)]
 
 pub mod ads;
+pub mod auth;
+pub mod ca;
 pub mod catalog;
 pub mod serve;
 pub mod source;

@@ -1,13 +1,18 @@
 //! The `amesh-controlplane` binary: serves the local source directory to ztunnels over delta
-//! ADS on one mutual-TLS port. The CA service and the Kubernetes source are not built yet.
+//! ADS, and Istio's CA protocol, on one TLS port. The Kubernetes source is not built yet.
 #![forbid(unsafe_code)]
 
-use amesh_controlplane::{ads::Ads, serve, translate::Mesh, watch};
+use amesh_controlplane::{
+    ads::Ads, auth::Authenticator, ca::CaService, serve, translate::Mesh, watch,
+};
 use amesh_identity::{Identity, LocalCa, tls};
-use amesh_proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use amesh_proto::{
+    ca::istio_certificate_service_server::IstioCertificateServiceServer,
+    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+};
 use anyhow::Context;
 use clap::Parser;
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tracing::info;
 
 #[derive(Debug, Parser)]
@@ -33,6 +38,14 @@ struct Args {
     /// told to expect this identity).
     #[arg(long, default_value = "istio-system/istiod")]
     identity: String,
+    /// A file holding the node token: node agents presenting it as a bearer token may use
+    /// xDS and ask the CA for their workloads' certificates (the local stand-in for
+    /// Kubernetes service-account tokens).
+    #[arg(long)]
+    node_token_file: Option<PathBuf>,
+    /// The longest workload certificate the CA signs, in seconds (and the default).
+    #[arg(long, default_value_t = 86400)]
+    cert_validity_secs: u64,
 }
 
 /// Lifetime of the serving certificate. It is not renewed while running yet: a restart
@@ -60,7 +73,15 @@ async fn main() -> anyhow::Result<()> {
         .issue(&identity, SERVING_CERT_VALIDITY)
         .context("issuing the serving certificate")?;
     let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()])?;
-    let tls = tls::server_config(&cert, &bundle, tls::provider())?;
+    let tls = tls::server_config_client_cert_optional(&cert, &bundle, tls::provider())?;
+    let node_token = match &args.node_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--node-token-file {}", f.display()))?,
+        ),
+        None => None,
+    };
+    let auth = Authenticator::new(node_token);
     let mesh = Mesh {
         cluster_id: args.cluster_id.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -72,10 +93,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     info!(listen = %listener.local_addr()?, identity = %identity.principal(), "serving xDS");
-    let service = AggregatedDiscoveryServiceServer::new(Ads::new(catalog));
+    let ca = CaService {
+        ca: Arc::new(ca),
+        catalog: catalog.clone(),
+        auth: auth.clone(),
+        trust_domain: args.trust_domain.clone(),
+        node_accounts: vec![Identity::new(&args.trust_domain, "istio-system", "ztunnel")],
+        max_validity: Duration::from_secs(args.cert_validity_secs),
+    };
+    let routes = serve::Routes {
+        ads: AggregatedDiscoveryServiceServer::new(Ads::new(catalog, auth)),
+        ca: IstioCertificateServiceServer::new(ca),
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .serve_with_incoming(service, serve::incoming(listener, tls))
+        .serve_with_incoming(routes, serve::incoming(listener, tls))
         .await?;
     Ok(())
 }

@@ -1,8 +1,12 @@
-//! The control plane's one port: mutual TLS (clients present a certificate from the mesh's
-//! CA), then gRPC. TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so
+//! The control plane's one port: TLS (a client presenting a certificate must chain to the
+//! mesh CA; one without must bring a bearer token), then gRPC, ADS and the CA side by side. TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so
 //! the caller's identity is known to the services.
 
 use amesh_identity::{Identity, identity_of};
+use amesh_proto::{
+    ca::istio_certificate_service_server::IstioCertificateServiceServer,
+    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+};
 use std::{
     fmt, io,
     net::SocketAddr,
@@ -18,6 +22,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{Service, http};
 use tracing::debug;
 
 /// How long a client has to finish its TLS handshake.
@@ -121,4 +126,36 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The two gRPC services on the one port, chosen by request path.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub ads: AggregatedDiscoveryServiceServer<crate::ads::Ads>,
+    pub ca: IstioCertificateServiceServer<crate::ca::CaService>,
+}
+
+/// Path prefix of Istio's CA service.
+const CA_PATH: &str = "/istio.v1.auth.IstioCertificateService/";
+
+impl<B> Service<http::Request<B>> for Routes
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(CA_PATH) {
+            self.ca.call(request)
+        } else {
+            self.ads.call(request)
+        }
+    }
 }

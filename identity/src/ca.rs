@@ -35,6 +35,8 @@ pub enum CaError {
     Files { dir: PathBuf, reason: String },
     #[error("the CA is unreachable: {0}")]
     Unavailable(String),
+    #[error("the CA refused: {0}")]
+    Refused(String),
 }
 
 /// Signs certificate requests for workload identities.

@@ -78,7 +78,34 @@ pub fn server_config(
     bundle: &TrustBundle,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let inner = WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
+    server_config_with(cert, bundle, provider, true)
+}
+
+/// Like [`server_config`], but a client may also connect without a certificate (it must
+/// then authenticate otherwise, e.g. the control plane's bearer token); one that presents a
+/// certificate is still checked.
+pub fn server_config_client_cert_optional(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    server_config_with(cert, bundle, provider, false)
+}
+
+fn server_config_with(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+    provider: Arc<CryptoProvider>,
+    mandatory: bool,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone());
+    let builder = if mandatory {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let inner = builder
         .build()
         .map_err(|e| TlsConfigError::Roots(e.to_string()))?;
     let verifier = Arc::new(SpiffeClientVerifier {
@@ -117,6 +144,29 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A client config with no certificate of its own (it authenticates otherwise, e.g. with a
+/// bearer token), accepting only servers whose certificate chains to `bundle` and names one
+/// of `expected`.
+pub fn anonymous_client_config(
+    bundle: &TrustBundle,
+    expected: Vec<Identity>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: bundle.roots.clone(),
+        expected,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
 /// The name passed to the TLS client; not checked (identities are), not sent (no SNI).
 pub fn server_name(ip: std::net::IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())
@@ -132,6 +182,10 @@ struct SpiffeClientVerifier {
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_client_cert(

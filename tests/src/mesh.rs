@@ -445,7 +445,13 @@ impl Mesh {
             .dir
             .join(format!("controlplane-{}.log", std::process::id()));
         let out = std::fs::File::create(&log).map_err(BedError::io("control plane log file"))?;
+        let token = self.node_token_path();
+        if !token.exists() {
+            std::fs::write(&token, format!("token-{}\n", self.bed.prefix()))
+                .map_err(BedError::io("writing the node token"))?;
+        }
         let child = Command::new(probe::sibling_binary("amesh-controlplane"))
+            .args(["--node-token-file", &token.display().to_string()])
             .args([
                 "--source-dir",
                 &self.dir.join("source").display().to_string(),
@@ -469,6 +475,16 @@ impl Mesh {
     /// Kills the control plane (the ztunnels keep their last state).
     pub fn stop_control_plane(&mut self) {
         self.control_plane = None;
+    }
+
+    /// The node token the control plane accepts (pass it to ztunnels as `--token-file`).
+    pub fn node_token_path(&self) -> PathBuf {
+        self.dir.join("node-token")
+    }
+
+    /// The mesh CA's root certificate (pass it to ztunnels as `--ca-root-file`).
+    pub fn ca_root_path(&self) -> PathBuf {
+        self.dir.join("ca").join("root-cert.pem")
     }
 
     /// The control plane's source file (Kubernetes YAML; rewrite it to change the mesh).

@@ -34,8 +34,18 @@ pub struct Args {
     pub capture_pins: PathBuf,
     /// Directory of the in-process CA's root (created if missing; share it between ztunnels
     /// that must trust each other).
+    #[arg(long, required_unless_present = "ca_address")]
+    pub ca_dir: Option<PathBuf>,
+    /// Istio's CA (`CreateCertificate`, e.g. the control plane's port 15012) instead of the
+    /// in-process one.
+    #[arg(long, requires = "ca_root_file")]
+    pub ca_address: Option<SocketAddr>,
+    /// PEM root(s) of the mesh: verifies the control plane and peers when the CA is remote.
     #[arg(long)]
-    pub ca_dir: PathBuf,
+    pub ca_root_file: Option<PathBuf>,
+    /// Bearer token sent to the control plane (xDS and CA).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     #[arg(long, default_value = amesh_identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Lifetime of workload certificates, in seconds (renewed at half life).

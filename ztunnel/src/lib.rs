@@ -9,7 +9,9 @@
 pub mod state;
 
 pub mod admin;
+pub mod ca_client;
 pub mod config;
+pub mod control;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
@@ -73,15 +75,33 @@ async fn shared_state(
     registry: &mut prometheus_client::registry::Registry,
     draining: Stop,
 ) -> anyhow::Result<Arc<Shared>> {
-    let ca = Arc::new(
-        LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("in-process CA")?,
-    );
-    let certs = CertManager::new(ca.clone(), Duration::from_secs(args.cert_validity_secs));
-    let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
+    let credentials = control::Credentials {
+        token: match &args.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--token-file {}", f.display()))?,
+            ),
+            None => None,
+        },
+        cluster_id: args.cluster_id.clone(),
+    };
+    let control_plane = identity_arg(&args.trust_domain, &args.xds_identity, "--xds-identity")?;
+    let (certs, bundle, xds_tls) = certificates(args, &control_plane, &credentials)?;
     let state = state::StateStore::default();
     match (&args.config, args.xds_address) {
         (Some(file), _) => state::watch_file(file.clone(), state.clone())?,
-        (None, Some(address)) => start_xds(args, address, ca, bundle.clone(), state.clone())?,
+        (None, Some(address)) => {
+            let config = state::xds_client::XdsConfig {
+                address,
+                node_id: format!(
+                    "ztunnel~0.0.0.0~ztunnel-{node}.istio-system~istio-system.svc.cluster.local",
+                    node = args.node
+                ),
+                node_name: args.node.clone(),
+                credentials,
+            };
+            tokio::spawn(state::xds_client::run(config, xds_tls, state.clone()));
+        }
         (None, None) => anyhow::bail!("either --config or --xds-address is required"),
     }
     let maps = open_capture_maps(&args.capture_pins).await;
@@ -102,39 +122,72 @@ async fn shared_state(
     }))
 }
 
-/// Starts the xDS client. ztunnel authenticates to the control plane with a certificate for
-/// its own identity (`istio-system/ztunnel`) from the mesh CA, re-issued per connection, and
-/// accepts only a control plane presenting `--xds-identity`.
-fn start_xds(
-    args: &config::Args,
-    address: std::net::SocketAddr,
-    ca: Arc<LocalCa>,
-    bundle: tls::TrustBundle,
-    store: state::StateStore,
-) -> anyhow::Result<()> {
-    let (ns, sa) = args
-        .xds_identity
+/// `<namespace>/<service account>` from a flag, as an identity.
+fn identity_arg(
+    trust_domain: &str,
+    value: &str,
+    flag: &str,
+) -> anyhow::Result<amesh_identity::Identity> {
+    let (ns, sa) = value
         .split_once('/')
-        .context("--xds-identity: expected <namespace>/<service account>")?;
-    let server = amesh_identity::Identity::new(&args.trust_domain, ns, sa);
-    let own = amesh_identity::Identity::new(&args.trust_domain, "istio-system", "ztunnel");
+        .with_context(|| format!("{flag}: expected <namespace>/<service account>"))?;
+    Ok(amesh_identity::Identity::new(trust_domain, ns, sa))
+}
+
+/// How TLS to the control plane is set up, per connection.
+type ControlTls = Box<dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Send>;
+
+/// The certificate manager, the mesh roots, and how to reach the control plane over TLS.
+///
+/// With `--ca-address` certificates come from Istio's CA protocol and the roots from
+/// `--ca-root-file`; ztunnel then authenticates to the control plane with its bearer token
+/// only. With the in-process CA (`--ca-dir`) ztunnel also presents a certificate for its own
+/// identity (`istio-system/ztunnel`), re-issued per connection.
+fn certificates(
+    args: &config::Args,
+    control_plane: &amesh_identity::Identity,
+    credentials: &control::Credentials,
+) -> anyhow::Result<(Arc<CertManager>, tls::TrustBundle, ControlTls)> {
     let validity = Duration::from_secs(args.cert_validity_secs);
-    let tls = move || {
+    let expected = vec![control_plane.clone()];
+    if let Some(address) = args.ca_address {
+        let root_file = args
+            .ca_root_file
+            .as_ref()
+            .context("--ca-address needs --ca-root-file")?;
+        let roots = vec![
+            std::fs::read_to_string(root_file)
+                .with_context(|| format!("--ca-root-file {}", root_file.display()))?,
+        ];
+        let bundle = tls::TrustBundle::from_pems(&roots)
+            .with_context(|| format!("--ca-root-file {}", root_file.display()))?;
+        let control_tls = tls::anonymous_client_config(&bundle, expected, tls::provider())?;
+        if credentials.token.is_none() {
+            warn!("--ca-address without --token-file: the control plane will refuse ztunnel");
+        }
+        let connector = control::Connector {
+            address,
+            tls: control_tls.clone(),
+        };
+        let ca = ca_client::IstioCaClient::new(connector, credentials.clone(), roots);
+        let certs = CertManager::new(Arc::new(ca), validity);
+        return Ok((certs, bundle, Box::new(move || Ok(control_tls.clone()))));
+    }
+    let dir = args
+        .ca_dir
+        .as_ref()
+        .context("either --ca-dir or --ca-address is required")?;
+    let ca = Arc::new(LocalCa::load_or_create(dir, &args.trust_domain).context("in-process CA")?);
+    let certs = CertManager::new(ca.clone(), validity);
+    let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
+    let own = amesh_identity::Identity::new(&args.trust_domain, "istio-system", "ztunnel");
+    let for_tls = bundle.clone();
+    let control_tls = move || {
         let cert = ca.issue(&own, validity).map_err(|e| e.to_string())?;
-        tls::client_config(&cert, &bundle, vec![server.clone()], tls::provider())
+        tls::client_config(&cert, &for_tls, expected.clone(), tls::provider())
             .map_err(|e| e.to_string())
     };
-    let config = state::xds_client::XdsConfig {
-        address,
-        node_id: format!(
-            "ztunnel~0.0.0.0~ztunnel-{node}.istio-system~istio-system.svc.cluster.local",
-            node = args.node
-        ),
-        node_name: args.node.clone(),
-        cluster_id: args.cluster_id.clone(),
-    };
-    tokio::spawn(state::xds_client::run(config, tls, store));
-    Ok(())
+    Ok((certs, bundle, Box::new(control_tls)))
 }
 
 /// A configuration change re-checks every open inbound connection against the new policies.

@@ -9,19 +9,19 @@
 //! the control plane sends only what changed meanwhile.
 
 use super::{StateStore, xds::Resources};
+use crate::control::{Connector, Credentials};
 use amesh_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
     discovery::{self as d, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient},
 };
-use hyper_util::rt::TokioIo;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
-use tokio::{net::TcpStream, sync::mpsc};
-use tokio_rustls::{TlsConnector, rustls::ClientConfig};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
@@ -40,7 +40,7 @@ pub struct XdsConfig {
     /// shape.
     pub node_id: String,
     pub node_name: String,
-    pub cluster_id: String,
+    pub credentials: Credentials,
 }
 
 /// Why a session with the control plane ended.
@@ -105,18 +105,10 @@ async fn session(
     held: &mut Held,
     store: &StateStore,
 ) -> Result<bool, XdsError> {
-    let address = config.address;
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let tls = tls.clone();
-        async move {
-            let tcp = TcpStream::connect(address).await?;
-            tcp.set_nodelay(true)?;
-            let stream = TlsConnector::from(tls)
-                .connect(amesh_identity::tls::server_name(address.ip()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    });
+    let connector = Connector {
+        address: config.address,
+        tls,
+    };
     let channel = Endpoint::from_static("http://amesh-xds")
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -136,9 +128,7 @@ async fn session(
             .map_err(|_| XdsError::RequestsClosed)?;
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Ok(v) = config.cluster_id.parse() {
-        request.metadata_mut().insert("clusterid", v);
-    }
+    config.credentials.apply(&mut request);
     let mut inbound = client
         .delta_aggregated_resources(request)
         .await?
@@ -245,11 +235,14 @@ fn node(config: &XdsConfig) -> d::Node {
     };
     d::Node {
         id: config.node_id.clone(),
-        cluster: config.cluster_id.clone(),
+        cluster: config.credentials.cluster_id.clone(),
         metadata: Some(Struct {
             fields: [
                 ("NODE_NAME".to_string(), text(&config.node_name)),
-                ("CLUSTER_ID".to_string(), text(&config.cluster_id)),
+                (
+                    "CLUSTER_ID".to_string(),
+                    text(&config.credentials.cluster_id),
+                ),
             ]
             .into(),
         }),

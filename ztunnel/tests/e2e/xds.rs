@@ -107,7 +107,10 @@ fn pods_and_policies_from_the_control_plane_reach_both_ztunnels() {
     std::io::Write::write_all(&mut garbage, b"GET / HTTP/1.1\r\n\r\n").expect("write");
     let mut sink = Vec::new();
     let closed = std::io::Read::read_to_end(&mut garbage, &mut sink);
-    assert!(closed.is_ok(), "the control plane closes a garbage connection: {closed:?}");
+    assert!(
+        closed.is_ok(),
+        "the control plane closes a garbage connection: {closed:?}"
+    );
 
     edit_source(&mesh, |t| format!("{t}{DENY_NS_A}"));
     for node in ["node1", "node2"] {
@@ -185,6 +188,50 @@ fn the_last_state_serves_while_the_control_plane_is_away_and_a_restart_resyncs()
         address_pushes.iter().all(|l| l.contains("updated=0")),
         "nothing re-sent:\n{log}"
     );
+    let left = mesh.close();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn pod_certificates_come_from_the_control_plane_ca() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    let xds = mesh
+        .try_start_control_plane()
+        .expect("control plane")
+        .to_string();
+    let root = mesh.ca_root_path().display().to_string();
+    let token = mesh.node_token_path().display().to_string();
+    let args: &[&str] = &[
+        "--ca-address",
+        &xds,
+        "--ca-root-file",
+        &root,
+        "--token-file",
+        &token,
+    ];
+    mesh.try_start(&[("node1", args), ("node2", args)])
+        .expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node)
+            .unwrap_or_else(|e| panic!("{e}\nztunnel log:\n{}", mesh.node(node).ztunnel.log()));
+    }
+    let _apps = mesh.apps(&["c"]);
+    assert_eq!(
+        mesh.connect_one("a", mesh.v4("c", APP_PORT)).served_by(),
+        "c-app"
+    );
+    let log = mesh.control_plane.as_ref().expect("running").log();
+    for id in [
+        "spiffe://cluster.local/ns/ns-a/sa/a",
+        "spiffe://cluster.local/ns/ns-c/sa/c",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("certificate signed") && l.contains(id)),
+            "the control plane's CA signed {id}:\n{log}"
+        );
+    }
     let left = mesh.close();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

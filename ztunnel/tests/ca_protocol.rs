@@ -1,0 +1,157 @@
+//! Istio's CA protocol between ztunnel's client and the amesh control plane, over loopback:
+//! what the CA signs and what it refuses (unknown identities, bad tokens, a CSR naming
+//! another identity than the one asked for).
+
+use amesh_identity::{CaClient, CaError, Identity, WorkloadCert, tls};
+use amesh_ztunnel::{
+    ca_client::IstioCaClient,
+    control::{Connector, Credentials},
+};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const SOURCE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.3}]}\n";
+
+/// A control plane on loopback with a node token, removed (process and files) on drop.
+struct ControlPlane {
+    child: Child,
+    dir: PathBuf,
+    address: std::net::SocketAddr,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl ControlPlane {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("amesh-ca-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("source")).expect("temp dir");
+        std::fs::write(dir.join("source/mesh.yaml"), SOURCE).expect("source");
+        std::fs::write(dir.join("token"), "node-secret\n").expect("token");
+        let log = dir.join("log");
+        let child = Command::new(amesh_testbed::probe::sibling_binary("amesh-controlplane"))
+            .args(["--source-dir", &dir.join("source").display().to_string()])
+            .args(["--ca-dir", &dir.join("ca").display().to_string()])
+            .args([
+                "--node-token-file",
+                &dir.join("token").display().to_string(),
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start amesh-controlplane");
+        let mut cp = Self {
+            child,
+            dir,
+            address: "0.0.0.0:0".parse().expect("addr"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let found = text
+                .lines()
+                .filter(|l| l.contains("serving xDS"))
+                .find_map(|l| {
+                    l.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if let Some(a) = found {
+                cp.address = a;
+                return cp;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn client(&self, token: Option<&str>) -> IstioCaClient {
+        let root = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).expect("root");
+        let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
+        let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
+        let tls = tls::anonymous_client_config(&bundle, expected, tls::provider()).expect("tls");
+        IstioCaClient::new(
+            Connector {
+                address: self.address,
+                tls,
+            },
+            Credentials {
+                token: token.map(str::to_string),
+                cluster_id: "Kubernetes".into(),
+            },
+            vec![root],
+        )
+    }
+}
+
+async fn ask(
+    client: &IstioCaClient,
+    asked: &Identity,
+    csr_for: &Identity,
+) -> Result<Vec<String>, CaError> {
+    let (_key, csr) = WorkloadCert::request(csr_for).expect("csr");
+    client.sign(asked, &csr, Duration::from_secs(3600)).await
+}
+
+fn refused_with(result: Result<Vec<String>, CaError>, code: &str) {
+    match result {
+        Err(CaError::Refused(reason)) => assert!(reason.starts_with(code), "{reason}"),
+        other => panic!("expected a {code} refusal, got {other:?}"),
+    }
+}
+
+// The client's channel lives on a runtime, so the test is async.
+#[tokio::test]
+async fn the_ca_signs_mesh_identities_for_node_agents_and_refuses_the_rest() {
+    let cp = ControlPlane::start("signs");
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    let web = Identity::new("cluster.local", "shop", "web");
+    let node = cp.client(Some("node-secret"));
+
+    let (key, csr) = WorkloadCert::request(&cart).expect("csr");
+    let chain = node
+        .sign(&cart, &csr, Duration::from_secs(3600))
+        .await
+        .expect("a pod's identity is signed for the node agent");
+    let cert = WorkloadCert::from_signed(&cart, &key, &chain).expect("a chain for cart");
+    let lifetime = cert
+        .not_after
+        .duration_since(cert.not_before)
+        .expect("ordered");
+    assert!(
+        lifetime <= Duration::from_secs(3600 + 120),
+        "validity as asked: {lifetime:?}"
+    );
+
+    let stranger = Identity::new("cluster.local", "shop", "admin");
+    refused_with(ask(&node, &stranger, &stranger).await, "PermissionDenied");
+    let other_domain = Identity::new("evil.example", "shop", "cart");
+    refused_with(
+        ask(&node, &other_domain, &other_domain).await,
+        "PermissionDenied",
+    );
+    refused_with(ask(&node, &web, &cart).await, "InvalidArgument");
+    refused_with(
+        ask(&cp.client(Some("wrong")), &cart, &cart).await,
+        "Unauthenticated",
+    );
+    refused_with(ask(&cp.client(None), &cart, &cart).await, "Unauthenticated");
+}
