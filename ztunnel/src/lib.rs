@@ -75,6 +75,7 @@ async fn shared_state(
     registry: &mut prometheus_client::registry::Registry,
     draining: Stop,
 ) -> anyhow::Result<Arc<Shared>> {
+    let metrics = Arc::new(metrics::Metrics::register(registry));
     let credentials = control::Credentials {
         token: match &args.token_file {
             Some(f) => Some(
@@ -99,6 +100,7 @@ async fn shared_state(
                 ),
                 node_name: args.node.clone(),
                 credentials,
+                metrics: metrics.xds.clone(),
             };
             tokio::spawn(state::xds_client::run(config, xds_tls, state.clone()));
         }
@@ -117,7 +119,7 @@ async fn shared_state(
         home: Arc::new(Netns::open("/proc/self/ns/net")?),
         next_pick: Default::default(),
         draining,
-        metrics: Arc::new(metrics::Metrics::register(registry)),
+        metrics,
         live: Default::default(),
     }))
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics with Istio's names and labels, so existing dashboards and alerts work:
 //! `istio_tcp_connections_opened_total`, `..._closed_total`, `..._failed_total`,
 //! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, plus amesh's own
-//! `amesh_hbone_tls_handshakes_total` (how well the HBONE pool reuses connections).
+//! `amesh_hbone_tls_handshakes_total` (how well the HBONE pool reuses connections), and the
+//! xDS client's `istio_xds_connection_terminations_total`, `istio_xds_message_total` and
+//! `istio_xds_message_bytes_total`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -82,6 +84,30 @@ pub struct Metrics {
     pub received_bytes: Family<TcpLabels, Counter>,
     pub hbone_handshakes: Counter,
     pub dry_run_hits: Family<crate::proxy::authz::DryRunLabels, Counter>,
+    pub xds: XdsMetrics,
+}
+
+/// Istio's xDS client metrics.
+#[derive(Debug, Default, Clone)]
+pub struct XdsMetrics {
+    /// Why streams to the control plane ended.
+    pub terminations: Family<XdsTerminationLabels, Counter>,
+    /// Responses received, by type URL.
+    pub messages: Family<XdsUrlLabels, Counter>,
+    /// Bytes of responses received, by type URL.
+    pub message_bytes: Family<XdsUrlLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsTerminationLabels {
+    /// `ConnectionError` (could not connect), `Error` (the stream failed), `Complete` (the
+    /// control plane closed it), as Istio's ztunnel reports them.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsUrlLabels {
+    pub url: String,
 }
 
 impl Metrics {
@@ -122,6 +148,21 @@ impl Metrics {
             "amesh_policy_dry_run_hits",
             "Connections a dry-run policy matched (not enforced)",
             m.dry_run_hits.clone(),
+        );
+        registry.register(
+            "istio_xds_connection_terminations",
+            "xDS streams to the control plane that ended, by reason",
+            m.xds.terminations.clone(),
+        );
+        registry.register(
+            "istio_xds_message",
+            "xDS responses received, by type URL",
+            m.xds.messages.clone(),
+        );
+        registry.register(
+            "istio_xds_message_bytes",
+            "Bytes of xDS responses received, by type URL",
+            m.xds.message_bytes.clone(),
         );
         m
     }

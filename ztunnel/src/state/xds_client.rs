@@ -9,7 +9,10 @@
 //! the control plane sends only what changed meanwhile.
 
 use super::{StateStore, xds::Resources};
-use crate::control::{Connector, Credentials};
+use crate::{
+    control::{Connector, Credentials},
+    metrics::{XdsMetrics, XdsTerminationLabels, XdsUrlLabels},
+};
 use amesh_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
     discovery::{self as d, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient},
@@ -41,6 +44,7 @@ pub struct XdsConfig {
     pub node_id: String,
     pub node_name: String,
     pub credentials: Credentials,
+    pub metrics: XdsMetrics,
 }
 
 /// Why a session with the control plane ended.
@@ -52,6 +56,16 @@ pub enum XdsError {
     Stream(#[from] tonic::Status),
     #[error("the stream's request side closed")]
     RequestsClosed,
+}
+
+impl XdsError {
+    /// The `reason` label of `istio_xds_connection_terminations_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            XdsError::Connect(_) => "ConnectionError",
+            XdsError::Stream(_) | XdsError::RequestsClosed => "Error",
+        }
+    }
 }
 
 /// What the client holds across sessions.
@@ -81,16 +95,21 @@ pub async fn run(
                 Ok(false)
             }
         };
-        let progressed = match outcome {
+        let (progressed, reason) = match outcome {
             Ok(progressed) => {
                 info!(address = %config.address, "control plane closed the xDS stream");
-                progressed
+                (progressed, "Complete")
             }
             Err(e) => {
                 warn!(address = %config.address, error = %e, "xDS stream failed; serving the last good state");
-                false
+                (false, e.reason())
             }
         };
+        config
+            .metrics
+            .terminations
+            .get_or_create(&XdsTerminationLabels { reason })
+            .inc();
         if progressed || held.synced.len() > responses_before {
             backoff.reset();
         }
@@ -137,6 +156,16 @@ async fn session(
     let mut progressed = false;
     while let Some(response) = inbound.message().await? {
         progressed = true;
+        let url = XdsUrlLabels {
+            url: response.type_url.clone(),
+        };
+        config.metrics.messages.get_or_create(&url).inc();
+        let size = u64::try_from(prost::Message::encoded_len(&response)).unwrap_or(u64::MAX);
+        config
+            .metrics
+            .message_bytes
+            .get_or_create(&url)
+            .inc_by(size);
         let ack = apply(response, held);
         tx.send(ack).await.map_err(|_| XdsError::RequestsClosed)?;
         if TYPES.iter().all(|t| held.synced.contains(t)) {

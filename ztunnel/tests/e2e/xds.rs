@@ -176,6 +176,26 @@ fn the_last_state_serves_while_the_control_plane_is_away_and_a_restart_resyncs()
         });
     }
     assert!(refused(&mesh, "a", c), "the resynced policy is enforced");
+    let (_, metrics) = mesh
+        .node("node1")
+        .ztunnel
+        .http("Metrics", "GET", "/metrics");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("istio_xds_connection_terminations_total") >= 1.0,
+        "the lost stream is counted:\n{metrics}"
+    );
+    assert!(
+        value("istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}") >= 2.0,
+        "responses are counted per type (one per stream at least):\n{metrics}"
+    );
+    assert!(value("istio_xds_message_bytes_total") > 0.0, "{metrics}");
     // The ztunnels reported what they held, so the restarted control plane sent them no
     // address again (only the new policy).
     let log = mesh.control_plane.as_ref().expect("running").log();
