@@ -8,4 +8,5 @@ mod policy;
 mod security;
 mod support;
 mod xds;
+mod xds_nack;
 mod zds;
