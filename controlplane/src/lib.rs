@@ -8,6 +8,7 @@ pub mod ads;
 pub mod auth;
 pub mod ca;
 pub mod catalog;
+pub mod kube_source;
 pub mod serve;
 pub mod source;
 pub mod translate;

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use amesh_controlplane::{
-    ads::Ads, auth::Authenticator, ca::CaService, serve, translate::Mesh, watch,
+    ads::Ads, auth::Authenticator, ca::CaService, kube_source, serve, translate::Mesh, watch,
 };
 use amesh_identity::{Identity, LocalCa, tls};
 use amesh_proto::{
@@ -20,8 +20,15 @@ use tracing::info;
 struct Args {
     /// Directory of Kubernetes YAML (Namespaces, Pods with spec.nodeName and status.podIPs,
     /// Services, AuthorizationPolicies, PeerAuthentications); watched for changes.
+    #[arg(long, required_unless_present_any = ["kubernetes", "kube_url"], conflicts_with_all = ["kubernetes", "kube_url"])]
+    source_dir: Option<PathBuf>,
+    /// Watch the Kubernetes cluster (in-cluster service account, or the kubeconfig) instead
+    /// of a directory.
+    #[arg(long, conflicts_with = "kube_url")]
+    kubernetes: bool,
+    /// Watch the API server at this URL without credentials (`kubectl proxy`, tests).
     #[arg(long)]
-    source_dir: PathBuf,
+    kube_url: Option<String>,
     /// The xDS port (Istio's is 15012).
     #[arg(long, default_value = "[::]:15012")]
     listen: SocketAddr,
@@ -87,8 +94,24 @@ async fn main() -> anyhow::Result<()> {
         trust_domain: args.trust_domain.clone(),
         ..Mesh::default()
     };
-    let catalog = watch::publish_dir(args.source_dir.clone(), mesh)
-        .with_context(|| format!("--source-dir {}", args.source_dir.display()))?;
+    let catalog = match (&args.source_dir, &args.kube_url) {
+        (Some(dir), _) => watch::publish_dir(dir.clone(), mesh)
+            .with_context(|| format!("--source-dir {}", dir.display()))?,
+        (None, url) => {
+            let config = match url {
+                Some(url) => kube::Config::new(
+                    url.parse()
+                        .with_context(|| format!("--kube-url {url}: not a URL"))?,
+                ),
+                None => kube::Config::infer()
+                    .await
+                    .context("--kubernetes: no in-cluster config or kubeconfig")?,
+            };
+            let client = kube::Client::try_from(config).context("Kubernetes client")?;
+            info!("waiting for the first list of every watched kind");
+            kube_source::publish_kube(client, mesh).await?
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

@@ -19,6 +19,7 @@
 mod bed;
 mod cgroup;
 pub mod ip;
+pub mod kube_api;
 pub mod mesh;
 mod names;
 mod pod;

@@ -240,6 +240,9 @@ pub struct Mesh {
     pub control_plane: Option<ControlPlaneProcess>,
     /// Its address, kept when it is stopped so a restart takes the same port.
     pub xds: Option<SocketAddr>,
+    /// Where the control plane reads the cluster: its source arguments (by default the
+    /// directory `source/`; e.g. `--kube-url <emulator>` instead).
+    pub control_plane_source: Vec<String>,
     pub specs: Vec<PodSpec>,
     pub pods: Vec<Pod>,
     pub dir: PathBuf,
@@ -287,6 +290,7 @@ impl Mesh {
             nodes: Vec::new(),
             control_plane: None,
             xds: None,
+            control_plane_source: vec!["--source-dir".into(), source.display().to_string()],
             specs: specs.to_vec(),
             pods,
             _dir: RemoveOnDrop(dir.clone()),
@@ -452,10 +456,7 @@ impl Mesh {
         }
         let child = Command::new(probe::sibling_binary("amesh-controlplane"))
             .args(["--node-token-file", &token.display().to_string()])
-            .args([
-                "--source-dir",
-                &self.dir.join("source").display().to_string(),
-            ])
+            .args(&self.control_plane_source)
             .args(["--ca-dir", &self.dir.join("ca").display().to_string()])
             .args(["--listen", &listen])
             .env("RUST_LOG", "info")

@@ -8,5 +8,6 @@ mod policy;
 mod security;
 mod support;
 mod xds;
+mod xds_kube;
 mod xds_nack;
 mod zds;

@@ -1,0 +1,229 @@
+//! The Kubernetes source: kube-rs reflectors on Namespaces, Pods, Services and Istio's
+//! `AuthorizationPolicy` / `PeerAuthentication` (security.istio.io/v1). Every change
+//! re-translates the cached objects and publishes the catalog if it changed; the first catalog
+//! is published only once every watch has listed, so subscribers never see half a cluster.
+//! Watches that fail (API server away, 410 Gone after compaction) re-list with backoff while
+//! the last catalog keeps being served.
+
+use crate::{
+    catalog::Catalog,
+    source::Snapshot,
+    translate::{self, Mesh},
+};
+use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+/// Coalesces bursts of changes (a rollout touches many pods at once) into one translation.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("waiting for the first list of {kind}: {reason}")]
+    InitialList { kind: &'static str, reason: String },
+}
+
+/// The reflector caches translation reads.
+#[derive(Clone)]
+struct Caches {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    authorization_policies: Store<DynamicObject>,
+    peer_authentications: Store<DynamicObject>,
+}
+
+fn istio_security(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("security.istio.io", "v1", kind),
+        plural,
+    )
+}
+
+/// Starts a reflector; every event pokes `changed`.
+fn typed<K>(client: &Client, changed: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
+    spawn_driver(stream, changed.clone(), K::kind(&()).to_string());
+    reader
+}
+
+fn dynamic(client: &Client, resource: ApiResource, changed: &Arc<Notify>) -> Store<DynamicObject> {
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    spawn_driver(stream, changed.clone(), resource.kind.clone());
+    reader
+}
+
+fn spawn_driver<S, T>(stream: S, changed: Arc<Notify>, kind: String)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => {
+                    warn!(%kind, error = %e, "watch failed; retrying, the last state is served")
+                }
+            }
+        }
+    });
+}
+
+/// Converts cached Istio objects to their typed form; one that does not fit is reported and
+/// skipped.
+fn convert<T: DeserializeOwned>(objects: Vec<Arc<DynamicObject>>, kind: &str) -> Vec<T> {
+    objects
+        .into_iter()
+        .filter_map(|o| {
+            let name = format!(
+                "{}/{}",
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default()
+            );
+            let value = serde_json::to_value(&*o).ok()?;
+            serde_json::from_value(value)
+                .inspect_err(|e| warn!(kind, object = %name, reason = %e, "object skipped"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The cached objects, cloned out of their `Arc`s.
+fn owned<K: Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
+    objects.into_iter().map(|o| (*o).clone()).collect()
+}
+
+impl Caches {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            namespaces: owned(self.namespaces.state()),
+            pods: owned(self.pods.state()),
+            services: owned(self.services.state()),
+            authorization_policies: convert::<AuthorizationPolicy>(
+                self.authorization_policies.state(),
+                "AuthorizationPolicy",
+            ),
+            peer_authentications: convert::<PeerAuthenticationResource>(
+                self.peer_authentications.state(),
+                "PeerAuthentication",
+            ),
+        }
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), KubeSourceError> {
+        let fail = |kind| {
+            move |e: reflector::store::WriterDropped| KubeSourceError::InitialList {
+                kind,
+                reason: e.to_string(),
+            }
+        };
+        self.namespaces
+            .wait_until_ready()
+            .await
+            .map_err(fail("Namespace"))?;
+        self.pods.wait_until_ready().await.map_err(fail("Pod"))?;
+        self.services
+            .wait_until_ready()
+            .await
+            .map_err(fail("Service"))?;
+        self.authorization_policies
+            .wait_until_ready()
+            .await
+            .map_err(fail("AuthorizationPolicy"))?;
+        self.peer_authentications
+            .wait_until_ready()
+            .await
+            .map_err(fail("PeerAuthentication"))?;
+        Ok(())
+    }
+}
+
+fn catalog_of(caches: &Caches, mesh: &Mesh) -> Catalog {
+    let resources = translate::translate(&caches.snapshot(), mesh);
+    for e in &resources.errors {
+        warn!(reason = %e, "object not translated");
+    }
+    Catalog::from_resources(&resources)
+}
+
+/// Watches the cluster and publishes its catalog: returns once every watch has listed.
+pub async fn publish_kube(
+    client: Client,
+    mesh: Mesh,
+) -> Result<watch::Receiver<Arc<Catalog>>, KubeSourceError> {
+    let changed = Arc::new(Notify::new());
+    let caches = Caches {
+        namespaces: typed(&client, &changed),
+        pods: typed(&client, &changed),
+        services: typed(&client, &changed),
+        authorization_policies: dynamic(
+            &client,
+            istio_security("AuthorizationPolicy", "authorizationpolicies"),
+            &changed,
+        ),
+        peer_authentications: dynamic(
+            &client,
+            istio_security("PeerAuthentication", "peerauthentications"),
+            &changed,
+        ),
+    };
+    caches.wait_until_ready().await?;
+    let first = catalog_of(&caches, &mesh);
+    info!(pods = caches.pods.state().len(), "Kubernetes source synced");
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+            let catalog = catalog_of(&caches, &mesh);
+            let updated = tx.send_if_modified(|current| {
+                if **current == catalog {
+                    return false;
+                }
+                *current = Arc::new(catalog);
+                true
+            });
+            if updated {
+                info!("cluster changed; pushing");
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,483 @@
+//! A small Kubernetes API server emulator for tests: the real HTTP list/watch protocol
+//! (JSON objects, `resourceVersion`, chunked watch event streams, bookmarks, and an `ERROR`
+//! event with a 410 `Status` when a watch asks for history that has been compacted), enough
+//! for kube-rs watchers, so that code under test is the code that runs against a cluster.
+//!
+//! Objects are put in and taken out from the test through [`KubeApi::apply`] /
+//! [`KubeApi::delete`]; every change bumps the resource version and wakes the watches.
+//! Plain HTTP on loopback only; threads, no runtime.
+
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// One change, as a watch reports it.
+#[derive(Debug, Clone)]
+struct Event {
+    rv: u64,
+    collection: String,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    rv: u64,
+    /// (collection path, namespace, name) → object.
+    objects: BTreeMap<(String, String, String), Value>,
+    events: Vec<Event>,
+    /// Watches from a version older than this get 410 Gone.
+    oldest: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    store: Mutex<Store>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The emulator; stops (and closes every watch) when dropped.
+#[derive(Debug)]
+pub struct KubeApi {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// The list path of the collection an object belongs to (`/api/v1/pods`,
+/// `/apis/security.istio.io/v1/authorizationpolicies`).
+fn collection_of(object: &Value) -> Result<String, String> {
+    let api_version = object["apiVersion"]
+        .as_str()
+        .ok_or("the object has no apiVersion")?;
+    let kind = object["kind"].as_str().ok_or("the object has no kind")?;
+    let lower = kind.to_lowercase();
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    };
+    Ok(if api_version.contains('/') {
+        format!("/apis/{api_version}/{plural}")
+    } else {
+        format!("/api/{api_version}/{plural}")
+    })
+}
+
+impl KubeApi {
+    /// Listens on a loopback port.
+    pub fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let acceptor = std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let s = s.clone();
+                        std::thread::spawn(move || serve_connection(conn, &s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Self {
+            address,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`, for the client's cluster URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Creates or replaces an object (JSON, as `kubectl apply` would send it).
+    pub fn apply(&self, mut object: Value) -> Result<(), String> {
+        let collection = collection_of(&object)?;
+        let name = object["metadata"]["name"]
+            .as_str()
+            .ok_or("the object has no metadata.name")?
+            .to_string();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut store = self.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        let key = (collection.clone(), namespace.clone(), name.clone());
+        let previous = store.objects.get(&key).cloned();
+        let meta = &mut object["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        meta["uid"] = previous.as_ref().map_or_else(
+            || json!(format!("uid-{rv}")),
+            |p| p["metadata"]["uid"].clone(),
+        );
+        store.objects.insert(key, object.clone());
+        store.events.push(Event {
+            rv,
+            collection,
+            namespace,
+            kind: if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
+            object,
+        });
+        drop(store);
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Applies every document of a multi-document YAML text.
+    pub fn apply_yaml(&self, text: &str) -> Result<(), String> {
+        use serde::Deserialize;
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| e.to_string())?;
+            if value.is_null() {
+                continue;
+            }
+            let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+            self.apply(json)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an object; `api_version`/`kind` as in the object.
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        let collection = collection_of(&json!({"apiVersion": api_version, "kind": kind}))?;
+        let mut store = self.lock();
+        let key = (collection.clone(), namespace.to_string(), name.to_string());
+        let mut object = store
+            .objects
+            .remove(&key)
+            .ok_or_else(|| format!("{kind} {namespace}/{name} does not exist"))?;
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        store.events.push(Event {
+            rv,
+            collection,
+            namespace: namespace.to_string(),
+            kind: "DELETED",
+            object,
+        });
+        drop(store);
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Forgets the event history, as etcd compaction does: a watch resuming from an older
+    /// version is told 410 Gone and must list again.
+    pub fn compact(&self) {
+        let mut store = self.lock();
+        store.events.clear();
+        // The compaction itself takes a version, so every client's version is now too old,
+        // and a fresh list returns one that is not.
+        store.rv += 1;
+        store.oldest = store.rv;
+        drop(store);
+        // Open watches end (as when the API server restarts) and meet the 410 on resuming.
+        self.shared.changed.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A parsed request line: path and query parameters.
+struct Request {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut content_length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    if content_length > 0 {
+        let mut body = vec![0; content_length];
+        std::io::Read::read_exact(reader, &mut body).ok()?;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.replace("%2F", "/"))
+        })
+        .collect();
+    Some(Request {
+        method,
+        path: path.to_string(),
+        query,
+    })
+}
+
+/// Serves requests on one connection until it closes (keep-alive, as kube-rs pools them).
+fn serve_connection(conn: TcpStream, shared: &Shared) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
+    let mut writer = write_half;
+    let mut reader = BufReader::new(conn);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(request) = read_request(&mut reader) else {
+            // A read timeout on an idle kept-alive connection: keep waiting unless stopping.
+            if reader.buffer().is_empty() && !shared.stop.load(Ordering::Relaxed) {
+                match reader.get_ref().peek(&mut [0u8; 1]) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
+            return;
+        };
+        let ok = if request.method != "GET" {
+            respond(
+                &mut writer,
+                405,
+                &status(405, "MethodNotAllowed", "only GET"),
+            )
+        } else if matches!(
+            request.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        ) {
+            watch(&mut writer, shared, &request)
+        } else {
+            list(&mut writer, shared, &request)
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn respond(w: &mut TcpStream, code: u16, body: &Value) -> bool {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        if code == 200 { "OK" } else { "Error" },
+        body.len()
+    );
+    w.write_all(head.as_bytes())
+        .and_then(|()| w.write_all(body.as_bytes()))
+        .is_ok()
+}
+
+/// `/api/v1/pods` or `/api/v1/namespaces/<ns>/pods` → (collection, namespace filter).
+fn route(path: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    // ["", "api", "v1", "namespaces", ns, plural] or ["", "apis", g, v, "namespaces", ns, plural]
+    let base = if parts.get(1) == Some(&"api") { 3 } else { 4 };
+    if parts.len() == base + 3 && parts[base] == "namespaces" {
+        let collection = format!("{}/{}", parts[..base].join("/"), parts[base + 2]);
+        return (collection, Some(parts[base + 1].to_string()));
+    }
+    (path.trim_end_matches('/').to_string(), None)
+}
+
+fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    let (collection, namespace) = route(&request.path);
+    let store = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let known = store.objects.keys().any(|(c, _, _)| *c == collection)
+        || KNOWN.iter().any(|k| collection == *k);
+    if !known {
+        drop(store);
+        return respond(
+            w,
+            404,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
+    }
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((c, ns, _), _)| *c == collection && namespace.as_ref().is_none_or(|n| n == ns))
+        .map(|(_, o)| o.clone())
+        .collect();
+    let body = json!({"kind": "List", "apiVersion": "v1",
+                      "metadata": {"resourceVersion": store.rv.to_string()}, "items": items});
+    drop(store);
+    respond(w, 200, &body)
+}
+
+/// Collections that exist even while empty.
+const KNOWN: [&str; 5] = [
+    "/api/v1/namespaces",
+    "/api/v1/pods",
+    "/api/v1/services",
+    "/apis/security.istio.io/v1/authorizationpolicies",
+    "/apis/security.istio.io/v1/peerauthentications",
+];
+
+fn chunk(w: &mut TcpStream, event: &Value) -> bool {
+    let mut line = event.to_string();
+    line.push('\n');
+    w.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+        .and_then(|()| w.flush())
+        .is_ok()
+}
+
+fn watch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    let (collection, namespace) = route(&request.path);
+    let mut since: u64 = request
+        .query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = request.query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = request
+        .query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs);
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if w.write_all(head.as_bytes()).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut last_bookmark = Instant::now();
+    let mut store = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if since == 0 {
+        since = store.rv;
+    }
+    let mut gone = since < store.oldest;
+    loop {
+        if gone {
+            let event = json!({"type": "ERROR", "object": status(410, "Expired",
+                &format!("too old resource version: {since} ({})", store.oldest))});
+            drop(store);
+            let _ = chunk(w, &event);
+            break;
+        }
+        let pending: Vec<Event> = store
+            .events
+            .iter()
+            .filter(|e| {
+                e.rv > since
+                    && e.collection == collection
+                    && namespace.as_ref().is_none_or(|n| *n == e.namespace)
+            })
+            .cloned()
+            .collect();
+        let rv = store.rv;
+        drop(store);
+        for e in &pending {
+            if !chunk(w, &json!({"type": e.kind, "object": e.object})) {
+                return false;
+            }
+        }
+        since = rv;
+        if bookmarks && last_bookmark.elapsed() > Duration::from_millis(500) {
+            let kind = collection.rsplit('/').next().unwrap_or_default();
+            let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1",
+                                  "metadata": {"resourceVersion": rv.to_string()}}});
+            if !chunk(w, &bookmark) {
+                return false;
+            }
+            last_bookmark = Instant::now();
+        }
+        if Instant::now() > deadline || shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        store = shared
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if store.rv == since {
+            store = shared
+                .changed
+                .wait_timeout(store, Duration::from_millis(250))
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if since < store.oldest {
+            // Compacted under this watch: end it; the client resumes and is told 410.
+            drop(store);
+            break;
+        }
+        gone = false;
+    }
+    w.write_all(b"0\r\n\r\n").and_then(|()| w.flush()).is_ok()
+}
