@@ -52,7 +52,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<d::DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let caller = self.auth.authenticate(&request)?;
+        let caller = self.auth.authenticate(&request).await?;
         debug!(?caller, "xDS stream authenticated");
         let peer = request.extensions().get::<Peer>().cloned();
         let (tx, rx) = mpsc::channel(16);

@@ -1,12 +1,14 @@
 //! Istio's CA service (`istio.v1.auth.IstioCertificateService/CreateCertificate`).
 //!
 //! Who may have which certificate:
-//! - a caller authenticated by its client certificate may renew that identity;
-//! - a node agent (the node token, or a certificate for one of the trusted node accounts,
-//!   `istio-system/ztunnel` by default) may ask for another identity through the
-//!   `ImpersonatedIdentity` metadata field, but only for a service account some workload in
-//!   the mesh runs as. In the local source nothing ties a caller to a node, so the check is
-//!   mesh-wide, not per node as in Kubernetes mode.
+//! - a caller authenticated by its client certificate or a service-account token may have
+//!   its own identity;
+//! - a node agent (the node token, or a certificate or token for one of the trusted node
+//!   accounts, `istio-system/ztunnel` by default) may ask for another identity through the
+//!   `ImpersonatedIdentity` metadata field, but only for a service account some workload runs
+//!   as. With a Kubernetes token (bound to the caller's pod, so to its node) that workload must
+//!   run on the caller's node, as istiod checks; with the local node token or a certificate
+//!   nothing ties the caller to a node, so the check is mesh-wide.
 //!
 //! The CSR must name exactly the identity granted; the validity asked for is capped.
 
@@ -41,24 +43,28 @@ pub struct CaService {
 impl CaService {
     /// The identity `caller` may have signed, given what it asked for.
     fn grant(&self, caller: &Caller, impersonated: Option<&str>) -> Result<Identity, Status> {
+        let own = match caller {
+            Caller::Certificate(id) | Caller::ServiceAccount { identity: id, .. } => Some(id),
+            Caller::NodeToken => None,
+        };
         let Some(asked) = impersonated else {
-            return match caller {
-                Caller::Certificate(id) => Ok(id.clone()),
-                Caller::NodeToken => Err(Status::invalid_argument(format!(
+            return own.cloned().ok_or_else(|| {
+                Status::invalid_argument(format!(
                     "a node agent must name the identity it asks for in {IMPERSONATED_IDENTITY}"
-                ))),
-            };
+                ))
+            });
         };
         let asked: Identity = asked.parse().map_err(|e| {
             Status::invalid_argument(format!("{IMPERSONATED_IDENTITY} {asked:?}: {e}"))
         })?;
-        let may_impersonate = match caller {
-            Caller::NodeToken => true,
-            Caller::Certificate(id) => self.node_accounts.contains(id) || *id == asked,
-        };
-        if !may_impersonate {
+        if own == Some(&asked) {
+            return Ok(asked);
+        }
+        let is_node_agent = own.is_none_or(|id| self.node_accounts.contains(id));
+        if !is_node_agent {
             return Err(Status::permission_denied(format!(
-                "{caller:?} may not ask for other identities"
+                "{} may not ask for other identities",
+                own.map_or_else(String::new, |id| id.to_string())
             )));
         }
         if asked.trust_domain != self.trust_domain {
@@ -67,15 +73,39 @@ impl CaService {
                 self.trust_domain
             )));
         }
-        let known = self
-            .catalog
-            .borrow()
+        let catalog = self.catalog.borrow().clone();
+        let Some(nodes) = catalog
             .identities
-            .contains(&(asked.namespace.clone(), asked.service_account.clone()));
-        if !known {
+            .get(&(asked.namespace.clone(), asked.service_account.clone()))
+        else {
             return Err(Status::permission_denied(format!(
                 "no workload in the mesh runs as {asked}"
             )));
+        };
+        // A Kubernetes node agent may only ask for identities of pods on its own node.
+        if let Caller::ServiceAccount {
+            identity,
+            pod,
+            node,
+        } = caller
+        {
+            let node = node.clone().or_else(|| {
+                let pod = pod.as_ref()?;
+                catalog
+                    .pod_nodes
+                    .get(&(identity.namespace.clone(), pod.clone()))
+                    .cloned()
+            });
+            let Some(node) = node else {
+                return Err(Status::permission_denied(
+                    "the token names no pod or node, so the caller's node is unknown",
+                ));
+            };
+            if !nodes.contains(&node) {
+                return Err(Status::permission_denied(format!(
+                    "no pod on node {node} runs as {asked}"
+                )));
+            }
         }
         Ok(asked)
     }
@@ -87,7 +117,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = self.auth.authenticate(&request)?;
+        let caller = self.auth.authenticate(&request).await?;
         let req = request.into_inner();
         let impersonated = req
             .metadata

@@ -21,9 +21,11 @@ pub struct Entry {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Catalog {
     pub types: BTreeMap<&'static str, BTreeMap<String, Arc<Entry>>>,
-    /// Every (namespace, service account) a workload in the mesh runs as: the identities
-    /// the CA will sign for a node agent.
-    pub identities: BTreeSet<(String, String)>,
+    /// Every (namespace, service account) a workload in the mesh runs as, and the nodes
+    /// those workloads run on: the identities the CA will sign for a node agent, and where.
+    pub identities: BTreeMap<(String, String), BTreeSet<String>>,
+    /// The node of every pod, by (namespace, name): where a node agent's own pod runs.
+    pub pod_nodes: BTreeMap<(String, String), String>,
 }
 
 /// The types this control plane serves (ztunnel subscribes to both).
@@ -52,18 +54,20 @@ impl Catalog {
             .iter()
             .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
             .collect();
-        let identities = r
-            .addresses
-            .values()
-            .filter_map(|a| match &a.r#type {
-                Some(amesh_proto::workload::address::Type::Workload(w)) => {
-                    Some((w.namespace.clone(), w.service_account.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+        let mut identities: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        let mut pod_nodes = BTreeMap::new();
+        for a in r.addresses.values() {
+            if let Some(amesh_proto::workload::address::Type::Workload(w)) = &a.r#type {
+                identities
+                    .entry((w.namespace.clone(), w.service_account.clone()))
+                    .or_default()
+                    .insert(w.node.clone());
+                pod_nodes.insert((w.namespace.clone(), w.name.clone()), w.node.clone());
+            }
+        }
         Self {
             identities,
+            pod_nodes,
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),

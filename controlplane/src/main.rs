@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let auth = Authenticator::new(node_token);
+    let mut auth = Authenticator::new(node_token, &args.trust_domain);
     let mesh = Mesh {
         cluster_id: args.cluster_id.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("--kubernetes: no in-cluster config or kubeconfig")?,
             };
             let client = kube::Client::try_from(config).context("Kubernetes client")?;
+            auth = auth.with_token_review(client.clone());
             info!("waiting for the first list of every watched kind");
             kube_source::publish_kube(client, mesh).await?
         }

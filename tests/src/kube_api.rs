@@ -40,8 +40,22 @@ struct Store {
     oldest: u64,
 }
 
+/// What the emulated TokenReview knows about a bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenInfo {
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub username: String,
+    pub audiences: Vec<String>,
+    /// The pod the token is bound to (`authentication.kubernetes.io/pod-name`).
+    pub pod_name: Option<String>,
+    /// Its node (`authentication.kubernetes.io/node-name`).
+    pub node_name: Option<String>,
+    pub expired: bool,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
+    tokens: Mutex<BTreeMap<String, TokenInfo>>,
     store: Mutex<Store>,
     changed: Condvar,
     stop: AtomicBool,
@@ -188,6 +202,15 @@ impl KubeApi {
         Ok(())
     }
 
+    /// Makes `token` known to TokenReview.
+    pub fn add_token(&self, token: &str, info: TokenInfo) {
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token.to_string(), info);
+    }
+
     /// Forgets the event history, as etcd compaction does: a watch resuming from an older
     /// version is told 410 Gone and must list again.
     pub fn compact(&self) {
@@ -225,6 +248,7 @@ struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
+    body: Vec<u8>,
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -251,8 +275,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             content_length = value.trim().parse().unwrap_or(0);
         }
     }
+    let mut body = vec![0; content_length];
     if content_length > 0 {
-        let mut body = vec![0; content_length];
         std::io::Read::read_exact(reader, &mut body).ok()?;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
@@ -268,6 +292,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         method,
         path: path.to_string(),
         query,
+        body,
     })
 }
 
@@ -297,7 +322,11 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
             }
             return;
         };
-        let ok = if request.method != "GET" {
+        let ok = if request.method == "POST"
+            && request.path == "/apis/authentication.k8s.io/v1/tokenreviews"
+        {
+            token_review(&mut writer, shared, &request)
+        } else if request.method != "GET" {
             respond(
                 &mut writer,
                 405,
@@ -317,6 +346,60 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
     }
 }
 
+/// TokenReview as the API server answers it: authenticated with the user and the token's
+/// audiences, or not with an error (unknown, expired, or no audience in common).
+fn token_review(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    let Ok(review) = serde_json::from_slice::<Value>(&request.body) else {
+        return respond(w, 400, &status(400, "BadRequest", "the body is not JSON"));
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let info = shared
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(token)
+        .cloned();
+    let result = match info {
+        None => Err("invalid bearer token".to_string()),
+        Some(i) if i.expired => Err("invalid bearer token, token has expired".to_string()),
+        Some(i) if !wanted.is_empty() && !wanted.iter().any(|a| i.audiences.contains(a)) => {
+            Err(format!(
+                "token audiences {:?} is invalid for the target audiences {wanted:?}",
+                i.audiences
+            ))
+        }
+        Some(i) => Ok(i),
+    };
+    let status_body = match result {
+        Ok(i) => {
+            let mut extra = serde_json::Map::new();
+            if let Some(p) = i.pod_name {
+                extra.insert("authentication.kubernetes.io/pod-name".into(), json!([p]));
+            }
+            if let Some(n) = i.node_name {
+                extra.insert("authentication.kubernetes.io/node-name".into(), json!([n]));
+            }
+            let audiences: Vec<&String> = if wanted.is_empty() {
+                i.audiences.iter().collect()
+            } else {
+                wanted.iter().filter(|a| i.audiences.contains(a)).collect()
+            };
+            json!({"authenticated": true, "audiences": audiences,
+                   "user": {"username": i.username, "extra": extra}})
+        }
+        Err(error) => json!({"authenticated": false, "error": error}),
+    };
+    let body = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                      "metadata": {}, "spec": review["spec"], "status": status_body});
+    respond(w, 201, &body)
+}
+
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -326,7 +409,11 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> bool {
     let body = body.to_string();
     let head = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        if code == 200 { "OK" } else { "Error" },
+        match code {
+            200 => "OK",
+            201 => "Created",
+            _ => "Error",
+        },
         body.len()
     );
     w.write_all(head.as_bytes())

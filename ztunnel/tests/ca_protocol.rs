@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const SOURCE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.3}]}\n";
+const SOURCE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.3}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: other-0, namespace: shop}\nspec: {nodeName: node-2, serviceAccountName: other, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.4}]}\n";
 
 /// A control plane on loopback with a node token, removed (process and files) on drop.
 struct ControlPlane {
@@ -31,7 +31,13 @@ impl Drop for ControlPlane {
 }
 
 impl ControlPlane {
+    /// From a directory holding [`SOURCE`].
     fn start(name: &str) -> Self {
+        Self::start_with(name, None)
+    }
+
+    /// From the directory, or from the API at `kube_url`.
+    fn start_with(name: &str, kube_url: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("amesh-ca-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("source")).expect("temp dir");
@@ -39,7 +45,13 @@ impl ControlPlane {
         std::fs::write(dir.join("token"), "node-secret\n").expect("token");
         let log = dir.join("log");
         let child = Command::new(amesh_testbed::probe::sibling_binary("amesh-controlplane"))
-            .args(["--source-dir", &dir.join("source").display().to_string()])
+            .args(match kube_url {
+                Some(url) => ["--kube-url".to_string(), url.to_string()],
+                None => [
+                    "--source-dir".to_string(),
+                    dir.join("source").display().to_string(),
+                ],
+            })
             .args(["--ca-dir", &dir.join("ca").display().to_string()])
             .args([
                 "--node-token-file",
@@ -154,4 +166,59 @@ async fn the_ca_signs_mesh_identities_for_node_agents_and_refuses_the_rest() {
         "Unauthenticated",
     );
     refused_with(ask(&cp.client(None), &cart, &cart).await, "Unauthenticated");
+}
+
+/// Kubernetes mode: tokens are reviewed by the API server (audience `istio-ca`, expiry), and
+/// a node agent gets only identities of pods on its own node.
+#[tokio::test]
+async fn with_kubernetes_tokens_node_agents_get_only_their_nodes_identities() {
+    use amesh_testbed::kube_api::{KubeApi, TokenInfo};
+    let api = KubeApi::start().expect("API emulator");
+    api.apply_yaml(SOURCE).expect("objects");
+    let ztunnel = |node: &str, audiences: &[&str], expired: bool| TokenInfo {
+        username: "system:serviceaccount:istio-system:ztunnel".into(),
+        audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        pod_name: Some(format!("ztunnel-{node}")),
+        node_name: Some(node.into()),
+        expired,
+    };
+    api.add_token("zt-node1", ztunnel("node-1", &["istio-ca"], false));
+    api.add_token("zt-expired", ztunnel("node-1", &["istio-ca"], true));
+    api.add_token(
+        "zt-other-audience",
+        ztunnel("node-1", &["kubernetes"], false),
+    );
+    api.add_token(
+        "cart-token",
+        TokenInfo {
+            username: "system:serviceaccount:shop:cart".into(),
+            audiences: vec!["istio-ca".into()],
+            pod_name: Some("cart-0".into()),
+            node_name: Some("node-1".into()),
+            expired: false,
+        },
+    );
+    let cp = ControlPlane::start_with("kube", Some(&api.url()));
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    let web = Identity::new("cluster.local", "shop", "web");
+    let other = Identity::new("cluster.local", "shop", "other");
+
+    let node1 = cp.client(Some("zt-node1"));
+    ask(&node1, &cart, &cart)
+        .await
+        .expect("a pod on the caller's node");
+    refused_with(ask(&node1, &other, &other).await, "PermissionDenied");
+    refused_with(
+        ask(&cp.client(Some("zt-expired")), &cart, &cart).await,
+        "Unauthenticated",
+    );
+    refused_with(
+        ask(&cp.client(Some("zt-other-audience")), &cart, &cart).await,
+        "Unauthenticated",
+    );
+    let workload = cp.client(Some("cart-token"));
+    ask(&workload, &cart, &cart)
+        .await
+        .expect("its own identity");
+    refused_with(ask(&workload, &web, &web).await, "PermissionDenied");
 }
