@@ -10,6 +10,7 @@ pub mod ca;
 pub mod catalog;
 pub mod kube_source;
 pub mod serve;
+pub mod serving_cert;
 pub mod source;
 pub mod translate;
 pub mod watch;

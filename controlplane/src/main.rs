@@ -3,7 +3,8 @@
 #![forbid(unsafe_code)]
 
 use amesh_controlplane::{
-    ads::Ads, auth::Authenticator, ca::CaService, kube_source, serve, translate::Mesh, watch,
+    ads::Ads, auth::Authenticator, ca::CaService, kube_source, serve, serving_cert::ServingCert,
+    translate::Mesh, watch,
 };
 use amesh_identity::{Identity, LocalCa, tls};
 use amesh_proto::{
@@ -55,9 +56,8 @@ struct Args {
     cert_validity_secs: u64,
 }
 
-/// Lifetime of the serving certificate. It is not renewed while running yet: a restart
-/// re-issues it.
-const SERVING_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Lifetime of the serving certificate (renewed at half life while serving).
+const SERVING_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -76,11 +76,20 @@ async fn main() -> anyhow::Result<()> {
         .context("--identity: expected <namespace>/<service account>")?;
     let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("--ca-dir")?;
     let identity = Identity::new(&args.trust_domain, ns, sa);
-    let cert = ca
-        .issue(&identity, SERVING_CERT_VALIDITY)
-        .context("issuing the serving certificate")?;
+    let ca = Arc::new(ca);
+    let serving = ServingCert::start(
+        ca.clone(),
+        identity.clone(),
+        SERVING_CERT_VALIDITY,
+        tls::provider(),
+    )?;
     let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()])?;
-    let tls = tls::server_config_client_cert_optional(&cert, &bundle, tls::provider())?;
+    let tls = tls::server_config_client_cert_optional(
+        serving,
+        &args.trust_domain,
+        &bundle,
+        tls::provider(),
+    )?;
     let node_token = match &args.node_token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -118,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     info!(listen = %listener.local_addr()?, identity = %identity.principal(), "serving xDS");
     let ca = CaService {
-        ca: Arc::new(ca),
+        ca,
         catalog: catalog.clone(),
         auth: auth.clone(),
         trust_domain: args.trust_domain.clone(),

@@ -78,26 +78,51 @@ pub fn server_config(
     bundle: &TrustBundle,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    server_config_with(cert, bundle, provider, true)
+    let verifier = client_verifier(bundle, &provider, &cert.identity.trust_domain, true)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
 }
 
-/// Like [`server_config`], but a client may also connect without a certificate (it must
-/// then authenticate otherwise, e.g. the control plane's bearer token); one that presents a
-/// certificate is still checked.
+/// A server config for the control plane: its certificate comes from `certificates` (so it
+/// can be renewed while serving), and a client may connect without a certificate (it must
+/// then authenticate with a bearer token); one that presents a certificate is still checked.
 pub fn server_config_client_cert_optional(
-    cert: &WorkloadCert,
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+    trust_domain: &str,
     bundle: &TrustBundle,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    server_config_with(cert, bundle, provider, false)
+    let verifier = client_verifier(bundle, &provider, trust_domain, false)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
 }
 
-fn server_config_with(
+/// `cert` as rustls serves it.
+pub fn certified_key(
     cert: &WorkloadCert,
+    provider: &CryptoProvider,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsConfigError> {
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        cert.chain.clone(),
+        cert.key(),
+        provider,
+    )?))
+}
+
+fn client_verifier(
     bundle: &TrustBundle,
-    provider: Arc<CryptoProvider>,
+    provider: &Arc<CryptoProvider>,
+    trust_domain: &str,
     mandatory: bool,
-) -> Result<Arc<ServerConfig>, TlsConfigError> {
+) -> Result<Arc<SpiffeClientVerifier>, TlsConfigError> {
     let builder =
         WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone());
     let builder = if mandatory {
@@ -108,16 +133,10 @@ fn server_config_with(
     let inner = builder
         .build()
         .map_err(|e| TlsConfigError::Roots(e.to_string()))?;
-    let verifier = Arc::new(SpiffeClientVerifier {
+    Ok(Arc::new(SpiffeClientVerifier {
         inner,
-        trust_domain: cert.identity.trust_domain.clone(),
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key())?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+        trust_domain: trust_domain.to_string(),
+    }))
 }
 
 /// A client config presenting `cert` and accepting only servers whose certificate chains to

@@ -94,10 +94,7 @@ async fn shared_state(
         (None, Some(address)) => {
             let config = state::xds_client::XdsConfig {
                 address,
-                node_id: format!(
-                    "ztunnel~0.0.0.0~ztunnel-{node}.istio-system~istio-system.svc.cluster.local",
-                    node = args.node
-                ),
+                node_id: node_id(&args.node),
                 node_name: args.node.clone(),
                 credentials,
                 metrics: metrics.xds.clone(),
@@ -122,6 +119,17 @@ async fn shared_state(
         metrics,
         live: Default::default(),
     }))
+}
+
+/// The xDS node id in Istio ztunnel's shape, `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`,
+/// from the downward-API variables a DaemonSet sets (`INSTANCE_IP`, `POD_NAME`,
+/// `POD_NAMESPACE`), or made up from the node name outside Kubernetes.
+fn node_id(node: &str) -> String {
+    let var = |k: &str, default: String| std::env::var(k).unwrap_or(default);
+    let ip = var("INSTANCE_IP", "0.0.0.0".into());
+    let pod = var("POD_NAME", format!("ztunnel-{node}"));
+    let ns = var("POD_NAMESPACE", "istio-system".into());
+    format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local")
 }
 
 /// `<namespace>/<service account>` from a flag, as an identity.
