@@ -51,6 +51,10 @@ struct Args {
     /// Kubernetes service-account tokens).
     #[arg(long)]
     node_token_file: Option<PathBuf>,
+    /// More roots (PEM) whose certificates clients may present, for root rotation: the
+    /// previous root, while certificates it signed are still in use.
+    #[arg(long)]
+    extra_root_file: Vec<PathBuf>,
     /// The longest workload certificate the CA signs, in seconds (and the default).
     #[arg(long, default_value_t = 86400)]
     cert_validity_secs: u64,
@@ -83,7 +87,14 @@ async fn main() -> anyhow::Result<()> {
         SERVING_CERT_VALIDITY,
         tls::provider(),
     )?;
-    let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()])?;
+    let mut roots = vec![ca.root_pem().to_string()];
+    for f in &args.extra_root_file {
+        roots.push(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--extra-root-file {}", f.display()))?,
+        );
+    }
+    let bundle = tls::TrustBundle::from_pems(&roots).context("trust bundle")?;
     let tls = tls::server_config_client_cert_optional(
         serving,
         &args.trust_domain,

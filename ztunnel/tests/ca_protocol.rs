@@ -33,11 +33,11 @@ impl Drop for ControlPlane {
 impl ControlPlane {
     /// From a directory holding [`SOURCE`].
     fn start(name: &str) -> Self {
-        Self::start_with(name, None)
+        Self::start_with(name, None, &[])
     }
 
-    /// From the directory, or from the API at `kube_url`.
-    fn start_with(name: &str, kube_url: Option<&str>) -> Self {
+    /// From the directory, or from the API at `kube_url`; `extra` arguments.
+    fn start_with(name: &str, kube_url: Option<&str>, extra: &[String]) -> Self {
         let dir = std::env::temp_dir().join(format!("amesh-ca-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("source")).expect("temp dir");
@@ -58,6 +58,7 @@ impl ControlPlane {
                 &dir.join("token").display().to_string(),
             ])
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -198,7 +199,7 @@ async fn with_kubernetes_tokens_node_agents_get_only_their_nodes_identities() {
             expired: false,
         },
     );
-    let cp = ControlPlane::start_with("kube", Some(&api.url()));
+    let cp = ControlPlane::start_with("kube", Some(&api.url()), &[]);
     let cart = Identity::new("cluster.local", "shop", "cart");
     let web = Identity::new("cluster.local", "shop", "web");
     let other = Identity::new("cluster.local", "shop", "other");
@@ -221,4 +222,48 @@ async fn with_kubernetes_tokens_node_agents_get_only_their_nodes_identities() {
         .await
         .expect("its own identity");
     refused_with(ask(&workload, &web, &web).await, "PermissionDenied");
+}
+
+/// Root rotation: a workload whose certificate the previous root signed is still accepted
+/// when the control plane is given that root as an extra one, and refused without it.
+#[tokio::test]
+async fn a_previous_root_is_trusted_only_when_configured() {
+    let old_ca = amesh_identity::LocalCa::generate("cluster.local").expect("old CA");
+    let old_root_file =
+        std::env::temp_dir().join(format!("amesh-old-root-{}.pem", std::process::id()));
+    std::fs::write(&old_root_file, old_ca.root_pem()).expect("old root");
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    let old_cert = old_ca
+        .issue(&cart, Duration::from_secs(3600))
+        .expect("old cert");
+    let renew_with_old_cert = |cp: &ControlPlane| {
+        let root = std::fs::read_to_string(cp.dir.join("ca/root-cert.pem")).expect("root");
+        let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
+        let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
+        let config =
+            tls::client_config(&old_cert, &bundle, expected, tls::provider()).expect("tls");
+        IstioCaClient::new(
+            Connector {
+                address: cp.address,
+                tls: config,
+            },
+            Credentials {
+                token: None,
+                cluster_id: "Kubernetes".into(),
+            },
+            vec![root],
+        )
+    };
+    let extra = [
+        "--extra-root-file".to_string(),
+        old_root_file.display().to_string(),
+    ];
+    let rotating = ControlPlane::start_with("rotating", None, &extra);
+    ask(&renew_with_old_cert(&rotating), &cart, &cart)
+        .await
+        .expect("a certificate from the previous root renews its identity");
+    let strict = ControlPlane::start_with("strict", None, &[]);
+    let refused = ask(&renew_with_old_cert(&strict), &cart, &cart).await;
+    assert!(refused.is_err(), "an unknown root is refused: {refused:?}");
+    let _ = std::fs::remove_file(&old_root_file);
 }
