@@ -51,6 +51,10 @@ struct Args {
     /// Kubernetes service-account tokens).
     #[arg(long)]
     node_token_file: Option<PathBuf>,
+    /// DNS names in the serving certificate, for clients that verify the control plane by
+    /// host name (Istio's ztunnel checks `istiod.istio-system.svc`).
+    #[arg(long = "dns-name", default_value = "istiod.istio-system.svc")]
+    dns_names: Vec<String>,
     /// More roots (PEM) whose certificates clients may present, for root rotation: the
     /// previous root, while certificates it signed are still in use.
     #[arg(long)]
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let serving = ServingCert::start(
         ca.clone(),
         identity.clone(),
+        args.dns_names.clone(),
         SERVING_CERT_VALIDITY,
         tls::provider(),
     )?;

@@ -1,5 +1,6 @@
 //! The control plane's own certificate, issued by the mesh CA and renewed at half life while
-//! serving: every new TLS handshake gets the current one.
+//! serving: every new TLS handshake gets the current one. It names the control plane's SPIFFE
+//! identity (amesh's ztunnel checks that) and its DNS names (Istio's ztunnel checks those).
 
 use amesh_identity::{CaError, Identity, LocalCa, WorkloadCert, tls};
 use std::{
@@ -38,10 +39,11 @@ pub enum ServingCertError {
 fn issue(
     ca: &LocalCa,
     identity: &Identity,
+    dns_names: &[String],
     validity: Duration,
     provider: &CryptoProvider,
 ) -> Result<(WorkloadCert, Arc<CertifiedKey>), ServingCertError> {
-    let cert = ca.issue(identity, validity)?;
+    let cert = ca.issue_server(identity, dns_names, validity)?;
     let key = tls::certified_key(&cert, provider)?;
     Ok((cert, key))
 }
@@ -60,10 +62,11 @@ impl ServingCert {
     pub fn start(
         ca: Arc<LocalCa>,
         identity: Identity,
+        dns_names: Vec<String>,
         validity: Duration,
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Self>, ServingCertError> {
-        let (cert, key) = issue(&ca, &identity, validity, &provider)?;
+        let (cert, key) = issue(&ca, &identity, &dns_names, validity, &provider)?;
         let this = Arc::new(Self {
             current: RwLock::new(key),
         });
@@ -78,7 +81,7 @@ impl ServingCert {
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(wait).await;
                 let Some(this) = weak.upgrade() else { return };
-                match issue(&ca, &identity, validity, &provider) {
+                match issue(&ca, &identity, &dns_names, validity, &provider) {
                     Ok((cert, key)) => {
                         *this
                             .current
@@ -110,8 +113,9 @@ mod tests {
                 .with_backdate(Duration::ZERO),
         );
         let id = Identity::new("cluster.local", "istio-system", "istiod");
-        let serving = ServingCert::start(ca, id, Duration::from_secs(3), tls::provider())
-            .expect("first certificate");
+        let serving =
+            ServingCert::start(ca, id, Vec::new(), Duration::from_secs(3), tls::provider())
+                .expect("first certificate");
         let first = serving.current().cert[0].clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while serving.current().cert[0] == first {

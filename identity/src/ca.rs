@@ -163,10 +163,21 @@ impl LocalCa {
         &self.root_pem
     }
 
-    /// Signs a CSR whose only URI SAN must be `identity`.
+    /// Signs a CSR whose only SAN must be `identity`'s URI.
     pub fn sign_csr(
         &self,
         identity: &Identity,
+        csr_pem: &str,
+        validity: Duration,
+    ) -> Result<Vec<String>, CaError> {
+        self.sign_csr_with_dns_names(identity, &[], csr_pem, validity)
+    }
+
+    /// Signs a CSR whose SANs must be exactly `identity`'s URI and then `dns_names`.
+    fn sign_csr_with_dns_names(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
         csr_pem: &str,
         validity: Duration,
     ) -> Result<Vec<String>, CaError> {
@@ -178,10 +189,14 @@ impl LocalCa {
             .iter()
             .map(|s| match s {
                 SanType::URI(u) => u.as_str().to_string(),
+                SanType::DnsName(d) => format!("dns:{}", d.as_str()),
                 other => format!("{other:?}"),
             })
             .collect();
-        if asked != [identity.to_string()] {
+        let expected: Vec<String> = std::iter::once(identity.to_string())
+            .chain(dns_names.iter().map(|d| format!("dns:{d}")))
+            .collect();
+        if asked != expected {
             return Err(CaError::IdentityMismatch {
                 identity: identity.clone(),
                 asked,
@@ -207,6 +222,20 @@ impl LocalCa {
             .signed_by(&self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(vec![leaf.pem(), self.root_pem.clone()])
+    }
+
+    /// Issues a server certificate for `identity` that also names `dns_names` (the control
+    /// plane's, which Istio's ztunnel verifies by host name).
+    pub fn issue_server(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        validity: Duration,
+    ) -> Result<WorkloadCert, CaError> {
+        let (key, csr) = WorkloadCert::request_with_dns_names(identity, dns_names)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let chain = self.sign_csr_with_dns_names(identity, dns_names, &csr, validity)?;
+        WorkloadCert::from_signed(identity, &key, &chain).map_err(|e| CaError::Sign(e.to_string()))
     }
 
     /// Issues a certificate for `identity` directly (key made here): for tests and tools.

@@ -34,10 +34,24 @@ pub struct WorkloadCert {
 impl WorkloadCert {
     /// A new key pair and a CSR (PEM) whose only SAN is the identity's URI.
     pub fn request(identity: &Identity) -> Result<(KeyPair, String), CertError> {
+        Self::request_with_dns_names(identity, &[])
+    }
+
+    /// Like [`WorkloadCert::request`], with DNS names after the URI (a server that clients
+    /// verify by host name, as Istio's ztunnel verifies istiod).
+    pub fn request_with_dns_names(
+        identity: &Identity,
+        dns_names: &[String],
+    ) -> Result<(KeyPair, String), CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.clone().try_into()?));
+        }
         let csr = params.serialize_request(&key)?.pem()?;
         Ok((key, csr))
     }

@@ -186,6 +186,31 @@ pub fn anonymous_client_config(
     Ok(Arc::new(config))
 }
 
+/// A client config that verifies the server by host name against `bundle` (standard web
+/// PKI rules), as Istio's ztunnel verifies istiod (`istiod.istio-system.svc`); presents
+/// `cert` when given.
+pub fn dns_client_config(
+    bundle: &TrustBundle,
+    cert: Option<&WorkloadCert>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        bundle.roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsConfigError::Roots(e.to_string()))?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier);
+    let mut config = match cert {
+        Some(c) => builder.with_client_auth_cert(c.chain.clone(), c.key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The name passed to the TLS client; not checked (identities are), not sent (no SNI).
 pub fn server_name(ip: std::net::IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())

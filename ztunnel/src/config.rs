@@ -14,9 +14,14 @@ pub struct Args {
         conflicts_with = "xds_address"
     )]
     pub config: Option<PathBuf>,
-    /// The control plane's xDS address (delta ADS over mutual TLS); instead of `--config`.
+    /// The control plane's xDS address, `host:port` (delta ADS over TLS); instead of
+    /// `--config`.
     #[arg(long)]
-    pub xds_address: Option<SocketAddr>,
+    pub xds_address: Option<String>,
+    /// Verify the control plane's certificate by this host name instead of its SPIFFE
+    /// identity (for istiod: `istiod.istio-system.svc`).
+    #[arg(long)]
+    pub control_plane_dns_name: Option<String>,
     /// `<namespace>/<service account>` the control plane's certificate must name.
     #[arg(long, default_value = "istio-system/istiod")]
     pub xds_identity: String,
@@ -36,10 +41,10 @@ pub struct Args {
     /// that must trust each other).
     #[arg(long, required_unless_present = "ca_address")]
     pub ca_dir: Option<PathBuf>,
-    /// Istio's CA (`CreateCertificate`, e.g. the control plane's port 15012) instead of the
-    /// in-process one.
+    /// Istio's CA (`CreateCertificate`), `host:port` (e.g. the control plane's port 15012),
+    /// instead of the in-process one.
     #[arg(long, requires = "ca_root_file")]
-    pub ca_address: Option<SocketAddr>,
+    pub ca_address: Option<String>,
     /// PEM root(s) of the mesh: verifies the control plane and peers when the CA is remote.
     #[arg(long)]
     pub ca_root_file: Option<PathBuf>,

@@ -5,20 +5,26 @@
 use hyper_util::rt::TokioIo;
 use std::{
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 use tokio::net::TcpStream;
-use tokio_rustls::{client::TlsStream, rustls::ClientConfig};
+use tokio_rustls::{
+    client::TlsStream,
+    rustls::{ClientConfig, pki_types::ServerName},
+};
 
 /// Opens TCP + TLS to the control plane for tonic (verification is in the TLS config: the
 /// mesh roots and the control plane's expected identity).
 #[derive(Clone, Debug)]
 pub struct Connector {
-    pub address: SocketAddr,
+    /// `host:port`; a host name is resolved on every connection.
+    pub address: String,
     pub tls: Arc<ClientConfig>,
+    /// The name the certificate must carry, when the TLS config checks names (istiod);
+    /// `None` when it checks the SPIFFE identity instead.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 impl tower::Service<http::Uri> for Connector {
@@ -31,12 +37,20 @@ impl tower::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (address, tls) = (self.address, self.tls.clone());
+        let (address, tls, name) = (
+            self.address.clone(),
+            self.tls.clone(),
+            self.server_name.clone(),
+        );
         Box::pin(async move {
-            let tcp = TcpStream::connect(address).await?;
+            let tcp = TcpStream::connect(&address).await?;
             tcp.set_nodelay(true)?;
+            let name = match name {
+                Some(n) => n,
+                None => amesh_identity::tls::server_name(tcp.peer_addr()?.ip()),
+            };
             let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(amesh_identity::tls::server_name(address.ip()), tcp)
+                .connect(name, tcp)
                 .await?;
             Ok(TokioIo::new(stream))
         })

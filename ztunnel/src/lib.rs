@@ -23,6 +23,7 @@ use amesh_hbone::{Pool, PoolConfig};
 use amesh_identity::{CertManager, LocalCa, tls};
 use amesh_sys::netns::Netns;
 use anyhow::Context;
+use rustls::pki_types::ServerName;
 use shared::{Shared, Stop};
 use std::{
     sync::{Arc, Mutex},
@@ -86,14 +87,15 @@ async fn shared_state(
         },
         cluster_id: args.cluster_id.clone(),
     };
-    let control_plane = identity_arg(&args.trust_domain, &args.xds_identity, "--xds-identity")?;
-    let (certs, bundle, xds_tls) = certificates(args, &control_plane, &credentials)?;
+    let check = ControlPlaneCheck::from_args(args)?;
+    let (certs, bundle, xds_tls) = certificates(args, &check, &credentials)?;
     let state = state::StateStore::default();
-    match (&args.config, args.xds_address) {
+    match (&args.config, &args.xds_address) {
         (Some(file), _) => state::watch_file(file.clone(), state.clone())?,
         (None, Some(address)) => {
             let config = state::xds_client::XdsConfig {
-                address,
+                address: address.clone(),
+                server_name: check.server_name(),
                 node_id: node_id(&args.node),
                 node_name: args.node.clone(),
                 credentials,
@@ -147,6 +149,55 @@ fn identity_arg(
 /// How TLS to the control plane is set up, per connection.
 type ControlTls = Box<dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Send>;
 
+/// How ztunnel recognises its control plane: by SPIFFE identity (amesh's control plane) or
+/// by host name (istiod, as Istio's ztunnel does).
+#[derive(Clone, Debug)]
+enum ControlPlaneCheck {
+    Identity(amesh_identity::Identity),
+    HostName(String),
+}
+
+impl ControlPlaneCheck {
+    fn from_args(args: &config::Args) -> anyhow::Result<Self> {
+        Ok(match &args.control_plane_dns_name {
+            Some(name) => {
+                ServerName::try_from(name.clone())
+                    .with_context(|| format!("--control-plane-dns-name {name}"))?;
+                Self::HostName(name.clone())
+            }
+            None => Self::Identity(identity_arg(
+                &args.trust_domain,
+                &args.xds_identity,
+                "--xds-identity",
+            )?),
+        })
+    }
+
+    /// The TLS server name to send and check (only host names are checked by name).
+    fn server_name(&self) -> Option<ServerName<'static>> {
+        match self {
+            Self::HostName(n) => ServerName::try_from(n.clone()).ok(),
+            Self::Identity(_) => None,
+        }
+    }
+
+    fn tls(
+        &self,
+        bundle: &tls::TrustBundle,
+        cert: Option<&amesh_identity::WorkloadCert>,
+    ) -> Result<Arc<rustls::ClientConfig>, tls::TlsConfigError> {
+        match (self, cert) {
+            (Self::HostName(_), cert) => tls::dns_client_config(bundle, cert, tls::provider()),
+            (Self::Identity(id), Some(cert)) => {
+                tls::client_config(cert, bundle, vec![id.clone()], tls::provider())
+            }
+            (Self::Identity(id), None) => {
+                tls::anonymous_client_config(bundle, vec![id.clone()], tls::provider())
+            }
+        }
+    }
+}
+
 /// The certificate manager, the mesh roots, and how to reach the control plane over TLS.
 ///
 /// With `--ca-address` certificates come from Istio's CA protocol and the roots from
@@ -155,12 +206,11 @@ type ControlTls = Box<dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Se
 /// identity (`istio-system/ztunnel`), re-issued per connection.
 fn certificates(
     args: &config::Args,
-    control_plane: &amesh_identity::Identity,
+    check: &ControlPlaneCheck,
     credentials: &control::Credentials,
 ) -> anyhow::Result<(Arc<CertManager>, tls::TrustBundle, ControlTls)> {
     let validity = Duration::from_secs(args.cert_validity_secs);
-    let expected = vec![control_plane.clone()];
-    if let Some(address) = args.ca_address {
+    if let Some(address) = &args.ca_address {
         let root_file = args
             .ca_root_file
             .as_ref()
@@ -171,13 +221,14 @@ fn certificates(
         ];
         let bundle = tls::TrustBundle::from_pems(&roots)
             .with_context(|| format!("--ca-root-file {}", root_file.display()))?;
-        let control_tls = tls::anonymous_client_config(&bundle, expected, tls::provider())?;
+        let control_tls = check.tls(&bundle, None)?;
         if credentials.token.is_none() {
             warn!("--ca-address without --token-file: the control plane will refuse ztunnel");
         }
         let connector = control::Connector {
-            address,
+            address: address.clone(),
             tls: control_tls.clone(),
+            server_name: check.server_name(),
         };
         let ca = ca_client::IstioCaClient::new(connector, credentials.clone(), roots);
         let certs = CertManager::new(Arc::new(ca), validity);
@@ -192,10 +243,10 @@ fn certificates(
     let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
     let own = amesh_identity::Identity::new(&args.trust_domain, "istio-system", "ztunnel");
     let for_tls = bundle.clone();
+    let check = check.clone();
     let control_tls = move || {
         let cert = ca.issue(&own, validity).map_err(|e| e.to_string())?;
-        tls::client_config(&cert, &for_tls, expected.clone(), tls::provider())
-            .map_err(|e| e.to_string())
+        check.tls(&for_tls, Some(&cert)).map_err(|e| e.to_string())
     };
     Ok((certs, bundle, Box::new(control_tls)))
 }

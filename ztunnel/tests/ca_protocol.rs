@@ -103,8 +103,9 @@ impl ControlPlane {
         let tls = tls::anonymous_client_config(&bundle, expected, tls::provider()).expect("tls");
         IstioCaClient::new(
             Connector {
-                address: self.address,
+                address: self.address.to_string(),
                 tls,
+                server_name: None,
             },
             Credentials {
                 token: token.map(str::to_string),
@@ -244,8 +245,9 @@ async fn a_previous_root_is_trusted_only_when_configured() {
             tls::client_config(&old_cert, &bundle, expected, tls::provider()).expect("tls");
         IstioCaClient::new(
             Connector {
-                address: cp.address,
+                address: cp.address.to_string(),
                 tls: config,
+                server_name: None,
             },
             Credentials {
                 token: None,
@@ -266,4 +268,38 @@ async fn a_previous_root_is_trusted_only_when_configured() {
     let refused = ask(&renew_with_old_cert(&strict), &cart, &cart).await;
     assert!(refused.is_err(), "an unknown root is refused: {refused:?}");
     let _ = std::fs::remove_file(&old_root_file);
+}
+
+/// Istio's ztunnel checks istiod by host name (`istiod.istio-system.svc`), not by SPIFFE id:
+/// the control plane's certificate carries that name, the client resolves a host name, and a
+/// different expected name is refused.
+#[tokio::test]
+async fn the_control_plane_can_be_verified_by_host_name_as_istiod() {
+    let cp = ControlPlane::start("dns");
+    let root = std::fs::read_to_string(cp.dir.join("ca/root-cert.pem")).expect("root");
+    let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
+    let config = tls::dns_client_config(&bundle, None, tls::provider()).expect("tls");
+    let by_name = |name: &str| {
+        IstioCaClient::new(
+            Connector {
+                address: format!("localhost:{}", cp.address.port()),
+                tls: config.clone(),
+                server_name: Some(
+                    tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_string())
+                        .expect("name"),
+                ),
+            },
+            Credentials {
+                token: Some("node-secret".into()),
+                cluster_id: "Kubernetes".into(),
+            },
+            vec![root.clone()],
+        )
+    };
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    ask(&by_name("istiod.istio-system.svc"), &cart, &cart)
+        .await
+        .expect("istiod's host name is in the certificate");
+    let wrong = ask(&by_name("istiod.other.svc"), &cart, &cart).await;
+    assert!(wrong.is_err(), "another host name is refused: {wrong:?}");
 }

@@ -19,12 +19,11 @@ use amesh_proto::{
 };
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::{ClientConfig, pki_types::ServerName};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
@@ -38,7 +37,10 @@ const INVALID_ARGUMENT: i32 = 3;
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct XdsConfig {
-    pub address: SocketAddr,
+    /// `host:port`.
+    pub address: String,
+    /// Sent and checked when the control plane is verified by host name.
+    pub server_name: Option<ServerName<'static>>,
     /// Sent as the node id, in Istio ztunnel's `ztunnel~<ip>~<name>.<ns>~<ns>.svc.cluster.local`
     /// shape.
     pub node_id: String,
@@ -125,7 +127,8 @@ async fn session(
     store: &StateStore,
 ) -> Result<bool, XdsError> {
     let connector = Connector {
-        address: config.address,
+        address: config.address.clone(),
+        server_name: config.server_name.clone(),
         tls,
     };
     let channel = Endpoint::from_static("http://amesh-xds")
