@@ -189,18 +189,18 @@ fn ip_list(raw: &[String], at: &str) -> Result<Vec<IpAddr>, FieldError> {
         .collect()
 }
 
-fn required(value: &str, at: String) -> Result<(), FieldError> {
-    if value.is_empty() {
-        Err((at, "must not be empty".into()))
-    } else {
-        Ok(())
-    }
+/// Checks what every source checks ([`Workload::validate`], [`Service::validate`]), naming
+/// the field at `at`.
+fn validated<T>(
+    value: T,
+    check: impl Fn(&T) -> Result<(), super::Invalid>,
+    at: &str,
+) -> Result<T, FieldError> {
+    check(&value).map_err(|i| (format!("{at}.{}", i.field), i.reason))?;
+    Ok(value)
 }
 
 fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
-    required(&w.uid, format!("{at}.uid"))?;
-    required(&w.name, format!("{at}.name"))?;
-    required(&w.namespace, format!("{at}.namespace"))?;
     let protocol = match w.protocol.as_deref().unwrap_or("HBONE") {
         "HBONE" => Protocol::Hbone,
         "TCP" | "NONE" => Protocol::Tcp,
@@ -221,15 +221,7 @@ fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
             ));
         }
     };
-    for svc in w.services.keys() {
-        if !svc.contains('/') {
-            return Err((
-                format!("{at}.services"),
-                format!("{svc:?} is not namespace/hostname"),
-            ));
-        }
-    }
-    Ok(Workload {
+    let workload = Workload {
         addresses: ip_list(&w.addresses, &format!("{at}.addresses"))?,
         uid: w.uid,
         name: w.name,
@@ -248,25 +240,24 @@ fn workload(w: RawWorkload, at: &str) -> Result<Workload, FieldError> {
             zone: w.locality.zone,
             subzone: w.locality.subzone,
         },
-    })
+    };
+    validated(workload, Workload::validate, at)
 }
 
 fn service(s: RawService, at: &str) -> Result<Service, FieldError> {
-    required(&s.name, format!("{at}.name"))?;
-    required(&s.namespace, format!("{at}.namespace"))?;
-    required(&s.hostname, format!("{at}.hostname"))?;
     let load_balancing = match &s.load_balancing {
         None => LoadBalancing::default(),
         Some(lb) => load_balancing(lb, &format!("{at}.loadBalancing"))?,
     };
-    Ok(Service {
+    let service = Service {
         vips: ip_list(&s.vips, &format!("{at}.vips"))?,
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,
         ports: s.ports,
         load_balancing,
-    })
+    };
+    validated(service, Service::validate, at)
 }
 
 fn load_balancing(lb: &RawLoadBalancing, at: &str) -> Result<LoadBalancing, FieldError> {

@@ -81,9 +81,42 @@ pub struct Workload {
     pub locality: Locality,
 }
 
+/// A workload or service that breaks an invariant: the field (as the local file names it)
+/// and why. The local file and the xDS feed both check these, so they accept the same things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn non_empty(value: &str, field: &'static str) -> Result<(), Invalid> {
+    if value.is_empty() {
+        Err(Invalid {
+            field,
+            reason: "must not be empty".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 impl Workload {
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// The invariants every source must meet.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        non_empty(&self.uid, "uid")?;
+        non_empty(&self.name, "name")?;
+        non_empty(&self.namespace, "namespace")?;
+        if let Some(svc) = self.services.keys().find(|k| !k.contains('/')) {
+            return Err(Invalid {
+                field: "services",
+                reason: format!("{svc:?} is not namespace/hostname"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +135,13 @@ impl Service {
     /// `namespace/hostname`, the resource name Istio uses.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    /// The invariants every source must meet.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        non_empty(&self.name, "name")?;
+        non_empty(&self.namespace, "namespace")?;
+        non_empty(&self.hostname, "hostname")
     }
 }
 

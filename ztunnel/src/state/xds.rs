@@ -39,10 +39,13 @@ fn port(p: u32, what: &str) -> Result<u16, String> {
     u16::try_from(p).map_err(|_| format!("{what} {p} is not a port"))
 }
 
+/// A converted resource must also meet what every source checks.
+fn validated<T>(value: T, check: impl Fn(&T) -> Result<(), super::Invalid>) -> Result<T, String> {
+    check(&value).map_err(|i| format!("{}: {}", i.field, i.reason))?;
+    Ok(value)
+}
+
 pub fn workload(w: pb::Workload) -> Result<Workload, String> {
-    if w.uid.is_empty() {
-        return Err("workload without uid".into());
-    }
     let addresses = w
         .addresses
         .iter()
@@ -76,7 +79,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, String> {
             subzone: l.subzone,
         })
         .unwrap_or_default();
-    Ok(Workload {
+    let workload = Workload {
         uid: w.uid,
         name: w.name,
         namespace: w.namespace,
@@ -97,13 +100,11 @@ pub fn workload(w: pb::Workload) -> Result<Workload, String> {
         services,
         authorization_policies: w.authorization_policies,
         locality,
-    })
+    };
+    validated(workload, Workload::validate)
 }
 
 pub fn service(s: pb::Service) -> Result<Service, String> {
-    if s.hostname.is_empty() || s.namespace.is_empty() {
-        return Err("service without namespace or hostname".into());
-    }
     let vips = s
         .addresses
         .iter()
@@ -122,14 +123,15 @@ pub fn service(s: pb::Service) -> Result<Service, String> {
         .map(load_balancing)
         .transpose()?
         .unwrap_or_default();
-    Ok(Service {
+    let service = Service {
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,
         vips,
         ports,
         load_balancing,
-    })
+    };
+    validated(service, Service::validate)
 }
 
 fn load_balancing(lb: pb::LoadBalancing) -> Result<LoadBalancing, String> {
@@ -338,6 +340,43 @@ mod tests {
             tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
             ..Default::default()
         }
+    }
+
+    /// The same invariants as the local file (shared `validate`), named the same way.
+    #[test]
+    fn xds_resources_meet_the_same_invariants_as_the_file() {
+        let nameless = pb::Workload {
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            workload(nameless).expect_err("no name"),
+            "name: must not be empty"
+        );
+        let mut bad_service_key = pb::Workload {
+            uid: "u1".into(),
+            name: "a".into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        bad_service_key
+            .services
+            .insert("no-slash".into(), Default::default());
+        assert!(
+            workload(bad_service_key)
+                .expect_err("bad key")
+                .starts_with("services: ")
+        );
+        let hostless = pb::Service {
+            name: "s".into(),
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            service(hostless).expect_err("no hostname"),
+            "hostname: must not be empty"
+        );
     }
 
     #[test]
