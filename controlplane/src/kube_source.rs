@@ -8,14 +8,14 @@
 use crate::{
     catalog::Catalog,
     source::Snapshot,
-    translate::{self, Mesh},
+    translate::{self, Mesh, Rejected},
 };
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::{
     Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
+    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
@@ -23,7 +23,7 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
@@ -172,12 +172,63 @@ impl Caches {
     }
 }
 
-fn catalog_of(caches: &Caches, mesh: &Mesh) -> Catalog {
+fn catalog_of(caches: &Caches, mesh: &Mesh) -> (Catalog, Vec<Rejected>) {
     let resources = translate::translate(&caches.snapshot(), mesh);
-    for e in &resources.errors {
-        warn!(reason = %e, "object not translated");
+    (Catalog::from_resources(&resources), resources.errors)
+}
+
+/// Reports objects that cannot be translated: logged, and a Warning event on the object (as
+/// `kubectl describe` shows it), once per object and reason while it stays rejected.
+struct Reporter {
+    client: Client,
+    reported: HashSet<Rejected>,
+}
+
+impl Reporter {
+    async fn report(&mut self, rejected: Vec<Rejected>) {
+        let current: HashSet<Rejected> = rejected.into_iter().collect();
+        for r in current.difference(&self.reported) {
+            warn!(kind = r.kind, namespace = %r.namespace, name = %r.name, reason = %r.reason, "object not translated");
+            let events: Api<Event> = Api::namespaced(self.client.clone(), &r.namespace);
+            if let Err(e) = events.create(&PostParams::default(), &event(r)).await {
+                warn!(error = %e, "could not record the event");
+            }
+        }
+        self.reported = current;
     }
-    Catalog::from_resources(&resources)
+}
+
+fn event(r: &Rejected) -> Event {
+    use k8s_openapi::{
+        api::core::v1::{EventSource, ObjectReference},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{nanos:x}", r.name)),
+            namespace: Some(r.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("security.istio.io/v1".into()),
+            kind: Some(r.kind.into()),
+            name: Some(r.name.clone()),
+            namespace: Some(r.namespace.clone()),
+            ..Default::default()
+        },
+        type_: Some("Warning".into()),
+        reason: Some("NotEnforced".into()),
+        message: Some(r.reason.clone()),
+        source: Some(EventSource {
+            component: Some("amesh-controlplane".into()),
+            ..Default::default()
+        }),
+        count: Some(1),
+        ..Default::default()
+    }
 }
 
 /// Watches the cluster and publishes its catalog: returns once every watch has listed.
@@ -202,14 +253,20 @@ pub async fn publish_kube(
         ),
     };
     caches.wait_until_ready().await?;
-    let first = catalog_of(&caches, &mesh);
+    let mut reporter = Reporter {
+        client: client.clone(),
+        reported: HashSet::new(),
+    };
+    let (first, rejected) = catalog_of(&caches, &mesh);
+    reporter.report(rejected).await;
     info!(pods = caches.pods.state().len(), "Kubernetes source synced");
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            let catalog = catalog_of(&caches, &mesh);
+            let (catalog, rejected) = catalog_of(&caches, &mesh);
+            reporter.report(rejected).await;
             let updated = tx.send_if_modified(|current| {
                 if **current == catalog {
                     return false;

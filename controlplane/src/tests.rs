@@ -181,9 +181,9 @@ fn services_and_policies_translate_and_bad_objects_are_reported() {
     assert_eq!(m.not_principals.len(), 1);
 
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("shop/audit") && e.contains("not supported at L4")),
+        r.errors.iter().any(|e| e.kind == "AuthorizationPolicy"
+            && (e.namespace.as_str(), e.name.as_str()) == ("shop", "audit")
+            && e.reason.contains("not supported at L4")),
         "{:?}",
         r.errors
     );

@@ -54,8 +54,38 @@ impl Default for Mesh {
 pub struct Resources {
     pub addresses: BTreeMap<String, pb::Address>,
     pub authorizations: BTreeMap<String, sec::Authorization>,
-    /// What could not be translated (object and reason).
-    pub errors: Vec<String>,
+    /// What could not be translated.
+    pub errors: Vec<Rejected>,
+}
+
+/// An object that could not be translated, and why (logged, and in Kubernetes mode reported
+/// as a Warning event on the object).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {reason}")]
+pub struct Rejected {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+impl Rejected {
+    fn of(kind: &'static str, e: &CrdError) -> Self {
+        let (namespace, name) = match e {
+            CrdError::UnsupportedAction {
+                namespace, name, ..
+            }
+            | CrdError::Invalid {
+                namespace, name, ..
+            } => (namespace.clone(), name.clone()),
+        };
+        Self {
+            kind,
+            namespace,
+            name,
+            reason: e.to_string(),
+        }
+    }
 }
 
 const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
@@ -120,15 +150,13 @@ fn authorizations(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> Policies
         match crd::authorization_policy(&p, &mesh.root_namespace) {
             Ok(Some(t)) => policies.push((t.policy, t.selector)),
             Ok(None) => {}
-            Err(e) => out.errors.push(e.to_string()),
+            Err(e) => out.errors.push(Rejected::of("AuthorizationPolicy", &e)),
         }
     }
     for pa in &snap.peer_authentications {
         match crd::peer_authentication(pa, &mesh.root_namespace) {
             Ok((pa, selector)) => policies.extend(strict_as_deny(&pa).map(|p| (p, selector))),
-            Err(e @ CrdError::Invalid { .. } | e @ CrdError::UnsupportedAction { .. }) => {
-                out.errors.push(e.to_string())
-            }
+            Err(e) => out.errors.push(Rejected::of("PeerAuthentication", &e)),
         }
     }
     for (p, _) in &policies {

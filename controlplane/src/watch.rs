@@ -26,7 +26,7 @@ pub fn load(dir: &Path, mesh: &Mesh) -> Result<Catalog, std::io::Error> {
     }
     let resources = translate::translate(&snapshot, mesh);
     for e in &resources.errors {
-        warn!(reason = %e, "object not translated");
+        warn!(kind = e.kind, namespace = %e.namespace, name = %e.name, reason = %e.reason, "object not translated");
     }
     Ok(Catalog::from_resources(&resources))
 }

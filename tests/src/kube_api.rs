@@ -120,42 +120,18 @@ impl KubeApi {
     }
 
     /// Creates or replaces an object (JSON, as `kubectl apply` would send it).
-    pub fn apply(&self, mut object: Value) -> Result<(), String> {
-        let collection = collection_of(&object)?;
-        let name = object["metadata"]["name"]
-            .as_str()
-            .ok_or("the object has no metadata.name")?
-            .to_string();
-        let namespace = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let mut store = self.lock();
-        store.rv += 1;
-        let rv = store.rv;
-        let key = (collection.clone(), namespace.clone(), name.clone());
-        let previous = store.objects.get(&key).cloned();
-        let meta = &mut object["metadata"];
-        meta["resourceVersion"] = json!(rv.to_string());
-        meta["uid"] = previous.as_ref().map_or_else(
-            || json!(format!("uid-{rv}")),
-            |p| p["metadata"]["uid"].clone(),
-        );
-        store.objects.insert(key, object.clone());
-        store.events.push(Event {
-            rv,
-            collection,
-            namespace,
-            kind: if previous.is_some() {
-                "MODIFIED"
-            } else {
-                "ADDED"
-            },
-            object,
-        });
-        drop(store);
-        self.shared.changed.notify_all();
-        Ok(())
+    pub fn apply(&self, object: Value) -> Result<(), String> {
+        put(&self.shared, object).map(|_| ())
+    }
+
+    /// The objects of a collection (`/api/v1/events`, ...), for assertions.
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((c, _, _), _)| c == collection)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// Applies every document of a multi-document YAML text.
@@ -243,6 +219,48 @@ impl Drop for KubeApi {
     }
 }
 
+/// Stores an object: a new resource version, ADDED or MODIFIED for the watches.
+fn put(shared: &Shared, mut object: Value) -> Result<Value, String> {
+    let collection = collection_of(&object)?;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .ok_or("the object has no metadata.name")?
+        .to_string();
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut store = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    store.rv += 1;
+    let rv = store.rv;
+    let key = (collection.clone(), namespace.clone(), name);
+    let previous = store.objects.get(&key).cloned();
+    let meta = &mut object["metadata"];
+    meta["resourceVersion"] = json!(rv.to_string());
+    meta["uid"] = previous.as_ref().map_or_else(
+        || json!(format!("uid-{rv}")),
+        |p| p["metadata"]["uid"].clone(),
+    );
+    store.objects.insert(key, object.clone());
+    store.events.push(Event {
+        rv,
+        collection,
+        namespace,
+        kind: if previous.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        },
+        object: object.clone(),
+    });
+    drop(store);
+    shared.changed.notify_all();
+    Ok(object)
+}
+
 /// A parsed request line: path and query parameters.
 struct Request {
     method: String,
@@ -326,6 +344,8 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
             && request.path == "/apis/authentication.k8s.io/v1/tokenreviews"
         {
             token_review(&mut writer, shared, &request)
+        } else if request.method == "POST" {
+            create(&mut writer, shared, &request)
         } else if request.method != "GET" {
             respond(
                 &mut writer,
@@ -343,6 +363,32 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
         if !ok {
             return;
         }
+    }
+}
+
+/// A POST to a namespaced collection (e.g. events): stored, watchable, listed.
+fn create(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    let (collection, namespace) = route(&request.path);
+    let Ok(mut object) = serde_json::from_slice::<Value>(&request.body) else {
+        return respond(w, 400, &status(400, "BadRequest", "the body is not JSON"));
+    };
+    if let Some(ns) = &namespace {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    if collection_of(&object).ok().as_deref() != Some(collection.as_str()) {
+        return respond(
+            w,
+            400,
+            &status(
+                400,
+                "BadRequest",
+                "the object's kind does not match the path",
+            ),
+        );
+    }
+    match put(shared, object) {
+        Ok(stored) => respond(w, 201, &stored),
+        Err(e) => respond(w, 400, &status(400, "BadRequest", &e)),
     }
 }
 

@@ -8,6 +8,7 @@ use amesh_testbed::kube_api::KubeApi;
 use std::time::{Duration, Instant};
 
 const DENY_NS_A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-ns-a, namespace: ns-c}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [ns-a]}}]}]\n";
+const AUDIT: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit-all, namespace: ns-c}\nspec: {action: AUDIT, rules: [{}]}\n";
 const LATE_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: ns-c}\nspec: {nodeName: node2, containers: [{name: app, image: app}]}\nstatus: {phase: Running, conditions: [{type: Ready, status: \"True\"}], podIPs: [{ip: 10.99.0.9}]}\n";
 
 fn dump(mesh: &Mesh, node: &str) -> serde_json::Value {
@@ -69,6 +70,25 @@ fn the_control_plane_follows_the_kubernetes_api() {
     let _apps = mesh.apps(&["c"]);
     let c = mesh.v4("c", APP_PORT);
     assert_eq!(mesh.connect_one("a", c).served_by(), "c-app");
+
+    // A policy ztunnel cannot enforce is reported on the object (a Warning event), and the
+    // rest keeps flowing.
+    api.apply_yaml(AUDIT).expect("audit policy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = api.objects("/api/v1/events");
+        let reported = events.iter().any(|e| {
+            e["involvedObject"]["name"] == "audit-all"
+                && e["involvedObject"]["kind"] == "AuthorizationPolicy"
+                && e["type"] == "Warning"
+                && e["message"].as_str().is_some_and(|m| m.contains("AUDIT"))
+        });
+        if reported {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event for the AUDIT policy: {events:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     api.apply_yaml(DENY_NS_A).expect("policy");
     wait(&mesh, "the policy", |v| {
