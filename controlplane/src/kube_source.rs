@@ -1,4 +1,5 @@
-//! The Kubernetes source: kube-rs reflectors on Namespaces, Pods, Services and Istio's
+//! The Kubernetes source: kube-rs reflectors on Namespaces, Pods, Services, EndpointSlices
+//! (for services without a selector) and Istio's
 //! `AuthorizationPolicy` / `PeerAuthentication` (security.istio.io/v1). Every change
 //! re-translates the cached objects and publishes the catalog if it changed; the first catalog
 //! is published only once every watch has listed, so subscribers never see half a cluster.
@@ -12,7 +13,10 @@ use crate::{
 };
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Event, Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
@@ -43,6 +47,7 @@ struct Caches {
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
     services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
     authorization_policies: Store<DynamicObject>,
     peer_authentications: Store<DynamicObject>,
 }
@@ -133,6 +138,7 @@ impl Caches {
             namespaces: owned(self.namespaces.state()),
             pods: owned(self.pods.state()),
             services: owned(self.services.state()),
+            endpoint_slices: owned(self.endpoint_slices.state()),
             authorization_policies: convert::<AuthorizationPolicy>(
                 self.authorization_policies.state(),
                 "AuthorizationPolicy",
@@ -160,6 +166,10 @@ impl Caches {
             .wait_until_ready()
             .await
             .map_err(fail("Service"))?;
+        self.endpoint_slices
+            .wait_until_ready()
+            .await
+            .map_err(fail("EndpointSlice"))?;
         self.authorization_policies
             .wait_until_ready()
             .await
@@ -241,6 +251,7 @@ pub async fn publish_kube(
         namespaces: typed(&client, &changed),
         pods: typed(&client, &changed),
         services: typed(&client, &changed),
+        endpoint_slices: typed(&client, &changed),
         authorization_policies: dynamic(
             &client,
             istio_security("AuthorizationPolicy", "authorizationpolicies"),

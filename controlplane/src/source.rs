@@ -3,7 +3,10 @@
 //! reported with its file, kind, name and reason, and skipped; the rest still load.
 
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +26,8 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    /// Endpoints of services without a selector (the others come from their pods).
+    pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthenticationResource>,
 }
@@ -104,6 +109,9 @@ fn add_object(value: serde_yaml::Value, snapshot: &mut Snapshot) -> Result<(), O
             .push(serde_yaml::from_value(value).map_err(err)?),
         ("v1", "Service") => snapshot
             .services
+            .push(serde_yaml::from_value(value).map_err(err)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => snapshot
+            .endpoint_slices
             .push(serde_yaml::from_value(value).map_err(err)?),
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
             snapshot

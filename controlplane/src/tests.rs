@@ -212,3 +212,63 @@ fn a_directory_is_read_in_order() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A service without a selector gets its workloads from its EndpointSlices, one per address
+/// that is not a pod, as Istio's ambient index does.
+#[test]
+fn endpoint_slices_back_services_without_selectors() {
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db-proxy, namespace: data}
+spec: {nodeName: node-1, containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.200.0.7}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: data}
+spec: {clusterIP: 10.96.5.5, ports: [{name: pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-abc, namespace: data, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 15432}]
+endpoints:
+- addresses: [192.0.2.10]
+- addresses: [192.0.2.11]
+  conditions: {ready: false}
+- addresses: [10.200.0.7]
+"#;
+    let mut snap = source::Snapshot::default();
+    let mut errors = Vec::new();
+    source::read_documents(Path::new("db.yaml"), OBJECTS, &mut snap, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let r = translate::translate(&snap, &translate::Mesh::default());
+    let slice_workloads: Vec<&pb::Workload> = r
+        .addresses
+        .values()
+        .filter_map(|a| match &a.r#type {
+            Some(pb::address::Type::Workload(w)) if w.uid.contains("EndpointSlice") => Some(w),
+            _ => None,
+        })
+        .collect();
+    let uids: Vec<&str> = slice_workloads.iter().map(|w| w.uid.as_str()).collect();
+    assert_eq!(
+        uids,
+        [
+            "Kubernetes/discovery.k8s.io/EndpointSlice/data/db-abc/192.0.2.10",
+            "Kubernetes/discovery.k8s.io/EndpointSlice/data/db-abc/192.0.2.11",
+        ],
+        "one per address, the pod's address left to the pod"
+    );
+    let w = slice_workloads[0];
+    assert_eq!(w.tunnel_protocol, pb::TunnelProtocol::None as i32);
+    assert_eq!(w.addresses, vec![vec![192, 0, 2, 10]]);
+    let ports = &w.services["data/db.data.svc.cluster.local"].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (5432, 15432));
+    assert_eq!(
+        slice_workloads[1].status,
+        pb::WorkloadStatus::Unhealthy as i32
+    );
+}

@@ -121,6 +121,14 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             );
         }
     }
+    for w in endpoint_slice_workloads(snap, mesh) {
+        out.addresses.insert(
+            w.uid.clone(),
+            pb::Address {
+                r#type: Some(pb::address::Type::Workload(w)),
+            },
+        );
+    }
     for pod in &snap.pods {
         let empty = BTreeMap::new();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -250,6 +258,111 @@ fn service(svc: &Service, mesh: &Mesh) -> Option<(String, pb::Service)> {
         ..Default::default()
     };
     Some((format!("{namespace}/{hostname}"), resource))
+}
+
+/// Endpoints of services without a selector (a database outside the cluster, endpoints a
+/// controller manages) as Istio's ambient index turns them into workloads: one per address,
+/// uid `<cluster>/discovery.k8s.io/EndpointSlice/<ns>/<slice>/<ip>`, plain TCP (nothing
+/// on the other side speaks HBONE), backing the service with the slice's ports. Addresses
+/// that are pods are skipped: the pod is already a workload.
+fn endpoint_slice_workloads(snap: &Snapshot, mesh: &Mesh) -> Vec<pb::Workload> {
+    const SERVICE_NAME: &str = "kubernetes.io/service-name";
+    let pod_ips: std::collections::HashSet<&str> = snap
+        .pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ips.as_ref())
+        .flatten()
+        .map(|ip| ip.ip.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for slice in &snap.endpoint_slices {
+        let (Some(slice_name), namespace) = (
+            slice.metadata.name.as_deref(),
+            slice.metadata.namespace.as_deref().unwrap_or("default"),
+        ) else {
+            continue;
+        };
+        let Some(svc_name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME))
+        else {
+            continue;
+        };
+        let Some(svc) = snap.services.iter().find(|s| {
+            s.metadata.name.as_deref() == Some(svc_name.as_str())
+                && s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+        }) else {
+            continue;
+        };
+        let spec = svc.spec.as_ref();
+        if spec
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|s| !s.is_empty())
+        {
+            continue;
+        }
+        let hostname = format!("{svc_name}.{namespace}.svc.{}", mesh.domain_suffix);
+        // Service port → the slice's port of the same name (or the only one).
+        let slice_ports = slice.ports.clone().unwrap_or_default();
+        let ports: Vec<pb::Port> = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|sp| {
+                let target = slice_ports
+                    .iter()
+                    .find(|p| p.name == sp.name || slice_ports.len() == 1)
+                    .and_then(|p| p.port)?;
+                Some(pb::Port {
+                    service_port: sp.port as u32,
+                    target_port: target as u32,
+                    app_protocol: 0,
+                })
+            })
+            .collect();
+        for endpoint in &slice.endpoints {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            for address in &endpoint.addresses {
+                let Ok(ip) = address.parse::<IpAddr>() else {
+                    continue;
+                };
+                if pod_ips.contains(address.as_str()) {
+                    continue;
+                }
+                out.push(pb::Workload {
+                    uid: format!(
+                        "{}/discovery.k8s.io/EndpointSlice/{namespace}/{slice_name}/{address}",
+                        mesh.cluster_id
+                    ),
+                    name: slice_name.to_string(),
+                    namespace: namespace.to_string(),
+                    addresses: vec![ip_bytes(ip)],
+                    tunnel_protocol: pb::TunnelProtocol::None as i32,
+                    status: if ready {
+                        pb::WorkloadStatus::Healthy as i32
+                    } else {
+                        pb::WorkloadStatus::Unhealthy as i32
+                    },
+                    services: [(
+                        format!("{namespace}/{hostname}"),
+                        pb::PortList {
+                            ports: ports.clone(),
+                        },
+                    )]
+                    .into(),
+                    cluster_id: mesh.cluster_id.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {

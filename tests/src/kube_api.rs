@@ -512,10 +512,12 @@ fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 5] = [
+const KNOWN: [&str; 7] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
+    "/api/v1/events",
+    "/apis/discovery.k8s.io/v1/endpointslices",
     "/apis/security.istio.io/v1/authorizationpolicies",
     "/apis/security.istio.io/v1/peerauthentications",
 ];

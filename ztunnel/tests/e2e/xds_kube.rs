@@ -86,7 +86,10 @@ fn the_control_plane_follows_the_kubernetes_api() {
         if reported {
             break;
         }
-        assert!(Instant::now() < deadline, "no event for the AUDIT policy: {events:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no event for the AUDIT policy: {events:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
