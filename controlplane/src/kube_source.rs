@@ -11,7 +11,6 @@ use crate::{
     source::Snapshot,
     translate::{self, Mesh, Rejected},
 };
-use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Event, Namespace, Pod, Service},
@@ -110,21 +109,25 @@ where
 
 /// Converts cached Istio objects to their typed form; one that does not fit is reported and
 /// skipped.
-fn convert<T: DeserializeOwned>(objects: Vec<Arc<DynamicObject>>, kind: &str) -> Vec<T> {
-    objects
-        .into_iter()
-        .filter_map(|o| {
-            let name = format!(
-                "{}/{}",
-                o.metadata.namespace.as_deref().unwrap_or_default(),
-                o.metadata.name.as_deref().unwrap_or_default()
-            );
-            let value = serde_json::to_value(&*o).ok()?;
-            serde_json::from_value(value)
-                .inspect_err(|e| warn!(kind, object = %name, reason = %e, "object skipped"))
-                .ok()
-        })
-        .collect()
+fn convert<T: DeserializeOwned>(
+    objects: Vec<Arc<DynamicObject>>,
+    kind: &'static str,
+    rejected: &mut Vec<Rejected>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for o in objects {
+        let parsed = serde_json::to_value(&*o).and_then(serde_json::from_value);
+        match parsed {
+            Ok(t) => out.push(t),
+            Err(e) => rejected.push(Rejected {
+                kind,
+                namespace: o.metadata.namespace.clone().unwrap_or_default(),
+                name: o.metadata.name.clone().unwrap_or_default(),
+                reason: format!("does not parse: {e}"),
+            }),
+        }
+    }
+    out
 }
 
 /// The cached objects, cloned out of their `Arc`s.
@@ -133,21 +136,26 @@ fn owned<K: Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
 }
 
 impl Caches {
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    /// The cached objects, and the Istio objects that do not parse.
+    fn snapshot(&self) -> (Snapshot, Vec<Rejected>) {
+        let mut rejected = Vec::new();
+        let snapshot = Snapshot {
             namespaces: owned(self.namespaces.state()),
             pods: owned(self.pods.state()),
             services: owned(self.services.state()),
             endpoint_slices: owned(self.endpoint_slices.state()),
-            authorization_policies: convert::<AuthorizationPolicy>(
+            authorization_policies: convert(
                 self.authorization_policies.state(),
                 "AuthorizationPolicy",
+                &mut rejected,
             ),
-            peer_authentications: convert::<PeerAuthenticationResource>(
+            peer_authentications: convert(
                 self.peer_authentications.state(),
                 "PeerAuthentication",
+                &mut rejected,
             ),
-        }
+        };
+        (snapshot, rejected)
     }
 
     async fn wait_until_ready(&self) -> Result<(), KubeSourceError> {
@@ -183,8 +191,10 @@ impl Caches {
 }
 
 fn catalog_of(caches: &Caches, mesh: &Mesh) -> (Catalog, Vec<Rejected>) {
-    let resources = translate::translate(&caches.snapshot(), mesh);
-    (Catalog::from_resources(&resources), resources.errors)
+    let (snapshot, mut rejected) = caches.snapshot();
+    let resources = translate::translate(&snapshot, mesh);
+    rejected.extend(resources.errors.iter().cloned());
+    (Catalog::from_resources(&resources), rejected)
 }
 
 /// Reports objects that cannot be translated: logged, and a Warning event on the object (as

@@ -97,7 +97,7 @@ async fn shared_state(
                 address: address.clone(),
                 server_name: check.server_name(),
                 node_id: node_id(&args.node),
-                node_name: args.node.clone(),
+                metadata: node_metadata(args),
                 credentials,
                 metrics: metrics.xds.clone(),
             };
@@ -132,6 +132,24 @@ fn node_id(node: &str) -> String {
     let pod = var("POD_NAME", format!("ztunnel-{node}"));
     let ns = var("POD_NAMESPACE", "istio-system".into());
     format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local")
+}
+
+/// The node metadata Istio's ztunnel sends, from the same downward-API variables.
+fn node_metadata(args: &config::Args) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::from([
+        ("NODE_NAME".to_string(), args.node.clone()),
+        ("CLUSTER_ID".to_string(), args.cluster_id.clone()),
+    ]);
+    for (var, key) in [
+        ("POD_NAME", "NAME"),
+        ("POD_NAMESPACE", "NAMESPACE"),
+        ("INSTANCE_IP", "INSTANCE_IPS"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            m.insert(key.to_string(), v);
+        }
+    }
+    m
 }
 
 /// `<namespace>/<service account>` from a flag, as an identity.

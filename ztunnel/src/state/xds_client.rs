@@ -44,7 +44,8 @@ pub struct XdsConfig {
     /// Sent as the node id, in Istio ztunnel's `ztunnel~<ip>~<name>.<ns>~<ns>.svc.cluster.local`
     /// shape.
     pub node_id: String,
-    pub node_name: String,
+    /// Node metadata (`NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, `CLUSTER_ID`).
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub credentials: Credentials,
     pub metrics: XdsMetrics,
 }
@@ -262,21 +263,20 @@ fn nack(response: &d::DeltaDiscoveryResponse, message: String) -> d::DeltaDiscov
 /// The node as Istio's ztunnel describes itself.
 fn node(config: &XdsConfig) -> d::Node {
     use prost_types::{Struct, Value, value::Kind};
-    let text = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    };
     d::Node {
         id: config.node_id.clone(),
         cluster: config.credentials.cluster_id.clone(),
         metadata: Some(Struct {
-            fields: [
-                ("NODE_NAME".to_string(), text(&config.node_name)),
-                (
-                    "CLUSTER_ID".to_string(),
-                    text(&config.credentials.cluster_id),
-                ),
-            ]
-            .into(),
+            fields: config
+                .metadata
+                .iter()
+                .map(|(k, v)| {
+                    let value = Value {
+                        kind: Some(Kind::StringValue(v.clone())),
+                    };
+                    (k.clone(), value)
+                })
+                .collect(),
         }),
     }
 }

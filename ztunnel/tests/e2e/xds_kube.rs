@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 const DENY_NS_A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-ns-a, namespace: ns-c}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [ns-a]}}]}]\n";
 const AUDIT: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit-all, namespace: ns-c}\nspec: {action: AUDIT, rules: [{}]}\n";
+const BROKEN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: ns-c}\nspec: {rules: 5}\n";
 const LATE_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: ns-c}\nspec: {nodeName: node2, containers: [{name: app, image: app}]}\nstatus: {phase: Running, conditions: [{type: Ready, status: \"True\"}], podIPs: [{ip: 10.99.0.9}]}\n";
 
 fn dump(mesh: &Mesh, node: &str) -> serde_json::Value {
@@ -74,16 +75,19 @@ fn the_control_plane_follows_the_kubernetes_api() {
     // A policy ztunnel cannot enforce is reported on the object (a Warning event), and the
     // rest keeps flowing.
     api.apply_yaml(AUDIT).expect("audit policy");
+    api.apply_yaml(BROKEN).expect("broken policy");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let events = api.objects("/api/v1/events");
-        let reported = events.iter().any(|e| {
-            e["involvedObject"]["name"] == "audit-all"
-                && e["involvedObject"]["kind"] == "AuthorizationPolicy"
-                && e["type"] == "Warning"
-                && e["message"].as_str().is_some_and(|m| m.contains("AUDIT"))
-        });
-        if reported {
+        let reported = |name: &str, says: &str| {
+            events.iter().any(|e| {
+                e["involvedObject"]["name"] == name
+                    && e["involvedObject"]["kind"] == "AuthorizationPolicy"
+                    && e["type"] == "Warning"
+                    && e["message"].as_str().is_some_and(|m| m.contains(says))
+            })
+        };
+        if reported("audit-all", "AUDIT") && reported("broken", "does not parse") {
             break;
         }
         assert!(
