@@ -7,6 +7,7 @@
 pub mod ads;
 pub mod auth;
 pub mod ca;
+pub mod ca_secret;
 pub mod catalog;
 pub mod kube_source;
 pub mod serve;

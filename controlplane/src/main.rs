@@ -1,10 +1,10 @@
-//! The `amesh-controlplane` binary: serves the local source directory to ztunnels over delta
-//! ADS, and Istio's CA protocol, on one TLS port. The Kubernetes source is not built yet.
+//! The `amesh-controlplane` binary: serves the cluster (or a directory of its YAML) to
+//! ztunnels over delta ADS, and Istio's CA protocol, on one TLS port.
 #![forbid(unsafe_code)]
 
 use amesh_controlplane::{
-    ads::Ads, auth::Authenticator, ca::CaService, kube_source, serve, serving_cert::ServingCert,
-    translate::Mesh, watch,
+    ads::Ads, auth::Authenticator, ca::CaService, ca_secret, catalog::Catalog, kube_source, serve,
+    serving_cert::ServingCert, translate::Mesh, watch,
 };
 use amesh_identity::{Identity, LocalCa, tls};
 use amesh_proto::{
@@ -33,10 +33,18 @@ struct Args {
     /// The xDS port (Istio's is 15012).
     #[arg(long, default_value = "[::]:15012")]
     listen: SocketAddr,
-    /// Directory of the mesh CA's root (created if missing). Clients must present a
-    /// certificate it signed; the control plane's own serving certificate comes from it.
+    /// Directory of the mesh CA's root (`root-cert.pem`, `root-key.pem`; generated if
+    /// missing). Client certificates must chain to it; the serving certificate comes from it.
+    #[arg(
+        long,
+        required_unless_present = "ca_secret",
+        conflicts_with = "ca_secret"
+    )]
+    ca_dir: Option<PathBuf>,
+    /// Keep the CA root in this Kubernetes Secret instead, `<namespace>/<name>` (istiod's
+    /// is `istio-system/istio-ca-secret`): loaded, or generated and stored.
     #[arg(long)]
-    ca_dir: PathBuf,
+    ca_secret: Option<String>,
     #[arg(long, default_value = amesh_identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// The cluster name in workload uids (`<cluster>//v1/Pod/<ns>/<name>`).
@@ -67,24 +75,47 @@ struct Args {
 /// Lifetime of the serving certificate (renewed at half life while serving).
 const SERVING_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    let (ns, sa) = args
-        .identity
-        .split_once('/')
-        .context("--identity: expected <namespace>/<service account>")?;
-    let ca = LocalCa::load_or_create(&args.ca_dir, &args.trust_domain).context("--ca-dir")?;
-    let identity = Identity::new(&args.trust_domain, ns, sa);
-    let ca = Arc::new(ca);
+/// The Kubernetes client, unless the source is a directory.
+async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
+    let config = match (&args.kube_url, args.kubernetes) {
+        (Some(url), _) => kube::Config::new(
+            url.parse()
+                .with_context(|| format!("--kube-url {url}: not a URL"))?,
+        ),
+        (None, true) => kube::Config::infer()
+            .await
+            .context("--kubernetes: no in-cluster config or kubeconfig")?,
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(
+        kube::Client::try_from(config).context("Kubernetes client")?,
+    ))
+}
+
+/// The CA root: from `--ca-secret` (Kubernetes) or `--ca-dir`.
+async fn load_ca(args: &Args, kube: Option<&kube::Client>) -> anyhow::Result<LocalCa> {
+    match (&args.ca_secret, &args.ca_dir) {
+        (Some(secret), _) => {
+            let (ns, name) = secret
+                .split_once('/')
+                .context("--ca-secret: expected <namespace>/<name>")?;
+            let client = kube.context("--ca-secret needs --kubernetes or --kube-url")?;
+            Ok(ca_secret::load_or_create(client.clone(), ns, name, &args.trust_domain).await?)
+        }
+        (None, Some(dir)) => {
+            Ok(LocalCa::load_or_create(dir, &args.trust_domain).context("--ca-dir")?)
+        }
+        (None, None) => anyhow::bail!("either --ca-dir or --ca-secret is required"),
+    }
+}
+
+/// The TLS server config: the renewing serving certificate, the mesh root plus any extra
+/// roots for client certificates.
+fn server_tls(
+    args: &Args,
+    ca: &Arc<LocalCa>,
+    identity: &Identity,
+) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
     let serving = ServingCert::start(
         ca.clone(),
         identity.clone(),
@@ -100,12 +131,54 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let bundle = tls::TrustBundle::from_pems(&roots).context("trust bundle")?;
-    let tls = tls::server_config_client_cert_optional(
+    Ok(tls::server_config_client_cert_optional(
         serving,
         &args.trust_domain,
         &bundle,
         tls::provider(),
-    )?;
+    )?)
+}
+
+/// The published catalog, from the cluster or the directory.
+async fn source(
+    args: &Args,
+    kube: Option<kube::Client>,
+) -> anyhow::Result<tokio::sync::watch::Receiver<Arc<Catalog>>> {
+    let mesh = Mesh {
+        cluster_id: args.cluster_id.clone(),
+        trust_domain: args.trust_domain.clone(),
+        ..Mesh::default()
+    };
+    match (kube, &args.source_dir) {
+        (Some(client), _) => {
+            info!("waiting for the first list of every watched kind");
+            Ok(kube_source::publish_kube(client, mesh).await?)
+        }
+        (None, Some(dir)) => Ok(watch::publish_dir(dir.clone(), mesh)
+            .with_context(|| format!("--source-dir {}", dir.display()))?),
+        (None, None) => anyhow::bail!("one of --source-dir, --kubernetes, --kube-url is required"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let (ns, sa) = args
+        .identity
+        .split_once('/')
+        .context("--identity: expected <namespace>/<service account>")?;
+    let identity = Identity::new(&args.trust_domain, ns, sa);
+    let kube = kube_client(&args).await?;
+    let ca = Arc::new(load_ca(&args, kube.as_ref()).await?);
+    let tls = server_tls(&args, &ca, &identity)?;
     let node_token = match &args.node_token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -114,30 +187,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut auth = Authenticator::new(node_token, &args.trust_domain);
-    let mesh = Mesh {
-        cluster_id: args.cluster_id.clone(),
-        trust_domain: args.trust_domain.clone(),
-        ..Mesh::default()
-    };
-    let catalog = match (&args.source_dir, &args.kube_url) {
-        (Some(dir), _) => watch::publish_dir(dir.clone(), mesh)
-            .with_context(|| format!("--source-dir {}", dir.display()))?,
-        (None, url) => {
-            let config = match url {
-                Some(url) => kube::Config::new(
-                    url.parse()
-                        .with_context(|| format!("--kube-url {url}: not a URL"))?,
-                ),
-                None => kube::Config::infer()
-                    .await
-                    .context("--kubernetes: no in-cluster config or kubeconfig")?,
-            };
-            let client = kube::Client::try_from(config).context("Kubernetes client")?;
-            auth = auth.with_token_review(client.clone());
-            info!("waiting for the first list of every watched kind");
-            kube_source::publish_kube(client, mesh).await?
-        }
-    };
+    if let Some(client) = &kube {
+        auth = auth.with_token_review(client.clone());
+    }
+    let catalog = source(&args, kube).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

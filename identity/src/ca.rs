@@ -37,6 +37,8 @@ pub enum CaError {
     Unavailable(String),
     #[error("the CA refused: {0}")]
     Refused(String),
+    #[error("the CA root does not load: {0}")]
+    Root(String),
 }
 
 /// Signs certificate requests for workload identities.
@@ -142,15 +144,25 @@ impl LocalCa {
             std::fs::read_to_string(dir.join(name)).map_err(|e| files_err(format!("{name}: {e}")))
         };
         let root_pem = read(ROOT_CERT)?;
-        let key = KeyPair::from_pem(&read(ROOT_KEY)?)
-            .map_err(|e| files_err(format!("{ROOT_KEY}: {e}")))?;
-        let issuer = Issuer::from_ca_cert_pem(&root_pem, key)
-            .map_err(|e| files_err(format!("{ROOT_CERT}: {e}")))?;
+        let key_pem = read(ROOT_KEY)?;
+        Self::from_pems(&root_pem, &key_pem).map_err(|e| files_err(e.to_string()))
+    }
+
+    /// A CA from its root certificate and key (PEM), e.g. kept in a Kubernetes Secret.
+    pub fn from_pems(root_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Root(format!("key: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(root_pem, key)
+            .map_err(|e| CaError::Root(format!("certificate: {e}")))?;
         Ok(Self {
-            root_pem,
+            root_pem: root_pem.to_string(),
             issuer,
             backdate: BACKDATE,
         })
+    }
+
+    /// The root's private key (PEM), to persist it (a Secret, a file).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Changes how far back certificates' validity starts (tests use 0 to see renewals soon).

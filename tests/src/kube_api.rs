@@ -375,6 +375,25 @@ fn create(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     if let Some(ns) = &namespace {
         object["metadata"]["namespace"] = json!(ns);
     }
+    let exists = {
+        let store = shared
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        store.objects.contains_key(&(
+            collection.clone(),
+            namespace.clone().unwrap_or_default(),
+            name.to_string(),
+        ))
+    };
+    if exists {
+        return respond(
+            w,
+            409,
+            &status(409, "AlreadyExists", "the object already exists"),
+        );
+    }
     if collection_of(&object).ok().as_deref() != Some(collection.as_str()) {
         return respond(
             w,
@@ -479,7 +498,39 @@ fn route(path: &str) -> (String, Option<String>) {
     (path.trim_end_matches('/').to_string(), None)
 }
 
+/// `/api/v1/namespaces/<ns>/secrets/<name>` → (collection, namespace, name).
+fn object_route(path: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let base = if parts.get(1) == Some(&"api") { 3 } else { 4 };
+    if parts.len() == base + 4 && parts[base] == "namespaces" {
+        let collection = format!("{}/{}", parts[..base].join("/"), parts[base + 2]);
+        return Some((collection, parts[base + 1].into(), parts[base + 3].into()));
+    }
+    None
+}
+
+fn get(w: &mut TcpStream, shared: &Shared, key: (String, String, String)) -> bool {
+    let object = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .objects
+        .get(&key)
+        .cloned();
+    match object {
+        Some(o) => respond(w, 200, &o),
+        None => respond(
+            w,
+            404,
+            &status(404, "NotFound", &format!("{} {:?} not found", key.0, key.2)),
+        ),
+    }
+}
+
 fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    if let Some(key) = object_route(&request.path) {
+        return get(w, shared, key);
+    }
     let (collection, namespace) = route(&request.path);
     let store = shared
         .store

@@ -52,7 +52,11 @@ impl ControlPlane {
                     dir.join("source").display().to_string(),
                 ],
             })
-            .args(["--ca-dir", &dir.join("ca").display().to_string()])
+            .args(if extra.iter().any(|a| a == "--ca-secret") {
+                Vec::new()
+            } else {
+                vec!["--ca-dir".to_string(), dir.join("ca").display().to_string()]
+            })
             .args([
                 "--node-token-file",
                 &dir.join("token").display().to_string(),
@@ -302,4 +306,89 @@ async fn the_control_plane_can_be_verified_by_host_name_as_istiod() {
         .expect("istiod's host name is in the certificate");
     let wrong = ask(&by_name("istiod.other.svc"), &cart, &cart).await;
     assert!(wrong.is_err(), "another host name is refused: {wrong:?}");
+}
+
+/// In Kubernetes mode the root lives in a Secret (as istiod's `istio-ca-secret`): the first
+/// control plane generates and stores it, the next one signs with the same root.
+#[tokio::test]
+async fn the_ca_root_is_kept_in_a_secret() {
+    use amesh_testbed::kube_api::{KubeApi, TokenInfo};
+    let api = KubeApi::start().expect("API emulator");
+    api.apply_yaml(SOURCE).expect("objects");
+    api.add_token(
+        "cart-token",
+        TokenInfo {
+            username: "system:serviceaccount:shop:cart".into(),
+            audiences: vec!["istio-ca".into()],
+            pod_name: Some("cart-0".into()),
+            node_name: Some("node-1".into()),
+            expired: false,
+        },
+    );
+    let extra = [
+        "--ca-secret".to_string(),
+        "istio-system/istio-ca-secret".to_string(),
+    ];
+    let secret_root = || {
+        let secrets = api.objects("/api/v1/secrets");
+        let data = secrets
+            .iter()
+            .find(|s| s["metadata"]["name"] == "istio-ca-secret")
+            .map(|s| s["data"]["ca-cert.pem"].clone())
+            .expect("the Secret was created");
+        let b64 = data.as_str().expect("base64 string");
+        String::from_utf8(decode_base64(b64)).expect("PEM")
+    };
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    let mut roots_seen = Vec::new();
+    for run in ["first", "second"] {
+        let cp = ControlPlane::start_with(run, Some(&api.url()), &extra);
+        let root = secret_root();
+        let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
+        let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
+        let config = tls::anonymous_client_config(&bundle, expected, tls::provider()).expect("tls");
+        let client = IstioCaClient::new(
+            Connector {
+                address: cp.address.to_string(),
+                tls: config,
+                server_name: None,
+            },
+            Credentials {
+                token: Some("cart-token".into()),
+                cluster_id: "Kubernetes".into(),
+            },
+            vec![root.clone()],
+        );
+        let chain = ask(&client, &cart, &cart)
+            .await
+            .expect("signed with the Secret's root");
+        assert_eq!(
+            chain.last(),
+            Some(&root),
+            "{run}: the chain ends in the Secret's root"
+        );
+        roots_seen.push(root);
+    }
+    assert_eq!(
+        roots_seen[0], roots_seen[1],
+        "the second control plane reused the root"
+    );
+}
+
+/// Standard base64 (the API server's encoding of Secret data).
+fn decode_base64(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
 }
