@@ -18,7 +18,7 @@ pub enum CaSecretError {
     Api {
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("Secret {namespace}/{name}: key {key} is missing")]
     Missing {
@@ -30,7 +30,7 @@ pub enum CaSecretError {
     Root {
         namespace: String,
         name: String,
-        source: CaError,
+        source: Box<CaError>,
     },
 }
 
@@ -46,7 +46,7 @@ pub async fn load_or_create(
     let api_err = |source| CaSecretError::Api {
         namespace: namespace.into(),
         name: name.into(),
-        source,
+        source: Box::new(source),
     };
     if let Some(secret) = api.get_opt(name).await.map_err(api_err)? {
         return from_secret(&secret, namespace, name);
@@ -54,7 +54,7 @@ pub async fn load_or_create(
     let root_err = |source| CaSecretError::Root {
         namespace: namespace.into(),
         name: name.into(),
-        source,
+        source: Box::new(source),
     };
     let ca = LocalCa::generate(trust_domain).map_err(root_err)?;
     let secret = Secret {
@@ -103,7 +103,7 @@ fn from_secret(secret: &Secret, namespace: &str, name: &str) -> Result<LocalCa, 
         CaSecretError::Root {
             namespace: namespace.into(),
             name: name.into(),
-            source,
+            source: Box::new(source),
         }
     })?;
     info!(%namespace, %name, "CA root loaded from the Secret");
