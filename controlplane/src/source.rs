@@ -40,7 +40,7 @@ struct TypeMeta {
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    metadata: serde_yaml::Value,
+    metadata: serde_json::Value,
 }
 
 /// Reads every `*.yaml` / `*.yml` file in `dir` (sorted, so the result is stable).
@@ -91,7 +91,11 @@ pub fn read_documents(
 }
 
 fn add_object(value: serde_yaml::Value, snapshot: &mut Snapshot) -> Result<(), ObjectError> {
-    let meta: TypeMeta = serde_yaml::from_value(value.clone())
+    // YAML to JSON first, as kubectl does before the API server sees an object: map keys
+    // become strings (`portLevelMtls: {9090: ...}` is written with an integer key).
+    let value: serde_json::Value = serde_json::to_value(value)
+        .map_err(|e| object_error("object", "?", format!("not representable as JSON: {e}")))?;
+    let meta: TypeMeta = serde_json::from_value(value.clone())
         .map_err(|e| object_error("object", "?", e.to_string()))?;
     let name = meta
         .metadata
@@ -99,29 +103,29 @@ fn add_object(value: serde_yaml::Value, snapshot: &mut Snapshot) -> Result<(), O
         .and_then(|n| n.as_str())
         .unwrap_or("(no name)")
         .to_string();
-    let err = |e: serde_yaml::Error| object_error(&meta.kind, &name, e.to_string());
+    let err = |e: serde_json::Error| object_error(&meta.kind, &name, e.to_string());
     match (meta.api_version.as_str(), meta.kind.as_str()) {
         ("v1", "Namespace") => snapshot
             .namespaces
-            .push(serde_yaml::from_value(value).map_err(err)?),
+            .push(serde_json::from_value(value).map_err(err)?),
         ("v1", "Pod") => snapshot
             .pods
-            .push(serde_yaml::from_value(value).map_err(err)?),
+            .push(serde_json::from_value(value).map_err(err)?),
         ("v1", "Service") => snapshot
             .services
-            .push(serde_yaml::from_value(value).map_err(err)?),
+            .push(serde_json::from_value(value).map_err(err)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => snapshot
             .endpoint_slices
-            .push(serde_yaml::from_value(value).map_err(err)?),
+            .push(serde_json::from_value(value).map_err(err)?),
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
             snapshot
                 .authorization_policies
-                .push(serde_yaml::from_value(value).map_err(err)?);
+                .push(serde_json::from_value(value).map_err(err)?);
         }
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
             snapshot
                 .peer_authentications
-                .push(serde_yaml::from_value(value).map_err(err)?);
+                .push(serde_json::from_value(value).map_err(err)?);
         }
         // Other kinds (Deployments, ConfigMaps...) are not the control plane's business.
         (_, kind) if !kind.is_empty() => {}

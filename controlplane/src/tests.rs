@@ -272,3 +272,14 @@ endpoints:
         pb::WorkloadStatus::Unhealthy as i32
     );
 }
+
+/// Integer map keys, as people write them in YAML (`9090:`), read like kubectl sends them.
+#[test]
+fn yaml_integer_keys_read_as_kubectl_sends_them() {
+    const PA: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: ns}\nspec:\n  selector: {matchLabels: {app: c}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {9090: {mode: PERMISSIVE}}\n";
+    let mut snap = source::Snapshot::default();
+    let mut errors = Vec::new();
+    source::read_documents(Path::new("pa.yaml"), PA, &mut snap, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snap.peer_authentications.len(), 1);
+}

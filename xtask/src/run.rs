@@ -70,10 +70,14 @@ pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // End-to-end tests start the workspace's binaries (ztunnel, amesh-controlplane, the
+    // probe); `cargo test` only builds a package's binaries for that package's own tests.
+    println!("xtask: building the binaries the end-to-end tests start");
+    cmd(cargo(paths, &object).args(["build", "--workspace", "--bins"]))?;
     println!("xtask: running every test (unit, kernel and end-to-end)");
     let mut tally = crate::tally::run_tests(
         cargo(paths, &object)
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--no-fail-fast"])
             .args(args),
     )?;
     println!("xtask: running the demo scenario (what `cargo xtask demo` shows)");

@@ -5,6 +5,7 @@
 mod dataplane;
 mod observe;
 mod policy;
+mod policy_xds;
 mod security;
 mod support;
 mod xds;

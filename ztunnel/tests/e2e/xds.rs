@@ -14,11 +14,17 @@ const DENY_NS_A: &str = "---\napiVersion: security.istio.io/v1\nkind: Authorizat
 
 /// A mesh whose ztunnels are fed by a freshly started control plane, every node ready.
 fn xds_mesh() -> Mesh {
+    xds_mesh_of(&specs())
+}
+
+/// The same for any pods.
+pub fn xds_mesh_of(specs: &[PodSpec]) -> Mesh {
     amesh_testbed::require_root();
-    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    let mut mesh = Mesh::try_build(specs).expect("build the mesh");
     mesh.try_start_control_plane().expect("control plane");
     mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
+    let nodes: Vec<&str> = mesh.nodes.iter().map(|n| n.name).collect();
+    for node in nodes {
         mesh.try_wait_ready(node).unwrap_or_else(|e| {
             let cp = mesh
                 .control_plane
@@ -35,7 +41,7 @@ fn xds_mesh() -> Mesh {
 }
 
 /// Waits until `node`'s config dump satisfies `ok`.
-fn wait_dump(mesh: &Mesh, node: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+pub fn wait_dump(mesh: &Mesh, node: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
     let z = &mesh.node(node).ztunnel;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -53,7 +59,7 @@ fn wait_dump(mesh: &Mesh, node: &str, what: &str, ok: impl Fn(&serde_json::Value
     }
 }
 
-fn policy_names(v: &serde_json::Value) -> Vec<String> {
+pub fn policy_names(v: &serde_json::Value) -> Vec<String> {
     v["policies"]
         .as_array()
         .into_iter()
@@ -80,7 +86,7 @@ fn refused(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> bool {
         .is_err()
 }
 
-fn edit_source(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
+pub fn edit_source(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(mesh.source_path()).expect("read the source");
     std::fs::write(mesh.source_path(), edit(text)).expect("write the source");
 }
