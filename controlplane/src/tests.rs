@@ -128,7 +128,11 @@ fn pods_become_workloads_with_istio_enrollment_rules() {
     );
     assert_eq!(
         cart.authorization_policies,
-        vec!["shop/allow-web".to_string()]
+        [
+            "shop/allow-web",
+            "istio-system/converted_peer_authentication_strict_except_9090"
+        ],
+        "its selector policy, then its mTLS policy"
     );
     for uid in [
         "Kubernetes//v1/Pod/shop/opted-out",
@@ -171,10 +175,23 @@ fn services_and_policies_translate_and_bad_objects_are_reported() {
             sec::Action::Allow as i32
         )
     );
-    let strict = &r.authorizations["shop/converted_peer_authentication_strict"];
+    let key = "istio-system/converted_peer_authentication_strict_except_9090";
+    let strict = &r.authorizations[key];
     assert_eq!(
         (strict.scope, strict.action),
-        (sec::Scope::Namespace as i32, sec::Action::Deny as i32)
+        (
+            sec::Scope::WorkloadSelector as i32,
+            sec::Action::Deny as i32
+        )
+    );
+    let cart = match &r.addresses["Kubernetes//v1/Pod/shop/cart-0"].r#type {
+        Some(pb::address::Type::Workload(w)) => w,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        cart.authorization_policies.iter().any(|k| k == key),
+        "the workload references its mTLS policy: {:?}",
+        cart.authorization_policies
     );
     let m = &strict.groups[0].rules[0].matches[0];
     assert_eq!(m.not_destination_ports, vec![9090]);
@@ -282,4 +299,85 @@ fn yaml_integer_keys_read_as_kubectl_sends_them() {
     source::read_documents(Path::new("pa.yaml"), PA, &mut snap, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(snap.peer_authentications.len(), 1);
+}
+
+/// The most specific PeerAuthentication wins, port by port: mesh STRICT, a namespace
+/// PERMISSIVE under it, a workload STRICT in that namespace except one port.
+#[test]
+fn peer_authentication_precedence() {
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: a}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: legacy}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: legacy, labels: {app: db}}
+spec: {containers: [{name: c, image: c}]}
+status: {phase: Running, podIPs: [{ip: 10.0.0.3}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: legacy}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: db, namespace: legacy}
+spec:
+  selector: {matchLabels: {app: db}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9187: {mode: PERMISSIVE}}
+"#;
+    let mut snap = source::Snapshot::default();
+    let mut errors = Vec::new();
+    source::read_documents(Path::new("pa.yaml"), OBJECTS, &mut snap, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let r = translate::translate(&snap, &translate::Mesh::default());
+    let refs = |ns: &str, name: &str| -> Vec<String> {
+        match &r.addresses[&format!("Kubernetes//v1/Pod/{ns}/{name}")].r#type {
+            Some(pb::address::Type::Workload(w)) => w.authorization_policies.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        refs("a", "p"),
+        ["istio-system/converted_peer_authentication_strict"],
+        "mesh STRICT"
+    );
+    assert!(
+        refs("legacy", "old").is_empty(),
+        "namespace PERMISSIVE overrides the mesh"
+    );
+    assert_eq!(
+        refs("legacy", "db"),
+        ["istio-system/converted_peer_authentication_strict_except_9187"],
+        "the workload's own STRICT, with its port exception"
+    );
+    let m = &r.authorizations["istio-system/converted_peer_authentication_strict_except_9187"]
+        .groups[0]
+        .rules[0]
+        .matches[0];
+    assert_eq!(m.not_destination_ports, vec![9187]);
 }

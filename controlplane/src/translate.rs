@@ -111,6 +111,7 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         })
         .collect();
     let policies = authorizations(snap, mesh, &mut out);
+    let peer_auths = peer_authentications(snap, mesh, &mut out);
     for svc in &snap.services {
         if let Some((name, s)) = service(svc, mesh) {
             out.addresses.insert(
@@ -133,7 +134,14 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         let empty = BTreeMap::new();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let namespace_labels = ns_labels.get(ns).unwrap_or(&empty);
-        if let Some(w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
+        if let Some(mut w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            if let Some(p) = peer_policy(&peer_auths, &w.namespace, &labels, mesh) {
+                w.authorization_policies.push(p.key());
+                out.authorizations
+                    .entry(p.key())
+                    .or_insert_with(|| to_proto(&p));
+            }
             out.addresses.insert(
                 w.uid.clone(),
                 pb::Address {
@@ -161,46 +169,118 @@ fn authorizations(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> Policies
             Err(e) => out.errors.push(Rejected::of("AuthorizationPolicy", &e)),
         }
     }
-    for pa in &snap.peer_authentications {
-        match crd::peer_authentication(pa, &mesh.root_namespace) {
-            Ok((pa, selector)) => policies.extend(strict_as_deny(&pa).map(|p| (p, selector))),
-            Err(e) => out.errors.push(Rejected::of("PeerAuthentication", &e)),
-        }
-    }
     for (p, _) in &policies {
         out.authorizations.insert(p.key(), to_proto(p));
     }
     policies
 }
 
-/// STRICT as istiod expresses it to ztunnel: deny peers without an identity, except on
-/// ports the policy leaves PERMISSIVE.
-fn strict_as_deny(pa: &amesh_policy::PeerAuthentication) -> Option<Authorization> {
-    if pa.mode != MtlsMode::Strict {
-        return None;
+/// PeerAuthentications with their selectors (`None`: namespace or mesh scope).
+type PeerAuths = Vec<(
+    amesh_policy::PeerAuthentication,
+    Option<BTreeMap<String, String>>,
+)>;
+
+fn peer_authentications(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> PeerAuths {
+    let mut pas = Vec::new();
+    for pa in &snap.peer_authentications {
+        match crd::peer_authentication(pa, &mesh.root_namespace) {
+            Ok(converted) => pas.push(converted),
+            Err(e) => out.errors.push(Rejected::of("PeerAuthentication", &e)),
+        }
     }
-    let permissive: Vec<u16> = pa
-        .port_modes
+    pas
+}
+
+/// The mTLS requirement of one workload as a policy ztunnel enforces: DENY peers without an
+/// identity on the ports where plaintext is not allowed. The most specific PeerAuthentication
+/// decides, port by port (workload selector, then namespace, then mesh; UNSET inherits), so a
+/// namespace PERMISSIVE under a mesh-wide STRICT is honoured. Workloads with the same
+/// requirement share one policy in the root namespace, referenced from each of them.
+fn peer_policy(
+    pas: &PeerAuths,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    mesh: &Mesh,
+) -> Option<Authorization> {
+    let applies = |scope: PeerScope| {
+        pas.iter()
+            .find(|(p, selector)| {
+                p.scope == scope
+                    && match scope {
+                        PeerScope::Mesh => true,
+                        PeerScope::Namespace => p.namespace == namespace,
+                        PeerScope::Workload => {
+                            p.namespace == namespace
+                                && selector.as_ref().is_some_and(|s| labels_match(s, labels))
+                        }
+                    }
+            })
+            .map(|(p, _)| p)
+    };
+    let chain: Vec<&amesh_policy::PeerAuthentication> =
+        [PeerScope::Workload, PeerScope::Namespace, PeerScope::Mesh]
+            .into_iter()
+            .filter_map(applies)
+            .collect();
+    let mode_for = |port: Option<u16>| {
+        chain
+            .iter()
+            .find_map(|p| {
+                let mode = port
+                    .and_then(|port| p.port_modes.get(&port).copied())
+                    .unwrap_or(p.mode);
+                (mode != MtlsMode::Unset).then_some(mode)
+            })
+            .unwrap_or(MtlsMode::Permissive)
+    };
+    let strict = mode_for(None) == MtlsMode::Strict;
+    let mut exceptions: Vec<u16> = chain
         .iter()
-        .filter(|(_, m)| **m == MtlsMode::Permissive)
-        .map(|(p, _)| *p)
+        .flat_map(|p| p.port_modes.keys().copied())
+        .filter(|&port| (mode_for(Some(port)) == MtlsMode::Strict) != strict)
         .collect();
-    let matches = vec![amesh_policy::Match {
-        not_principals: vec![amesh_policy::StringMatch::Presence],
-        not_destination_ports: permissive,
-        ..Default::default()
-    }];
+    exceptions.sort_unstable();
+    exceptions.dedup();
+    let ports = exceptions
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join("_");
+    let (name, matched) = if strict {
+        let suffix = if ports.is_empty() {
+            String::new()
+        } else {
+            format!("_except_{ports}")
+        };
+        let m = amesh_policy::Match {
+            not_principals: vec![amesh_policy::StringMatch::Presence],
+            not_destination_ports: exceptions,
+            ..Default::default()
+        };
+        (format!("converted_peer_authentication_strict{suffix}"), m)
+    } else if !exceptions.is_empty() {
+        let m = amesh_policy::Match {
+            not_principals: vec![amesh_policy::StringMatch::Presence],
+            destination_ports: exceptions,
+            ..Default::default()
+        };
+        (
+            format!("converted_peer_authentication_strict_ports_{ports}"),
+            m,
+        )
+    } else {
+        return None;
+    };
     Some(Authorization {
-        name: format!("converted_peer_authentication_{}", pa.name),
-        namespace: pa.namespace.clone(),
-        scope: match pa.scope {
-            PeerScope::Mesh => Scope::Global,
-            PeerScope::Namespace => Scope::Namespace,
-            PeerScope::Workload => Scope::WorkloadSelector,
-        },
+        name,
+        namespace: mesh.root_namespace.clone(),
+        scope: Scope::WorkloadSelector,
         action: Action::Deny,
         rules: vec![amesh_policy::Rule {
-            clauses: vec![amesh_policy::Clause { matches }],
+            clauses: vec![amesh_policy::Clause {
+                matches: vec![matched],
+            }],
         }],
         dry_run: false,
     })
