@@ -16,9 +16,26 @@ use std::{
 const SOURCE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.3}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: other-0, namespace: shop}\nspec: {nodeName: node-2, serviceAccountName: other, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.4}]}\n";
 
 /// A control plane on loopback with a node token, removed (process and files) on drop.
+/// A file or directory removed when dropped, also when a test panics.
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
 struct ControlPlane {
     child: Child,
-    dir: PathBuf,
+    dir: TempPath,
     address: std::net::SocketAddr,
 }
 
@@ -26,7 +43,6 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -38,8 +54,9 @@ impl ControlPlane {
 
     /// From the directory, or from the API at `kube_url`; `extra` arguments.
     fn start_with(name: &str, kube_url: Option<&str>, extra: &[String]) -> Self {
-        let dir = std::env::temp_dir().join(format!("amesh-ca-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir =
+            TempPath(std::env::temp_dir().join(format!("amesh-ca-{}-{name}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&*dir);
         std::fs::create_dir_all(dir.join("source")).expect("temp dir");
         std::fs::write(dir.join("source/mesh.yaml"), SOURCE).expect("source");
         std::fs::write(dir.join("token"), "node-secret\n").expect("token");
@@ -235,8 +252,8 @@ async fn with_kubernetes_tokens_node_agents_get_only_their_nodes_identities() {
 async fn a_previous_root_is_trusted_only_when_configured() {
     let old_ca = amesh_identity::LocalCa::generate("cluster.local").expect("old CA");
     let old_root_file =
-        std::env::temp_dir().join(format!("amesh-old-root-{}.pem", std::process::id()));
-    std::fs::write(&old_root_file, old_ca.root_pem()).expect("old root");
+        TempPath(std::env::temp_dir().join(format!("amesh-old-root-{}.pem", std::process::id())));
+    std::fs::write(&*old_root_file, old_ca.root_pem()).expect("old root");
     let cart = Identity::new("cluster.local", "shop", "cart");
     let old_cert = old_ca
         .issue(&cart, Duration::from_secs(3600))
@@ -271,7 +288,6 @@ async fn a_previous_root_is_trusted_only_when_configured() {
     let strict = ControlPlane::start_with("strict", None, &[]);
     let refused = ask(&renew_with_old_cert(&strict), &cart, &cart).await;
     assert!(refused.is_err(), "an unknown root is refused: {refused:?}");
-    let _ = std::fs::remove_file(&old_root_file);
 }
 
 /// Istio's ztunnel checks istiod by host name (`istiod.istio-system.svc`), not by SPIFFE id:
