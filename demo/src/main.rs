@@ -1,7 +1,8 @@
-//! `cargo xtask demo`: a mesh on this machine, out of network namespaces: two nodes, each
-//! with amesh's eBPF capture, a node agent (a stand-in speaking ZDS until the real one lands)
-//! and a real ztunnel; a client in namespace `web`, a service `web.shop` with two endpoints,
-//! and a pod outside the mesh. Every step is verified, not just printed.
+//! `cargo xtask demo`: a mesh on this machine, out of network namespaces: the control plane
+//! (xDS and CA, from Kubernetes YAML) and two nodes, each with amesh's eBPF capture, a node
+//! agent (a stand-in speaking ZDS until the real one lands) and a real ztunnel; a client in
+//! namespace `web`, a service `web.shop` with two endpoints, and a pod outside the mesh.
+//! Every step is verified, not just printed.
 //!
 //! Exits 0 only if every step passed; removes everything it made, also on Ctrl-C.
 #![forbid(unsafe_code)]
@@ -18,7 +19,8 @@ struct Step {
     outcome: Result<String>,
 }
 
-const DENY_WEB: &str = "policies:\n- name: deny-web\n  namespace: shop\n  scope: Namespace\n  action: Deny\n  rules: [{clauses: [{matches: [{namespaces: [web]}]}]}]\n";
+/// An Istio AuthorizationPolicy, as a user would `kubectl apply` it.
+const DENY_WEB: &str = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-web, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [web]}}]}]\n";
 
 fn specs() -> Vec<PodSpec> {
     let endpoint = |p: PodSpec| PodSpec {
@@ -102,9 +104,28 @@ fn run() -> Result<Vec<Step>> {
         "before the mesh: the request crosses the wire in plaintext",
         plaintext_before(&mesh),
     );
-    mesh.try_start(&[])?;
+    let xds = mesh.try_start_control_plane()?.to_string();
+    println!("• control plane serving xDS and Istio's CA on {xds} (source: Kubernetes YAML)");
+    let root = mesh.ca_root_path().display().to_string();
+    let token = mesh.node_token_path().display().to_string();
+    let fed: &[&str] = &[
+        "--ca-address",
+        &xds,
+        "--ca-root-file",
+        &root,
+        "--token-file",
+        &token,
+    ];
+    mesh.try_start(&[("node1", fed), ("node2", fed)])?;
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node)?;
+    }
     println!(
         "• started node1 and node2: capture programs loaded, pods enrolled, ztunnels serving them"
+    );
+    step(
+        "ztunnels fed over xDS, pod certs from the control plane CA",
+        control_plane(&mesh),
     );
     step(
         "in the mesh: HBONE mTLS on 15008, no plaintext on the wire",
@@ -221,8 +242,40 @@ fn service_spread(mesh: &Mesh) -> Result<String> {
     ))
 }
 
+fn control_plane(mesh: &Mesh) -> Result<String> {
+    let mut workloads = Vec::new();
+    for node in ["node1", "node2"] {
+        let (_, dump) = mesh
+            .node(node)
+            .ztunnel
+            .try_http("Admin", "GET", "/config_dump")?;
+        let v: serde_json::Value = serde_json::from_str(&dump)?;
+        workloads.push(v["workloads"].as_array().map_or(0, Vec::len));
+    }
+    ensure!(
+        workloads.iter().all(|&n| n == 3),
+        "workloads per ztunnel: {workloads:?}"
+    );
+    let log = mesh
+        .control_plane
+        .as_ref()
+        .map(|c| c.log())
+        .unwrap_or_default();
+    let signed = log
+        .lines()
+        .filter(|l| l.contains("certificate signed"))
+        .count();
+    ensure!(
+        signed >= 3,
+        "the control plane signed {signed} certificates:\n{log}"
+    );
+    Ok(format!(
+        "3 workloads in each ztunnel from delta ADS; {signed} pod certificates signed (CreateCertificate)"
+    ))
+}
+
 fn deny(mesh: &Mesh) -> Result<String> {
-    mesh.try_update_config(&["deny-web"], |t| format!("{t}{DENY_WEB}"))?;
+    mesh.try_update_source(&["deny-web"], |t| format!("{t}{DENY_WEB}"))?;
     let refused = mesh.try_connect_one("web", cart1(mesh)).is_err();
     ensure!(refused, "web still reaches cart-1");
     let log = mesh.node("node2").ztunnel.log();
@@ -230,11 +283,11 @@ fn deny(mesh: &Mesh) -> Result<String> {
         log.contains("denied by shop/deny-web"),
         "the access log does not name the policy"
     );
-    Ok("web -> cart-1 refused (HTTP 401 on the tunnel): \"denied by shop/deny-web\"".into())
+    Ok("AuthorizationPolicy applied through the control plane; web -> cart-1 refused (HTTP 401 on the tunnel): \"denied by shop/deny-web\"".into())
 }
 
 fn undeny(mesh: &Mesh) -> Result<String> {
-    mesh.try_update_config(&[], |t| t.replace(DENY_WEB, ""))?;
+    mesh.try_update_source(&[], |t| t.replace(DENY_WEB, ""))?;
     let by = served(mesh, "web", cart1(mesh))?;
     ensure!(by == "cart-1-app", "answered by {by}");
     Ok("web -> cart-1 answered again".into())

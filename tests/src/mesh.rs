@@ -521,10 +521,29 @@ impl Mesh {
         policies: &[&str],
         edit: impl FnOnce(String) -> String,
     ) -> Result<(), BedError> {
-        let text = std::fs::read_to_string(self.config_path())
-            .map_err(BedError::io("reading mesh.yaml"))?;
-        std::fs::write(self.config_path(), edit(text))
-            .map_err(BedError::io("writing mesh.yaml"))?;
+        self.try_update_file(&self.config_path(), policies, edit)
+    }
+
+    /// The same for the control plane's source (Kubernetes YAML): the ztunnels it feeds
+    /// serve exactly the `policies` names.
+    pub fn try_update_source(
+        &self,
+        policies: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<(), BedError> {
+        self.try_update_file(&self.source_path(), policies, edit)
+    }
+
+    fn try_update_file(
+        &self,
+        path: &Path,
+        policies: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<(), BedError> {
+        let what = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(BedError::io(format!("reading {what}")))?;
+        std::fs::write(path, edit(text)).map_err(BedError::io(format!("writing {what}")))?;
         for node in &self.nodes {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
