@@ -102,18 +102,13 @@ pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
     cmd(Command::new(&bin).args(args).current_dir(&paths.root))
 }
 
-/// Builds the demo and the probe helper it runs inside its pods.
+/// Builds the demo and every binary it starts (ztunnel, the control plane, the probe it
+/// runs inside its pods).
 fn build_demo(paths: &Paths, object: &std::path::Path, release: bool) -> Result<()> {
     let mut c = cargo(paths, object);
     c.arg("build");
     if release {
         c.arg("--release");
     }
-    cmd(c.args([
-        "--bins",
-        "--package",
-        "amesh-demo",
-        "--package",
-        "amesh-testbed",
-    ]))
+    cmd(c.args(["--workspace", "--bins"]))
 }
