@@ -127,6 +127,10 @@ async fn connect_app(
         destination_ip: target.ip().to_canonical(),
         destination_port: target.port(),
     };
+    if !shared.state.is_loaded() {
+        record.fail("CONNECT", super::NOT_CONFIGURED);
+        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+    }
     match authorize(&shared.state.snapshot(), &facts, &shared.metrics) {
         Decision::Deny { by } => {
             record.fail("DENY", &format!("denied by {by}"));
@@ -169,6 +173,9 @@ pub async fn handle_plaintext(
         target,
     );
     record.destination(&pod.identity, &pod.name);
+    if !shared.state.is_loaded() {
+        return record.fail("CONNECT", super::NOT_CONFIGURED);
+    }
     let state = shared.state.snapshot();
     // STRICT peer authentication: plaintext is refused; the connection closes unanswered.
     let uid = state

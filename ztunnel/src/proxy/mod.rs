@@ -10,6 +10,12 @@ pub mod inbound;
 pub mod outbound;
 pub mod record;
 
+/// Why a connection is refused before ztunnel has its first configuration (xDS not yet
+/// synced): without it ztunnel cannot tell mesh destinations from others, nor know the
+/// policies, so it refuses rather than guess (which would mean plaintext).
+pub const NOT_CONFIGURED: &str =
+    "no configuration from the control plane yet: refused (fail closed)";
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use copy::{Copied, copy};

@@ -33,6 +33,9 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
     let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
     let mut record = ConnRecord::new(shared.metrics.clone(), TcpLabels::new("source"), src, orig);
     record.source(&pod.identity, &pod.name);
+    if !shared.state.is_loaded() {
+        return record.fail("CONNECT", super::NOT_CONFIGURED);
+    }
     let nowhere = crate::state::Locality::default();
     let client = crate::state::Client {
         node: &shared.node,

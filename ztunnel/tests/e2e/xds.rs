@@ -261,3 +261,51 @@ fn pod_certificates_come_from_the_control_plane_ca() {
     let left = mesh.close();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Fail closed: when the control plane refuses ztunnel (here: a wrong node token), it gets
+/// neither configuration nor certificates, is not ready, and its pods' traffic is refused
+/// rather than treated as leaving the mesh (which would mean plaintext).
+#[test]
+fn refused_by_the_control_plane_traffic_is_refused_not_sent_in_plaintext() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    let xds = mesh
+        .try_start_control_plane()
+        .expect("control plane")
+        .to_string();
+    let root = mesh.ca_root_path().display().to_string();
+    let wrong = mesh.dir.join("wrong-token");
+    std::fs::write(&wrong, "not-the-node-token\n").expect("token");
+    let token = wrong.display().to_string();
+    let args: &[&str] = &[
+        "--ca-address",
+        &xds,
+        "--ca-root-file",
+        &root,
+        "--token-file",
+        &token,
+    ];
+    mesh.try_start(&[("node1", args), ("node2", args)])
+        .expect("start the nodes");
+    let _apps = mesh.apps(&["c"]);
+    let (status, body) = mesh
+        .node("node2")
+        .ztunnel
+        .http("Readiness", "GET", "/healthz/ready");
+    assert_eq!(status, 503, "not ready without certificates: {body}");
+    assert!(body.contains("pod certificates"), "{body}");
+    let outcome = mesh
+        .connect("a", &["--timeout-ms", "3000"], &[mesh.v4("c", APP_PORT)])
+        .remove(0)
+        .outcome;
+    assert!(
+        outcome.is_err(),
+        "a reached c without certificates: {outcome:?}"
+    );
+    assert!(
+        mesh.node("node1").ztunnel.log().contains("fail closed"),
+        "the refusal says why"
+    );
+    let left = mesh.close();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
