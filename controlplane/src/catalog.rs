@@ -95,6 +95,18 @@ impl Catalog {
     }
 }
 
+/// Publishes `catalog` to the subscribers unless it equals the current one (a source event
+/// that changes nothing the ztunnels see pushes nothing). Returns whether it was published.
+pub fn publish(tx: &tokio::sync::watch::Sender<Arc<Catalog>>, catalog: Catalog) -> bool {
+    tx.send_if_modified(|current| {
+        if **current == catalog {
+            return false;
+        }
+        *current = Arc::new(catalog);
+        true
+    })
+}
+
 /// One type's change for one client.
 #[derive(Debug, Default)]
 pub struct Delta {

@@ -288,14 +288,7 @@ pub async fn publish_kube(
             tokio::time::sleep(DEBOUNCE).await;
             let (catalog, rejected) = catalog_of(&caches, &mesh);
             reporter.report(rejected).await;
-            let updated = tx.send_if_modified(|current| {
-                if **current == catalog {
-                    return false;
-                }
-                *current = Arc::new(catalog);
-                true
-            });
-            if updated {
+            if crate::catalog::publish(&tx, catalog) {
                 info!("cluster changed; pushing");
             }
             if tx.is_closed() {

@@ -50,14 +50,7 @@ pub fn publish_dir(
             seen = now;
             match load(&dir, &mesh) {
                 Ok(catalog) => {
-                    let changed = tx.send_if_modified(|current| {
-                        if **current == catalog {
-                            return false;
-                        }
-                        *current = Arc::new(catalog);
-                        true
-                    });
-                    if changed {
+                    if crate::catalog::publish(&tx, catalog) {
                         info!(dir = %dir.display(), "source changed; pushing");
                     }
                 }

@@ -106,17 +106,7 @@ fn run() -> Result<Vec<Step>> {
     );
     let xds = mesh.try_start_control_plane()?.to_string();
     println!("• control plane serving xDS and Istio's CA on {xds} (source: Kubernetes YAML)");
-    let root = mesh.ca_root_path().display().to_string();
-    let token = mesh.node_token_path().display().to_string();
-    let fed: &[&str] = &[
-        "--ca-address",
-        &xds,
-        "--ca-root-file",
-        &root,
-        "--token-file",
-        &token,
-    ];
-    mesh.try_start(&[("node1", fed), ("node2", fed)])?;
+    mesh.try_start_fed_by_control_plane(&mesh.node_token_path())?;
     for node in ["node1", "node2"] {
         mesh.try_wait_ready(node)?;
     }

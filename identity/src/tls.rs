@@ -147,20 +147,7 @@ pub fn client_config(
     expected: Vec<Identity>,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: bundle.roots.clone(),
-        expected,
-        algorithms: provider.signature_verification_algorithms,
-    });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(cert.chain.clone(), cert.key())?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    config.enable_sni = false;
-    config.resumption = Resumption::disabled();
-    Ok(Arc::new(config))
+    spiffe_client_config(Some(cert), bundle, expected, provider)
 }
 
 /// A client config with no certificate of its own (it authenticates otherwise, e.g. with a
@@ -171,18 +158,27 @@ pub fn anonymous_client_config(
     expected: Vec<Identity>,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    spiffe_client_config(None, bundle, expected, provider)
+}
+
+fn spiffe_client_config(
+    cert: Option<&WorkloadCert>,
+    bundle: &TrustBundle,
+    expected: Vec<Identity>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: bundle.roots.clone(),
         expected,
         algorithms: provider.signature_verification_algorithms,
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .with_custom_certificate_verifier(verifier);
+    let mut config = with_client_cert(builder, cert)?;
     config.enable_sni = false;
+    config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -203,12 +199,20 @@ pub fn dns_client_config(
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_webpki_verifier(verifier);
+    Ok(Arc::new(with_client_cert(builder, cert)?))
+}
+
+/// Finishes a client config: `cert` presented when given, HTTP/2 offered.
+fn with_client_cert(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    cert: Option<&WorkloadCert>,
+) -> Result<ClientConfig, TlsConfigError> {
     let mut config = match cert {
         Some(c) => builder.with_client_auth_cert(c.chain.clone(), c.key())?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// The name passed to the TLS client; not checked (identities are), not sent (no SNI).

@@ -121,6 +121,21 @@ impl Drop for ControlPlaneProcess {
     }
 }
 
+/// The address in the control plane's "serving xDS" log line (it listens on port 0 in
+/// tests and says where it ended up).
+pub fn serving_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("serving xDS"))
+        .find_map(|l| {
+            l.split("listen=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 impl ControlPlaneProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -131,17 +146,7 @@ impl ControlPlaneProcess {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.log();
-            let found = log
-                .lines()
-                .filter(|l| l.contains("serving xDS"))
-                .find_map(|l| {
-                    l.split("listen=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                });
+            let found = serving_address(&log);
             if let Some(address) = found {
                 return Ok(address);
             }
@@ -471,6 +476,30 @@ impl Mesh {
         self.control_plane = Some(process);
         self.xds = Some(address);
         Ok(address)
+    }
+
+    /// Starts every node with ztunnels that take their configuration and their pods'
+    /// certificates from the running control plane, presenting `token` (a file) to it.
+    pub fn try_start_fed_by_control_plane(&mut self, token: &Path) -> Result<(), BedError> {
+        let xds = self
+            .xds
+            .ok_or_else(|| failed("starting the nodes", "no control plane was started"))?
+            .to_string();
+        let root = self.ca_root_path().display().to_string();
+        let token = token.display().to_string();
+        let args: &[&str] = &[
+            "--ca-address",
+            &xds,
+            "--ca-root-file",
+            &root,
+            "--token-file",
+            &token,
+        ];
+        let mut nodes: Vec<&'static str> = self.specs.iter().filter_map(|s| s.node).collect();
+        nodes.sort();
+        nodes.dedup();
+        let per_node: Vec<(&str, &[&str])> = nodes.iter().map(|n| (*n, args)).collect();
+        self.try_start(&per_node)
     }
 
     /// Kills the control plane (the ztunnels keep their last state).

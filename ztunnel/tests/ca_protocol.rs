@@ -94,17 +94,7 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let found = text
-                .lines()
-                .filter(|l| l.contains("serving xDS"))
-                .find_map(|l| {
-                    l.split("listen=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                });
+            let found = amesh_testbed::mesh::serving_address(&text);
             if let Some(a) = found {
                 cp.address = a;
                 return cp;
@@ -117,24 +107,32 @@ impl ControlPlane {
         }
     }
 
+    /// A client trusting the control plane's directory root, with `token` if given.
     fn client(&self, token: Option<&str>) -> IstioCaClient {
         let root = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).expect("root");
-        let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
+        self.client_trusting(&root, token)
+    }
+
+    /// A client without a certificate of its own, trusting `root`.
+    fn client_trusting(&self, root: &str, token: Option<&str>) -> IstioCaClient {
+        let bundle = tls::TrustBundle::from_pems(&[root.to_string()]).expect("bundle");
         let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
         let tls = tls::anonymous_client_config(&bundle, expected, tls::provider()).expect("tls");
-        IstioCaClient::new(
-            Connector {
-                address: self.address.to_string(),
-                tls,
-                server_name: None,
-            },
-            Credentials {
-                token: token.map(str::to_string),
-                cluster_id: "Kubernetes".into(),
-            },
-            vec![root],
-        )
+        let connector = Connector {
+            address: self.address.to_string(),
+            tls,
+            server_name: None,
+        };
+        ca_client(connector, token, root)
     }
+}
+
+fn ca_client(connector: Connector, token: Option<&str>, root: &str) -> IstioCaClient {
+    let credentials = Credentials {
+        token: token.map(str::to_string),
+        cluster_id: "Kubernetes".into(),
+    };
+    IstioCaClient::new(connector, credentials, vec![root.to_string()])
 }
 
 async fn ask(
@@ -264,18 +262,12 @@ async fn a_previous_root_is_trusted_only_when_configured() {
         let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
         let config =
             tls::client_config(&old_cert, &bundle, expected, tls::provider()).expect("tls");
-        IstioCaClient::new(
-            Connector {
-                address: cp.address.to_string(),
-                tls: config,
-                server_name: None,
-            },
-            Credentials {
-                token: None,
-                cluster_id: "Kubernetes".into(),
-            },
-            vec![root],
-        )
+        let connector = Connector {
+            address: cp.address.to_string(),
+            tls: config,
+            server_name: None,
+        };
+        ca_client(connector, None, &root)
     };
     let extra = [
         "--extra-root-file".to_string(),
@@ -300,21 +292,15 @@ async fn the_control_plane_can_be_verified_by_host_name_as_istiod() {
     let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
     let config = tls::dns_client_config(&bundle, None, tls::provider()).expect("tls");
     let by_name = |name: &str| {
-        IstioCaClient::new(
-            Connector {
-                address: format!("localhost:{}", cp.address.port()),
-                tls: config.clone(),
-                server_name: Some(
-                    tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_string())
-                        .expect("name"),
-                ),
-            },
-            Credentials {
-                token: Some("node-secret".into()),
-                cluster_id: "Kubernetes".into(),
-            },
-            vec![root.clone()],
-        )
+        let connector = Connector {
+            address: format!("localhost:{}", cp.address.port()),
+            tls: config.clone(),
+            server_name: Some(
+                tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_string())
+                    .expect("name"),
+            ),
+        };
+        ca_client(connector, Some("node-secret"), &root)
     };
     let cart = Identity::new("cluster.local", "shop", "cart");
     ask(&by_name("istiod.istio-system.svc"), &cart, &cart)
@@ -360,21 +346,7 @@ async fn the_ca_root_is_kept_in_a_secret() {
     for run in ["first", "second"] {
         let cp = ControlPlane::start_with(run, Some(&api.url()), &extra);
         let root = secret_root();
-        let bundle = tls::TrustBundle::from_pems(std::slice::from_ref(&root)).expect("bundle");
-        let expected = vec![Identity::new("cluster.local", "istio-system", "istiod")];
-        let config = tls::anonymous_client_config(&bundle, expected, tls::provider()).expect("tls");
-        let client = IstioCaClient::new(
-            Connector {
-                address: cp.address.to_string(),
-                tls: config,
-                server_name: None,
-            },
-            Credentials {
-                token: Some("cart-token".into()),
-                cluster_id: "Kubernetes".into(),
-            },
-            vec![root.clone()],
-        );
+        let client = cp.client_trusting(&root, Some("cart-token"));
         let chain = ask(&client, &cart, &cart)
             .await
             .expect("signed with the Secret's root");

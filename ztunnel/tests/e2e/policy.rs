@@ -12,13 +12,6 @@ const PEERS: fn() -> Vec<PodSpec> = || {
     ]
 };
 
-fn refused(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> bool {
-    mesh.connect(from, &["--timeout-ms", "3000"], &[to])
-        .remove(0)
-        .outcome
-        .is_err()
-}
-
 fn add_policy(text: String, yaml: &str) -> String {
     format!("{text}policies:\n{yaml}")
 }

@@ -12,13 +12,6 @@ use std::time::Duration;
 const STRICT: &str = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: ns-c}\nspec:\n  selector: {matchLabels: {app: c}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {9090: {mode: PERMISSIVE}}\n";
 const ALLOW_A: &str = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-a, namespace: ns-c}\nspec:\n  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/ns-a/sa/a]}}]}]\n";
 
-fn refused(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> bool {
-    mesh.connect(from, &["--timeout-ms", "3000"], &[to])
-        .remove(0)
-        .outcome
-        .is_err()
-}
-
 #[test]
 fn strict_and_allow_from_the_control_plane_are_enforced_and_close_live_connections() {
     let mesh = xds_mesh_of(&[

@@ -66,3 +66,11 @@ impl ZtunnelExt for ZtunnelProcess {
 pub fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     amesh_testbed::mesh::http_raw(addr, request).expect("http")
 }
+
+/// Whether `from`'s connection to `to` fails (within 3 s).
+pub fn refused(mesh: &Mesh, from: &str, to: SocketAddr) -> bool {
+    mesh.connect(from, &["--timeout-ms", "3000"], &[to])
+        .remove(0)
+        .outcome
+        .is_err()
+}

@@ -68,7 +68,7 @@ pub fn policy_names(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn workload_names(v: &serde_json::Value) -> Vec<String> {
+pub fn workload_names(v: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = v["workloads"]
         .as_array()
         .into_iter()
@@ -77,13 +77,6 @@ fn workload_names(v: &serde_json::Value) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn refused(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> bool {
-    mesh.connect(from, &["--timeout-ms", "3000"], &[to])
-        .remove(0)
-        .outcome
-        .is_err()
 }
 
 pub fn edit_source(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
@@ -222,21 +215,8 @@ fn the_last_state_serves_while_the_control_plane_is_away_and_a_restart_resyncs()
 fn pod_certificates_come_from_the_control_plane_ca() {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
-    let xds = mesh
-        .try_start_control_plane()
-        .expect("control plane")
-        .to_string();
-    let root = mesh.ca_root_path().display().to_string();
-    let token = mesh.node_token_path().display().to_string();
-    let args: &[&str] = &[
-        "--ca-address",
-        &xds,
-        "--ca-root-file",
-        &root,
-        "--token-file",
-        &token,
-    ];
-    mesh.try_start(&[("node1", args), ("node2", args)])
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start_fed_by_control_plane(&mesh.node_token_path())
         .expect("start the nodes");
     for node in ["node1", "node2"] {
         mesh.try_wait_ready(node)
@@ -269,23 +249,10 @@ fn pod_certificates_come_from_the_control_plane_ca() {
 fn refused_by_the_control_plane_traffic_is_refused_not_sent_in_plaintext() {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
-    let xds = mesh
-        .try_start_control_plane()
-        .expect("control plane")
-        .to_string();
-    let root = mesh.ca_root_path().display().to_string();
+    mesh.try_start_control_plane().expect("control plane");
     let wrong = mesh.dir.join("wrong-token");
     std::fs::write(&wrong, "not-the-node-token\n").expect("token");
-    let token = wrong.display().to_string();
-    let args: &[&str] = &[
-        "--ca-address",
-        &xds,
-        "--ca-root-file",
-        &root,
-        "--token-file",
-        &token,
-    ];
-    mesh.try_start(&[("node1", args), ("node2", args)])
+    mesh.try_start_fed_by_control_plane(&wrong)
         .expect("start the nodes");
     let _apps = mesh.apps(&["c"]);
     let (status, body) = mesh

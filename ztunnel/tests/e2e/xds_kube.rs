@@ -3,7 +3,10 @@
 //! effect, also after the API server compacts its history (the watches get 410 Gone and list
 //! again).
 
-use crate::support::*;
+use crate::{
+    support::*,
+    xds::{policy_names, wait_dump, workload_names},
+};
 use amesh_testbed::kube_api::KubeApi;
 use std::time::{Duration, Instant};
 
@@ -12,48 +15,11 @@ const AUDIT: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy
 const BROKEN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: ns-c}\nspec: {rules: 5}\n";
 const LATE_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: ns-c}\nspec: {nodeName: node2, containers: [{name: app, image: app}]}\nstatus: {phase: Running, conditions: [{type: Ready, status: \"True\"}], podIPs: [{ip: 10.99.0.9}]}\n";
 
-fn dump(mesh: &Mesh, node: &str) -> serde_json::Value {
-    let (_, text) = mesh.node(node).ztunnel.http("Admin", "GET", "/config_dump");
-    serde_json::from_str(&text).unwrap_or_default()
-}
-
-fn names(v: &serde_json::Value, key: &str) -> Vec<String> {
-    let mut n: Vec<String> = v[key]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x["name"].as_str().map(str::to_string))
-        .collect();
-    n.sort();
-    n
-}
-
+/// Waits until both ztunnels' config dumps satisfy `ok`.
 fn wait(mesh: &Mesh, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
     for node in ["node1", "node2"] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = dump(mesh, node);
-            if ok(&v) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{node} never showed {what}:\n{v}\ncontrol plane log:\n{}",
-                mesh.control_plane
-                    .as_ref()
-                    .map(|c| c.log())
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_dump(mesh, node, what, &ok);
     }
-}
-
-fn refused(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> bool {
-    mesh.connect(from, &["--timeout-ms", "3000"], &[to])
-        .remove(0)
-        .outcome
-        .is_err()
 }
 
 #[test]
@@ -67,7 +33,7 @@ fn the_control_plane_follows_the_kubernetes_api() {
     mesh.control_plane_source = vec!["--kube-url".into(), api.url()];
     mesh.try_start_control_plane().expect("control plane");
     mesh.try_start(&[]).expect("start the nodes");
-    wait(&mesh, "both pods", |v| names(v, "workloads") == ["a", "c"]);
+    wait(&mesh, "both pods", |v| workload_names(v) == ["a", "c"]);
     let _apps = mesh.apps(&["c"]);
     let c = mesh.v4("c", APP_PORT);
     assert_eq!(mesh.connect_one("a", c).served_by(), "c-app");
@@ -99,7 +65,7 @@ fn the_control_plane_follows_the_kubernetes_api() {
 
     api.apply_yaml(DENY_NS_A).expect("policy");
     wait(&mesh, "the policy", |v| {
-        names(v, "policies").iter().any(|n| n.contains("deny-ns-a"))
+        policy_names(v).iter().any(|n| n.contains("deny-ns-a"))
     });
     assert!(
         refused(&mesh, "a", c),
@@ -115,9 +81,7 @@ fn the_control_plane_follows_the_kubernetes_api() {
         "deny-ns-a",
     )
     .expect("delete the policy");
-    wait(&mesh, "the policy removed", |v| {
-        names(v, "policies").is_empty()
-    });
+    wait(&mesh, "the policy removed", |v| policy_names(v).is_empty());
     let log = mesh.control_plane.as_ref().expect("running").log();
     assert!(
         log.lines()
@@ -128,12 +92,12 @@ fn the_control_plane_follows_the_kubernetes_api() {
 
     api.apply_yaml(LATE_POD).expect("pod");
     wait(&mesh, "the new pod", |v| {
-        names(v, "workloads") == ["a", "c", "late"]
+        workload_names(v) == ["a", "c", "late"]
     });
     api.delete("v1", "Pod", "ns-c", "late")
         .expect("delete the pod");
     wait(&mesh, "the pod removed", |v| {
-        names(v, "workloads") == ["a", "c"]
+        workload_names(v) == ["a", "c"]
     });
 
     let left = mesh.close();
