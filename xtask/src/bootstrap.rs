@@ -11,13 +11,26 @@ use std::{path::PathBuf, process::Command};
 
 /// The bpf-linker release known to work with the nightly's LLVM (see shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests and demo use: `ip` builds the test networks, `mount` mounts bpffs.
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("mount", "mount")];
+/// Debian packages the tests, demo and bench use, each with a file that shows it is there:
+/// `ip` builds the test networks, `mount` mounts bpffs, the CNI reference plugins build pods
+/// as a container runtime does, `iperf3` and `h2load` are the bench's load tools.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "/usr/bin/ip"),
+    ("mount", "/usr/bin/mount"),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/bridge",
+    ),
+    ("iperf3", "/usr/bin/iperf3"),
+    ("nghttp2-client", "/usr/bin/h2load"),
+    ("curl", "/usr/bin/curl"),
+];
 
 /// `cargo xtask setup`: everything the tests and demo need but the eBPF build itself.
 pub fn setup(paths: &Paths) -> Result<()> {
     apt_packages()?;
     mount_bpffs()?;
+    helm_venv(paths)?;
     toolchain(paths)
 }
 
@@ -30,9 +43,7 @@ pub fn toolchain(paths: &Paths) -> Result<()> {
 fn apt_packages() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
-        .filter(|(_, bin)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
-        })
+        .filter(|(_, file)| !std::path::Path::new(file).exists())
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -154,4 +165,47 @@ fn bpf_linker(paths: &Paths) -> Result<()> {
     cmd(&mut c).context("building bpf-linker from crates.io")?;
     std::fs::write(&stamp_path, stamp)?;
     Ok(())
+}
+
+/// helm-python-sdk: Helm v4's own engine as a library (a wheel with the native library
+/// inside), which renders and lints `deploy/chart` where no helm binary can be installed.
+/// The version `deploy/render.py` was verified with.
+const HELM_PYTHON_SDK_VERSION: &str = "0.2.2";
+
+/// The Python of the project's venv, which has helm-python-sdk (runs `deploy/render.py`).
+pub fn venv_python(paths: &Paths) -> PathBuf {
+    paths.cache.join("venv/bin/python")
+}
+
+/// Creates `<cache>/venv` and installs the pinned helm-python-sdk into it, unless the venv
+/// already imports that version.
+pub fn helm_venv(paths: &Paths) -> Result<()> {
+    let python = venv_python(paths);
+    let has = output(Command::new(&python).args([
+        "-c",
+        "import helm_python; print(helm_python.__version__)",
+    ]));
+    if has.as_deref().map(str::trim) == Some(HELM_PYTHON_SDK_VERSION) {
+        return Ok(());
+    }
+    let venv = paths.cache.join("venv");
+    if !python.exists() {
+        // pyenv's python3 first (it has venv and ensurepip); Debian's needs python3-venv.
+        let base = ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|p| output(Command::new(p).args(["-c", "import venv, ensurepip"])).is_some())
+            .context("no python3 with venv and ensurepip (on Debian: apt-get install python3-venv)")?;
+        println!("xtask: creating a Python venv at {}", venv.display());
+        cmd(Command::new(base).args(["-m", "venv", "--clear"]).arg(&venv))?;
+    }
+    println!("xtask: installing helm-python-sdk {HELM_PYTHON_SDK_VERSION} (renders deploy/chart)");
+    cmd(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("helm-python-sdk=={HELM_PYTHON_SDK_VERSION}"),
+    ]))
+    .context("installing helm-python-sdk from PyPI")
 }

@@ -1,0 +1,210 @@
+//! What the agent knows of the cluster: every Namespace and the Pods scheduled on its node.
+//! Two sources feed the same view (and so the same decisions): the Kubernetes API through
+//! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::sync::{Notify, watch};
+use tracing::warn;
+
+/// How often the directory source looks for changes.
+const DIR_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// This node's pods by (namespace, name).
+    pub pods: BTreeMap<(String, String), Pod>,
+}
+
+impl ClusterView {
+    fn build(
+        namespaces: impl IntoIterator<Item = Namespace>,
+        pods: impl IntoIterator<Item = Pod>,
+        node: &str,
+    ) -> Self {
+        let namespaces = namespaces
+            .into_iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n)))
+            .collect();
+        let pods = pods
+            .into_iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| n == node)
+            })
+            .filter_map(|p| {
+                let key = (
+                    p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    p.metadata.name.clone()?,
+                );
+                Some((key, p))
+            })
+            .collect();
+        Self { namespaces, pods }
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("reading the source directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("waiting for the first list of {kind}: {reason}")]
+    InitialList { kind: &'static str, reason: String },
+}
+
+/// Where the view comes from.
+#[derive(Clone)]
+pub enum Source {
+    Dir(PathBuf),
+    Kube(Client),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Dir(d) => f.debug_tuple("Dir").field(d).finish(),
+            Source::Kube(_) => f.write_str("Kube"),
+        }
+    }
+}
+
+/// Starts the source; returns once the first complete view is known.
+pub async fn start(source: Source, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+    match source {
+        Source::Dir(dir) => start_dir(dir, node),
+        Source::Kube(client) => start_kube(client, node).await,
+    }
+}
+
+fn read_dir(dir: &Path, node: &str) -> Result<ClusterView, ClusterError> {
+    let (snapshot, errors) =
+        amesh_controlplane::source::read_dir(dir).map_err(|source| ClusterError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    for e in errors {
+        warn!(error = %e, "ignoring an object of the source directory");
+    }
+    Ok(ClusterView::build(snapshot.namespaces, snapshot.pods, node))
+}
+
+fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+    let (tx, rx) = watch::channel(read_dir(&dir, &node)?);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(DIR_POLL).await;
+            match read_dir(&dir, &node) {
+                // Only a changed view wakes the agent.
+                Ok(view) => {
+                    tx.send_if_modified(|old| {
+                        let changed = *old != view;
+                        if changed {
+                            *old = view;
+                        }
+                        changed
+                    });
+                }
+                Err(e) => warn!(error = %e, "keeping the last view"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn start_kube(client: Client, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+    let changed = Arc::new(Notify::new());
+    let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    drive(
+        reflector::reflector(
+            ns_writer,
+            watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff(),
+        changed.clone(),
+        "Namespace",
+    );
+    // Only this node's pods: the API server filters, as it does for the kubelet.
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    drive(
+        reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client), on_node))
+            .default_backoff(),
+        changed.clone(),
+        "Pod",
+    );
+    let fail = |kind| {
+        move |e: reflector::store::WriterDropped| ClusterError::InitialList {
+            kind,
+            reason: e.to_string(),
+        }
+    };
+    namespaces
+        .wait_until_ready()
+        .await
+        .map_err(fail("Namespace"))?;
+    pods.wait_until_ready().await.map_err(fail("Pod"))?;
+    let view = move |ns: &reflector::Store<Namespace>, p: &reflector::Store<Pod>| {
+        ClusterView::build(
+            ns.state().iter().map(|n| (**n).clone()),
+            p.state().iter().map(|n| (**n).clone()),
+            &node,
+        )
+    };
+    let (tx, rx) = watch::channel(view(&namespaces, &pods));
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            let next = view(&namespaces, &pods);
+            tx.send_if_modified(|old| {
+                let differs = *old != next;
+                if differs {
+                    *old = next;
+                }
+                differs
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn drive<S, T>(stream: S, changed: Arc<Notify>, kind: &'static str)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => warn!(kind, error = %e, "watch failed; retrying with the last state"),
+            }
+        }
+    });
+}

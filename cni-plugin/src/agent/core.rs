@@ -1,0 +1,458 @@
+//! The agent's decisions and their effects: enrolling and releasing pods (capture programs,
+//! ztunnel over ZDS, the saved state) for CNI calls and for changes in the cluster.
+
+use crate::{
+    agent::{
+        cluster::ClusterView,
+        decide::{Decision, decide},
+        netns_scan,
+        state::{self, Record, State},
+        zds::{ZdsError, ZdsPod, ZdsServer},
+    },
+    enrollment_file::EnrollmentFile,
+    wire::{Command, PodRequest, Reply},
+};
+use amesh_ebpf_loader::{Capture, EnrollRequest};
+use amesh_proto::zds::WorkloadInfo;
+use amesh_sys::netns::Netns;
+use k8s_openapi::api::core::v1::Pod;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+
+/// The label a pod or namespace uses to choose its data plane.
+const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub excluded_namespaces: Vec<String>,
+    pub state_file: PathBuf,
+    pub enrollment_file: PathBuf,
+    pub proc_root: PathBuf,
+    /// How long a CNI ADD waits for its pod to show up in the agent's view.
+    pub pod_wait: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    capture: Capture,
+    state: State,
+}
+
+/// The enrolment logic; clones share one state, and every change takes one lock so that
+/// CNI calls and reconciliation never interleave.
+#[derive(Debug, Clone)]
+pub struct Core {
+    config: Arc<CoreConfig>,
+    inner: Arc<Mutex<Inner>>,
+    zds: ZdsServer,
+    view: watch::Receiver<ClusterView>,
+}
+
+/// The uid ztunnel knows a pod by: Kubernetes' own, or a stable name when there is none.
+fn pod_uid(pod: &Pod, fallback: &str) -> String {
+    pod.metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(|| Some(fallback.to_string()).filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+}
+
+fn service_account(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into())
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Core {
+    /// Takes over the capture programs and the saved state: pods whose namespace is still
+    /// there and still enrolled are registered for ztunnel's snapshot, the rest forgotten.
+    pub fn new(
+        config: CoreConfig,
+        mut capture: Capture,
+        zds: ZdsServer,
+        view: watch::Receiver<ClusterView>,
+    ) -> Self {
+        let mut saved = State::load(&config.state_file).unwrap_or_else(|e| {
+            warn!(error = %e, "starting without the saved state");
+            State::default()
+        });
+        if let Err(e) = capture.prune_vanished() {
+            warn!(error = %e, "pruning pods whose namespace is gone");
+        }
+        saved.pods.retain(|key, r| {
+            let still = Netns::open(&r.netns).ok().and_then(|ns| {
+                let cookie = ns.cookie().ok()?;
+                let enrolled = capture.maps().pod_of_netns(cookie).ok()??;
+                (cookie == r.netns_cookie).then_some((ns, enrolled))
+            });
+            match still {
+                Some((ns, _)) => {
+                    let fd = ns.try_clone_fd().ok().map(Arc::new);
+                    zds.register(&r.uid, zds_pod(key, r, fd));
+                    true
+                }
+                None => {
+                    info!(pod = %key, "forgetting a pod whose namespace is gone");
+                    false
+                }
+            }
+        });
+        info!(pods = saved.pods.len(), "adopted the saved state");
+        Self {
+            config: Arc::new(config),
+            inner: Arc::new(Mutex::new(Inner {
+                capture,
+                state: saved,
+            })),
+            zds,
+            view,
+        }
+    }
+
+    /// Answers one CNI call.
+    pub async fn handle(&self, req: PodRequest) -> Reply {
+        let key = state::key(&req.pod_namespace, &req.pod_name);
+        match req.command {
+            Command::Del => {
+                self.release(&key, Some(Path::new(&req.netns))).await;
+                Reply::Released
+            }
+            Command::Add => match self.decide_for_cni(&req).await {
+                Err(message) => Reply::Failed { message },
+                Ok((Decision::Skip(reason), _)) => Reply::NotInMesh {
+                    reason: reason.into(),
+                },
+                Ok((Decision::Enroll, pod)) => {
+                    let info = WorkloadInfo {
+                        name: req.pod_name.clone(),
+                        namespace: req.pod_namespace.clone(),
+                        service_account: service_account(&pod),
+                    };
+                    let uid = pod_uid(&pod, &req.pod_uid);
+                    let ips = if req.ips.is_empty() { pod_ips(&pod) } else { req.ips.clone() };
+                    match self
+                        .enroll(&key, &uid, info, Path::new(&req.netns), &ips, true)
+                        .await
+                    {
+                        Ok(()) => Reply::Enrolled,
+                        Err(message) => Reply::Failed { message },
+                    }
+                }
+            },
+            Command::Check => match self.decide_for_cni(&req).await {
+                Err(message) => Reply::Failed { message },
+                Ok((Decision::Skip(reason), _)) => Reply::NotInMesh {
+                    reason: reason.into(),
+                },
+                Ok((Decision::Enroll, _)) => self.check(&key).await,
+            },
+        }
+    }
+
+    /// The decision for a pod the runtime is setting up; waits a little for the pod to reach
+    /// the agent's view (the watch may lag the kubelet by a moment).
+    async fn decide_for_cni(&self, req: &PodRequest) -> Result<(Decision, Pod), String> {
+        let deadline = Instant::now() + self.config.pod_wait;
+        let mut view = self.view.clone();
+        loop {
+            let found = {
+                let v = view.borrow_and_update();
+                v.pod(&req.pod_namespace, &req.pod_name).cloned().map(|p| {
+                    let ns = v.namespaces.get(&req.pod_namespace).cloned();
+                    (p, ns)
+                })
+            };
+            if let Some((pod, ns)) = found {
+                return Ok((
+                    decide(&pod, ns.as_ref(), &self.config.excluded_namespaces),
+                    pod,
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, view.changed()).await.is_err() {
+                return Err(format!(
+                    "pod {}/{} is not known to the node agent (not scheduled on this node?)",
+                    req.pod_namespace, req.pod_name
+                ));
+            }
+        }
+    }
+
+    /// Captures the pod's traffic and hands it to ztunnel. With `need_ack` (a CNI ADD) the
+    /// pod is only enrolled once ztunnel acknowledged it, and everything is undone otherwise;
+    /// without (reconciliation), an absent ztunnel gets it with its next snapshot (until then
+    /// the pod's captured traffic is refused, never sent around the mesh).
+    async fn enroll(
+        &self,
+        key: &str,
+        uid: &str,
+        info: WorkloadInfo,
+        netns: &Path,
+        ips: &[IpAddr],
+        need_ack: bool,
+    ) -> Result<(), String> {
+        let mut inner = self.inner.lock().await;
+        let ns = Netns::open(netns).map_err(|e| e.to_string())?;
+        let fd = ns.try_clone_fd().map_err(|e| e.to_string())?;
+        let cookie = ns.cookie().map_err(|e| e.to_string())?;
+        let enrolled = inner
+            .capture
+            .enroll(&EnrollRequest {
+                netns,
+                addresses: ips,
+                excluded_outbound_ports: &[],
+                excluded_inbound_ports: &[],
+                bypass_inbound: false,
+                listeners: None,
+            })
+            .map_err(|e| format!("capturing the pod's traffic: {e}"))?;
+        let record = Record {
+            uid: uid.to_string(),
+            service_account: info.service_account.clone(),
+            netns: netns.to_path_buf(),
+            netns_cookie: cookie,
+            ips: ips.to_vec(),
+            redirection_enabled: false,
+        };
+        let pod = ZdsPod {
+            info,
+            netns: Some(Arc::new(fd)),
+        };
+        match self.zds.add(uid, pod).await {
+            Ok(()) => {}
+            Err(ZdsError::NotConnected) if !need_ack => {
+                info!(pod = %key, "enrolled; ztunnel gets it when it connects")
+            }
+            Err(e) => {
+                self.zds.forget(uid);
+                if let Err(u) = inner.capture.unenroll(enrolled.pod_id) {
+                    warn!(pod = %key, error = %u, "undoing the capture");
+                }
+                return Err(e.to_string());
+            }
+        }
+        inner.state.pods.insert(key.to_string(), record);
+        self.save(&inner.state);
+        info!(pod = %key, %uid, pod_id = enrolled.pod_id, netns = %netns.display(), "pod enrolled");
+        Ok(())
+    }
+
+    /// Takes a pod out of the mesh (idempotent): capture, ztunnel, state.
+    async fn release(&self, key: &str, netns: Option<&Path>) {
+        let mut inner = self.inner.lock().await;
+        let record = inner.state.pods.remove(key);
+        let cookie = match &record {
+            Some(r) => Some(r.netns_cookie),
+            None => netns
+                .filter(|p| !p.as_os_str().is_empty())
+                .and_then(|p| Netns::open(p).ok())
+                .and_then(|ns| ns.cookie().ok()),
+        };
+        if let Some(cookie) = cookie
+            && let Ok(Some(pod_id)) = inner.capture.maps().pod_of_netns(cookie)
+            && let Err(e) = inner.capture.unenroll(pod_id)
+        {
+            warn!(pod = %key, error = %e, "releasing the capture");
+        }
+        if let Some(r) = &record {
+            match self.zds.del(&r.uid).await {
+                Ok(()) | Err(ZdsError::NotConnected) => {}
+                Err(e) => warn!(pod = %key, error = %e, "telling ztunnel"),
+            }
+            self.save(&inner.state);
+            info!(pod = %key, "pod released");
+        }
+    }
+
+    async fn check(&self, key: &str) -> Reply {
+        let mut inner = self.inner.lock().await;
+        let Some(r) = inner.state.pods.get(key).cloned() else {
+            return Reply::Failed {
+                message: format!("pod {key} is not enrolled"),
+            };
+        };
+        match inner.capture.maps().pod_of_netns(r.netns_cookie) {
+            Ok(Some(_)) if r.redirection_enabled => Reply::Enrolled,
+            Ok(Some(_)) => Reply::Failed {
+                message: format!("pod {key} is captured but ztunnel has not acknowledged it"),
+            },
+            _ => Reply::Failed {
+                message: format!("pod {key} is not in the capture maps"),
+            },
+        }
+    }
+
+    /// Records that ztunnel acknowledged a pod; returns true when that is news.
+    pub async fn acknowledged(&self, key: &str, uid: &str) -> bool {
+        let mut inner = self.inner.lock().await;
+        let news = match inner.state.pods.get_mut(key) {
+            Some(r) if r.uid == uid && !r.redirection_enabled => {
+                r.redirection_enabled = true;
+                true
+            }
+            _ => false,
+        };
+        if news {
+            self.save(&inner.state);
+        }
+        news
+    }
+
+    /// Brings the enrolled set in line with the view: enrolls running pods that should be in
+    /// the mesh (finding their namespace from their processes), releases the others.
+    pub async fn reconcile(&self) {
+        let view = self.view.borrow().clone();
+        self.write_enrollment_file(&view);
+        let enrolled: Vec<String> = self.inner.lock().await.state.pods.keys().cloned().collect();
+        for ((ns, name), pod) in &view.pods {
+            let key = state::key(ns, name);
+            let wanted = !finished(pod)
+                && decide(pod, view.namespaces.get(ns), &self.config.excluded_namespaces)
+                    == Decision::Enroll;
+            let is_enrolled = enrolled.contains(&key);
+            if wanted && !is_enrolled {
+                let ips = pod_ips(pod);
+                let proc_root = self.config.proc_root.clone();
+                let scan_ips = ips.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    netns_scan::find_by_ip(&proc_root, &scan_ips)
+                })
+                .await
+                .ok()
+                .flatten();
+                let Some(netns) = found else {
+                    debug!(pod = %key, ?ips, "should be enrolled, but no process of it runs here yet");
+                    continue;
+                };
+                let info = WorkloadInfo {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    service_account: service_account(pod),
+                };
+                let uid = pod_uid(pod, "");
+                if let Err(e) = self.enroll(&key, &uid, info, &netns, &ips, false).await {
+                    warn!(pod = %key, error = %e, "enrolling a running pod");
+                }
+            } else if !wanted && is_enrolled {
+                self.release(&key, None).await;
+            }
+        }
+        for key in enrolled {
+            let (ns, name) = key.split_once('/').unwrap_or_default();
+            if view.pod(ns, name).is_none() {
+                self.release(&key, None).await;
+            }
+        }
+    }
+
+    /// Enrolled pods whose namespace the agent no longer knows: after an adopt, capture may
+    /// hold pods that no saved record names.
+    pub async fn release_unknown_captures(&self) {
+        let mut inner = self.inner.lock().await;
+        let known: Vec<u64> = inner.state.pods.values().map(|r| r.netns_cookie).collect();
+        let stale: Vec<u32> = match inner.capture.maps().enrolled() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(cookie, _)| !known.contains(cookie))
+                .map(|(_, id)| id)
+                .collect(),
+            Err(e) => return warn!(error = %e, "listing captured pods"),
+        };
+        for id in stale {
+            info!(pod_id = id, "releasing a captured pod no record names");
+            if let Err(e) = inner.capture.unenroll(id) {
+                warn!(pod_id = id, error = %e, "releasing");
+            }
+        }
+    }
+
+    fn write_enrollment_file(&self, view: &ClusterView) {
+        let mut ambient: Vec<String> = view
+            .namespaces
+            .iter()
+            .filter(|(_, n)| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(DATAPLANE_MODE))
+                    .is_some_and(|m| m == "ambient")
+            })
+            .map(|(name, _)| name.clone())
+            .chain(view.pods.iter().filter_map(|((ns, _), p)| {
+                let mode = p.metadata.labels.as_ref()?.get(DATAPLANE_MODE)?;
+                (mode == "ambient").then(|| ns.clone())
+            }))
+            .filter(|n| !self.config.excluded_namespaces.contains(n))
+            .collect();
+        ambient.sort();
+        ambient.dedup();
+        let file = EnrollmentFile {
+            ambient_namespaces: ambient,
+        };
+        if EnrollmentFile::read(&self.config.enrollment_file).ok().as_ref() != Some(&file)
+            && let Err(e) = file.write(&self.config.enrollment_file)
+        {
+            warn!(error = %e, path = %self.config.enrollment_file.display(), "writing the enrollment file");
+        }
+    }
+
+    fn save(&self, state: &State) {
+        if let Err(e) = state.save(&self.config.state_file) {
+            warn!(error = %e, "saving the agent's state");
+        }
+    }
+
+    /// Enrolled pods (for readiness and tests).
+    pub async fn enrolled(&self) -> Vec<String> {
+        self.inner.lock().await.state.pods.keys().cloned().collect()
+    }
+}
+
+fn zds_pod(key: &str, r: &Record, netns: Option<Arc<std::os::fd::OwnedFd>>) -> ZdsPod {
+    let (namespace, name) = key.split_once('/').unwrap_or_default();
+    ZdsPod {
+        info: WorkloadInfo {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: r.service_account.clone(),
+        },
+        netns,
+    }
+}

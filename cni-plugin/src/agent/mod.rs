@@ -1,0 +1,260 @@
+//! The node agent (`amesh-node`): owns the capture programs, keeps the CNI plugin in the
+//! node's chain, answers the plugin, serves ztunnel over ZDS, and keeps the set of enrolled
+//! pods in line with the cluster.
+
+pub mod cluster;
+pub mod core;
+pub mod decide;
+pub mod install;
+pub mod mark;
+pub mod netns_scan;
+pub mod state;
+pub mod zds;
+
+use crate::{
+    agent::{
+        cluster::{ClusterView, Source},
+        core::{Core, CoreConfig},
+        install::{CniInstall, Ensured},
+        mark::Marker,
+        zds::ZdsServer,
+    },
+    wire::{PodRequest, Reply},
+};
+use amesh_ebpf_loader::{Capture, CaptureConfig};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, UnixListener, UnixStream},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+/// How often the CNI conf dir is checked for rewrites.
+const CONF_POLL: Duration = Duration::from_millis(250);
+/// How long a CNI request may take to arrive once connected.
+const REQUEST_READ: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub source: Source,
+    pub capture: CaptureConfig,
+    pub cni: CniInstall,
+    pub cni_socket: PathBuf,
+    pub zds_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub excluded_namespaces: Vec<String>,
+    pub readiness: Option<SocketAddr>,
+    pub proc_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Capture(#[from] amesh_ebpf_loader::CaptureError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Zds(#[from] zds::ZdsError),
+    #[error(transparent)]
+    Install(#[from] install::InstallError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the agent until `shutdown` resolves. Leaves the programs pinned and the plugin in
+/// the chain on the way out, so pods keep their capture and new ambient pods fail closed
+/// while the agent restarts.
+pub async fn run(
+    config: AgentConfig,
+    marker: Marker,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(io(format!(
+        "creating the state dir {}",
+        config.state_dir.display()
+    )))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.readiness {
+        serve_readiness(addr, ready.clone()).await?;
+    }
+    let capture = Capture::load_or_adopt(&config.capture)?;
+    info!(adopted = capture.adopted(), "capture programs owned");
+    let view = cluster::start(config.source.clone(), config.node.clone()).await?;
+    info!(namespaces = view.borrow().namespaces.len(), pods = view.borrow().pods.len(), "cluster view synced");
+    let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+    let zds = ZdsServer::listen(&config.zds_socket, acked_tx)?;
+    let core = Core::new(
+        CoreConfig {
+            excluded_namespaces: config.excluded_namespaces.clone(),
+            state_file: config.state_dir.join("state.json"),
+            enrollment_file: config.state_dir.join("enrollment.json"),
+            proc_root: config.proc_root.clone(),
+            pod_wait: Duration::from_secs(5),
+        },
+        capture,
+        zds,
+        view.clone(),
+    );
+    core.reconcile().await;
+    core.release_unknown_captures().await;
+    tokio::spawn(mark_acked(core.clone(), marker.clone(), acked_rx));
+    tokio::spawn(follow_cluster(core.clone(), view));
+    config.cni.install_binary()?;
+    install_chain(&config.cni)?;
+    tokio::spawn(keep_chained(config.cni.clone()));
+    let listener = bind_cni_socket(&config.cni_socket)?;
+    tokio::spawn(serve_cni(listener, core.clone()));
+    ready.store(true, Ordering::Relaxed);
+    info!(node = %config.node, cni_socket = %config.cni_socket.display(), "node agent ready");
+    shutdown.await;
+    info!("node agent stopping; capture and the CNI entry stay in place");
+    let _ = std::fs::remove_file(&config.cni_socket);
+    Ok(())
+}
+
+fn install_chain(cni: &CniInstall) -> Result<(), AgentError> {
+    match cni.ensure()? {
+        Ensured::Inserted(p) => info!(conflist = %p.display(), "chained into the CNI configuration"),
+        Ensured::Unchanged(p) => info!(conflist = %p.display(), "already chained"),
+        Ensured::NoPrimary => warn!(dir = %cni.conf_dir.display(), "no CNI configuration yet; waiting for the cluster's CNI to write one"),
+    }
+    Ok(())
+}
+
+/// Puts the plugin back whenever someone rewrites the CNI configuration.
+async fn keep_chained(cni: CniInstall) {
+    let mut last = cni.fingerprint();
+    loop {
+        tokio::time::sleep(CONF_POLL).await;
+        let now = cni.fingerprint();
+        if now == last {
+            continue;
+        }
+        match cni.ensure() {
+            Ok(Ensured::Inserted(p)) => {
+                warn!(conflist = %p.display(), "the CNI configuration was rewritten without amesh; chained again")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "repairing the CNI configuration"),
+        }
+        last = cni.fingerprint();
+    }
+}
+
+async fn follow_cluster(core: Core, mut view: watch::Receiver<ClusterView>) {
+    while view.changed().await.is_ok() {
+        core.reconcile().await;
+    }
+}
+
+async fn mark_acked(core: Core, marker: Marker, mut acked: mpsc::UnboundedReceiver<zds::Acked>) {
+    while let Some(a) = acked.recv().await {
+        let key = state::key(&a.info.namespace, &a.info.name);
+        if core.acknowledged(&key, &a.uid).await {
+            marker.mark(&a.info.namespace, &a.info.name, true).await;
+        }
+    }
+}
+
+fn bind_cni_socket(path: &std::path::Path) -> Result<UnixListener, AgentError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(io(format!("listening on {}", path.display())))
+}
+
+async fn serve_cni(listener: UnixListener, core: Core) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let core = core.clone();
+                tokio::spawn(async move { answer(stream, core).await });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a CNI connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One request, one reply; anything malformed gets a `Failed` reply naming the problem and
+/// only this connection is closed.
+async fn answer(stream: UnixStream, core: Core) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(64 * 1024));
+    let reply = match tokio::time::timeout(REQUEST_READ, reader.read_line(&mut line)).await {
+        Err(_) => Reply::Failed {
+            message: "no request within the deadline".into(),
+        },
+        Ok(Err(e)) => Reply::Failed {
+            message: format!("reading the request: {e}"),
+        },
+        Ok(Ok(_)) => match serde_json::from_str::<PodRequest>(&line) {
+            Ok(req) => {
+                info!(command = ?req.command, pod = %format!("{}/{}", req.pod_namespace, req.pod_name), netns = %req.netns, "CNI request");
+                core.handle(req).await
+            }
+            Err(e) => Reply::Failed {
+                message: format!("malformed request: {e}"),
+            },
+        },
+    };
+    let mut out = serde_json::to_string(&reply).unwrap_or_default();
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// `GET /readyz`: 200 once the agent serves the plugin, 503 before.
+async fn serve_readiness(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<(), AgentError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(io(format!("binding readiness on {addr}")))?;
+    let bound = listener.local_addr().map_err(io("readiness address"))?;
+    info!(endpoint = "Readiness", address = %bound, "listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let ready = ready.load(Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
+                let (status, body) = if !buf.starts_with(b"GET /readyz") {
+                    ("404 Not Found", "not found\n")
+                } else if ready {
+                    ("200 OK", "ready\n")
+                } else {
+                    ("503 Service Unavailable", "starting\n")
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}

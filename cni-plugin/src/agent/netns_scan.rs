@@ -1,0 +1,110 @@
+//! Finding a running pod's network namespace from its processes (after an agent restart, or
+//! for pods that started before their namespace was enrolled): the namespace of some process
+//! in `/proc` whose addresses include the pod's IP. `/proc/<pid>/net/*` shows the files of the
+//! process's own namespace, so no namespace has to be entered to read its addresses.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+/// `/proc/<pid>/ns/net` of a process whose namespace has one of `ips`, or None.
+pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr]) -> Option<PathBuf> {
+    if ips.is_empty() {
+        return None;
+    }
+    let own = std::fs::read_link(proc_root.join("self/ns/net")).ok();
+    let mut seen = HashSet::new();
+    let entries = std::fs::read_dir(proc_root).ok()?;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let pid_dir = entry.path();
+        let ns_path = pid_dir.join("ns/net");
+        let Ok(ns) = std::fs::read_link(&ns_path) else {
+            continue;
+        };
+        if Some(&ns) == own.as_ref() || !seen.insert(ns) {
+            continue;
+        }
+        if local_addresses(&pid_dir).iter().any(|a| ips.contains(a)) {
+            return Some(ns_path);
+        }
+    }
+    None
+}
+
+/// The addresses configured in the namespace of the process at `pid_dir`.
+fn local_addresses(pid_dir: &Path) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = std::fs::read_to_string(pid_dir.join("net/fib_trie"))
+        .map(|t| parse_fib_trie_local(&t))
+        .unwrap_or_default()
+        .into_iter()
+        .map(IpAddr::V4)
+        .collect();
+    out.extend(
+        std::fs::read_to_string(pid_dir.join("net/if_inet6"))
+            .map(|t| parse_if_inet6(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .map(IpAddr::V6),
+    );
+    out
+}
+
+/// Local IPv4 addresses in `fib_trie`: a `|-- <addr>` leaf followed by `/32 host LOCAL`.
+fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(addr) = t.strip_prefix("|-- ") {
+            last = addr.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL")
+            && let Some(a) = last
+            && !out.contains(&a)
+        {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Addresses in `if_inet6`: 32 hex digits first on each line.
+fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let hex = l.split_whitespace().next()?;
+            u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_files() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.201.1.2\n        /32 host LOCAL\n     |-- 10.201.255.255\n        /32 link BROADCAST\nLocal:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.201.1.2\n        /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\n";
+        assert_eq!(
+            parse_fib_trie_local(trie),
+            vec![Ipv4Addr::new(10, 201, 1, 2), Ipv4Addr::LOCALHOST]
+        );
+        let inet6 = "fd000201000000000000000000010002 02 40 00 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n";
+        assert_eq!(
+            parse_if_inet6(inet6),
+            vec!["fd00:201::1:2".parse::<Ipv6Addr>().expect("ip"), Ipv6Addr::LOCALHOST]
+        );
+    }
+
+    #[test]
+    fn finds_nothing_for_an_unused_address() {
+        // 192.0.2.0/24 is reserved for documentation: no namespace here has it.
+        let ip: IpAddr = "192.0.2.77".parse().expect("ip");
+        assert_eq!(find_by_ip(Path::new("/proc"), &[ip]), None);
+    }
+}
