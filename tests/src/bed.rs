@@ -1,9 +1,16 @@
 //! The bed: an underlay namespace with a bridge, the pods on it, a cgroup and a pin root, all
 //! under one per-run prefix and all removed together.
 
-use crate::{BedError, Pod, cgroup, cgroup::TestCgroup, ip, names, sniff::Sniffer};
+use crate::{
+    BedError, Pod, cgroup,
+    cgroup::TestCgroup,
+    cni::{CniFailure, CniRuntime, PodRef},
+    ip, names,
+    sniff::Sniffer,
+};
 use amesh_sys::netns::Netns;
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -108,14 +115,7 @@ impl TestBed {
 
     /// Adds a pod named `name` (lowercase letters, digits, dashes) on the bridge.
     pub fn add_pod(&self, name: &str) -> Result<Pod, BedError> {
-        if name.is_empty()
-            || name.len() > 20
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(BedError::BadName(name.to_string()));
-        }
+        check_name(name)?;
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         Pod::create(
             &self.underlay,
@@ -125,6 +125,59 @@ impl TestBed {
             index,
             self.cgroup_procs.clone(),
         )
+    }
+
+    /// Makes a pod the way a container runtime does: a fresh network namespace set up by the
+    /// node's CNI chain (`runtime`), which also tells the mesh about it. On failure the chain
+    /// is torn down again and the namespace removed, as a runtime does.
+    pub fn add_pod_via_cni(
+        &self,
+        name: &str,
+        runtime: &CniRuntime,
+        pod: &PodRef,
+    ) -> Result<Result<Pod, CniFailure>, BedError> {
+        check_name(name)?;
+        let netns_name = format!("{}-{name}", self.prefix);
+        ip::ip(&["netns", "add", &netns_name])?;
+        // No duplicate address detection: the address is usable as soon as the plugin set it.
+        ip::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &netns_name,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
+        let path = PathBuf::from(format!("/run/netns/{netns_name}"));
+        let result = match runtime.add(pod, &path) {
+            Ok(r) => r,
+            Err(failure) => {
+                let _ = runtime.del(pod, &path);
+                ip::ip(&["netns", "del", &netns_name])?;
+                return Ok(Err(failure));
+            }
+        };
+        let ips = crate::cni::result_ips(&result);
+        let v4 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        let (Some(v4), Some(v6)) = (v4, v6) else {
+            return Err(BedError::Command {
+                command: format!("CNI ADD for {name}"),
+                stderr: format!("the result lacks an IPv4 or IPv6 address: {result}"),
+            });
+        };
+        Pod::from_netns(name, netns_name, v4, v6, self.cgroup_procs.clone()).map(Ok)
     }
 
     /// Starts capturing every frame that crosses the underlay bridge.
@@ -148,6 +201,18 @@ impl Drop for TestBed {
             }
         }
     }
+}
+
+fn check_name(name: &str) -> Result<(), BedError> {
+    if name.is_empty()
+        || name.len() > 20
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(BedError::BadName(name.to_string()));
+    }
+    Ok(())
 }
 
 /// Removes every object named with `prefix`: pod processes (via the cgroup), namespaces,

@@ -303,7 +303,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), v.replace("%2F", "/"))
+            (k.to_string(), percent_decode(v))
         })
         .collect();
     Some(Request {
@@ -346,6 +346,8 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
             token_review(&mut writer, shared, &request)
         } else if request.method == "POST" {
             create(&mut writer, shared, &request)
+        } else if request.method == "PATCH" {
+            patch(&mut writer, shared, &request)
         } else if request.method != "GET" {
             respond(
                 &mut writer,
@@ -550,16 +552,125 @@ fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
             ),
         );
     }
+    let fields = request
+        .query
+        .get("fieldSelector")
+        .cloned()
+        .unwrap_or_default();
     let items: Vec<Value> = store
         .objects
         .iter()
         .filter(|((c, ns, _), _)| *c == collection && namespace.as_ref().is_none_or(|n| n == ns))
+        .filter(|(_, o)| fields_match(o, &fields))
         .map(|(_, o)| o.clone())
         .collect();
     let body = json!({"kind": "List", "apiVersion": "v1",
                       "metadata": {"resourceVersion": store.rv.to_string()}, "items": items});
     drop(store);
     respond(w, 200, &body)
+}
+
+/// `%XX` escapes decoded (query values as clients send them).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A field selector (`spec.nodeName=node1,metadata.name!=x`) against an object.
+fn fields_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (path, want, equal) = match term.split_once("!=") {
+            Some((p, v)) => (p, v, false),
+            None => {
+                let (p, v) = term.split_once('=').unwrap_or((term, ""));
+                (p, v.trim_start_matches('='), true)
+            }
+        };
+        let got = path
+            .split('.')
+            .fold(object, |o, k| &o[k])
+            .as_str()
+            .unwrap_or_default();
+        (got == want) == equal
+    })
+}
+
+/// A JSON merge patch (RFC 7386) on one object.
+fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
+    // `.../<name>/status` patches the same stored object (the emulator keeps no separate
+    // status; what matters to tests is that clients use the subresource they are granted).
+    let path = request.path.trim_end_matches('/');
+    let path = path.strip_suffix("/status").unwrap_or(path);
+    let Some(key) = object_route(path) else {
+        return respond(
+            w,
+            405,
+            &status(405, "MethodNotAllowed", "PATCH needs an object path"),
+        );
+    };
+    let Ok(change) = serde_json::from_slice::<Value>(&request.body) else {
+        return respond(w, 400, &status(400, "BadRequest", "the patch is not JSON"));
+    };
+    let current = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .objects
+        .get(&key)
+        .cloned();
+    let Some(mut object) = current else {
+        return respond(
+            w,
+            404,
+            &status(404, "NotFound", &format!("{} {:?} not found", key.0, key.2)),
+        );
+    };
+    merge_patch(&mut object, &change);
+    match put(shared, object) {
+        Ok(stored) => respond(w, 200, &stored),
+        Err(e) => respond(w, 422, &status(422, "Invalid", &e)),
+    }
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in changes {
+        if v.is_null() {
+            if let Some(o) = target.as_object_mut() {
+                o.remove(k);
+            }
+        } else {
+            merge_patch(&mut target[k], v);
+        }
+    }
 }
 
 /// Collections that exist even while empty.
@@ -589,6 +700,11 @@ fn watch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let bookmarks = request.query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let fields = request
+        .query
+        .get("fieldSelector")
+        .cloned()
+        .unwrap_or_default();
     let timeout = request
         .query
         .get("timeoutSeconds")
@@ -624,6 +740,7 @@ fn watch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
                 e.rv > since
                     && e.collection == collection
                     && namespace.as_ref().is_none_or(|n| *n == e.namespace)
+                    && fields_match(&e.object, &fields)
             })
             .cloned()
             .collect();

@@ -18,9 +18,11 @@
 
 mod bed;
 mod cgroup;
+pub mod cni;
 pub mod ip;
 pub mod kube_api;
 pub mod mesh;
+pub mod mesh_agents;
 mod names;
 mod pod;
 pub mod probe;

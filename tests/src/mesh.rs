@@ -100,7 +100,7 @@ impl Drop for ZtunnelProcess {
     }
 }
 
-fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> BedError {
+pub(crate) fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> BedError {
     BedError::Command {
         command: what.into(),
         stderr: why.to_string(),
@@ -241,6 +241,11 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BedEr
 /// The mesh. Fields drop in order: nodes (ztunnels) first, the bed they live in last.
 pub struct Mesh {
     pub nodes: Vec<Node>,
+    /// Nodes run by the real node agent, their pods made through the CNI chain (see
+    /// [`Mesh::try_build_for_cni`]).
+    pub agent_nodes: Vec<crate::mesh_agents::AgentNode>,
+    /// Where node agents read the cluster (`--source-dir <source>` unless changed).
+    pub agent_source: Vec<String>,
     /// The control plane, when the ztunnels are fed over xDS instead of a file.
     pub control_plane: Option<ControlPlaneProcess>,
     /// Its address, kept when it is stopped so a restart takes the same port.
@@ -293,6 +298,8 @@ impl Mesh {
             .map_err(BedError::io("writing source/mesh.yaml"))?;
         Ok(Self {
             nodes: Vec::new(),
+            agent_nodes: Vec::new(),
+            agent_source: vec!["--source-dir".into(), source.display().to_string()],
             control_plane: None,
             xds: None,
             control_plane_source: vec!["--source-dir".into(), source.display().to_string()],
@@ -430,6 +437,7 @@ impl Mesh {
     pub fn close(self) -> crate::Leftovers {
         let Mesh {
             nodes,
+            agent_nodes,
             control_plane,
             pods,
             _dir,
@@ -437,6 +445,7 @@ impl Mesh {
             ..
         } = self;
         drop(nodes);
+        drop(agent_nodes);
         drop(control_plane);
         drop(_dir);
         let left = bed.close();
@@ -524,7 +533,7 @@ impl Mesh {
 
     /// Waits until `node`'s ztunnel reports ready (configuration synced, pods added).
     pub fn try_wait_ready(&self, node: &str) -> Result<(), BedError> {
-        let z = &self.node(node).ztunnel;
+        let z = self.ztunnel(node);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (status, body) = z.try_http("Readiness", "GET", "/healthz/ready")?;
@@ -573,10 +582,10 @@ impl Mesh {
         let text =
             std::fs::read_to_string(path).map_err(BedError::io(format!("reading {what}")))?;
         std::fs::write(path, edit(text)).map_err(BedError::io(format!("writing {what}")))?;
-        for node in &self.nodes {
+        for (name, ztunnel) in self.ztunnels() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let (_, dump) = node.ztunnel.try_http("Admin", "GET", "/config_dump")?;
+                let (_, dump) = ztunnel.try_http("Admin", "GET", "/config_dump")?;
                 let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
                 let names: Vec<&str> = v["policies"]
                     .as_array()
@@ -589,7 +598,7 @@ impl Mesh {
                 }
                 if Instant::now() > deadline {
                     return Err(failed(
-                        format!("{} loading the new configuration", node.name),
+                        format!("{name} loading the new configuration"),
                         dump,
                     ));
                 }
@@ -616,6 +625,22 @@ impl Mesh {
             .iter()
             .find(|s| s.name == name)
             .expect("a pod named in the mesh's specs")
+    }
+
+    /// Every node's ztunnel, by node name.
+    pub fn ztunnels(&self) -> Vec<(&'static str, &ZtunnelProcess)> {
+        let fed = self.nodes.iter().map(|n| (n.name, &n.ztunnel));
+        fed.chain(self.agent_nodes.iter().map(|n| (n.name, &n.ztunnel)))
+            .collect()
+    }
+
+    /// The ztunnel of node `name`, whichever way the node runs (panics like [`Mesh::pod`]).
+    pub fn ztunnel(&self, name: &str) -> &ZtunnelProcess {
+        self.ztunnels()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, z)| z)
+            .expect("a node of the mesh")
     }
 
     /// The node called `name` (panics like [`Mesh::pod`]).
@@ -667,7 +692,6 @@ impl Mesh {
 /// namespace (ambient unless it only holds plain-TCP pods), the pods with their node, service
 /// account and addresses, and the `web` service.
 fn source_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
-    let mut y = String::new();
     let mut namespaces: Vec<&str> = specs
         .iter()
         .filter(|s| s.node.is_some())
@@ -675,39 +699,70 @@ fn source_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
         .collect();
     namespaces.sort();
     namespaces.dedup();
-    for ns in namespaces {
-        let _ = writeln!(
-            y,
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---"
-        );
-    }
+    let mut y: String = namespaces
+        .into_iter()
+        .map(|ns| namespace_yaml(ns, true))
+        .collect();
     for (s, p) in specs.iter().zip(pods) {
-        let Some(node) = s.node else { continue };
-        let mode = if s.tcp {
-            ", istio.io/dataplane-mode: none"
-        } else {
-            ""
-        };
-        let service = if s.in_service { ", svc: web" } else { "" };
-        let ready = if s.healthy { "True" } else { "False" };
-        let _ = writeln!(
-            y,
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}{mode}{service}}}}}\n\
-             spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app, ports: [{{name: http, containerPort: {APP_PORT}}}]}}]}}\n\
-             status: {{phase: Running, conditions: [{{type: Ready, status: \"{ready}\"}}], podIPs: [{{ip: {v4}}}, {{ip: \"{v6}\"}}]}}\n---",
-            name = s.name,
-            ns = s.namespace,
-            sa = s.service_account,
-            v4 = p.ipv4(),
-            v6 = p.ipv6(),
-        );
+        if s.node.is_some() {
+            y.push_str(&pod_yaml(s, Some((p.ipv4(), p.ipv6()))));
+        }
     }
-    let _ = writeln!(
-        y,
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n\
-         spec: {{clusterIP: {VIP}, selector: {{svc: web}}, ports: [{{port: 80, targetPort: http}}]}}"
-    );
+    y.push_str(&service_yaml());
     y
+}
+
+/// A Namespace, labelled ambient or not.
+pub(crate) fn namespace_yaml(ns: &str, ambient: bool) -> String {
+    let labels = if ambient {
+        "{istio.io/dataplane-mode: ambient}"
+    } else {
+        "{}"
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n---\n")
+}
+
+/// A Pod scheduled on its node; Running with its addresses once it has them.
+pub(crate) fn pod_yaml(
+    s: &PodSpec,
+    addresses: Option<(std::net::Ipv4Addr, std::net::Ipv6Addr)>,
+) -> String {
+    let mode = if s.tcp {
+        ", istio.io/dataplane-mode: none"
+    } else {
+        ""
+    };
+    let service = if s.in_service { ", svc: web" } else { "" };
+    let ready = if s.healthy { "True" } else { "False" };
+    let status = match addresses {
+        Some((v4, v6)) => format!(
+            "{{phase: Running, conditions: [{{type: Ready, status: \"{ready}\"}}], podIP: {v4}, podIPs: [{{ip: {v4}}}, {{ip: \"{v6}\"}}]}}"
+        ),
+        None => "{phase: Pending}".to_string(),
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: {uid}, labels: {{app: {name}{mode}{service}}}}}\n\
+         spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app, ports: [{{name: http, containerPort: {APP_PORT}}}]}}]}}\n\
+         status: {status}\n---\n",
+        name = s.name,
+        ns = s.namespace,
+        uid = k8s_uid(s),
+        node = s.node.unwrap_or_default(),
+        sa = s.service_account,
+    )
+}
+
+/// The pod's Kubernetes UID in the source (and in CNI_ARGS).
+pub fn k8s_uid(s: &PodSpec) -> String {
+    format!("uid-{}-{}", s.namespace, s.name)
+}
+
+/// The `web` service.
+pub(crate) fn service_yaml() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n\
+         spec: {{clusterIP: {VIP}, selector: {{svc: web}}, ports: [{{port: 80, targetPort: http}}]}}\n"
+    )
 }
 
 fn config_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {

@@ -79,6 +79,25 @@ impl Pod {
         })
     }
 
+    /// A pod whose namespace something else (a CNI chain) set up.
+    pub(crate) fn from_netns(
+        name: &str,
+        netns_name: String,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+        cgroup_procs: Arc<File>,
+    ) -> Result<Self, BedError> {
+        let netns = Netns::open(format!("/run/netns/{netns_name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            netns_name,
+            netns,
+            ipv4,
+            ipv6,
+            cgroup_procs,
+        })
+    }
+
     /// The pod's short name within the bed.
     pub fn name(&self) -> &str {
         &self.name

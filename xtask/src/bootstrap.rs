@@ -17,10 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/bin/ip"),
     ("mount", "/usr/bin/mount"),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/bridge",
-    ),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("iperf3", "/usr/bin/iperf3"),
     ("nghttp2-client", "/usr/bin/h2load"),
     ("curl", "/usr/bin/curl"),
@@ -181,10 +178,9 @@ pub fn venv_python(paths: &Paths) -> PathBuf {
 /// already imports that version.
 pub fn helm_venv(paths: &Paths) -> Result<()> {
     let python = venv_python(paths);
-    let has = output(Command::new(&python).args([
-        "-c",
-        "import helm_python; print(helm_python.__version__)",
-    ]));
+    let has = output(
+        Command::new(&python).args(["-c", "import helm_python; print(helm_python.__version__)"]),
+    );
     if has.as_deref().map(str::trim) == Some(HELM_PYTHON_SDK_VERSION) {
         return Ok(());
     }
@@ -194,9 +190,13 @@ pub fn helm_venv(paths: &Paths) -> Result<()> {
         let base = ["python3", "/usr/bin/python3"]
             .into_iter()
             .find(|p| output(Command::new(p).args(["-c", "import venv, ensurepip"])).is_some())
-            .context("no python3 with venv and ensurepip (on Debian: apt-get install python3-venv)")?;
+            .context(
+                "no python3 with venv and ensurepip (on Debian: apt-get install python3-venv)",
+            )?;
         println!("xtask: creating a Python venv at {}", venv.display());
-        cmd(Command::new(base).args(["-m", "venv", "--clear"]).arg(&venv))?;
+        cmd(Command::new(base)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
     }
     println!("xtask: installing helm-python-sdk {HELM_PYTHON_SDK_VERSION} (renders deploy/chart)");
     cmd(Command::new(&python).args([

@@ -47,7 +47,10 @@ impl ClusterView {
             })
             .filter_map(|p| {
                 let key = (
-                    p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    p.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
                     p.metadata.name.clone()?,
                 );
                 Some((key, p))
@@ -89,7 +92,10 @@ impl std::fmt::Debug for Source {
 }
 
 /// Starts the source; returns once the first complete view is known.
-pub async fn start(source: Source, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+pub async fn start(
+    source: Source,
+    node: String,
+) -> Result<watch::Receiver<ClusterView>, ClusterError> {
     match source {
         Source::Dir(dir) => start_dir(dir, node),
         Source::Kube(client) => start_kube(client, node).await,
@@ -134,14 +140,20 @@ fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>,
     Ok(rx)
 }
 
-async fn start_kube(client: Client, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+async fn start_kube(
+    client: Client,
+    node: String,
+) -> Result<watch::Receiver<ClusterView>, ClusterError> {
     let changed = Arc::new(Notify::new());
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     drive(
         reflector::reflector(
             ns_writer,
-            watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()),
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff(),
         changed.clone(),

@@ -5,6 +5,7 @@ use crate::{
     agent::{
         cluster::ClusterView,
         decide::{Decision, decide},
+        mark::Marker,
         netns_scan,
         state::{self, Record, State},
         zds::{ZdsError, ZdsPod, ZdsServer},
@@ -52,6 +53,7 @@ pub struct Core {
     inner: Arc<Mutex<Inner>>,
     zds: ZdsServer,
     view: watch::Receiver<ClusterView>,
+    marker: Marker,
 }
 
 /// The uid ztunnel knows a pod by: Kubernetes' own, or a stable name when there is none.
@@ -86,7 +88,9 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
         .filter_map(|p| p.ip.parse().ok())
         .collect();
     if ips.is_empty()
-        && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|i| i.parse().ok())
     {
         ips.push(ip);
     }
@@ -108,6 +112,7 @@ impl Core {
         mut capture: Capture,
         zds: ZdsServer,
         view: watch::Receiver<ClusterView>,
+        marker: Marker,
     ) -> Self {
         let mut saved = State::load(&config.state_file).unwrap_or_else(|e| {
             warn!(error = %e, "starting without the saved state");
@@ -143,6 +148,7 @@ impl Core {
             })),
             zds,
             view,
+            marker,
         }
     }
 
@@ -166,7 +172,11 @@ impl Core {
                         service_account: service_account(&pod),
                     };
                     let uid = pod_uid(&pod, &req.pod_uid);
-                    let ips = if req.ips.is_empty() { pod_ips(&pod) } else { req.ips.clone() };
+                    let ips = if req.ips.is_empty() {
+                        pod_ips(&pod)
+                    } else {
+                        req.ips.clone()
+                    };
                     match self
                         .enroll(&key, &uid, info, Path::new(&req.netns), &ips, true)
                         .await
@@ -243,7 +253,7 @@ impl Core {
                 listeners: None,
             })
             .map_err(|e| format!("capturing the pod's traffic: {e}"))?;
-        let record = Record {
+        let mut record = Record {
             uid: uid.to_string(),
             service_account: info.service_account.clone(),
             netns: netns.to_path_buf(),
@@ -256,7 +266,7 @@ impl Core {
             netns: Some(Arc::new(fd)),
         };
         match self.zds.add(uid, pod).await {
-            Ok(()) => {}
+            Ok(()) => record.redirection_enabled = true,
             Err(ZdsError::NotConnected) if !need_ack => {
                 info!(pod = %key, "enrolled; ztunnel gets it when it connects")
             }
@@ -268,9 +278,13 @@ impl Core {
                 return Err(e.to_string());
             }
         }
+        let acked = record.redirection_enabled;
         inner.state.pods.insert(key.to_string(), record);
         self.save(&inner.state);
-        info!(pod = %key, %uid, pod_id = enrolled.pod_id, netns = %netns.display(), "pod enrolled");
+        info!(pod = %key, %uid, pod_id = enrolled.pod_id, netns = %netns.display(), acked, "pod enrolled");
+        if acked {
+            self.spawn_mark(key, true);
+        }
         Ok(())
     }
 
@@ -298,6 +312,9 @@ impl Core {
             }
             self.save(&inner.state);
             info!(pod = %key, "pod released");
+            if r.redirection_enabled {
+                self.spawn_mark(key, false);
+            }
         }
     }
 
@@ -319,8 +336,8 @@ impl Core {
         }
     }
 
-    /// Records that ztunnel acknowledged a pod; returns true when that is news.
-    pub async fn acknowledged(&self, key: &str, uid: &str) -> bool {
+    /// Records that ztunnel acknowledged a pod and marks it enrolled.
+    pub async fn acknowledged(&self, key: &str, uid: &str) {
         let mut inner = self.inner.lock().await;
         let news = match inner.state.pods.get_mut(key) {
             Some(r) if r.uid == uid && !r.redirection_enabled => {
@@ -331,8 +348,17 @@ impl Core {
         };
         if news {
             self.save(&inner.state);
+            self.spawn_mark(key, true);
         }
-        news
+    }
+
+    /// Sets or clears the pod's redirection mark without holding up enrollment.
+    fn spawn_mark(&self, key: &str, enabled: bool) {
+        let (marker, key) = (self.marker.clone(), key.to_string());
+        tokio::spawn(async move {
+            let (namespace, name) = key.split_once('/').unwrap_or_default();
+            marker.mark(namespace, name, enabled).await;
+        });
     }
 
     /// Brings the enrolled set in line with the view: enrolls running pods that should be in
@@ -344,8 +370,11 @@ impl Core {
         for ((ns, name), pod) in &view.pods {
             let key = state::key(ns, name);
             let wanted = !finished(pod)
-                && decide(pod, view.namespaces.get(ns), &self.config.excluded_namespaces)
-                    == Decision::Enroll;
+                && decide(
+                    pod,
+                    view.namespaces.get(ns),
+                    &self.config.excluded_namespaces,
+                ) == Decision::Enroll;
             let is_enrolled = enrolled.contains(&key);
             if wanted && !is_enrolled {
                 let ips = pod_ips(pod);
@@ -426,7 +455,10 @@ impl Core {
         let file = EnrollmentFile {
             ambient_namespaces: ambient,
         };
-        if EnrollmentFile::read(&self.config.enrollment_file).ok().as_ref() != Some(&file)
+        if EnrollmentFile::read(&self.config.enrollment_file)
+            .ok()
+            .as_ref()
+            != Some(&file)
             && let Err(e) = file.write(&self.config.enrollment_file)
         {
             warn!(error = %e, path = %self.config.enrollment_file.display(), "writing the enrollment file");

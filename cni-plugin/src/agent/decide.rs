@@ -13,7 +13,11 @@ pub enum Decision {
 }
 
 /// The decision for `pod` in `namespace` (None: the namespace is unknown).
-pub fn decide(pod: &Pod, namespace: Option<&Namespace>, excluded_namespaces: &[String]) -> Decision {
+pub fn decide(
+    pod: &Pod,
+    namespace: Option<&Namespace>,
+    excluded_namespaces: &[String],
+) -> Decision {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     if excluded_namespaces.iter().any(|e| e == ns) {
         return Decision::Skip("namespace excluded from the mesh");
@@ -59,20 +63,44 @@ mod tests {
         let plain = ns(json!({}));
         let none = [String::from("kube-system")];
         let base = json!({"metadata": {"name": "a", "namespace": "shop"}, "spec": {"containers": [{"name": "app"}]}});
-        assert_eq!(decide(&pod(base.clone()), Some(&ambient), &none), Decision::Enroll);
-        assert!(matches!(decide(&pod(base.clone()), Some(&plain), &none), Decision::Skip(_)));
+        assert_eq!(
+            decide(&pod(base.clone()), Some(&ambient), &none),
+            Decision::Enroll
+        );
+        assert!(matches!(
+            decide(&pod(base.clone()), Some(&plain), &none),
+            Decision::Skip(_)
+        ));
         assert!(matches!(decide(&pod(base), None, &none), Decision::Skip(_)));
         let opted_out = json!({"metadata": {"name": "a", "namespace": "shop", "labels": {"istio.io/dataplane-mode": "none"}}});
-        assert!(matches!(decide(&pod(opted_out), Some(&ambient), &none), Decision::Skip(_)));
+        assert!(matches!(
+            decide(&pod(opted_out), Some(&ambient), &none),
+            Decision::Skip(_)
+        ));
         let opted_in = json!({"metadata": {"name": "a", "namespace": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}});
-        assert_eq!(decide(&pod(opted_in), Some(&plain), &none), Decision::Enroll);
+        assert_eq!(
+            decide(&pod(opted_in), Some(&plain), &none),
+            Decision::Enroll
+        );
         let host = json!({"metadata": {"name": "a", "namespace": "shop"}, "spec": {"hostNetwork": true, "containers": []}});
-        assert_eq!(decide(&pod(host), Some(&ambient), &none), Decision::Skip("host-network pod"));
+        assert_eq!(
+            decide(&pod(host), Some(&ambient), &none),
+            Decision::Skip("host-network pod")
+        );
         let sidecar = json!({"metadata": {"name": "a", "namespace": "shop"}, "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}});
-        assert_eq!(decide(&pod(sidecar), Some(&ambient), &none), Decision::Skip("pod runs an Istio sidecar"));
+        assert_eq!(
+            decide(&pod(sidecar), Some(&ambient), &none),
+            Decision::Skip("pod runs an Istio sidecar")
+        );
         let injected = json!({"metadata": {"name": "a", "namespace": "shop", "annotations": {"sidecar.istio.io/status": "{}"}}});
-        assert!(matches!(decide(&pod(injected), Some(&ambient), &none), Decision::Skip(_)));
+        assert!(matches!(
+            decide(&pod(injected), Some(&ambient), &none),
+            Decision::Skip(_)
+        ));
         let system = json!({"metadata": {"name": "a", "namespace": "kube-system", "labels": {"istio.io/dataplane-mode": "ambient"}}});
-        assert_eq!(decide(&pod(system), Some(&ambient), &none), Decision::Skip("namespace excluded from the mesh"));
+        assert_eq!(
+            decide(&pod(system), Some(&ambient), &none),
+            Decision::Skip("namespace excluded from the mesh")
+        );
     }
 }

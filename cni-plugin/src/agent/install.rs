@@ -103,14 +103,20 @@ impl CniInstall {
             .ok_or_else(|| invalid("no \"plugins\" list".into()))?;
         let desired = self.entry();
         let ours = |p: &Value| p["type"] == PLUGIN_TYPE;
-        if is_list && plugins.last() == Some(&desired) && plugins.iter().filter(|p| ours(p)).count() == 1 {
+        if is_list
+            && plugins.last() == Some(&desired)
+            && plugins.iter().filter(|p| ours(p)).count() == 1
+        {
             return Ok(Ensured::Unchanged(primary));
         }
         self.back_up(&primary, plugins.iter().any(ours))?;
         plugins.retain(|p| !ours(p));
         plugins.push(desired);
         let target = primary.with_extension("conflist");
-        write_atomic(&target, &serde_json::to_vec_pretty(&conf).unwrap_or_default())?;
+        write_atomic(
+            &target,
+            &serde_json::to_vec_pretty(&conf).unwrap_or_default(),
+        )?;
         if target != primary {
             std::fs::remove_file(&primary).map_err(io_err(&primary))?;
         }
@@ -212,10 +218,8 @@ mod tests {
     use super::*;
 
     fn setup(name: &str, primary: Option<(&str, &str)>) -> (CniInstall, PathBuf) {
-        let root = std::env::temp_dir().join(format!(
-            "amesh-install-{name}-{}",
-            std::process::id()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("amesh-install-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let conf_dir = root.join("net.d");
         std::fs::create_dir_all(&conf_dir).expect("mkdir");
@@ -255,9 +259,15 @@ mod tests {
     fn chains_once_repairs_and_uninstalls() {
         let (install, root) = setup("chain", Some(("10-k8s.conflist", BRIDGE)));
         let primary = install.conf_dir.join("10-k8s.conflist");
-        assert_eq!(install.ensure().expect("ensure"), Ensured::Inserted(primary.clone()));
+        assert_eq!(
+            install.ensure().expect("ensure"),
+            Ensured::Inserted(primary.clone())
+        );
         assert_eq!(types(&primary), ["bridge", "portmap", "amesh-cni"]);
-        assert_eq!(install.ensure().expect("ensure"), Ensured::Unchanged(primary.clone()));
+        assert_eq!(
+            install.ensure().expect("ensure"),
+            Ensured::Unchanged(primary.clone())
+        );
         // The original is kept as it was.
         assert_eq!(
             std::fs::read_to_string(root.join("backup/10-k8s.conflist")).expect("backup"),
@@ -265,11 +275,17 @@ mod tests {
         );
         // Another component rewrites the file: the entry goes back in, once.
         std::fs::write(&primary, BRIDGE).expect("rewrite");
-        assert_eq!(install.ensure().expect("ensure"), Ensured::Inserted(primary.clone()));
+        assert_eq!(
+            install.ensure().expect("ensure"),
+            Ensured::Inserted(primary.clone())
+        );
         assert_eq!(types(&primary), ["bridge", "portmap", "amesh-cni"]);
         install.install_binary().expect("binary");
         assert!(install.bin_dir.join(PLUGIN_TYPE).exists());
-        assert_eq!(install.uninstall().expect("uninstall"), vec![primary.clone()]);
+        assert_eq!(
+            install.uninstall().expect("uninstall"),
+            vec![primary.clone()]
+        );
         assert_eq!(types(&primary), ["bridge", "portmap"]);
         assert!(!install.bin_dir.join(PLUGIN_TYPE).exists());
         let _ = std::fs::remove_dir_all(root);
@@ -279,10 +295,16 @@ mod tests {
     fn a_single_plugin_conf_becomes_a_list() {
         let (install, root) = setup(
             "single",
-            Some(("05-bridge.conf", r#"{"cniVersion":"0.4.0","name":"k8s","type":"bridge"}"#)),
+            Some((
+                "05-bridge.conf",
+                r#"{"cniVersion":"0.4.0","name":"k8s","type":"bridge"}"#,
+            )),
         );
         let list = install.conf_dir.join("05-bridge.conflist");
-        assert_eq!(install.ensure().expect("ensure"), Ensured::Inserted(list.clone()));
+        assert_eq!(
+            install.ensure().expect("ensure"),
+            Ensured::Inserted(list.clone())
+        );
         assert_eq!(types(&list), ["bridge", "amesh-cni"]);
         assert!(!install.conf_dir.join("05-bridge.conf").exists());
         let _ = std::fs::remove_dir_all(root);

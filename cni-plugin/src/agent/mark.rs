@@ -33,11 +33,17 @@ impl Marker {
         let Marker::Kube(client) = self else {
             return info!(pod = %format!("{namespace}/{name}"), enabled, "redirection recorded");
         };
-        let value = if enabled { json!("enabled") } else { json!(null) };
+        let value = if enabled {
+            json!("enabled")
+        } else {
+            json!(null)
+        };
         let patch = json!({"metadata": {"annotations": {REDIRECTION_ANNOTATION: value}}});
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        // The status subresource, as Istio's node agent does: its role then needs no right
+        // to change pod specs.
         match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => info!(pod = %format!("{namespace}/{name}"), enabled, "annotated"),

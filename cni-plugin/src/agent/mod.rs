@@ -98,7 +98,11 @@ pub async fn run(
     let capture = Capture::load_or_adopt(&config.capture)?;
     info!(adopted = capture.adopted(), "capture programs owned");
     let view = cluster::start(config.source.clone(), config.node.clone()).await?;
-    info!(namespaces = view.borrow().namespaces.len(), pods = view.borrow().pods.len(), "cluster view synced");
+    info!(
+        namespaces = view.borrow().namespaces.len(),
+        pods = view.borrow().pods.len(),
+        "cluster view synced"
+    );
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let zds = ZdsServer::listen(&config.zds_socket, acked_tx)?;
     let core = Core::new(
@@ -112,10 +116,11 @@ pub async fn run(
         capture,
         zds,
         view.clone(),
+        marker,
     );
     core.reconcile().await;
     core.release_unknown_captures().await;
-    tokio::spawn(mark_acked(core.clone(), marker.clone(), acked_rx));
+    tokio::spawn(mark_acked(core.clone(), acked_rx));
     tokio::spawn(follow_cluster(core.clone(), view));
     config.cni.install_binary()?;
     install_chain(&config.cni)?;
@@ -132,9 +137,13 @@ pub async fn run(
 
 fn install_chain(cni: &CniInstall) -> Result<(), AgentError> {
     match cni.ensure()? {
-        Ensured::Inserted(p) => info!(conflist = %p.display(), "chained into the CNI configuration"),
+        Ensured::Inserted(p) => {
+            info!(conflist = %p.display(), "chained into the CNI configuration")
+        }
         Ensured::Unchanged(p) => info!(conflist = %p.display(), "already chained"),
-        Ensured::NoPrimary => warn!(dir = %cni.conf_dir.display(), "no CNI configuration yet; waiting for the cluster's CNI to write one"),
+        Ensured::NoPrimary => {
+            warn!(dir = %cni.conf_dir.display(), "no CNI configuration yet; waiting for the cluster's CNI to write one")
+        }
     }
     Ok(())
 }
@@ -165,12 +174,10 @@ async fn follow_cluster(core: Core, mut view: watch::Receiver<ClusterView>) {
     }
 }
 
-async fn mark_acked(core: Core, marker: Marker, mut acked: mpsc::UnboundedReceiver<zds::Acked>) {
+async fn mark_acked(core: Core, mut acked: mpsc::UnboundedReceiver<zds::Acked>) {
     while let Some(a) = acked.recv().await {
         let key = state::key(&a.info.namespace, &a.info.name);
-        if core.acknowledged(&key, &a.uid).await {
-            marker.mark(&a.info.namespace, &a.info.name, true).await;
-        }
+        core.acknowledged(&key, &a.uid).await;
     }
 }
 

@@ -97,7 +97,10 @@ mod tests {
         let inet6 = "fd000201000000000000000000010002 02 40 00 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n";
         assert_eq!(
             parse_if_inet6(inet6),
-            vec!["fd00:201::1:2".parse::<Ipv6Addr>().expect("ip"), Ipv6Addr::LOCALHOST]
+            vec![
+                "fd00:201::1:2".parse::<Ipv6Addr>().expect("ip"),
+                Ipv6Addr::LOCALHOST
+            ]
         );
     }
 

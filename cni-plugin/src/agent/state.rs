@@ -3,7 +3,11 @@
 //! every change.
 
 use serde::{Deserialize, Serialize};
-use std::{collections::BTreeMap, net::IpAddr, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 /// One enrolled pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,8 +7,8 @@
 //! peer that does not speak ZDS is closed and changes nothing for the ztunnel already served.
 
 use amesh_proto::zds::{
-    AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, Version, WorkloadInfo,
-    WorkloadRequest, WorkloadResponse, ZdsHello, workload_request::Payload, workload_response,
+    AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, Version, WorkloadInfo, WorkloadRequest,
+    WorkloadResponse, ZdsHello, workload_request::Payload, workload_response,
 };
 use amesh_sys::seqpacket;
 use prost::Message;
@@ -82,7 +82,8 @@ impl ZdsServer {
             std::fs::create_dir_all(dir).map_err(listen_err)?;
         }
         let _ = std::fs::remove_file(path);
-        let listener = watch_fd(seqpacket::listen(path).map_err(listen_err)?).map_err(listen_err)?;
+        let listener =
+            watch_fd(seqpacket::listen(path).map_err(listen_err)?).map_err(listen_err)?;
         let server = Self {
             inner: Arc::new(Inner {
                 pods: Mutex::default(),
@@ -153,7 +154,9 @@ impl ZdsServer {
                     uid: uid.clone(),
                     info: pod.info.clone(),
                 }),
-                Err(ZdsError::Nack(reason)) => warn!(%uid, %reason, "ztunnel refused a pod of the snapshot"),
+                Err(ZdsError::Nack(reason)) => {
+                    warn!(%uid, %reason, "ztunnel refused a pod of the snapshot")
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -162,7 +165,9 @@ impl ZdsServer {
         }
         if failed.is_none() {
             let conn = current.as_ref().expect("set above");
-            failed = request(conn, Payload::SnapshotSent(SnapshotSent {}), None).await.err();
+            failed = request(conn, Payload::SnapshotSent(SnapshotSent {}), None)
+                .await
+                .err();
         }
         match failed {
             Some(e) => {

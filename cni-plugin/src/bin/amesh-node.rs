@@ -4,19 +4,17 @@
 //! takes the plugin out of the node's CNI chain.
 #![forbid(unsafe_code)]
 
-use amesh_cni::agent::{
-    self, AgentConfig,
-    cluster::Source,
-    install::CniInstall,
-    mark::Marker,
-};
+use amesh_cni::agent::{self, AgentConfig, cluster::Source, install::CniInstall, mark::Marker};
 use amesh_ebpf_loader::CaptureConfig;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::{net::SocketAddr, path::PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "amesh-node", about = "amesh's node agent: CNI plugin, capture, ZDS")]
+#[command(
+    name = "amesh-node",
+    about = "amesh's node agent: CNI plugin, capture, ZDS"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -47,7 +45,7 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup: PathBuf,
     /// The agent's state (enrolled pods, the plugin's fallback file, the plugin's log).
-    #[arg(long, default_value = "/var/run/amesh")]
+    #[arg(long, global = true, default_value = "/var/run/amesh")]
     state_dir: PathBuf,
     /// Namespaces never enrolled (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "kube-system")]
@@ -66,13 +64,13 @@ struct Args {
 #[derive(clap::Args, Debug)]
 struct CniArgs {
     /// The CNI bin dir to install the plugin into.
-    #[arg(long, default_value = "/opt/cni/bin")]
+    #[arg(long, global = true, default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
     /// The CNI conf dir whose primary configuration gets the plugin appended.
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, global = true, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
     /// The plugin binary to install (default: `amesh-cni` next to this binary).
-    #[arg(long)]
+    #[arg(long, global = true)]
     cni_plugin: Option<PathBuf>,
 }
 
@@ -107,14 +105,21 @@ fn cni_install(args: &Args) -> Result<CniInstall> {
             .with_file_name("amesh-cni"),
     };
     let mut settings = serde_json::Map::new();
-    settings.insert("agent_socket".into(), args.cni_socket.display().to_string().into());
+    settings.insert(
+        "agent_socket".into(),
+        args.cni_socket.display().to_string().into(),
+    );
     settings.insert(
         "log_file".into(),
         args.state_dir.join("cni.log").display().to_string().into(),
     );
     settings.insert(
         "enrollment_file".into(),
-        args.state_dir.join("enrollment.json").display().to_string().into(),
+        args.state_dir
+            .join("enrollment.json")
+            .display()
+            .to_string()
+            .into(),
     );
     settings.insert(
         "excluded_namespaces".into(),
@@ -163,7 +168,9 @@ fn real_main(mut args: Args) -> Result<()> {
                 let client = kube::Client::try_from(config).context("Kubernetes client")?;
                 (Source::Kube(client.clone()), Marker::Kube(client))
             }
-            (None, None, false) => bail!("one of --kubernetes, --kube-url or --source-dir is required"),
+            (None, None, false) => {
+                bail!("one of --kubernetes, --kube-url or --source-dir is required")
+            }
         };
         let config = AgentConfig {
             node: args.node_name.clone(),

@@ -186,8 +186,8 @@ mod tests {
             code_of(br#"{"cniVersion":"1.0.0","type":"amesh-cni","timeout_ms":0}"#),
             code::INVALID_CONFIG
         );
-        let no_prev = PluginConf::parse(br#"{"cniVersion":"1.0.0","type":"amesh-cni"}"#)
-            .expect("valid");
+        let no_prev =
+            PluginConf::parse(br#"{"cniVersion":"1.0.0","type":"amesh-cni"}"#).expect("valid");
         assert_eq!(
             no_prev.prev_ips().expect_err("no prevResult").code,
             code::INVALID_CONFIG

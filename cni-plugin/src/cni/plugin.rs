@@ -5,11 +5,7 @@
 //! cannot enroll it or cannot be reached. Pods that need no mesh never wait on the agent.
 
 use crate::{
-    cni::{
-        CniError, PluginConf, SUPPORTED_VERSIONS,
-        conf::parse_args,
-        error::code,
-    },
+    cni::{CniError, PluginConf, SUPPORTED_VERSIONS, conf::parse_args, error::code},
     enrollment_file::EnrollmentFile,
     wire::{Command, PodRequest, Reply},
 };
@@ -179,7 +175,9 @@ fn agent_down(
         ))
     };
     let Some(path) = &conf.enrollment_file else {
-        return fail(format!("{error}; no enrollment_file configured to decide without it"));
+        return fail(format!(
+            "{error}; no enrollment_file configured to decide without it"
+        ));
     };
     match EnrollmentFile::read(path) {
         Ok(file) if file.may_enroll(&request.pod_namespace) => fail(format!(
@@ -307,7 +305,11 @@ mod tests {
         assert!(o.ok);
         let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert!(v["supportedVersions"].as_array().is_some_and(|a| a.len() == 5));
+        assert!(
+            v["supportedVersions"]
+                .as_array()
+                .is_some_and(|a| a.len() == 5)
+        );
     }
 
     #[test]
