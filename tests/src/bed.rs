@@ -25,6 +25,33 @@ pub const BRIDGE: &str = "br0";
 
 /// Prefixes of the beds alive in this process, cleaned up on Ctrl-C / SIGTERM.
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Processes the mesh started outside any pod (ztunnels, agents, the control plane), killed
+/// on Ctrl-C / SIGTERM: nothing would stop them once this process is gone.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Files to remove if this process is told to stop (e.g. a state file describing the mesh).
+static FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes `path` when this process gets Ctrl-C / SIGTERM (and the bed's objects go).
+pub fn remove_on_terminate(path: &Path) {
+    FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+}
+
+/// Registers a process to kill if this one is told to stop.
+pub(crate) fn track_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+/// Forgets a process (it was stopped the ordinary way).
+pub(crate) fn untrack_child(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
 
 #[derive(Debug)]
 pub struct TestBed {
@@ -231,6 +258,13 @@ fn cleanup_prefix(prefix: &str) -> Leftovers {
             eprintln!("amesh-testbed: {e}");
         }
     }
+    // The mesh's files: configuration, logs, sockets, CNI state (IPAM leases, conf dirs).
+    let files = std::env::temp_dir().join(prefix);
+    if files.exists()
+        && let Err(e) = std::fs::remove_dir_all(&files)
+    {
+        eprintln!("amesh-testbed: removing {}: {e}", files.display());
+    }
     let pins = Path::new(BPFFS).join(prefix);
     if pins.exists() {
         // Unlinking pinned links detaches them; maps and programs go with their last user.
@@ -269,8 +303,16 @@ fn delete_veths(underlay: &str) {
     }
 }
 
-/// Called on Ctrl-C / SIGTERM: removes the objects of every bed alive in this process.
+/// Called on Ctrl-C / SIGTERM: stops the mesh's processes and removes the objects of every
+/// bed alive in this process.
 fn cleanup_live() {
+    let children: Vec<u32> = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for pid in children {
+        let _ = ip::run("kill", &["-KILL", &pid.to_string()]);
+    }
+    for file in FILES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = std::fs::remove_file(file);
+    }
     let live: Vec<String> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for prefix in live {
         cleanup_prefix(&prefix);

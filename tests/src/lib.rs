@@ -31,7 +31,7 @@ pub mod sniff;
 pub mod standin;
 pub mod zds_agent;
 
-pub use bed::{Leftovers, TestBed};
+pub use bed::{Leftovers, TestBed, remove_on_terminate};
 pub use pod::Pod;
 pub use process::PodProcess;
 

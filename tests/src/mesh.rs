@@ -95,6 +95,7 @@ pub struct ZtunnelProcess {
 
 impl Drop for ZtunnelProcess {
     fn drop(&mut self) {
+        crate::bed::untrack_child(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -116,6 +117,7 @@ pub struct ControlPlaneProcess {
 
 impl Drop for ControlPlaneProcess {
     fn drop(&mut self) {
+        crate::bed::untrack_child(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -430,6 +432,7 @@ impl Mesh {
             .stderr(out)
             .spawn()
             .map_err(BedError::io("starting ztunnel"))?;
+        crate::bed::track_child(child.id());
         Ok(ZtunnelProcess { child, log })
     }
 
@@ -480,6 +483,7 @@ impl Mesh {
             .stderr(out)
             .spawn()
             .map_err(BedError::io("starting amesh-controlplane"))?;
+        crate::bed::track_child(child.id());
         let mut process = ControlPlaneProcess { child, log };
         let address = process.wait_listening()?;
         self.control_plane = Some(process);
@@ -582,6 +586,11 @@ impl Mesh {
         let text =
             std::fs::read_to_string(path).map_err(BedError::io(format!("reading {what}")))?;
         std::fs::write(path, edit(text)).map_err(BedError::io(format!("writing {what}")))?;
+        self.try_wait_policies(policies)
+    }
+
+    /// Waits until every ztunnel serves exactly the `policies` names.
+    pub fn try_wait_policies(&self, policies: &[&str]) -> Result<(), BedError> {
         for (name, ztunnel) in self.ztunnels() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

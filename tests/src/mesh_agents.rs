@@ -30,6 +30,7 @@ pub struct AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        crate::bed::untrack_child(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -282,6 +283,7 @@ impl Mesh {
             .stderr(out)
             .spawn()
             .map_err(BedError::io("starting amesh-node"))?;
+        crate::bed::track_child(child.id());
         let mut agent = AgentProcess { child, log };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -20,6 +20,9 @@ pub struct Pod {
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
     cgroup_procs: Arc<File>,
+    /// The sandbox process holding the namespace, for pods a runtime made (Kubernetes'
+    /// pause container); killed with the pod.
+    sandbox: Option<PodProcess>,
 }
 
 impl Pod {
@@ -76,6 +79,7 @@ impl Pod {
             ipv4,
             ipv6,
             cgroup_procs,
+            sandbox: None,
         })
     }
 
@@ -88,14 +92,19 @@ impl Pod {
         cgroup_procs: Arc<File>,
     ) -> Result<Self, BedError> {
         let netns = Netns::open(format!("/run/netns/{netns_name}"))?;
-        Ok(Self {
+        let mut pod = Self {
             name: name.to_string(),
             netns_name,
             netns,
             ipv4,
             ipv6,
             cgroup_procs,
-        })
+            sandbox: None,
+        };
+        let mut pause = pod.command("sleep");
+        pause.arg("infinity");
+        pod.sandbox = Some(pod.spawn(pause)?);
+        Ok(pod)
     }
 
     /// The pod's short name within the bed.

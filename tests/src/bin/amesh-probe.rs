@@ -154,12 +154,30 @@ fn serve(args: &[String]) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Answers one line with who served it; an HTTP/1.x request (e.g. from curl) gets the same
+/// line as the body of a `200 OK`.
 fn answer(conn: TcpStream, name: &str) {
     let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut line = String::new();
-    let _ = BufReader::new(&conn).read_line(&mut line);
-    let _ = (&conn)
-        .write_all(format!("served-by={name} local={local} line={}\n", line.trim_end()).as_bytes());
+    let mut reader = BufReader::new(&conn);
+    let _ = reader.read_line(&mut line);
+    let body = format!("served-by={name} local={local} line={}\n", line.trim_end());
+    if !line.trim_end().ends_with("HTTP/1.1") && !line.trim_end().ends_with("HTTP/1.0") {
+        let _ = (&conn).write_all(body.as_bytes());
+        return;
+    }
+    // Skip the headers up to the blank line.
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    let _ = (&conn).write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Sends everything back until the peer half-closes, then half-closes too.
