@@ -346,6 +346,15 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
     wait_ready(&mesh);
     mesh.try_wait_enrolled("node1", &["web/c"])
         .expect("enrolled");
+    // The control plane published its root where ztunnel's DaemonSet mounts it from.
+    let root = std::fs::read_to_string(mesh.ca_root_path()).expect("root");
+    let published = api
+        .objects("/api/v1/configmaps")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "istio-ca-root-cert")
+        .expect("istio-ca-root-cert");
+    assert_eq!(published["metadata"]["namespace"], "istio-system");
+    assert_eq!(published["data"]["root-cert.pem"], root.as_str());
     // The node1 agent watches only its own node's pods.
     mesh.try_wait_enrolled("node2", &["web/other"])
         .expect("enrolled");

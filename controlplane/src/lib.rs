@@ -10,6 +10,7 @@ pub mod ca;
 pub mod ca_secret;
 pub mod catalog;
 pub mod kube_source;
+pub mod root_configmap;
 pub mod serve;
 pub mod serving_cert;
 pub mod source;

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 use amesh_controlplane::{
-    ads::Ads, auth::Authenticator, ca::CaService, ca_secret, catalog::Catalog, kube_source, serve,
-    serving_cert::ServingCert, translate::Mesh, watch,
+    ads::Ads, auth::Authenticator, ca::CaService, ca_secret, catalog::Catalog, kube_source,
+    root_configmap, serve, serving_cert::ServingCert, translate::Mesh, watch,
 };
 use amesh_identity::{Identity, LocalCa, tls};
 use amesh_proto::{
@@ -189,6 +189,17 @@ async fn main() -> anyhow::Result<()> {
     let mut auth = Authenticator::new(node_token, &args.trust_domain);
     if let Some(client) = &kube {
         auth = auth.with_token_review(client.clone());
+        // ztunnel's DaemonSet mounts the roots from this ConfigMap in our namespace.
+        let mut roots = ca.root_pem().to_string();
+        for f in &args.extra_root_file {
+            roots.push_str(
+                &std::fs::read_to_string(f)
+                    .with_context(|| format!("--extra-root-file {}", f.display()))?,
+            );
+        }
+        root_configmap::publish(client.clone(), ns, &roots)
+            .await
+            .context("publishing the istio-ca-root-cert ConfigMap")?;
     }
     let catalog = source(&args, kube).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
