@@ -242,6 +242,26 @@ impl Core {
         let ns = Netns::open(netns).map_err(|e| e.to_string())?;
         let fd = ns.try_clone_fd().map_err(|e| e.to_string())?;
         let cookie = ns.cookie().map_err(|e| e.to_string())?;
+        if let Some(old) = inner.state.pods.get(key).cloned() {
+            if old.netns_cookie == cookie && (old.redirection_enabled || !need_ack) {
+                // Already enrolled (a CNI ADD and a cluster change can both get here):
+                // adding it again would make ztunnel restart the pod's proxies.
+                return Ok(());
+            }
+            if old.netns_cookie != cookie {
+                // A new sandbox for the same pod: the old namespace is gone or going.
+                info!(pod = %key, "replacing the enrolment of an earlier sandbox");
+                if let Ok(Some(id)) = inner.capture.maps().pod_of_netns(old.netns_cookie)
+                    && let Err(e) = inner.capture.unenroll(id)
+                {
+                    warn!(pod = %key, error = %e, "releasing the earlier sandbox");
+                }
+                if old.uid != uid {
+                    let _ = self.zds.del(&old.uid).await;
+                }
+                inner.state.pods.remove(key);
+            }
+        }
         let enrolled = inner
             .capture
             .enroll(&EnrollRequest {

@@ -114,12 +114,13 @@ pub async fn run(
             pod_wait: Duration::from_secs(5),
         },
         capture,
-        zds,
+        zds.clone(),
         view.clone(),
         marker,
     );
     core.reconcile().await;
     core.release_unknown_captures().await;
+    zds.start();
     tokio::spawn(mark_acked(core.clone(), acked_rx));
     tokio::spawn(follow_cluster(core.clone(), view));
     config.cni.install_binary()?;

@@ -58,6 +58,8 @@ pub struct ZdsPod {
 
 #[derive(Debug)]
 struct Inner {
+    /// Bound but not yet accepting (see [`ZdsServer::start`]).
+    listener: Mutex<Option<AsyncFd<OwnedFd>>>,
     pods: Mutex<BTreeMap<String, ZdsPod>>,
     /// The ztunnel being served; requests take turns through this lock.
     conn: tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>,
@@ -72,7 +74,8 @@ pub struct ZdsServer {
 }
 
 impl ZdsServer {
-    /// Listens on `path` (replacing a stale socket file) and serves ztunnels from now on.
+    /// Binds `path` (replacing a stale socket file); ztunnels are served after
+    /// [`ZdsServer::start`].
     pub fn listen(path: &Path, acked: mpsc::UnboundedSender<Acked>) -> Result<Self, ZdsError> {
         let listen_err = |source| ZdsError::Listen {
             path: path.to_path_buf(),
@@ -86,16 +89,36 @@ impl ZdsServer {
             watch_fd(seqpacket::listen(path).map_err(listen_err)?).map_err(listen_err)?;
         let server = Self {
             inner: Arc::new(Inner {
+                listener: Mutex::default(),
                 pods: Mutex::default(),
                 conn: tokio::sync::Mutex::new(None),
                 acked,
                 path: path.to_path_buf(),
             }),
         };
-        let s = server.clone();
-        tokio::spawn(async move { s.accept_loop(listener).await });
-        info!(socket = %path.display(), "serving ZDS");
+        *server
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
         Ok(server)
+    }
+
+    /// Starts accepting ztunnels. Called once the registry holds every pod the agent already
+    /// serves: a ztunnel that connected earlier would get a snapshot without them and stop
+    /// serving them.
+    pub fn start(&self) {
+        let listener = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(listener) = listener {
+            let s = self.clone();
+            tokio::spawn(async move { s.accept_loop(listener).await });
+            info!(socket = %self.inner.path.display(), "serving ZDS");
+        }
     }
 
     async fn accept_loop(&self, listener: AsyncFd<OwnedFd>) {
