@@ -5,6 +5,8 @@
 //!   builds the programs.
 //! - `test`: formatting, clippy, and every test, privileged ones included (run as root).
 //! - `demo`: builds in release and runs the mesh-in-a-box demo.
+//! - `bench`: builds in release and measures the mesh against no mesh (`amesh-bench`).
+//! - `render-manifests`: renders the Helm chart into `deploy/manifests/amesh.yaml`.
 //!
 //! Everything it installs is idempotent; a second run with nothing changed takes seconds.
 #![forbid(unsafe_code)]
@@ -23,7 +25,10 @@ tasks:
   build-ebpf   bootstrap the eBPF toolchain (cached) and build the kernel programs
   test         check formatting and clippy, then run every test (needs root)
   demo         build in release and run the mesh-in-a-box demo (needs root)
+  bench        build in release and measure amesh against no mesh (needs root; --quick: smoke run)
   setup        install the system packages and tools the tests and demo use
+  render-manifests
+               render deploy/chart/amesh (default values) into deploy/manifests/amesh.yaml
 
 environment:
   AMESH_CACHE       tool cache (default: $HOME/.cache/amesh)
@@ -52,10 +57,42 @@ fn real_main() -> Result<()> {
         "setup" => bootstrap::setup(&paths),
         "test" => run::test(&paths, rest),
         "demo" => run::demo(&paths, rest),
+        "bench" => run::bench(&paths, rest),
+        "render-manifests" => render_manifests(&paths),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
         }
         other => bail!("unknown task `{other}`\n\n{USAGE}"),
     }
+}
+
+/// `cargo xtask render-manifests`: the chart rendered with its defaults (release `amesh`,
+/// namespace `istio-system`) by Helm's engine, after a strict lint, into the committed
+/// manifests that `tests/tests/deploy.rs` checks for drift.
+fn render_manifests(paths: &paths::Paths) -> Result<()> {
+    use anyhow::Context;
+    bootstrap::helm_venv(paths)?;
+    let python = bootstrap::venv_python(paths);
+    let script = paths.root.join("deploy/render.py");
+    run::cmd(
+        std::process::Command::new(&python)
+            .arg(&script)
+            .arg("--lint"),
+    )?;
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "deploy/render.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let manifests = paths.root.join("deploy/manifests/amesh.yaml");
+    std::fs::write(&manifests, &out.stdout)
+        .with_context(|| format!("writing {}", manifests.display()))?;
+    println!("xtask: wrote {}", manifests.display());
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Running commands with their progress shown, and the `test` and `demo` tasks.
+//! Running commands with their progress shown, and the `test`, `demo` and `bench` tasks.
 
 use crate::{bootstrap, ebpf, paths::Paths};
 use anyhow::{Context, Result, bail};
@@ -84,6 +84,11 @@ pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
     build_demo(paths, &object, false)?;
     let demo_ok = cmd(&mut Command::new(paths.target.join("debug/amesh-demo"))).is_ok();
     tally.record(demo_ok);
+    // The benchmark's smoke run (debug build, a second or so per measurement) keeps it working.
+    println!("xtask: running the benchmark smoke test (`amesh-bench --quick`)");
+    let bench = paths.target.join("debug/amesh-bench");
+    let bench_ok = cmd(Command::new(bench).arg("--quick").current_dir(&paths.root)).is_ok();
+    tally.record(bench_ok);
     println!("amesh: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 || !tally.ok {
         bail!("tests failed");
@@ -99,6 +104,17 @@ pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
     println!("xtask: building the demo (release)");
     build_demo(paths, &object, true)?;
     let bin = paths.target.join("release/amesh-demo");
+    cmd(Command::new(&bin).args(args).current_dir(&paths.root))
+}
+
+/// `cargo xtask bench`: release build of every binary, then `amesh-bench` with `args`.
+pub fn bench(paths: &Paths, args: &[String]) -> Result<()> {
+    require_root("bench")?;
+    bootstrap::setup(paths)?;
+    let object = ebpf::build(paths)?;
+    println!("xtask: building the bench and the binaries it starts (release)");
+    build_demo(paths, &object, true)?;
+    let bin = paths.target.join("release/amesh-bench");
     cmd(Command::new(&bin).args(args).current_dir(&paths.root))
 }
 
