@@ -23,7 +23,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Why a pod cannot be served (sent back to the node agent as the NACK reason).
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +274,11 @@ where
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, peer)) => {
+                    // No Nagle: an HBONE frame or a small reply would otherwise wait for
+                    // the ACK of the previous one (up to the peer's next request).
+                    if let Err(error) = conn.set_nodelay(true) {
+                        debug!(%error, "TCP_NODELAY on an accepted connection");
+                    }
                     let work = handle(conn, peer);
                     let stop = stop.clone();
                     let guard = crate::shared::ActiveGuard::enter();
