@@ -102,19 +102,24 @@ pub fn control_plane(mesh: &Mesh) -> Result<String> {
         })?;
         hbone.push(count);
     }
-    let log = mesh
-        .control_plane
-        .as_ref()
-        .map(|c| c.log())
-        .unwrap_or_default();
-    let signed = log
-        .lines()
-        .filter(|l| l.contains("certificate signed"))
-        .count();
-    ensure!(
-        signed >= 3,
-        "the control plane signed {signed} certificates:\n{log}"
-    );
+    // The pods asked for certificates as soon as they were enrolled, possibly before the
+    // control plane saw the label (then refused, and asked again).
+    let signed = eventually(|| {
+        let log = mesh
+            .control_plane
+            .as_ref()
+            .map(|c| c.log())
+            .unwrap_or_default();
+        let signed = log
+            .lines()
+            .filter(|l| l.contains("certificate signed"))
+            .count();
+        ensure!(
+            signed >= 3,
+            "the control plane signed {signed} certificates:\n{log}"
+        );
+        Ok(signed)
+    })?;
     Ok(format!(
         "4 workloads in each ztunnel from delta ADS (3 HBONE, legacy plain TCP); {signed} pod certificates signed (CreateCertificate)"
     ))

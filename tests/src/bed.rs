@@ -93,7 +93,20 @@ impl TestBed {
         let cg_root = amesh_sys::fs::cgroup2_mount().ok_or(BedError::NoCgroup2)?;
         let underlay = format!("{prefix}-ul");
         ip::ip(&["netns", "add", &underlay])?;
-        ip::ip_in(&underlay, &["link", "add", BRIDGE, "type", "bridge"])?;
+        // A fixed address: otherwise the bridge takes its lowest port's, which changes as pods
+        // come and go (and the CNI bridge plugin's CHECK compares it with the ADD result).
+        ip::ip_in(
+            &underlay,
+            &[
+                "link",
+                "add",
+                BRIDGE,
+                "address",
+                "02:a5:0e:00:00:01",
+                "type",
+                "bridge",
+            ],
+        )?;
         // Promiscuous, so that a capture on the bridge sees frames forwarded between pods.
         ip::ip_in(&underlay, &["link", "set", BRIDGE, "promisc", "on", "up"])?;
         ip::ip_in(&underlay, &["link", "set", "lo", "up"])?;
