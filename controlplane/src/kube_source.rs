@@ -89,7 +89,9 @@ fn dynamic(client: &Client, resource: ApiResource, changed: &Arc<Notify>) -> Sto
     reader
 }
 
-fn spawn_driver<S, T>(stream: S, changed: Arc<Notify>, kind: String)
+/// Drives a watch stream for its side effects (a reflector filling its store), poking
+/// `changed` after every event; failures are logged and the stream's backoff retries.
+pub fn spawn_driver<S, T>(stream: S, changed: Arc<Notify>, kind: String)
 where
     S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
     T: Send,

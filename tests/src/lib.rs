@@ -19,6 +19,7 @@
 mod bed;
 mod cgroup;
 pub mod cni;
+pub mod daemon;
 pub mod ip;
 pub mod kube_api;
 pub mod mesh;

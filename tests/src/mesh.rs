@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -87,19 +87,7 @@ impl std::fmt::Debug for Node {
 }
 
 /// A ztunnel process (JSON logs to a file), killed when dropped.
-#[derive(Debug)]
-pub struct ZtunnelProcess {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Drop for ZtunnelProcess {
-    fn drop(&mut self) {
-        crate::bed::untrack_child(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type ZtunnelProcess = crate::daemon::Daemon;
 
 pub(crate) fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> BedError {
     BedError::Command {
@@ -109,19 +97,7 @@ pub(crate) fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> Be
 }
 
 /// The control plane process (text logs to a file), killed when dropped.
-#[derive(Debug)]
-pub struct ControlPlaneProcess {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        crate::bed::untrack_child(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type ControlPlaneProcess = crate::daemon::Daemon;
 
 /// The address in the control plane's "serving xDS" log line (it listens on port 0 in
 /// tests and says where it ended up).
@@ -138,37 +114,7 @@ pub fn serving_address(log: &str) -> Option<SocketAddr> {
         })
 }
 
-impl ControlPlaneProcess {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the "serving xDS" line and returns the address it names.
-    fn wait_listening(&mut self) -> Result<SocketAddr, BedError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            let found = serving_address(&log);
-            if let Some(address) = found {
-                return Ok(address);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(failed(format!("amesh-controlplane exited ({status})"), log));
-            }
-            if Instant::now() > deadline {
-                return Err(failed("amesh-controlplane starting", log));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 impl ZtunnelProcess {
-    /// What it logged so far (JSON lines).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// The address an endpoint (`Admin`, `Readiness`, `Metrics`) bound, from the log.
     pub fn try_endpoint(&self, role: &str) -> Result<SocketAddr, BedError> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -203,20 +149,6 @@ impl ZtunnelProcess {
             self.try_endpoint(role)?,
             format!("{method} {path} HTTP/1.1\r\nHost: ztunnel\r\n\r\n").as_bytes(),
         )
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -401,13 +333,12 @@ impl Mesh {
         let log = self
             .dir
             .join(format!("ztunnel-{node}-{}.log", std::process::id()));
-        let out = std::fs::File::create(&log).map_err(BedError::io("ztunnel log file"))?;
         let mut command = Command::new(&self.ztunnel);
         match self.xds {
             Some(xds) => command.args(["--xds-address", &xds.to_string()]),
             None => command.args(["--config", &config.display().to_string()]),
         };
-        let child = command
+        command
             .args(["--node", node])
             .args([
                 "--zds-socket",
@@ -426,14 +357,8 @@ impl Mesh {
                 "127.0.0.1:0",
             ])
             .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .map_err(BedError::io("starting ztunnel"))?;
-        crate::bed::track_child(child.id());
-        Ok(ZtunnelProcess { child, log })
+            .env("RUST_LOG", "info");
+        ZtunnelProcess::spawn(command, log, "ztunnel")
     }
 
     /// Stops the nodes and removes everything; reports what could not be removed.
@@ -465,27 +390,25 @@ impl Mesh {
         let log = self
             .dir
             .join(format!("controlplane-{}.log", std::process::id()));
-        let out = std::fs::File::create(&log).map_err(BedError::io("control plane log file"))?;
         let token = self.node_token_path();
         if !token.exists() {
             std::fs::write(&token, format!("token-{}\n", self.bed.prefix()))
                 .map_err(BedError::io("writing the node token"))?;
         }
-        let child = Command::new(probe::sibling_binary("amesh-controlplane"))
+        let mut command = Command::new(probe::sibling_binary("amesh-controlplane"));
+        command
             .args(["--node-token-file", &token.display().to_string()])
             .args(&self.control_plane_source)
             .args(["--ca-dir", &self.dir.join("ca").display().to_string()])
             .args(["--listen", &listen])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .map_err(BedError::io("starting amesh-controlplane"))?;
-        crate::bed::track_child(child.id());
-        let mut process = ControlPlaneProcess { child, log };
-        let address = process.wait_listening()?;
+            .env("NO_COLOR", "1");
+        let mut process = ControlPlaneProcess::spawn(command, log, "amesh-controlplane")?;
+        let address = process.wait_log(
+            "amesh-controlplane starting",
+            Duration::from_secs(10),
+            serving_address,
+        )?;
         self.control_plane = Some(process);
         self.xds = Some(address);
         Ok(address)

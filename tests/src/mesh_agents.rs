@@ -17,30 +17,14 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 /// A node agent process (text logs to a file), killed when dropped.
-#[derive(Debug)]
-pub struct AgentProcess {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        crate::bed::untrack_child(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type AgentProcess = crate::daemon::Daemon;
 
 impl AgentProcess {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// Its readiness endpoint, from the log.
     pub fn readiness(&self) -> Option<SocketAddr> {
         self.log().lines().find_map(|l| {
@@ -262,9 +246,9 @@ impl Mesh {
         let log = self
             .dir
             .join(format!("agent-{node}-{}.log", std::process::id()));
-        let out = std::fs::File::create(&log).map_err(BedError::io("agent log file"))?;
         let path = |p: &Path| p.display().to_string();
-        let child = Command::new(probe::sibling_binary("amesh-node"))
+        let mut command = Command::new(probe::sibling_binary("amesh-node"));
+        command
             .args(["--node-name", node])
             .args(&self.agent_source)
             .args(["--cni-bin-dir", &path(&dirs.bin_dir)])
@@ -277,27 +261,12 @@ impl Mesh {
             .args(["--state-dir", &path(&dirs.state_dir)])
             .args(["--readiness", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .map_err(BedError::io("starting amesh-node"))?;
-        crate::bed::track_child(child.id());
-        let mut agent = AgentProcess { child, log };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if agent.log().contains("node agent ready") {
-                return Ok(agent);
-            }
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                return Err(failed(format!("amesh-node exited ({status})"), agent.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(failed("amesh-node starting", agent.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .env("NO_COLOR", "1");
+        let mut agent = AgentProcess::spawn(command, log, "amesh-node")?;
+        agent.wait_log("amesh-node starting", Duration::from_secs(15), |log| {
+            log.contains("node agent ready").then_some(())
+        })?;
+        Ok(agent)
     }
 
     /// The node running by the agent called `name` (panics like [`Mesh::pod`]).

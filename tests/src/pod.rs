@@ -71,11 +71,21 @@ impl Pod {
         for (ns, args) in &steps {
             ip::ip_in(ns, args)?;
         }
-        let netns = Netns::open(format!("/run/netns/{netns_name}"))?;
+        Self::open(name, &netns_name, ipv4, ipv6, cgroup_procs)
+    }
+
+    /// The pod whose namespace `/run/netns/<netns_name>` is already set up.
+    fn open(
+        name: &str,
+        netns_name: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+        cgroup_procs: Arc<File>,
+    ) -> Result<Self, BedError> {
         Ok(Self {
             name: name.to_string(),
-            netns_name,
-            netns,
+            netns: Netns::open(format!("/run/netns/{netns_name}"))?,
+            netns_name: netns_name.to_string(),
             ipv4,
             ipv6,
             cgroup_procs,
@@ -91,16 +101,7 @@ impl Pod {
         ipv6: Ipv6Addr,
         cgroup_procs: Arc<File>,
     ) -> Result<Self, BedError> {
-        let netns = Netns::open(format!("/run/netns/{netns_name}"))?;
-        let mut pod = Self {
-            name: name.to_string(),
-            netns_name,
-            netns,
-            ipv4,
-            ipv6,
-            cgroup_procs,
-            sandbox: None,
-        };
+        let mut pod = Self::open(name, &netns_name, ipv4, ipv6, cgroup_procs)?;
         let mut pause = pod.command("sleep");
         pause.arg("infinity");
         pod.sandbox = Some(pod.spawn(pause)?);

@@ -2,7 +2,7 @@
 //! Two sources feed the same view (and so the same decisions): the Kubernetes API through
 //! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
 
-use futures::StreamExt;
+use amesh_controlplane::kube_source::spawn_driver;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
@@ -147,7 +147,7 @@ async fn start_kube(
     let changed = Arc::new(Notify::new());
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    drive(
+    spawn_driver(
         reflector::reflector(
             ns_writer,
             watcher(
@@ -157,15 +157,15 @@ async fn start_kube(
         )
         .default_backoff(),
         changed.clone(),
-        "Namespace",
+        "Namespace".into(),
     );
     // Only this node's pods: the API server filters, as it does for the kubelet.
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    drive(
+    spawn_driver(
         reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client), on_node))
             .default_backoff(),
         changed.clone(),
-        "Pod",
+        "Pod".into(),
     );
     let fail = |kind| {
         move |e: reflector::store::WriterDropped| ClusterError::InitialList {
@@ -203,20 +203,4 @@ async fn start_kube(
         }
     });
     Ok(rx)
-}
-
-fn drive<S, T>(stream: S, changed: Arc<Notify>, kind: &'static str)
-where
-    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-    T: Send,
-{
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => warn!(kind, error = %e, "watch failed; retrying with the last state"),
-            }
-        }
-    });
 }

@@ -407,6 +407,7 @@ fn env_field<'a>(c: &'a Container, var: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{}: {var} from a fieldRef", c.name))
 }
 
+mod args;
 mod control_plane;
 mod node;
 mod rbac;

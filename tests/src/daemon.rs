@@ -1,0 +1,85 @@
+//! A long-running process the mesh starts outside any pod (a ztunnel, a node agent, the
+//! control plane): its stderr goes to a log file, it is killed when dropped, and also when
+//! this process gets Ctrl-C or SIGTERM (nothing else would stop it then).
+
+use crate::BedError;
+use std::{
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` with stderr to `log` (created or truncated); `what` names it in errors.
+    pub fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<Self, BedError> {
+        let out = std::fs::File::create(&log).map_err(BedError::io(format!("{what} log file")))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .map_err(BedError::io(format!("starting {what}")))?;
+        crate::bed::track_child(child.id());
+        Ok(Self { child, log })
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `find` recognises something in the log (and returns it); fails if the
+    /// process exits first or `limit` passes, quoting the log.
+    pub fn wait_log<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        find: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, BedError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if let Some(found) = find(&log) {
+                return Ok(found);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(crate::mesh::failed(
+                    format!("{what}: exited ({status})"),
+                    log,
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(crate::mesh::failed(what, log));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        crate::bed::untrack_child(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
