@@ -1,0 +1,170 @@
+//! `amesh-demo --hold` as a script would drive it: wait for `target/amesh-demo/mesh.json`,
+//! reach the mesh through what it says, drop a policy into `config_dir` and see it take
+//! effect, then Ctrl-C and find nothing left behind. Needs root (CI runs as root).
+
+use serde_json::Value;
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    out
+}
+
+/// Objects named with `prefix` that still exist: namespaces, bpffs pins, cgroups, files.
+fn leftovers(prefix: &str, cgroup: &Path) -> Vec<PathBuf> {
+    let mut left: Vec<PathBuf> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect();
+    for p in [
+        PathBuf::from("/sys/fs/bpf").join(prefix),
+        std::env::temp_dir().join(prefix),
+        cgroup.to_path_buf(),
+    ] {
+        if p.exists() {
+            left.push(p);
+        }
+    }
+    left
+}
+
+#[test]
+fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
+    amesh_testbed::require_root();
+    let cwd = std::env::temp_dir().join(format!("amesh-demo-hold-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).expect("cwd");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_amesh-demo"))
+        .arg("--hold")
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("amesh-demo");
+    let json = cwd.join("target/amesh-demo/mesh.json");
+    let mesh = wait_for("mesh.json", Duration::from_secs(120), || {
+        serde_json::from_slice(&std::fs::read(&json).ok()?).ok()
+    });
+    let prefix = mesh["prefix"].as_str().expect("prefix").to_string();
+    let cgroup = PathBuf::from(mesh["underlay"]["cgroup"].as_str().expect("cgroup"));
+    assert!(
+        Path::new("/run/netns")
+            .join(mesh["underlay"]["netns"].as_str().expect("netns"))
+            .exists()
+    );
+    let pods = mesh["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 4);
+    let enrolled: Vec<&str> = pods
+        .iter()
+        .filter(|p| p["enrolled"] == true)
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(enrolled, ["web", "cart-0", "cart-1"]);
+    for p in pods {
+        let netns = p["netns"].as_str().expect("netns");
+        assert!(netns.starts_with(&prefix), "{netns}");
+        assert!(Path::new("/run/netns").join(netns).exists());
+    }
+    // A request from web to cart-1 through the pod's exec prefix: answered, through the mesh.
+    let web = &pods[0];
+    let cart1 = pods.iter().find(|p| p["name"] == "cart-1").expect("cart-1");
+    let exec = web["exec"].as_str().expect("exec");
+    let url = format!("http://{}:8080/", cart1["ip"].as_str().expect("ip"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{exec} curl -s -m 5 {url}"))
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("served-by=cart-1-app"), "{body}");
+    let node2 = &mesh["nodes"][1]["ztunnel"];
+    let metrics = http_get(node2["metrics"].as_str().expect("metrics"), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("source_workload=\"web\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "web's request is not counted as mutual TLS on node2"
+    );
+    // A policy dropped into config_dir reaches the ztunnels.
+    let config_dir = PathBuf::from(mesh["controlplane"]["config_dir"].as_str().expect("dir"));
+    std::fs::write(
+        config_dir.join("allow-nothing.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: shop}\nspec: {action: ALLOW}\n",
+    )
+    .expect("policy");
+    let admin = mesh["nodes"][0]["ztunnel"]["admin"]
+        .as_str()
+        .expect("admin")
+        .to_string();
+    wait_for(
+        "the policy in node1's ztunnel",
+        Duration::from_secs(15),
+        || {
+            http_get(&admin, "/config_dump")
+                .contains("allow-nothing")
+                .then_some(Value::Null)
+        },
+    );
+    // Ctrl-C: every process and object goes.
+    let pids: Vec<u64> = std::iter::once(mesh["controlplane"]["pid"].as_u64())
+        .chain(
+            mesh["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|n| [n["ztunnel"]["pid"].as_u64(), n["agent"]["pid"].as_u64()]),
+        )
+        .flatten()
+        .collect();
+    assert_eq!(pids.len(), 5);
+    let status = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while demo.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} still runs"
+        );
+    }
+    assert_eq!(leftovers(&prefix, &cgroup), Vec::<PathBuf>::new());
+    assert!(!json.exists(), "mesh.json removed");
+    let _ = std::fs::remove_dir_all(&cwd);
+}
