@@ -86,7 +86,7 @@ const HOST_PATHS: &[(&str, &str, &[Mount])] = &[
         "DirectoryOrCreate",
         &[(AGENT, "/sys/fs/bpf"), (ZTUNNEL, "/sys/fs/bpf")],
     ),
-    ("/sys/fs/cgroup", "Directory", &[(AGENT, "/sys/fs/cgroup")]),
+    ("/sys/fs/cgroup", "Directory", &[(AGENT, "/host/sys/fs/cgroup")]),
     (
         "/var/run/netns",
         "DirectoryOrCreate",
@@ -160,7 +160,7 @@ fn host_paths_are_mounted_only_where_needed() {
     let netns = mount_of(agent, "/var/run/netns").expect("netns mount");
     assert_eq!(netns.mount_propagation.as_deref(), Some("HostToContainer"));
     assert_eq!(
-        mount_of(agent, "/sys/fs/cgroup").and_then(|m| m.read_only),
+        mount_of(agent, "/host/sys/fs/cgroup").and_then(|m| m.read_only),
         Some(true)
     );
     // The ZDS socket is shared between the two containers of the pod, not with the host.
