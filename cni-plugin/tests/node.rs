@@ -35,11 +35,12 @@ fn hbone(mesh: &Mesh, from: &str, to: SocketAddr) -> Result<bool, String> {
     let connected = mesh.try_connect_one(from, to);
     let segments = sniffer.stop();
     connected?;
-    let to_hbone = segments.iter().filter(|s| s.dst.port() == 15008).count();
-    let to_app = segments
+    // Only this flow's segments: pooled HBONE connections to other pods keep talking.
+    let to_hbone = segments
         .iter()
-        .filter(|s| s.dst.port() == to.port())
+        .filter(|s| s.dst.ip() == to.ip() && s.dst.port() == 15008)
         .count();
+    let to_app = segments.iter().filter(|s| s.dst == to).count();
     let plaintext = sniff::any_payload_contains(&segments, to.to_string().as_bytes());
     match (to_hbone > 0, to_app > 0 || plaintext) {
         (true, false) => Ok(true),
@@ -463,4 +464,43 @@ fn bad_cni_input_gets_an_error_object() {
         "the plugin logs to its file: {logged}"
     );
     let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn without_ztunnel_ambient_pods_do_not_start() {
+    require_root();
+    let specs = [pod("a", "shop", "node1"), pod("b", "outside", "node1")];
+    let mut mesh = Mesh::try_build_for_cni(&specs, &["shop"]).expect("bed");
+    start(&mut mesh);
+    wait_ready(&mesh);
+    // ztunnel goes away between requests: the agent notices without being asked.
+    let node = &mut mesh.agent_nodes[0];
+    node.ztunnel.child.kill().expect("kill ztunnel");
+    let _ = node.ztunnel.child.wait();
+    let agent_log = |mesh: &Mesh| {
+        mesh.agent_node("node1")
+            .agent
+            .as_ref()
+            .map(|a| a.log())
+            .unwrap_or_default()
+    };
+    eventually("the agent notices", || {
+        agent_log(&mesh)
+            .contains("ztunnel disconnected")
+            .then_some(())
+            .ok_or_else(|| agent_log(&mesh))
+    });
+    let refused = mesh
+        .try_cni_add(&specs[0])
+        .expect("bed")
+        .expect_err("an ambient pod must not start while no ztunnel serves the node");
+    assert_eq!(refused.code, Some(101), "{refused}");
+    assert!(refused.details.contains("not connected"), "{refused}");
+    let started = mesh.try_cni_add(&specs[1]).expect("bed");
+    assert!(
+        started.is_ok(),
+        "a pod outside the mesh starts: {started:?}"
+    );
+    let left = mesh.close();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

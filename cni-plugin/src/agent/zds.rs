@@ -17,7 +17,10 @@ use std::{
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -25,6 +28,8 @@ use tracing::{info, warn};
 
 /// How long ztunnel has to say hello and to answer each request (Istio's deadline).
 const DEADLINE: Duration = Duration::from_secs(5);
+/// How often an idle connection is checked for ztunnel having gone.
+const LIVENESS: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZdsError {
@@ -58,6 +63,8 @@ pub struct ZdsPod {
 
 #[derive(Debug)]
 struct Inner {
+    /// Counts connections, so that a liveness watch knows when its one was replaced.
+    generation: AtomicU64,
     /// Bound but not yet accepting (see [`ZdsServer::start`]).
     listener: Mutex<Option<AsyncFd<OwnedFd>>>,
     pods: Mutex<BTreeMap<String, ZdsPod>>,
@@ -89,6 +96,7 @@ impl ZdsServer {
             watch_fd(seqpacket::listen(path).map_err(listen_err)?).map_err(listen_err)?;
         let server = Self {
             inner: Arc::new(Inner {
+                generation: AtomicU64::new(0),
                 listener: Mutex::default(),
                 pods: Mutex::default(),
                 conn: tokio::sync::Mutex::new(None),
@@ -163,6 +171,7 @@ impl ZdsServer {
             info!("a new ztunnel connected; it replaces the previous one");
         }
         *current = Some(conn);
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pods: Vec<(String, ZdsPod)> = self.pods().clone().into_iter().collect();
         let mut acked = Vec::new();
         let mut failed = None;
@@ -199,10 +208,40 @@ impl ZdsServer {
             }
             None => {
                 info!(pods = pods.len(), "ztunnel connected; snapshot sent");
+                let s = self.clone();
+                tokio::spawn(async move { s.watch_liveness(generation).await });
                 for a in acked {
                     let _ = self.inner.acked.send(a);
                 }
             }
+        }
+    }
+
+    /// Notices a ztunnel that went away between requests (it sends nothing unasked, so a
+    /// readable socket means it hung up), so that the agent knows it is not served.
+    async fn watch_liveness(&self, generation: u64) {
+        loop {
+            tokio::time::sleep(LIVENESS).await;
+            let mut current = self.inner.conn.lock().await;
+            if self.inner.generation.load(Ordering::Relaxed) != generation {
+                return; // replaced by a newer connection, which has its own watch
+            }
+            let Some(conn) = current.as_ref() else {
+                return;
+            };
+            // Polled once: ready now or not at all.
+            let Ok(Ok(mut guard)) = tokio::time::timeout(Duration::ZERO, conn.readable()).await
+            else {
+                continue;
+            };
+            let mut buf = [0u8; 64];
+            match guard.try_io(|c| seqpacket::recv(c.get_ref().as_fd(), &mut buf)) {
+                Err(_would_block) => continue,
+                Ok(Ok(Some(_))) => warn!("ztunnel sent a packet nobody asked for; closing"),
+                Ok(Ok(None)) | Ok(Err(_)) => warn!("ztunnel disconnected"),
+            }
+            *current = None;
+            return;
         }
     }
 
