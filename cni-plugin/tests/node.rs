@@ -5,7 +5,9 @@
 //! YAML (or the Kubernetes API emulator). Needs root (CI runs as root).
 
 use amesh_testbed::{
+    Pod,
     cni::CniRuntime,
+    cni::PodRef,
     kube_api::KubeApi,
     mesh::{APP_PORT, Mesh, PodSpec, pod},
     probe, require_root, sniff,
@@ -31,8 +33,15 @@ fn wait_ready(mesh: &Mesh) {
 /// as HBONE (segments to :15008, none to the app port, no plaintext), Ok(false) when it went
 /// directly in plaintext.
 fn hbone(mesh: &Mesh, from: &str, to: SocketAddr) -> Result<bool, String> {
+    hbone_from(mesh, mesh.pod(from), to)
+}
+
+/// [`hbone`] from any pod of the bed.
+fn hbone_from(mesh: &Mesh, from: &Pod, to: SocketAddr) -> Result<bool, String> {
     let sniffer = mesh.bed.sniff().map_err(|e| e.to_string())?;
-    let connected = mesh.try_connect_one(from, to);
+    let connected = probe::connect(&mesh.probe, from, &["--timeout-ms", "5000"], &[to])
+        .map_err(|e| e.to_string())
+        .and_then(|mut r| r.remove(0).outcome.map_err(|e| format!("{to}: {e}")));
     let segments = sniffer.stop();
     connected?;
     // Only this flow's segments: pooled HBONE connections to other pods keep talking.
@@ -108,6 +117,29 @@ fn the_cni_chain_enrolls_ambient_pods_and_del_releases_them() {
         cni_log.contains("outside/legacy") && cni_log.contains("not in the mesh"),
         "the plugin logs its decisions to its file:\n{cni_log}"
     );
+    // The runtime replaces web's sandbox (a new namespace, a new container), then repeats
+    // the DEL of the old one: the new sandbox stays in the mesh.
+    let old = mesh.pod_ref(mesh.spec("web"));
+    let new = PodRef {
+        container_id: format!("{}-second", old.container_id),
+        ..old.clone()
+    };
+    let node1 = &mesh.agent_node("node1").runtime;
+    let web2 = mesh
+        .bed
+        .add_pod_via_cni("web-second", node1, &new)
+        .expect("bed")
+        .expect("the new sandbox is enrolled");
+    node1
+        .del(&old, &mesh.pod("web").netns_path())
+        .expect("DEL of the old sandbox");
+    let state = mesh.agent_state("node1");
+    assert_eq!(
+        state["pods"]["web/web"]["container_id"],
+        new.container_id.as_str(),
+        "{state}"
+    );
+    assert_eq!(hbone_from(&mesh, &web2, cart), Ok(true));
     // CHECK agrees with the state; DEL releases (and is idempotent).
     let node2 = &mesh.agent_node("node2").runtime;
     let cart_ref = mesh.pod_ref(mesh.spec("cart"));
@@ -341,6 +373,18 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
         }
     };
     apply_source(&mesh);
+    // The kubelet passes the UID the API server assigned.
+    for p in api.objects("/api/v1/pods") {
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let uid = p["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        mesh.pod_uids.insert(name, uid);
+    }
     start(&mut mesh);
     mesh.try_create_pods().expect("pods");
     apply_source(&mesh);

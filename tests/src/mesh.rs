@@ -180,6 +180,8 @@ pub struct Mesh {
     pub agent_nodes: Vec<crate::mesh_agents::AgentNode>,
     /// Where node agents read the cluster (`--source-dir <source>` unless changed).
     pub agent_source: Vec<String>,
+    /// Pods' UIDs by name where an API server assigned other ones than the source's.
+    pub pod_uids: std::collections::BTreeMap<String, String>,
     /// The control plane, when the ztunnels are fed over xDS instead of a file.
     pub control_plane: Option<ControlPlaneProcess>,
     /// Its address, kept when it is stopped so a restart takes the same port.
@@ -233,6 +235,7 @@ impl Mesh {
         Ok(Self {
             nodes: Vec::new(),
             agent_nodes: Vec::new(),
+            pod_uids: Default::default(),
             agent_source: vec!["--source-dir".into(), source.display().to_string()],
             control_plane: None,
             xds: None,

@@ -47,6 +47,8 @@ pub struct NodeDirs {
     pub conf_dir: PathBuf,
     pub bin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// What the agent keeps across reboots (`/var/lib/amesh` on a node).
+    pub persistent_dir: PathBuf,
     pub ipam_dir: PathBuf,
     pub cni_socket: PathBuf,
     pub zds_socket: PathBuf,
@@ -161,6 +163,7 @@ impl Mesh {
             conf_dir: base.join("net.d"),
             bin_dir: base.join("bin"),
             state_dir: base.join("state"),
+            persistent_dir: base.join("lib"),
             ipam_dir: base.join("ipam"),
             cni_socket: base.join("cni.sock"),
             zds_socket: self.dir.join(format!("{node}.sock")),
@@ -259,6 +262,7 @@ impl Mesh {
             .args(["--pin-root", &path(&dirs.pins)])
             .args(["--cgroup", &path(self.bed.cgroup_path())])
             .args(["--state-dir", &path(&dirs.state_dir)])
+            .args(["--persistent-dir", &path(&dirs.persistent_dir)])
             .args(["--readiness", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
@@ -295,12 +299,17 @@ impl Mesh {
         Ok(())
     }
 
-    /// What a pod is called in CNI calls.
+    /// What a pod is called in CNI calls (its UID as the API server assigned it, when
+    /// [`Mesh::pod_uids`] says so).
     pub fn pod_ref(&self, spec: &PodSpec) -> PodRef {
         PodRef {
             name: spec.name.into(),
             namespace: spec.namespace.into(),
-            uid: k8s_uid(spec),
+            uid: self
+                .pod_uids
+                .get(spec.name)
+                .cloned()
+                .unwrap_or_else(|| k8s_uid(spec)),
             container_id: format!("{}-{}-sandbox", self.bed.prefix(), spec.name),
         }
     }

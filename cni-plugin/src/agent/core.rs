@@ -97,11 +97,49 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
+/// Done, or being deleted: its IP may already belong to another pod, so it is never looked
+/// up by address again.
 fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    pod.metadata.deletion_timestamp.is_some()
+        || matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// Namespaces that may hold pods of the mesh: labelled ambient, or holding a pod labelled
+/// ambient itself (excluded ones never).
+fn ambient_namespaces(view: &ClusterView, excluded: &[String]) -> Vec<String> {
+    let labelled = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        labels
+            .and_then(|l| l.get(DATAPLANE_MODE))
+            .is_some_and(|m| m == "ambient")
+    };
+    let mut ambient: Vec<String> = view
+        .namespaces
+        .iter()
+        .filter(|(_, n)| labelled(n.metadata.labels.as_ref()))
+        .map(|(name, _)| name.clone())
+        .chain(
+            view.pods
+                .iter()
+                .filter(|(_, p)| labelled(p.metadata.labels.as_ref()))
+                .map(|((ns, _), _)| ns.clone()),
+        )
+        .filter(|n| !excluded.contains(n))
+        .collect();
+    ambient.sort();
+    ambient.dedup();
+    ambient
+}
+
+/// Where a pod is enrolled through.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    netns: &'a Path,
+    ips: &'a [IpAddr],
+    /// The sandbox's container id, when a CNI call enrolled it.
+    container_id: Option<&'a str>,
 }
 
 impl Core {
@@ -157,7 +195,7 @@ impl Core {
         let key = state::key(&req.pod_namespace, &req.pod_name);
         match req.command {
             Command::Del => {
-                self.release(&key, Some(Path::new(&req.netns))).await;
+                self.release_sandbox(&key, &req).await;
                 Reply::Released
             }
             Command::Add => match self.decide_for_cni(&req).await {
@@ -172,15 +210,20 @@ impl Core {
                         service_account: service_account(&pod),
                     };
                     let uid = pod_uid(&pod, &req.pod_uid);
-                    let ips = if req.ips.is_empty() {
-                        pod_ips(&pod)
-                    } else {
-                        req.ips.clone()
+                    if req.ips.is_empty() {
+                        // Captured without addresses, nothing could reach the pod; and the
+                        // kubelet has not published them yet at this point.
+                        return Reply::Failed {
+                            message: "the chain's prevResult names no IP address for the pod"
+                                .into(),
+                        };
+                    }
+                    let target = Target {
+                        netns: Path::new(&req.netns),
+                        ips: &req.ips,
+                        container_id: Some(&req.container_id),
                     };
-                    match self
-                        .enroll(&key, &uid, info, Path::new(&req.netns), &ips, true)
-                        .await
-                    {
+                    match self.enroll(&key, &uid, info, target, true).await {
                         Ok(()) => Reply::Enrolled,
                         Err(message) => Reply::Failed { message },
                     }
@@ -202,24 +245,44 @@ impl Core {
         let deadline = Instant::now() + self.config.pod_wait;
         let mut view = self.view.clone();
         loop {
-            let found = {
+            let (found, ns_known, ambient_ns) = {
                 let v = view.borrow_and_update();
-                v.pod(&req.pod_namespace, &req.pod_name).cloned().map(|p| {
-                    let ns = v.namespaces.get(&req.pod_namespace).cloned();
-                    (p, ns)
-                })
+                let ns = v.namespaces.get(&req.pod_namespace).cloned();
+                // The object the runtime is setting up: a pod recreated under the same name
+                // has a new UID, and the view may still hold the old one.
+                let pod = v
+                    .pod(&req.pod_namespace, &req.pod_name)
+                    .filter(|p| {
+                        let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                        req.pod_uid.is_empty() || uid.is_empty() || uid == req.pod_uid
+                    })
+                    .cloned();
+                let ambient = ambient_namespaces(&v, &self.config.excluded_namespaces);
+                (
+                    pod.zip(ns.clone()),
+                    ns.is_some(),
+                    ambient.contains(&req.pod_namespace),
+                )
             };
             if let Some((pod, ns)) = found {
                 return Ok((
-                    decide(&pod, ns.as_ref(), &self.config.excluded_namespaces),
+                    decide(&pod, Some(&ns), &self.config.excluded_namespaces),
                     pod,
                 ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, view.changed()).await.is_err() {
+                // Without the pod, decide as the plugin does without the agent: only a
+                // namespace known to hold no mesh pods lets it through.
+                if ns_known && !ambient_ns {
+                    return Ok((
+                        Decision::Skip("not in the agent's view; its namespace is not ambient"),
+                        Pod::default(),
+                    ));
+                }
                 return Err(format!(
-                    "pod {}/{} is not known to the node agent (not scheduled on this node?)",
-                    req.pod_namespace, req.pod_name
+                    "pod {}/{} (uid {}) is not in the node agent's view yet and its namespace may be ambient",
+                    req.pod_namespace, req.pod_name, req.pod_uid
                 ));
             }
         }
@@ -234,24 +297,29 @@ impl Core {
         key: &str,
         uid: &str,
         info: WorkloadInfo,
-        netns: &Path,
-        ips: &[IpAddr],
+        target: Target<'_>,
         need_ack: bool,
     ) -> Result<(), String> {
+        let Target {
+            netns,
+            ips,
+            container_id,
+        } = target;
         let mut inner = self.inner.lock().await;
         let ns = Netns::open(netns).map_err(|e| e.to_string())?;
         let fd = ns.try_clone_fd().map_err(|e| e.to_string())?;
         let cookie = ns.cookie().map_err(|e| e.to_string())?;
         if let Some(old) = inner.state.pods.get(key).cloned() {
-            if old.netns_cookie == cookie && (old.redirection_enabled || !need_ack) {
+            if old.netns_cookie == cookie && old.uid == uid && old.redirection_enabled {
                 // Already enrolled (a CNI ADD and a cluster change can both get here):
                 // adding it again would make ztunnel restart the pod's proxies.
                 return Ok(());
             }
-            if old.netns_cookie != cookie {
+            if old.netns_cookie != cookie || old.uid != uid {
                 // A new sandbox for the same pod: the old namespace is gone or going.
-                info!(pod = %key, "replacing the enrolment of an earlier sandbox");
-                if let Ok(Some(id)) = inner.capture.maps().pod_of_netns(old.netns_cookie)
+                info!(pod = %key, "replacing the enrolment of an earlier sandbox or pod");
+                if old.netns_cookie != cookie
+                    && let Ok(Some(id)) = inner.capture.maps().pod_of_netns(old.netns_cookie)
                     && let Err(e) = inner.capture.unenroll(id)
                 {
                     warn!(pod = %key, error = %e, "releasing the earlier sandbox");
@@ -279,6 +347,7 @@ impl Core {
             netns: netns.to_path_buf(),
             netns_cookie: cookie,
             ips: ips.to_vec(),
+            container_id: container_id.map(str::to_string),
             redirection_enabled: false,
         };
         let pod = ZdsPod {
@@ -287,8 +356,11 @@ impl Core {
         };
         match self.zds.add(uid, pod).await {
             Ok(()) => record.redirection_enabled = true,
-            Err(ZdsError::NotConnected) if !need_ack => {
-                info!(pod = %key, "enrolled; ztunnel gets it when it connects")
+            // A running pod stays captured whatever ztunnel says: its traffic is refused
+            // until ztunnel serves it (the next snapshot, or the periodic resync), never
+            // sent around the mesh.
+            Err(e) if !need_ack => {
+                warn!(pod = %key, error = %e, "captured; ztunnel does not serve it yet")
             }
             Err(e) => {
                 self.zds.forget(uid);
@@ -308,16 +380,48 @@ impl Core {
         Ok(())
     }
 
+    /// A CNI DEL: releases the pod only if the call is about the sandbox it was enrolled
+    /// through. Runtimes repeat DELs for sandboxes long gone; such a DEL must not take a
+    /// newer sandbox of the same pod out of the mesh.
+    async fn release_sandbox(&self, key: &str, req: &PodRequest) {
+        let del_cookie = Some(Path::new(&req.netns))
+            .filter(|p| !p.as_os_str().is_empty())
+            .and_then(|p| Netns::open(p).ok())
+            .and_then(|ns| ns.cookie().ok());
+        let record = self.inner.lock().await.state.pods.get(key).cloned();
+        let ours = match &record {
+            None => true,
+            Some(r) if r.container_id.as_deref() == Some(req.container_id.as_str()) => true,
+            Some(r) => match del_cookie {
+                Some(c) => c == r.netns_cookie,
+                // The DEL's namespace is gone: it is ours only if the enrolled one is too.
+                None => Netns::open(&r.netns)
+                    .ok()
+                    .and_then(|ns| ns.cookie().ok())
+                    .is_none_or(|c| c != r.netns_cookie),
+            },
+        };
+        if ours {
+            self.release(key, del_cookie).await;
+        } else {
+            info!(pod = %key, container = %req.container_id, "DEL for an earlier sandbox; the current one stays enrolled");
+            let mut inner = self.inner.lock().await;
+            if let Some(c) = del_cookie
+                && let Ok(Some(id)) = inner.capture.maps().pod_of_netns(c)
+                && let Err(e) = inner.capture.unenroll(id)
+            {
+                warn!(pod = %key, error = %e, "releasing the earlier sandbox");
+            }
+        }
+    }
+
     /// Takes a pod out of the mesh (idempotent): capture, ztunnel, state.
-    async fn release(&self, key: &str, netns: Option<&Path>) {
+    async fn release(&self, key: &str, fallback_cookie: Option<u64>) {
         let mut inner = self.inner.lock().await;
         let record = inner.state.pods.remove(key);
         let cookie = match &record {
             Some(r) => Some(r.netns_cookie),
-            None => netns
-                .filter(|p| !p.as_os_str().is_empty())
-                .and_then(|p| Netns::open(p).ok())
-                .and_then(|ns| ns.cookie().ok()),
+            None => fallback_cookie,
         };
         if let Some(cookie) = cookie
             && let Ok(Some(pod_id)) = inner.capture.maps().pod_of_netns(cookie)
@@ -395,37 +499,68 @@ impl Core {
                     view.namespaces.get(ns),
                     &self.config.excluded_namespaces,
                 ) == Decision::Enroll;
-            let is_enrolled = enrolled.contains(&key);
-            if wanted && !is_enrolled {
-                let ips = pod_ips(pod);
-                let proc_root = self.config.proc_root.clone();
-                let scan_ips = ips.clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    netns_scan::find_by_ip(&proc_root, &scan_ips)
-                })
-                .await
-                .ok()
-                .flatten();
-                let Some(netns) = found else {
-                    debug!(pod = %key, ?ips, "should be enrolled, but no process of it runs here yet");
-                    continue;
-                };
-                let info = WorkloadInfo {
-                    name: name.clone(),
-                    namespace: ns.clone(),
-                    service_account: service_account(pod),
-                };
-                let uid = pod_uid(pod, "");
-                if let Err(e) = self.enroll(&key, &uid, info, &netns, &ips, false).await {
-                    warn!(pod = %key, error = %e, "enrolling a running pod");
+            let record = self.inner.lock().await.state.pods.get(&key).cloned();
+            let info = WorkloadInfo {
+                name: name.clone(),
+                namespace: ns.clone(),
+                service_account: service_account(pod),
+            };
+            let view_uid = pod.metadata.uid.clone().unwrap_or_default();
+            match record {
+                Some(r)
+                    if wanted
+                        && (!r.redirection_enabled
+                            || (!view_uid.is_empty() && r.uid != view_uid)) =>
+                {
+                    // Not served by ztunnel yet (it refused or was away), or the record is
+                    // about an earlier pod of that name: again, through the same namespace.
+                    let target = Target {
+                        netns: &r.netns,
+                        ips: &r.ips,
+                        container_id: r.container_id.as_deref(),
+                    };
+                    let uid = pod_uid(pod, &r.uid);
+                    if let Err(e) = self.enroll(&key, &uid, info, target, false).await {
+                        warn!(pod = %key, error = %e, "serving an enrolled pod again");
+                    }
                 }
-            } else if !wanted && is_enrolled {
-                self.release(&key, None).await;
+                Some(_) if !wanted => self.release(&key, None).await,
+                Some(_) => {}
+                None if wanted => {
+                    let ips = pod_ips(pod);
+                    let proc_root = self.config.proc_root.clone();
+                    let scan_ips = ips.clone();
+                    let found = tokio::task::spawn_blocking(move || {
+                        netns_scan::find_by_ip(&proc_root, &scan_ips)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let Some(netns) = found else {
+                        debug!(pod = %key, ?ips, "should be enrolled, but no process of it runs here yet");
+                        continue;
+                    };
+                    let target = Target {
+                        netns: &netns,
+                        ips: &ips,
+                        container_id: None,
+                    };
+                    if let Err(e) = self
+                        .enroll(&key, &pod_uid(pod, ""), info, target, false)
+                        .await
+                    {
+                        warn!(pod = %key, error = %e, "enrolling a running pod");
+                    }
+                }
+                None => {}
             }
         }
         for key in enrolled {
             let (ns, name) = key.split_once('/').unwrap_or_default();
-            if view.pod(ns, name).is_none() {
+            // The latest view: a pod may have arrived (and been enrolled by its CNI ADD)
+            // since this pass began.
+            let gone = self.view.borrow().pod(ns, name).is_none();
+            if gone {
                 self.release(&key, None).await;
             }
         }
@@ -453,25 +588,7 @@ impl Core {
     }
 
     fn write_enrollment_file(&self, view: &ClusterView) {
-        let mut ambient: Vec<String> = view
-            .namespaces
-            .iter()
-            .filter(|(_, n)| {
-                n.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(DATAPLANE_MODE))
-                    .is_some_and(|m| m == "ambient")
-            })
-            .map(|(name, _)| name.clone())
-            .chain(view.pods.iter().filter_map(|((ns, _), p)| {
-                let mode = p.metadata.labels.as_ref()?.get(DATAPLANE_MODE)?;
-                (mode == "ambient").then(|| ns.clone())
-            }))
-            .filter(|n| !self.config.excluded_namespaces.contains(n))
-            .collect();
-        ambient.sort();
-        ambient.dedup();
+        let ambient = ambient_namespaces(view, &self.config.excluded_namespaces);
         let file = EnrollmentFile {
             ambient_namespaces: ambient,
         };

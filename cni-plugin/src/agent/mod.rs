@@ -40,6 +40,9 @@ use tracing::{info, warn};
 
 /// How often the CNI conf dir is checked for rewrites.
 const CONF_POLL: Duration = Duration::from_millis(250);
+/// How often everything is reconciled even when the cluster is quiet (pods ztunnel refused
+/// or missed are offered again).
+const RESYNC: Duration = Duration::from_secs(30);
 /// How long a CNI request may take to arrive once connected.
 const REQUEST_READ: Duration = Duration::from_secs(5);
 
@@ -52,6 +55,8 @@ pub struct AgentConfig {
     pub cni_socket: PathBuf,
     pub zds_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// What must survive a reboot of the node (the plugin's fallback file).
+    pub persistent_dir: PathBuf,
     pub excluded_namespaces: Vec<String>,
     pub readiness: Option<SocketAddr>,
     pub proc_root: PathBuf,
@@ -87,10 +92,10 @@ pub async fn run(
     marker: Marker,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.state_dir).map_err(io(format!(
-        "creating the state dir {}",
-        config.state_dir.display()
-    )))?;
+    for dir in [&config.state_dir, &config.persistent_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(io(format!("creating the state dir {}", dir.display())))?;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.readiness {
         serve_readiness(addr, ready.clone()).await?;
@@ -109,7 +114,7 @@ pub async fn run(
         CoreConfig {
             excluded_namespaces: config.excluded_namespaces.clone(),
             state_file: config.state_dir.join("state.json"),
-            enrollment_file: config.state_dir.join("enrollment.json"),
+            enrollment_file: config.persistent_dir.join("enrollment.json"),
             proc_root: config.proc_root.clone(),
             pod_wait: Duration::from_secs(5),
         },
@@ -170,7 +175,11 @@ async fn keep_chained(cni: CniInstall) {
 }
 
 async fn follow_cluster(core: Core, mut view: watch::Receiver<ClusterView>) {
-    while view.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RESYNC) => {}
+        }
         core.reconcile().await;
     }
 }

@@ -20,6 +20,10 @@ pub struct Record {
     pub netns: PathBuf,
     pub netns_cookie: u64,
     pub ips: Vec<IpAddr>,
+    /// The sandbox a CNI ADD enrolled it for (none when found running by reconciliation):
+    /// a DEL for another sandbox leaves it alone.
+    #[serde(default)]
+    pub container_id: Option<String>,
     /// ztunnel acknowledged it (the pod carries `ambient.istio.io/redirection: enabled`).
     pub redirection_enabled: bool,
 }

@@ -47,6 +47,10 @@ struct Args {
     /// The agent's state (enrolled pods, the plugin's fallback file, the plugin's log).
     #[arg(long, global = true, default_value = "/var/run/amesh")]
     state_dir: PathBuf,
+    /// What must survive a reboot: the plugin's fallback file (ambient namespaces, read
+    /// while the agent is down) and the CNI configuration as it was before amesh.
+    #[arg(long, global = true, default_value = "/var/lib/amesh")]
+    persistent_dir: PathBuf,
     /// Namespaces never enrolled (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "kube-system")]
     excluded_namespaces: Vec<String>,
@@ -115,7 +119,7 @@ fn cni_install(args: &Args) -> Result<CniInstall> {
     );
     settings.insert(
         "enrollment_file".into(),
-        args.state_dir
+        args.persistent_dir
             .join("enrollment.json")
             .display()
             .to_string()
@@ -130,7 +134,7 @@ fn cni_install(args: &Args) -> Result<CniInstall> {
         conf_dir: args.cni.cni_conf_dir.clone(),
         plugin_binary: plugin,
         settings,
-        backup_dir: args.state_dir.join("cni-original"),
+        backup_dir: args.persistent_dir.join("cni-original"),
     })
 }
 
@@ -184,6 +188,7 @@ fn real_main(mut args: Args) -> Result<()> {
             cni_socket: args.cni_socket.clone(),
             zds_socket: args.zds_socket.clone(),
             state_dir: args.state_dir.clone(),
+            persistent_dir: args.persistent_dir.clone(),
             excluded_namespaces: args.excluded_namespaces.clone(),
             readiness: args.readiness,
             proc_root: args.proc_root.clone(),

@@ -44,8 +44,10 @@ pub struct PluginConf {
 fn default_socket() -> PathBuf {
     DEFAULT_AGENT_SOCKET.into()
 }
+/// Longer than the agent takes at worst (waiting for the pod to reach its view, then for
+/// ztunnel's answer), so that a slow agent is never taken for a dead one.
 fn default_timeout() -> u64 {
-    10_000
+    30_000
 }
 fn default_log() -> PathBuf {
     DEFAULT_LOG_FILE.into()

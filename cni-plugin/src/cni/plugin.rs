@@ -78,6 +78,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
         command => {
             let conf = match PluginConf::parse(stdin) {
                 Ok(c) => c,
+                // DEL never fails a teardown, not even on a configuration it cannot read.
+                Err(e) if command == "DEL" => {
+                    return Outcome::ok(String::new(), format!("DEL ignored: {e}"));
+                }
                 Err(e) => return Outcome::err(e),
             };
             match command {
@@ -125,7 +129,11 @@ fn pod_command(env: &Env, conf: &PluginConf) -> Outcome {
         "{:?} {}/{} container={}",
         command, request.pod_namespace, request.pod_name, request.container_id
     );
-    let result = prev_result_json(conf);
+    // ADD returns prevResult unchanged; CHECK returns nothing on success.
+    let result = match command {
+        Command::Add => prev_result_json(conf),
+        _ => String::new(),
+    };
     if conf.excluded_namespaces.contains(&request.pod_namespace) {
         return Outcome::ok(result, format!("{who}: namespace excluded from the mesh"));
     }
@@ -153,7 +161,15 @@ fn pod_command(env: &Env, conf: &PluginConf) -> Outcome {
             "the pod must be in the mesh but is not enrolled",
             message,
         )),
-        (_, Err(e)) => agent_down(conf, &request, &who, result, e),
+        (_, Err(AgentError::Unreachable(e))) => agent_down(conf, &request, &who, result, e),
+        // The agent took the call but did not answer in time: it may still be enrolling,
+        // so the pod must not start around the mesh; the runtime retries.
+        (_, Err(AgentError::NoAnswer(e))) => Outcome::err(CniError::new(
+            &conf.cni_version,
+            code::TRY_AGAIN_LATER,
+            "the amesh node agent did not answer in time",
+            e,
+        )),
     }
 }
 
@@ -250,24 +266,52 @@ fn prev_result_json(conf: &PluginConf) -> String {
     prev.to_string()
 }
 
-fn ask_agent(conf: &PluginConf, request: &PodRequest) -> Result<Reply, String> {
+/// Why the agent gave no verdict.
+#[derive(Debug)]
+enum AgentError {
+    /// Nobody listens: the agent is down.
+    Unreachable(String),
+    /// It took the call but gave no (usable) answer.
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Unreachable(e) | AgentError::NoAnswer(e) => f.write_str(e),
+        }
+    }
+}
+
+fn ask_agent(conf: &PluginConf, request: &PodRequest) -> Result<Reply, AgentError> {
+    use AgentError::{NoAnswer, Unreachable};
     let timeout = Duration::from_millis(conf.timeout_ms);
-    let stream = UnixStream::connect(&conf.agent_socket)
-        .map_err(|e| format!("connecting to {}: {e}", conf.agent_socket.display()))?;
+    let stream = UnixStream::connect(&conf.agent_socket).map_err(|e| {
+        Unreachable(format!(
+            "connecting to {}: {e}",
+            conf.agent_socket.display()
+        ))
+    })?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+        .map_err(|e| NoAnswer(e.to_string()))?;
+    let mut line = serde_json::to_string(request).map_err(|e| NoAnswer(e.to_string()))?;
     line.push('\n');
     (&stream)
         .write_all(line.as_bytes())
-        .map_err(|e| format!("sending to the agent: {e}"))?;
+        .map_err(|e| NoAnswer(format!("sending to the agent: {e}")))?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(|e| format!("waiting for the agent ({} ms): {e}", conf.timeout_ms))?;
-    serde_json::from_str(&answer).map_err(|e| format!("the agent's answer {answer:?}: {e}"))
+        .map_err(|e| {
+            NoAnswer(format!(
+                "waiting for the agent ({} ms): {e}",
+                conf.timeout_ms
+            ))
+        })?;
+    serde_json::from_str(&answer)
+        .map_err(|e| NoAnswer(format!("the agent's answer {answer:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -324,6 +368,21 @@ mod tests {
         assert!(o.ok, "{}", o.stdout);
         let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
         assert_eq!(v["ips"][0]["address"], "10.1.0.5/24");
+    }
+
+    #[test]
+    fn check_prints_nothing_on_success_and_del_survives_a_bad_config() {
+        let o = run(&env("CHECK"), &conf(r#","excluded_namespaces":["shop"]"#));
+        assert!(o.ok);
+        assert_eq!(o.stdout, "", "CHECK returns nothing on success");
+        for bad in [
+            &b"{oops"[..],
+            br#"{"cniVersion":"9.0.0","type":"amesh-cni"}"#,
+        ] {
+            let o = run(&env("DEL"), bad);
+            assert!(o.ok, "DEL failed: {}", o.stdout);
+            assert_eq!(o.stdout, "");
+        }
     }
 
     #[test]

@@ -86,7 +86,11 @@ const HOST_PATHS: &[(&str, &str, &[Mount])] = &[
         "DirectoryOrCreate",
         &[(AGENT, "/sys/fs/bpf"), (ZTUNNEL, "/sys/fs/bpf")],
     ),
-    ("/sys/fs/cgroup", "Directory", &[(AGENT, "/host/sys/fs/cgroup")]),
+    (
+        "/sys/fs/cgroup",
+        "Directory",
+        &[(AGENT, "/host/sys/fs/cgroup")],
+    ),
     (
         "/var/run/netns",
         "DirectoryOrCreate",
@@ -108,6 +112,12 @@ const HOST_PATHS: &[(&str, &str, &[Mount])] = &[
         "/var/run/amesh",
         "DirectoryOrCreate",
         &[(AGENT, "/var/run/amesh")],
+    ),
+    // What outlives a reboot: the plugin's fallback file while the agent is down.
+    (
+        "/var/lib/amesh",
+        "DirectoryOrCreate",
+        &[(AGENT, "/var/lib/amesh")],
     ),
 ];
 
@@ -186,6 +196,13 @@ fn every_path_in_the_args_is_on_the_right_mount() {
     assert_eq!(host(agent, flag(agent, "--cni-conf-dir")), "/etc/cni/net.d");
     assert_eq!(host(agent, flag(agent, "--cni-socket")), "/var/run/amesh");
     assert_eq!(host(agent, flag(agent, "--state-dir")), "/var/run/amesh");
+    assert_eq!(
+        host(agent, flag(agent, "--persistent-dir")),
+        "/var/lib/amesh"
+    );
+    // The agent's own namespace is never enrolled: its pod must start without it.
+    let excluded: Vec<&str> = flag(agent, "--excluded-namespaces").split(',').collect();
+    assert!(excluded.contains(&NAMESPACE), "{excluded:?}");
     assert_eq!(host(agent, flag(agent, "--pin-root")), "/sys/fs/bpf");
     assert_eq!(host(agent, flag(agent, "--cgroup")), "/sys/fs/cgroup");
     assert_eq!(
