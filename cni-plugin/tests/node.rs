@@ -476,6 +476,14 @@ fn bad_cni_input_gets_an_error_object() {
         (out.status.success(), v)
     };
     let log = std::env::temp_dir().join(format!("amesh-cni-test-{}.log", std::process::id()));
+    // Removed however the test ends.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(log.clone());
     let conf = |extra: &str| {
         format!(
             r#"{{"cniVersion":"1.0.0","name":"k8s","type":"amesh-cni","log_file":"{}","agent_socket":"/nonexistent.sock","timeout_ms":100{extra}}}"#,
@@ -507,7 +515,6 @@ fn bad_cni_input_gets_an_error_object() {
         logged.contains("command=DEL"),
         "the plugin logs to its file: {logged}"
     );
-    let _ = std::fs::remove_file(log);
 }
 
 #[test]
