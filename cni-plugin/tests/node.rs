@@ -139,7 +139,11 @@ fn the_cni_chain_enrolls_ambient_pods_and_del_releases_them() {
         new.container_id.as_str(),
         "{state}"
     );
-    assert_eq!(hbone_from(&mesh, &web2, cart), Ok(true));
+    eventually("the new sandbox through the mesh", || {
+        hbone_from(&mesh, &web2, cart)?
+            .then_some(())
+            .ok_or("not HBONE".into())
+    });
     // CHECK agrees with the state; DEL releases (and is idempotent).
     let node2 = &mesh.agent_node("node2").runtime;
     let cart_ref = mesh.pod_ref(mesh.spec("cart"));
@@ -217,9 +221,17 @@ fn labels_enrol_and_release_running_pods_and_restarts_keep_traffic() {
     mesh.try_wait_enrolled("node2", &["shop/s"])
         .expect("s enrolled");
     eventually("c -> s through the mesh", || {
-        hbone(&mesh, "c", s)?
-            .then_some(())
-            .ok_or("not HBONE".into())
+        hbone(&mesh, "c", s)?.then_some(()).ok_or_else(|| {
+            let (_, dump) = mesh
+                .ztunnel("node1")
+                .try_http("Admin", "GET", "/config_dump")
+                .unwrap_or_default();
+            format!(
+                "not HBONE; node1's ztunnel: {dump}\nagent: {}\nztunnel log: {}",
+                mesh.agent_state("node1"),
+                mesh.ztunnel("node1").log()
+            )
+        })
     });
 
     // A long-lived connection survives both agents restarting; the state is adopted.
@@ -293,7 +305,12 @@ fn a_bad_zds_peer_or_cni_request_harms_nobody_else() {
         .expect("enrolled");
     let _apps = mesh.try_apps(&["s"]).expect("apps");
     let s = mesh.v4("s", APP_PORT);
-    assert_eq!(hbone(&mesh, "c", s).map(|_| ()), Ok(()));
+    // Served once both pods have their certificates.
+    eventually("c -> s through the mesh", || {
+        hbone(&mesh, "c", s)?
+            .then_some(())
+            .ok_or("not HBONE".into())
+    });
 
     let dirs = mesh.agent_node("node1").dirs.clone();
     // A peer that does not speak ZDS is closed.
@@ -326,7 +343,7 @@ fn a_bad_zds_peer_or_cni_request_harms_nobody_else() {
         "{reply}"
     );
     // The served ztunnel and the agent carry on.
-    assert_eq!(hbone(&mesh, "c", s), Ok(true));
+    assert_eq!(hbone(&mesh, "c", s), Ok(true), "still served");
     mesh.try_cni_del("c").expect("DEL");
     mesh.try_wait_enrolled("node1", &["web/s"])
         .expect("the agent still serves CNI");
@@ -423,6 +440,19 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
             annotation("c"),
             agent_log(&mesh)
         ))
+    });
+    // Someone strips the mark: the agent puts it back (the pod is still enrolled).
+    let mut c = api
+        .objects("/api/v1/pods")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "c")
+        .expect("c");
+    c["metadata"]["annotations"] = serde_json::json!({});
+    api.apply(c).expect("strip the mark");
+    eventually("the mark repaired", || {
+        (annotation("c") == "enabled")
+            .then_some(())
+            .ok_or(format!("{}", annotation("c")))
     });
     // Opting the pod out by label releases it and clears the mark.
     let mut c = api

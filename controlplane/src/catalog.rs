@@ -65,6 +65,13 @@ impl Catalog {
                 pod_nodes.insert((w.namespace.clone(), w.name.clone()), w.node.clone());
             }
         }
+        for p in &r.placements {
+            identities
+                .entry((p.namespace.clone(), p.service_account.clone()))
+                .or_default()
+                .insert(p.node.clone());
+            pod_nodes.insert((p.namespace.clone(), p.name.clone()), p.node.clone());
+        }
         Self {
             identities,
             pod_nodes,

@@ -54,8 +54,21 @@ impl Default for Mesh {
 pub struct Resources {
     pub addresses: BTreeMap<String, pb::Address>,
     pub authorizations: BTreeMap<String, sec::Authorization>,
+    /// Every pod scheduled on a node, with or without an address yet: the CA signs for
+    /// a node agent's pods as soon as they exist (ztunnel asks when the node agent hands a
+    /// new pod over, before the kubelet has published its IP).
+    pub placements: Vec<Placement>,
     /// What could not be translated.
     pub errors: Vec<Rejected>,
+}
+
+/// A pod on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub node: String,
 }
 
 /// An object that could not be translated, and why (logged, and in Kubernetes mode reported
@@ -133,6 +146,20 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
     for pod in &snap.pods {
         let empty = BTreeMap::new();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let spec = pod.spec.as_ref();
+        if let (Some(node), Some(name)) = (
+            spec.and_then(|s| s.node_name.clone()),
+            pod.metadata.name.clone(),
+        ) {
+            out.placements.push(Placement {
+                namespace: ns.to_string(),
+                name,
+                service_account: spec
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into()),
+                node,
+            });
+        }
         let namespace_labels = ns_labels.get(ns).unwrap_or(&empty);
         if let Some(mut w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
             let labels = pod.metadata.labels.clone().unwrap_or_default();

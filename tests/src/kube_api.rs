@@ -647,6 +647,20 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
             &status(404, "NotFound", &format!("{} {:?} not found", key.0, key.2)),
         );
     };
+    // metadata.uid in a patch is a precondition, as the API server treats it.
+    if let Some(uid) = change["metadata"]["uid"].as_str()
+        && object["metadata"]["uid"].as_str() != Some(uid)
+    {
+        return respond(
+            w,
+            409,
+            &status(
+                409,
+                "Conflict",
+                &format!("Precondition failed: UID in precondition: {uid}"),
+            ),
+        );
+    }
     merge_patch(&mut object, &change);
     match put(shared, object) {
         Ok(stored) => respond(w, 200, &stored),

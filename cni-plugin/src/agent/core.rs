@@ -5,7 +5,7 @@ use crate::{
     agent::{
         cluster::ClusterView,
         decide::{Decision, decide},
-        mark::Marker,
+        mark::{Mark, Marker, REDIRECTION_ANNOTATION},
         netns_scan,
         state::{self, Record, State},
         zds::{ZdsError, ZdsPod, ZdsServer},
@@ -23,7 +23,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// The label a pod or namespace uses to choose its data plane.
@@ -53,7 +53,9 @@ pub struct Core {
     inner: Arc<Mutex<Inner>>,
     zds: ZdsServer,
     view: watch::Receiver<ClusterView>,
-    marker: Marker,
+    /// Whether marks go to the cluster (then reconciliation repairs what it shows).
+    marks_in_cluster: bool,
+    marks: mpsc::UnboundedSender<Mark>,
 }
 
 /// The uid ztunnel knows a pod by: Kubernetes' own, or a stable name when there is none.
@@ -186,7 +188,8 @@ impl Core {
             })),
             zds,
             view,
-            marker,
+            marks_in_cluster: marker.is_kube(),
+            marks: marker.start(),
         }
     }
 
@@ -375,7 +378,7 @@ impl Core {
         self.save(&inner.state);
         info!(pod = %key, %uid, pod_id = enrolled.pod_id, netns = %netns.display(), acked, "pod enrolled");
         if acked {
-            self.spawn_mark(key, true);
+            self.send_mark(key, uid, true);
         }
         Ok(())
     }
@@ -437,7 +440,7 @@ impl Core {
             self.save(&inner.state);
             info!(pod = %key, "pod released");
             if r.redirection_enabled {
-                self.spawn_mark(key, false);
+                self.send_mark(key, &r.uid, false);
             }
         }
     }
@@ -472,17 +475,45 @@ impl Core {
         };
         if news {
             self.save(&inner.state);
-            self.spawn_mark(key, true);
+            self.send_mark(key, uid, true);
         }
     }
 
     /// Sets or clears the pod's redirection mark without holding up enrollment.
-    fn spawn_mark(&self, key: &str, enabled: bool) {
-        let (marker, key) = (self.marker.clone(), key.to_string());
-        tokio::spawn(async move {
-            let (namespace, name) = key.split_once('/').unwrap_or_default();
-            marker.mark(namespace, name, enabled).await;
+    fn send_mark(&self, key: &str, uid: &str, enabled: bool) {
+        let (namespace, name) = key.split_once('/').unwrap_or_default();
+        let _ = self.marks.send(Mark {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+            enabled,
         });
+    }
+
+    /// Puts the cluster's mark back in line with the state when they differ (a patch that
+    /// failed, a restart, someone editing the annotation).
+    async fn repair_mark(&self, key: &str, pod: &Pod) {
+        if !self.marks_in_cluster {
+            return;
+        }
+        let shown = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REDIRECTION_ANNOTATION))
+            .is_some_and(|v| v == "enabled");
+        let enrolled = self
+            .inner
+            .lock()
+            .await
+            .state
+            .pods
+            .get(key)
+            .is_some_and(|r| r.redirection_enabled);
+        if shown != enrolled {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            self.send_mark(key, &uid, enrolled);
+        }
     }
 
     /// Brings the enrolled set in line with the view: enrolls running pods that should be in
@@ -530,8 +561,9 @@ impl Core {
                     let ips = pod_ips(pod);
                     let proc_root = self.config.proc_root.clone();
                     let scan_ips = ips.clone();
+                    let uid = view_uid.clone();
                     let found = tokio::task::spawn_blocking(move || {
-                        netns_scan::find_by_ip(&proc_root, &scan_ips)
+                        netns_scan::find_by_ip(&proc_root, &scan_ips, &uid)
                     })
                     .await
                     .ok()
@@ -554,6 +586,7 @@ impl Core {
                 }
                 None => {}
             }
+            self.repair_mark(&key, pod).await;
         }
         for key in enrolled {
             let (ns, name) = key.split_once('/').unwrap_or_default();

@@ -8,6 +8,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
@@ -28,26 +29,58 @@ impl std::fmt::Debug for Marker {
     }
 }
 
+/// One change of a pod's mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub namespace: String,
+    pub name: String,
+    /// The pod's UID: the patch only applies to that pod, not to a newer one of the name.
+    pub uid: String,
+    pub enabled: bool,
+}
+
 impl Marker {
-    pub async fn mark(&self, namespace: &str, name: &str, enabled: bool) {
+    /// True when marks go to the cluster (and so can be compared with what it shows).
+    pub fn is_kube(&self) -> bool {
+        matches!(self, Marker::Kube(_))
+    }
+
+    /// Applies marks one at a time, in the order they were made (a release followed by a
+    /// re-enrolment must not land the other way round).
+    pub fn start(self) -> mpsc::UnboundedSender<Mark> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Mark>();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                self.mark(&m).await;
+            }
+        });
+        tx
+    }
+
+    async fn mark(&self, m: &Mark) {
+        let pod = format!("{}/{}", m.namespace, m.name);
         let Marker::Kube(client) = self else {
-            return info!(pod = %format!("{namespace}/{name}"), enabled, "redirection recorded");
+            return info!(%pod, enabled = m.enabled, "redirection recorded");
         };
-        let value = if enabled {
+        let value = if m.enabled {
             json!("enabled")
         } else {
             json!(null)
         };
-        let patch = json!({"metadata": {"annotations": {REDIRECTION_ANNOTATION: value}}});
-        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let mut patch = json!({"metadata": {"annotations": {REDIRECTION_ANNOTATION: value}}});
+        if !m.uid.is_empty() {
+            // A precondition: the API server refuses the patch for another pod of the name.
+            patch["metadata"]["uid"] = json!(m.uid);
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &m.namespace);
         // The status subresource, as Istio's node agent does: its role then needs no right
         // to change pod specs.
         match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&m.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => info!(pod = %format!("{namespace}/{name}"), enabled, "annotated"),
-            Err(e) => warn!(pod = %format!("{namespace}/{name}"), error = %e, "annotating the pod"),
+            Ok(_) => info!(%pod, enabled = m.enabled, "annotated"),
+            Err(e) => warn!(%pod, error = %e, "annotating the pod"),
         }
     }
 }

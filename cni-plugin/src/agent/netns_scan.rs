@@ -9,8 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// `/proc/<pid>/ns/net` of a process whose namespace has one of `ips`, or None.
-pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr]) -> Option<PathBuf> {
+/// `/proc/<pid>/ns/net` of a process whose namespace has one of `ips`, or None. A process
+/// whose cgroup names another pod (the kubelet puts each pod's processes under
+/// `pod<uid>`) does not count: after a pod is gone its address may belong to another.
+pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr], pod_uid: &str) -> Option<PathBuf> {
     if ips.is_empty() {
         return None;
     }
@@ -30,11 +32,36 @@ pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr]) -> Option<PathBuf> {
         if Some(&ns) == own.as_ref() || !seen.insert(ns) {
             continue;
         }
-        if local_addresses(&pid_dir).iter().any(|a| ips.contains(a)) {
-            return Some(ns_path);
+        if !local_addresses(&pid_dir).iter().any(|a| ips.contains(a)) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(pid_dir.join("cgroup"))
+            .ok()
+            .and_then(|c| kubelet_pod_uid(&c));
+        match owner {
+            Some(uid) if !pod_uid.is_empty() && uid != pod_uid => continue,
+            _ => return Some(ns_path),
         }
     }
     None
+}
+
+/// The pod UID in a kubelet cgroup path (`.../pod<uid>/...` with the cgroupfs driver,
+/// `...-pod<uid with _>.slice` with systemd's), if the process belongs to a pod.
+fn kubelet_pod_uid(cgroup: &str) -> Option<String> {
+    cgroup.match_indices("pod").find_map(|(i, _)| {
+        let candidate: String = cgroup[i + 3..].chars().take(36).collect();
+        let uid = candidate.replace('_', "-");
+        let shaped = uid.len() == 36
+            && uid.char_indices().all(|(j, c)| {
+                if matches!(j, 8 | 13 | 18 | 23) {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            });
+        shaped.then_some(uid)
+    })
 }
 
 /// The addresses configured in the namespace of the process at `pid_dir`.
@@ -105,9 +132,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_pod_uids_from_kubelet_cgroups() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let cgroupfs = format!("0::/kubepods/besteffort/pod{uid}/abcdef\n");
+        assert_eq!(kubelet_pod_uid(&cgroupfs).as_deref(), Some(uid));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-1.scope\n",
+            uid.replace('-', "_")
+        );
+        assert_eq!(kubelet_pod_uid(&systemd).as_deref(), Some(uid));
+        assert_eq!(kubelet_pod_uid("0::/user.slice/podman.scope\n"), None);
+    }
+
+    #[test]
     fn finds_nothing_for_an_unused_address() {
         // 192.0.2.0/24 is reserved for documentation: no namespace here has it.
         let ip: IpAddr = "192.0.2.77".parse().expect("ip");
-        assert_eq!(find_by_ip(Path::new("/proc"), &[ip]), None);
+        assert_eq!(find_by_ip(Path::new("/proc"), &[ip], ""), None);
     }
 }

@@ -15,6 +15,19 @@ fn sk_lookup_attachments(pod: &amesh_testbed::Pod) -> u32 {
     amesh_sys::bpf::attached_count(pod.netns().as_fd(), AttachType::SkLookup).expect("query netns")
 }
 
+/// The count once detaching settles: the kernel frees a released link after an RCU grace
+/// period, so a query right after the release may still see it for a moment.
+fn sk_lookup_attachments_settled(pod: &amesh_testbed::Pod) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let n = sk_lookup_attachments(pod);
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 const ONE_EACH: CgroupAttachments = CgroupAttachments {
     connect4: 1,
     connect6: 1,
@@ -101,7 +114,7 @@ fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
         );
     }
     for p in &pods {
-        assert_eq!(sk_lookup_attachments(p), 0, "{}", p.name());
+        assert_eq!(sk_lookup_attachments_settled(p), 0, "{}", p.name());
     }
     let (cgroup_path, prefix) = (
         testbed.cgroup_path().to_path_buf(),
@@ -207,7 +220,7 @@ fn a_failed_enrollment_is_rolled_back() {
     let err = bed.capture.enroll(&request(&path, &addrs)).unwrap_err();
     assert!(matches!(err, CaptureError::AddressInUse { .. }), "{err}");
     assert_eq!(bed.capture.pods().expect("pods").len(), 1);
-    assert_eq!(sk_lookup_attachments(bed.pod("b")), 0);
+    assert_eq!(sk_lookup_attachments_settled(bed.pod("b")), 0);
     assert!(
         bed.capture
             .maps()
@@ -252,7 +265,7 @@ fn a_failure_mid_enrollment_undoes_every_step() {
         "{err}"
     );
     assert_eq!(bed.capture.pods().expect("pods"), vec![]);
-    assert_eq!(sk_lookup_attachments(bed.pod("a")), 0);
+    assert_eq!(sk_lookup_attachments_settled(bed.pod("a")), 0);
     assert!(
         bed.capture
             .maps()
