@@ -469,6 +469,38 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
             .then_some(())
             .ok_or(format!("{}", annotation("c")))
     });
+    // With the agent down, the plugin asks the API itself: a pod that opts in on its own in
+    // a namespace the agent never saw as ambient does not start; its neighbour does.
+    mesh.stop_agent("node1");
+    api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "plain"}}))
+        .expect("namespace");
+    for (name, labels) in [
+        (
+            "optin",
+            serde_json::json!({"istio.io/dataplane-mode": "ambient"}),
+        ),
+        ("neighbour", serde_json::json!({})),
+    ] {
+        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "plain", "labels": labels},
+            "spec": {"nodeName": "node1", "containers": [{"name": "app", "image": "app"}]}}))
+            .expect("pod");
+    }
+    let optin = pod("optin", "plain", "node1");
+    let refused = match mesh.try_cni_add(&optin).expect("bed") {
+        Err(refused) => refused,
+        Ok(_) => panic!(
+            "a pod the API puts in the mesh must not start without the agent: {}",
+            std::fs::read_to_string(mesh.agent_node("node1").dirs.state_dir.join("cni.log"))
+                .unwrap_or_default()
+        ),
+    };
+    assert_eq!(refused.code, Some(100), "{refused}");
+    assert!(refused.details.contains("Kubernetes API puts"), "{refused}");
+    let neighbour = pod("neighbour", "plain", "node1");
+    let started = mesh.try_cni_add(&neighbour).expect("bed");
+    assert!(started.is_ok(), "{started:?}");
     let left = mesh.close();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -16,6 +16,9 @@ use std::{
     sync::Mutex,
 };
 
+/// Plugins that run where the node's processes run (not in the underlay): amesh's.
+const AGENT_PLUGINS: [&str; 1] = ["amesh-cni"];
+
 /// Where Debian installs the reference plugins (`containernetworking-plugins`).
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -229,7 +232,12 @@ impl CniRuntime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        amesh_sys::spawn::into_pod(&mut cmd, underlay.as_fd(), None);
+        // The reference plugins build the pod's link to the node's bridge, which lives in the
+        // underlay; amesh's plugin only talks to the agent (a Unix socket) and the API
+        // server, both reached from where the bed's node processes run (this namespace).
+        if !AGENT_PLUGINS.contains(&plugin) {
+            amesh_sys::spawn::into_pod(&mut cmd, underlay.as_fd(), None);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| fail(format!("starting {}: {e}", binary.display())))?;

@@ -508,6 +508,11 @@ fn object_route(path: &str) -> Option<(String, String, String)> {
         let collection = format!("{}/{}", parts[..base].join("/"), parts[base + 2]);
         return Some((collection, parts[base + 1].into(), parts[base + 3].into()));
     }
+    // A cluster-scoped object: `/api/v1/namespaces/<name>`.
+    if parts.len() == base + 2 {
+        let collection = format!("{}/{}", parts[..base].join("/"), parts[base]);
+        return Some((collection, String::new(), parts[base + 1].into()));
+    }
     None
 }
 

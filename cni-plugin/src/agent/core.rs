@@ -35,6 +35,8 @@ pub struct CoreConfig {
     pub state_file: PathBuf,
     pub enrollment_file: PathBuf,
     pub proc_root: PathBuf,
+    /// Where pods' processes live, as `/proc/<pid>/cgroup` names it (`/` on a node).
+    pub pod_cgroup: String,
     /// How long a CNI ADD waits for its pod to show up in the agent's view.
     pub pod_wait: Duration,
 }
@@ -562,8 +564,9 @@ impl Core {
                     let proc_root = self.config.proc_root.clone();
                     let scan_ips = ips.clone();
                     let uid = view_uid.clone();
+                    let cgroup = self.config.pod_cgroup.clone();
                     let found = tokio::task::spawn_blocking(move || {
-                        netns_scan::find_by_ip(&proc_root, &scan_ips, &uid)
+                        netns_scan::find_by_ip(&proc_root, &scan_ips, &uid, &cgroup)
                     })
                     .await
                     .ok()

@@ -116,6 +116,7 @@ pub async fn run(
             state_file: config.state_dir.join("state.json"),
             enrollment_file: config.persistent_dir.join("enrollment.json"),
             proc_root: config.proc_root.clone(),
+            pod_cgroup: relative_cgroup(&config.capture.cgroup),
             pod_wait: Duration::from_secs(5),
         },
         capture,
@@ -139,6 +140,15 @@ pub async fn run(
     info!("node agent stopping; capture and the CNI entry stay in place");
     let _ = std::fs::remove_file(&config.cni_socket);
     Ok(())
+}
+
+/// The capture cgroup as processes' `/proc/<pid>/cgroup` names it: relative to the cgroup v2
+/// mount (`/` when it is the mount itself, or mounted elsewhere, as in the DaemonSet).
+fn relative_cgroup(cgroup: &std::path::Path) -> String {
+    amesh_sys::fs::cgroup2_mount()
+        .and_then(|root| cgroup.strip_prefix(root).ok().map(|p| p.to_path_buf()))
+        .map(|p| format!("/{}", p.display()))
+        .unwrap_or_else(|| "/".into())
 }
 
 fn install_chain(cni: &CniInstall) -> Result<(), AgentError> {

@@ -12,7 +12,16 @@ use std::{
 /// `/proc/<pid>/ns/net` of a process whose namespace has one of `ips`, or None. A process
 /// whose cgroup names another pod (the kubelet puts each pod's processes under
 /// `pod<uid>`) does not count: after a pod is gone its address may belong to another.
-pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr], pod_uid: &str) -> Option<PathBuf> {
+///
+/// Only processes below `cgroup` count (the cgroup the capture programs attach to, relative
+/// to the cgroup v2 root, `/` on a node): a pod's processes always are, and elsewhere on the
+/// host the same private address may well exist in namespaces that are not pods at all.
+pub fn find_by_ip(
+    proc_root: &Path,
+    ips: &[IpAddr],
+    pod_uid: &str,
+    cgroup: &str,
+) -> Option<PathBuf> {
     if ips.is_empty() {
         return None;
     }
@@ -25,6 +34,10 @@ pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr], pod_uid: &str) -> Option<Pat
             continue;
         }
         let pid_dir = entry.path();
+        let cgroups = std::fs::read_to_string(pid_dir.join("cgroup")).unwrap_or_default();
+        if !in_cgroup(&cgroups, cgroup) {
+            continue;
+        }
         let ns_path = pid_dir.join("ns/net");
         let Ok(ns) = std::fs::read_link(&ns_path) else {
             continue;
@@ -35,15 +48,24 @@ pub fn find_by_ip(proc_root: &Path, ips: &[IpAddr], pod_uid: &str) -> Option<Pat
         if !local_addresses(&pid_dir).iter().any(|a| ips.contains(a)) {
             continue;
         }
-        let owner = std::fs::read_to_string(pid_dir.join("cgroup"))
-            .ok()
-            .and_then(|c| kubelet_pod_uid(&c));
-        match owner {
+        match kubelet_pod_uid(&cgroups) {
             Some(uid) if !pod_uid.is_empty() && uid != pod_uid => continue,
             _ => return Some(ns_path),
         }
     }
     None
+}
+
+/// Whether a process's `/proc/<pid>/cgroup` puts it at or below `cgroup` (v2 path).
+fn in_cgroup(cgroups: &str, cgroup: &str) -> bool {
+    let cgroup = cgroup.trim_end_matches('/');
+    if cgroup.is_empty() {
+        return true;
+    }
+    cgroups.lines().any(|l| {
+        l.strip_prefix("0::")
+            .is_some_and(|p| p == cgroup || p.starts_with(&format!("{cgroup}/")))
+    })
 }
 
 /// The pod UID in a kubelet cgroup path (`.../pod<uid>/...` with the cgroupfs driver,
@@ -132,6 +154,15 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_membership() {
+        let line = "0::/amesh-1-0/pods\n";
+        assert!(in_cgroup(line, "/"));
+        assert!(in_cgroup(line, "/amesh-1-0"));
+        assert!(!in_cgroup(line, "/amesh-1-01"));
+        assert!(!in_cgroup("0::/amesh-2-0\n", "/amesh-1-0"));
+    }
+
+    #[test]
     fn reads_pod_uids_from_kubelet_cgroups() {
         let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
         let cgroupfs = format!("0::/kubepods/besteffort/pod{uid}/abcdef\n");
@@ -148,6 +179,6 @@ mod tests {
     fn finds_nothing_for_an_unused_address() {
         // 192.0.2.0/24 is reserved for documentation: no namespace here has it.
         let ip: IpAddr = "192.0.2.77".parse().expect("ip");
-        assert_eq!(find_by_ip(Path::new("/proc"), &[ip], ""), None);
+        assert_eq!(find_by_ip(Path::new("/proc"), &[ip], "", "/"), None);
     }
 }

@@ -138,11 +138,61 @@ fn cni_install(args: &Args) -> Result<CniInstall> {
     })
 }
 
+/// Where the service account's credentials are mounted in the agent's container.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How often the token copy for the plugin is refreshed (projected tokens rotate hourly).
+const TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Lets the plugin read pods and namespaces itself while the agent is down (it runs on the
+/// host, where the container's credentials are not): the API server's address, and copies
+/// of the in-cluster token (kept fresh) and CA next to the agent's socket. None outside a
+/// pod (a kubeconfig on a workstation).
+fn plugin_api_access(
+    config: &kube::Config,
+    state_dir: &std::path::Path,
+) -> Result<Option<serde_json::Value>> {
+    let dir = std::path::Path::new(SERVICE_ACCOUNT_DIR);
+    let (token, ca) = (dir.join("token"), dir.join("ca.crt"));
+    if !token.exists() || !ca.exists() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let (token_copy, ca_copy) = (
+        state_dir.join("plugin-token"),
+        state_dir.join("plugin-ca.crt"),
+    );
+    copy_private(&ca, &ca_copy)?;
+    copy_private(&token, &token_copy)?;
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(TOKEN_REFRESH);
+            if let Err(e) = copy_private(&token, &token_copy) {
+                tracing::warn!(error = %e, "refreshing the plugin's token");
+            }
+        }
+    });
+    Ok(Some(serde_json::json!({
+        "server": config.cluster_url.to_string().trim_end_matches('/'),
+        "token_file": state_dir.join("plugin-token"),
+        "ca_file": state_dir.join("plugin-ca.crt"),
+    })))
+}
+
+/// Copies a credential readable by root only, atomically.
+fn copy_private(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).with_context(|| format!("copying {}", from.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, to)?;
+    Ok(())
+}
+
 fn real_main(mut args: Args) -> Result<()> {
     if args.node_name.is_empty() {
         args.node_name = std::env::var("NODE_NAME").unwrap_or_default();
     }
-    let cni = cni_install(&args)?;
+    let mut cni = cni_install(&args)?;
     if let Some(Cmd::Uninstall) = args.command {
         let changed = cni.uninstall()?;
         for p in changed {
@@ -162,6 +212,10 @@ fn real_main(mut args: Args) -> Result<()> {
             (Some(dir), _, _) => (Source::Dir(dir.clone()), Marker::Local),
             (None, Some(url), _) => {
                 let config = kube::Config::new(url.parse().context("--kube-url")?);
+                cni.settings.insert(
+                    "kubernetes".into(),
+                    serde_json::json!({ "server": url.trim_end_matches('/') }),
+                );
                 let client = kube::Client::try_from(config).context("Kubernetes client")?;
                 (Source::Kube(client.clone()), Marker::Kube(client))
             }
@@ -169,6 +223,9 @@ fn real_main(mut args: Args) -> Result<()> {
                 let config = kube::Config::infer()
                     .await
                     .context("finding the cluster (in-cluster or KUBECONFIG)")?;
+                if let Some(access) = plugin_api_access(&config, &args.state_dir)? {
+                    cni.settings.insert("kubernetes".into(), access);
+                }
                 let client = kube::Client::try_from(config).context("Kubernetes client")?;
                 (Source::Kube(client.clone()), Marker::Kube(client))
             }

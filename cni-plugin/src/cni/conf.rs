@@ -36,6 +36,10 @@ pub struct PluginConf {
     /// The agent's last word on which namespaces are ambient, used while it is down.
     #[serde(default)]
     pub enrollment_file: Option<PathBuf>,
+    /// How to read the pod and its namespace from the Kubernetes API while the agent is
+    /// down (written by the agent when it runs against a cluster).
+    #[serde(default)]
+    pub kubernetes: Option<crate::cni::kube::KubeAccess>,
     /// The result of the plugins before this one (required for ADD and CHECK).
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<serde_json::Value>,

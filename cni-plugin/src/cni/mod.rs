@@ -3,6 +3,7 @@
 
 pub mod conf;
 pub mod error;
+pub mod kube;
 pub mod plugin;
 
 pub use conf::{PluginConf, SUPPORTED_VERSIONS};

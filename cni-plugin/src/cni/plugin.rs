@@ -5,7 +5,7 @@
 //! cannot enroll it or cannot be reached. Pods that need no mesh never wait on the agent.
 
 use crate::{
-    cni::{CniError, PluginConf, SUPPORTED_VERSIONS, conf::parse_args, error::code},
+    cni::{CniError, PluginConf, SUPPORTED_VERSIONS, conf::parse_args, error::code, kube},
     enrollment_file::EnrollmentFile,
     wire::{Command, PodRequest, Reply},
 };
@@ -190,6 +190,35 @@ fn agent_down(
             details,
         ))
     };
+    // The pod and its namespace as the API shows them now (labels set during the outage,
+    // a pod opting in on its own); the agent's last word only when the API cannot say.
+    let mut error = error;
+    if let Some(access) = &conf.kubernetes {
+        let timeout = Duration::from_millis(conf.timeout_ms.min(5_000));
+        match kube::must_enroll(
+            access,
+            &request.pod_namespace,
+            &request.pod_name,
+            &conf.excluded_namespaces,
+            timeout,
+        ) {
+            Ok(true) => {
+                return fail(format!(
+                    "{error}; the Kubernetes API puts {}/{} in the mesh",
+                    request.pod_namespace, request.pod_name
+                ));
+            }
+            Ok(false) => {
+                return Outcome::ok(
+                    result,
+                    format!(
+                        "{who}: agent unreachable ({error}); not in the mesh per the Kubernetes API"
+                    ),
+                );
+            }
+            Err(e) => error = format!("{error}; the Kubernetes API cannot say ({e})"),
+        }
+    }
     let Some(path) = &conf.enrollment_file else {
         return fail(format!(
             "{error}; no enrollment_file configured to decide without it"
