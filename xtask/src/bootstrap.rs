@@ -25,9 +25,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// `cargo xtask setup`: everything the tests and demo need but the eBPF build itself.
 pub fn setup(paths: &Paths) -> Result<()> {
+    runtime(paths)?;
+    helm_venv(paths)
+}
+
+/// What running the mesh needs (the demo and the bench): no Helm engine.
+pub fn runtime(paths: &Paths) -> Result<()> {
     apt_packages()?;
     mount_bpffs()?;
-    helm_venv(paths)?;
     toolchain(paths)
 }
 

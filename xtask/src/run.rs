@@ -99,7 +99,7 @@ pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
 /// `cargo xtask demo`: release build, then the demo binary.
 pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
     require_root("demo")?;
-    bootstrap::setup(paths)?;
+    bootstrap::runtime(paths)?;
     let object = ebpf::build(paths)?;
     println!("xtask: building the demo (release)");
     build_demo(paths, &object, true)?;
@@ -110,7 +110,7 @@ pub fn demo(paths: &Paths, args: &[String]) -> Result<()> {
 /// `cargo xtask bench`: release build of every binary, then `amesh-bench` with `args`.
 pub fn bench(paths: &Paths, args: &[String]) -> Result<()> {
     require_root("bench")?;
-    bootstrap::setup(paths)?;
+    bootstrap::runtime(paths)?;
     let object = ebpf::build(paths)?;
     println!("xtask: building the bench and the binaries it starts (release)");
     build_demo(paths, &object, true)?;
