@@ -420,25 +420,29 @@ impl Mesh {
     /// Starts every node with ztunnels that take their configuration and their pods'
     /// certificates from the running control plane, presenting `token` (a file) to it.
     pub fn try_start_fed_by_control_plane(&mut self, token: &Path) -> Result<(), BedError> {
-        let xds = self
-            .xds
-            .ok_or_else(|| failed("starting the nodes", "no control plane was started"))?
-            .to_string();
-        let root = self.ca_root_path().display().to_string();
-        let token = token.display().to_string();
-        let args: &[&str] = &[
-            "--ca-address",
-            &xds,
-            "--ca-root-file",
-            &root,
-            "--token-file",
-            &token,
-        ];
+        let owned = self.fed_by_control_plane_args(token)?;
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         let mut nodes: Vec<&'static str> = self.specs.iter().filter_map(|s| s.node).collect();
         nodes.sort();
         nodes.dedup();
-        let per_node: Vec<(&str, &[&str])> = nodes.iter().map(|n| (*n, args)).collect();
+        let per_node: Vec<(&str, &[&str])> = nodes.iter().map(|n| (*n, &args[..])).collect();
         self.try_start(&per_node)
+    }
+
+    /// ztunnel's arguments for taking its pods' certificates from the running control plane
+    /// (its xDS address comes with [`Mesh::spawn_ztunnel`]), presenting `token` (a file).
+    pub(crate) fn fed_by_control_plane_args(&self, token: &Path) -> Result<Vec<String>, BedError> {
+        let xds = self
+            .xds
+            .ok_or_else(|| failed("starting the nodes", "no control plane was started"))?;
+        Ok(vec![
+            "--ca-address".into(),
+            xds.to_string(),
+            "--ca-root-file".into(),
+            self.ca_root_path().display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+        ])
     }
 
     /// Kills the control plane (the ztunnels keep their last state).

@@ -181,10 +181,8 @@ impl Mesh {
     /// Starts each node: its CNI configuration (the bridge plugin with the node's address
     /// ranges), its node agent, then its ztunnel fed by the running control plane.
     pub fn try_start_agents(&mut self) -> Result<(), BedError> {
-        let xds = self
-            .xds
-            .ok_or_else(|| failed("starting the nodes", "no control plane was started"))?
-            .to_string();
+        let owned = self.fed_by_control_plane_args(&self.node_token_path())?;
+        let ztunnel_args: Vec<&str> = owned.iter().map(String::as_str).collect();
         for (i, name) in self.node_names().into_iter().enumerate() {
             let dirs = self.node_dirs(name);
             for d in [
@@ -213,21 +211,8 @@ impl Mesh {
             )
             .map_err(BedError::io("writing the node's CNI configuration"))?;
             let agent = self.spawn_agent(name, &dirs)?;
-            let root = self.ca_root_path().display().to_string();
-            let token = self.node_token_path().display().to_string();
-            let ztunnel = self.spawn_ztunnel(
-                name,
-                &self.config_path(),
-                &dirs.pins,
-                &[
-                    "--ca-address",
-                    &xds,
-                    "--ca-root-file",
-                    &root,
-                    "--token-file",
-                    &token,
-                ],
-            )?;
+            let ztunnel =
+                self.spawn_ztunnel(name, &self.config_path(), &dirs.pins, &ztunnel_args)?;
             let runtime = CniRuntime::new(
                 &dirs.conf_dir,
                 &dirs.bin_dir,
