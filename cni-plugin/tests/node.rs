@@ -602,8 +602,7 @@ fn without_ztunnel_ambient_pods_do_not_start() {
     wait_ready(&mesh);
     // ztunnel goes away between requests: the agent notices without being asked.
     let node = &mut mesh.agent_nodes[0];
-    node.ztunnel.child.kill().expect("kill ztunnel");
-    let _ = node.ztunnel.child.wait();
+    node.ztunnel.stop();
     let agent_log = |mesh: &Mesh| {
         mesh.agent_node("node1")
             .agent

@@ -9,6 +9,24 @@ use std::path::PathBuf;
 /// Where scripts find the description (relative to the checkout, where xtask runs the demo).
 const MESH_JSON: &str = "target/amesh-demo/mesh.json";
 
+/// Refuses to start a second held mesh from the same checkout while the first runs (they
+/// would share `mesh.json`, and the first one's Ctrl-C would remove the second's).
+pub fn check_free() -> Result<()> {
+    let Ok(bytes) = std::fs::read(MESH_JSON) else {
+        return Ok(());
+    };
+    let running = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["demo_pid"].as_u64())
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    match running {
+        Some(pid) => anyhow::bail!(
+            "another `demo --hold` (pid {pid}) is running from this checkout ({MESH_JSON}); stop it first"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// What `mesh.json` says about the mesh.
 pub fn describe(mesh: &Mesh) -> Result<Value> {
     let cp = mesh.control_plane.as_ref().context("no control plane")?;
@@ -60,6 +78,7 @@ pub fn describe(mesh: &Mesh) -> Result<Value> {
     }
     Ok(json!({
         "prefix": mesh.bed.prefix(),
+        "demo_pid": std::process::id(),
         "underlay": { "netns": mesh.bed.underlay(), "bridge": "br0", "cgroup": mesh.bed.cgroup_path() },
         "controlplane": {
             "pid": cp.child.id(),

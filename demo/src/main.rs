@@ -99,6 +99,9 @@ fn run(hold: bool) -> Result<Vec<Step>> {
         amesh_sys::fs::euid() == 0,
         "the demo builds network namespaces and loads eBPF: run it as root"
     );
+    if hold {
+        hold::check_free()?;
+    }
     let mut mesh = Mesh::try_build_for_cni(&specs(), &[])?;
     println!(
         "• prefix {} (every namespace, veth, cgroup and pin this run makes carries it)",

@@ -60,14 +60,17 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
     amesh_testbed::require_root();
     let cwd = std::env::temp_dir().join(format!("amesh-demo-hold-test-{}", std::process::id()));
     std::fs::create_dir_all(&cwd).expect("cwd");
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_amesh-demo"))
-        .arg("--hold")
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("amesh-demo");
+    let mut demo = Held(
+        Command::new(env!("CARGO_BIN_EXE_amesh-demo"))
+            .arg("--hold")
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("amesh-demo"),
+        cwd.clone(),
+    );
     let json = cwd.join("target/amesh-demo/mesh.json");
     let mesh = wait_for("mesh.json", Duration::from_secs(120), || {
         serde_json::from_slice(&std::fs::read(&json).ok()?).ok()
@@ -92,7 +95,22 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
         assert!(netns.starts_with(&prefix), "{netns}");
         assert!(Path::new("/run/netns").join(netns).exists());
     }
-    // A request from web to cart-1 through the pod's exec prefix: answered, through the mesh.
+    // A request from web to cart-1 through the pod's exec prefix: answered, through the mesh
+    // (node2's count of web's mutual-TLS connections goes up by it).
+    let node2 = &mesh["nodes"][1]["ztunnel"];
+    let mtls_from_web = || {
+        let metrics = http_get(node2["metrics"].as_str().expect("metrics"), "/metrics");
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_opened_total")
+                    && l.contains("source_workload=\"web\"")
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = mtls_from_web();
     let web = &pods[0];
     let cart1 = pods.iter().find(|p| p["name"] == "cart-1").expect("cart-1");
     let exec = web["exec"].as_str().expect("exec");
@@ -104,15 +122,10 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
         .expect("curl");
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.contains("served-by=cart-1-app"), "{body}");
-    let node2 = &mesh["nodes"][1]["ztunnel"];
-    let metrics = http_get(node2["metrics"].as_str().expect("metrics"), "/metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
-                && l.contains("source_workload=\"web\"")
-                && l.contains("connection_security_policy=\"mutual_tls\"")),
-        "web's request is not counted as mutual TLS on node2"
+    wait_for(
+        "the request counted as mutual TLS",
+        Duration::from_secs(10),
+        || (mtls_from_web() > before).then_some(Value::Null),
     );
     // A policy dropped into config_dir reaches the ztunnels.
     let config_dir = PathBuf::from(mesh["controlplane"]["config_dir"].as_str().expect("dir"));
@@ -147,12 +160,12 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
         .collect();
     assert_eq!(pids.len(), 5);
     let status = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &demo.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while demo.try_wait().expect("wait").is_none() {
+    while demo.0.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -166,5 +179,25 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
     }
     assert_eq!(leftovers(&prefix, &cgroup), Vec::<PathBuf>::new());
     assert!(!json.exists(), "mesh.json removed");
-    let _ = std::fs::remove_dir_all(&cwd);
+}
+
+/// The held demo: stopped (Ctrl-C, then kill) and its directory removed however the test
+/// ends, so a failing assertion does not leave a mesh running.
+struct Held(std::process::Child, PathBuf);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
 }

@@ -31,3 +31,19 @@ pub fn into_pod(cmd: &mut Command, netns: BorrowedFd<'_>, cgroup_procs: Option<B
         });
     }
 }
+
+/// Makes `cmd`'s child get SIGKILL when the thread that spawned it ends (`PR_SET_PDEATHSIG`),
+/// so that helper processes never outlive a test or demo killed outright. Spawn from a thread
+/// that lives as long as the child should.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure only calls prctl(2) with integer arguments, async-signal-safe,
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -29,6 +29,15 @@ static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// on Ctrl-C / SIGTERM: nothing would stop them once this process is gone.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Set once a Ctrl-C / SIGTERM cleanup began: nothing new is made after that (it would
+/// escape the cleanup).
+static TERMINATING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once this process is being stopped by a signal.
+pub(crate) fn terminating() -> bool {
+    TERMINATING.load(Ordering::SeqCst)
+}
+
 /// Files to remove if this process is told to stop (e.g. a state file describing the mesh).
 static FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -156,6 +165,7 @@ impl TestBed {
     /// Adds a pod named `name` (lowercase letters, digits, dashes) on the bridge.
     pub fn add_pod(&self, name: &str) -> Result<Pod, BedError> {
         check_name(name)?;
+        refuse_while_terminating()?;
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         Pod::create(
             &self.underlay,
@@ -177,6 +187,7 @@ impl TestBed {
         pod: &PodRef,
     ) -> Result<Result<Pod, CniFailure>, BedError> {
         check_name(name)?;
+        refuse_while_terminating()?;
         let netns_name = format!("{}-{name}", self.prefix);
         ip::ip(&["netns", "add", &netns_name])?;
         // No duplicate address detection: the address is usable as soon as the plugin set it.
@@ -241,6 +252,16 @@ impl Drop for TestBed {
             }
         }
     }
+}
+
+fn refuse_while_terminating() -> Result<(), BedError> {
+    if terminating() {
+        return Err(BedError::Command {
+            command: "adding a pod".into(),
+            stderr: "the run is stopping".into(),
+        });
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), BedError> {
@@ -319,6 +340,7 @@ fn delete_veths(underlay: &str) {
 /// Called on Ctrl-C / SIGTERM: stops the mesh's processes and removes the objects of every
 /// bed alive in this process.
 fn cleanup_live() {
+    TERMINATING.store(true, Ordering::SeqCst);
     let children: Vec<u32> = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for pid in children {
         let _ = ip::run("kill", &["-KILL", &pid.to_string()]);

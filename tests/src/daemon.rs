@@ -18,7 +18,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `cmd` with stderr to `log` (created or truncated); `what` names it in errors.
     pub fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<Self, BedError> {
+        if crate::bed::terminating() {
+            return Err(crate::mesh::failed(
+                format!("starting {what}"),
+                "the run is stopping",
+            ));
+        }
         let out = std::fs::File::create(&log).map_err(BedError::io(format!("{what} log file")))?;
+        // Even a run killed outright (no cleanup) takes its daemons with it.
+        amesh_sys::spawn::die_with_parent(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -49,6 +57,7 @@ impl Daemon {
                 return Ok(found);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                crate::bed::untrack_child(self.child.id());
                 return Err(crate::mesh::failed(
                     format!("{what}: exited ({status})"),
                     log,
@@ -66,6 +75,7 @@ impl Daemon {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                crate::bed::untrack_child(self.child.id());
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -76,10 +86,18 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// Kills it now (as a crash would) and reaps it; it is no longer tracked, so a later
+    /// Ctrl-C cannot hit another process that got its pid.
+    pub fn stop(&mut self) {
         crate::bed::untrack_child(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -220,7 +220,20 @@ impl Drop for KubeApi {
 }
 
 /// Stores an object: a new resource version, ADDED or MODIFIED for the watches.
-fn put(shared: &Shared, mut object: Value) -> Result<Value, String> {
+fn put(shared: &Shared, object: Value) -> Result<Value, String> {
+    let mut store = shared
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let stored = put_in(&mut store, object);
+    drop(store);
+    shared.changed.notify_all();
+    stored
+}
+
+/// Stores an object under a lock the caller holds (so a read-modify-write is atomic); the
+/// caller wakes the watches once it lets go.
+fn put_in(store: &mut Store, mut object: Value) -> Result<Value, String> {
     let collection = collection_of(&object)?;
     let name = object["metadata"]["name"]
         .as_str()
@@ -230,10 +243,6 @@ fn put(shared: &Shared, mut object: Value) -> Result<Value, String> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut store = shared
-        .store
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     store.rv += 1;
     let rv = store.rv;
     let key = (collection.clone(), namespace.clone(), name);
@@ -256,8 +265,6 @@ fn put(shared: &Shared, mut object: Value) -> Result<Value, String> {
         },
         object: object.clone(),
     });
-    drop(store);
-    shared.changed.notify_all();
     Ok(object)
 }
 
@@ -638,14 +645,12 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     let Ok(change) = serde_json::from_slice::<Value>(&request.body) else {
         return respond(w, 400, &status(400, "BadRequest", "the patch is not JSON"));
     };
-    let current = shared
+    let mut store = shared
         .store
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .objects
-        .get(&key)
-        .cloned();
-    let Some(mut object) = current else {
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut object) = store.objects.get(&key).cloned() else {
+        drop(store);
         return respond(
             w,
             404,
@@ -656,6 +661,7 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     if let Some(uid) = change["metadata"]["uid"].as_str()
         && object["metadata"]["uid"].as_str() != Some(uid)
     {
+        drop(store);
         return respond(
             w,
             409,
@@ -667,7 +673,10 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
         );
     }
     merge_patch(&mut object, &change);
-    match put(shared, object) {
+    let stored = put_in(&mut store, object);
+    drop(store);
+    shared.changed.notify_all();
+    match stored {
         Ok(stored) => respond(w, 200, &stored),
         Err(e) => respond(w, 422, &status(422, "Invalid", &e)),
     }

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("mount", "/usr/bin/mount"),
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("iperf3", "/usr/bin/iperf3"),
+    // The Helm engine for the chart tests lives in a venv of Debian's Python.
+    ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
     ("nghttp2-client", "/usr/bin/h2load"),
     ("curl", "/usr/bin/curl"),
 ];
@@ -54,7 +56,9 @@ fn apt_packages() -> Result<()> {
     println!("xtask: installing Debian packages: {}", missing.join(" "));
     cmd(Command::new("apt-get").arg("update").arg("-qq"))
         .context("apt-get needs root; install these packages yourself if you cannot")?;
+    // No questions (iperf3's package asks whether to run a daemon otherwise).
     cmd(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
 }

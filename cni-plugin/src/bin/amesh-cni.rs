@@ -5,7 +5,6 @@
 
 use amesh_cni::cni::{
     PluginConf,
-    conf::DEFAULT_LOG_FILE,
     plugin::{Env, run},
 };
 use std::io::{Read, Write};
@@ -27,10 +26,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let log_file = PluginConf::parse(&stdin)
-        .map(|c| c.log_file)
-        .unwrap_or_else(|_| DEFAULT_LOG_FILE.into());
-    log(&log_file, &env, &outcome.log, outcome.ok);
+    // A configuration that cannot be read names no log file: stderr then (the runtime keeps
+    // it), rather than a file nobody configured.
+    match PluginConf::parse(&stdin) {
+        Ok(c) => log(&c.log_file, &env, &outcome.log, outcome.ok),
+        Err(_) => eprintln!("amesh-cni: {} ok={}", outcome.log, outcome.ok),
+    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();
