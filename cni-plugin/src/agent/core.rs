@@ -525,70 +525,14 @@ impl Core {
         self.write_enrollment_file(&view);
         let enrolled: Vec<String> = self.inner.lock().await.state.pods.keys().cloned().collect();
         for ((ns, name), pod) in &view.pods {
-            let key = state::key(ns, name);
             let wanted = !finished(pod)
                 && decide(
                     pod,
                     view.namespaces.get(ns),
                     &self.config.excluded_namespaces,
                 ) == Decision::Enroll;
-            let record = self.inner.lock().await.state.pods.get(&key).cloned();
-            let info = WorkloadInfo {
-                name: name.clone(),
-                namespace: ns.clone(),
-                service_account: service_account(pod),
-            };
-            let view_uid = pod.metadata.uid.clone().unwrap_or_default();
-            match record {
-                Some(r)
-                    if wanted
-                        && (!r.redirection_enabled
-                            || (!view_uid.is_empty() && r.uid != view_uid)) =>
-                {
-                    // Not served by ztunnel yet (it refused or was away), or the record is
-                    // about an earlier pod of that name: again, through the same namespace.
-                    let target = Target {
-                        netns: &r.netns,
-                        ips: &r.ips,
-                        container_id: r.container_id.as_deref(),
-                    };
-                    let uid = pod_uid(pod, &r.uid);
-                    if let Err(e) = self.enroll(&key, &uid, info, target, false).await {
-                        warn!(pod = %key, error = %e, "serving an enrolled pod again");
-                    }
-                }
-                Some(_) if !wanted => self.release(&key, None).await,
-                Some(_) => {}
-                None if wanted => {
-                    let ips = pod_ips(pod);
-                    let proc_root = self.config.proc_root.clone();
-                    let scan_ips = ips.clone();
-                    let uid = view_uid.clone();
-                    let cgroup = self.config.pod_cgroup.clone();
-                    let found = tokio::task::spawn_blocking(move || {
-                        netns_scan::find_by_ip(&proc_root, &scan_ips, &uid, &cgroup)
-                    })
-                    .await
-                    .ok()
-                    .flatten();
-                    let Some(netns) = found else {
-                        debug!(pod = %key, ?ips, "should be enrolled, but no process of it runs here yet");
-                        continue;
-                    };
-                    let target = Target {
-                        netns: &netns,
-                        ips: &ips,
-                        container_id: None,
-                    };
-                    if let Err(e) = self
-                        .enroll(&key, &pod_uid(pod, ""), info, target, false)
-                        .await
-                    {
-                        warn!(pod = %key, error = %e, "enrolling a running pod");
-                    }
-                }
-                None => {}
-            }
+            let key = state::key(ns, name);
+            self.reconcile_pod(&key, pod, wanted).await;
             self.repair_mark(&key, pod).await;
         }
         for key in enrolled {
@@ -600,6 +544,68 @@ impl Core {
                 self.release(&key, None).await;
             }
         }
+    }
+
+    /// One pod of the view: enrolled, served again, released, or left as it is.
+    async fn reconcile_pod(&self, key: &str, pod: &Pod, wanted: bool) {
+        let record = self.inner.lock().await.state.pods.get(key).cloned();
+        let (namespace, name) = key.split_once('/').unwrap_or_default();
+        let info = WorkloadInfo {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: service_account(pod),
+        };
+        let view_uid = pod.metadata.uid.clone().unwrap_or_default();
+        match record {
+            Some(r)
+                if wanted
+                    && (!r.redirection_enabled || (!view_uid.is_empty() && r.uid != view_uid)) =>
+            {
+                // Not served by ztunnel yet (it refused or was away), or the record is about
+                // an earlier pod of that name: again, through the same namespace.
+                let target = Target {
+                    netns: &r.netns,
+                    ips: &r.ips,
+                    container_id: r.container_id.as_deref(),
+                };
+                let uid = pod_uid(pod, &r.uid);
+                if let Err(e) = self.enroll(key, &uid, info, target, false).await {
+                    warn!(pod = %key, error = %e, "serving an enrolled pod again");
+                }
+            }
+            Some(_) if !wanted => self.release(key, None).await,
+            Some(_) => {}
+            None if wanted => {
+                let ips = pod_ips(pod);
+                let Some(netns) = self.find_running(&ips, &view_uid).await else {
+                    debug!(pod = %key, ?ips, "should be enrolled, but no process of it runs here yet");
+                    return;
+                };
+                let target = Target {
+                    netns: &netns,
+                    ips: &ips,
+                    container_id: None,
+                };
+                if let Err(e) = self
+                    .enroll(key, &pod_uid(pod, ""), info, target, false)
+                    .await
+                {
+                    warn!(pod = %key, error = %e, "enrolling a running pod");
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The network namespace of a running pod, from its processes.
+    async fn find_running(&self, ips: &[IpAddr], pod_uid: &str) -> Option<PathBuf> {
+        let proc_root = self.config.proc_root.clone();
+        let cgroup = self.config.pod_cgroup.clone();
+        let (ips, uid) = (ips.to_vec(), pod_uid.to_string());
+        tokio::task::spawn_blocking(move || netns_scan::find_by_ip(&proc_root, &ips, &uid, &cgroup))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Enrolled pods whose namespace the agent no longer knows: after an adopt, capture may

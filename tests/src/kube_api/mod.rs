@@ -7,6 +7,9 @@
 //! [`KubeApi::delete`]; every change bumps the resource version and wakes the watches.
 //! Plain HTTP on loopback only; threads, no runtime.
 
+mod encoding;
+
+use encoding::{fields_match, merge_patch, percent_decode};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
@@ -582,53 +585,6 @@ fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     respond(w, 200, &body)
 }
 
-/// `%XX` escapes decoded (query values as clients send them).
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A field selector (`spec.nodeName=node1,metadata.name!=x`) against an object.
-fn fields_match(object: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let (path, want, equal) = match term.split_once("!=") {
-            Some((p, v)) => (p, v, false),
-            None => {
-                let (p, v) = term.split_once('=').unwrap_or((term, ""));
-                (p, v.trim_start_matches('='), true)
-            }
-        };
-        let got = path
-            .split('.')
-            .fold(object, |o, k| &o[k])
-            .as_str()
-            .unwrap_or_default();
-        (got == want) == equal
-    })
-}
-
 /// A JSON merge patch (RFC 7386) on one object.
 fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     // `.../<name>/status` patches the same stored object (the emulator keeps no separate
@@ -679,25 +635,6 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     match stored {
         Ok(stored) => respond(w, 200, &stored),
         Err(e) => respond(w, 422, &status(422, "Invalid", &e)),
-    }
-}
-
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(changes) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    for (k, v) in changes {
-        if v.is_null() {
-            if let Some(o) = target.as_object_mut() {
-                o.remove(k);
-            }
-        } else {
-            merge_patch(&mut target[k], v);
-        }
     }
 }
 
