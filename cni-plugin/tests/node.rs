@@ -176,6 +176,30 @@ fn the_cni_chain_enrolls_ambient_pods_and_del_releases_them() {
             .then_some(())
             .ok_or(format!("{served:?}"))
     });
+    // Uninstalling takes the plugin out of the chain and the bin dir, and leaves the rest.
+    mesh.stop_agent("node2");
+    let dirs = mesh.agent_node("node2").dirs.clone();
+    let out = std::process::Command::new(probe::sibling_binary("amesh-node"))
+        .args(["--cni-bin-dir", &dirs.bin_dir.display().to_string()])
+        .args(["--cni-conf-dir", &dirs.conf_dir.display().to_string()])
+        .args(["--state-dir", &dirs.state_dir.display().to_string()])
+        .args([
+            "--persistent-dir",
+            &dirs.persistent_dir.display().to_string(),
+        ])
+        .arg("uninstall")
+        .output()
+        .expect("amesh-node uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mesh.agent_node("node2").runtime.chain().expect("chain"),
+        ["bridge"]
+    );
+    assert!(!dirs.bin_dir.join("amesh-cni").exists());
     let left = mesh.close();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
