@@ -142,3 +142,62 @@ fn a_watch_from_compacted_history_gets_410_and_unknown_paths_404() {
     assert_eq!(code, 404);
     assert_eq!(body(&mut r, &headers)["kind"], "Status");
 }
+
+#[test]
+fn field_selectors_and_patches_as_the_api_server_takes_them() {
+    let api = KubeApi::start().expect("emulator");
+    for (name, node) in [("a", "node1"), ("b", "node2")] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": {"nodeName": node}}))
+            .expect("pod");
+    }
+    // The kubelet's (and the node agent's) selector: only that node's pods.
+    let mut r = request(&api, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode1");
+    let (code, headers) = head(&mut r);
+    assert_eq!(code, 200);
+    let length: usize = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("content-length:")?.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).expect("body");
+    let list: Value = serde_json::from_slice(&body).expect("list");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a"]);
+    // A field the API server does not index is a 400, not an unfiltered list.
+    let mut r = request(&api, "/api/v1/pods?fieldSelector=spec.containers%3Dx");
+    assert_eq!(head(&mut r).0, 400);
+    // Merge patches apply; other patch types are refused; a UID precondition is checked.
+    let patch = |content_type: &str, body: &str| {
+        let address = api.url().trim_start_matches("http://").to_string();
+        let mut s = TcpStream::connect(address).expect("connect");
+        write!(
+            s,
+            "PATCH /api/v1/namespaces/ns/pods/a/status HTTP/1.1\r\nHost: api\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        head(&mut BufReader::new(s)).0
+    };
+    let mark = r#"{"metadata":{"annotations":{"k":"v"}}}"#;
+    assert_eq!(patch("application/merge-patch+json", mark), 200);
+    assert_eq!(patch("application/json-patch+json", "[]"), 415);
+    assert_eq!(
+        patch(
+            "application/merge-patch+json",
+            r#"{"metadata":{"uid":"not-this-pod","annotations":{"k":null}}}"#
+        ),
+        409
+    );
+    let a = api
+        .objects("/api/v1/pods")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "a")
+        .expect("a");
+    assert_eq!(a["metadata"]["annotations"]["k"], "v");
+}

@@ -276,6 +276,7 @@ struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
+    content_type: String,
     body: Vec<u8>,
 }
 
@@ -288,6 +289,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut content_length = 0usize;
+    let mut content_type = String::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 {
@@ -297,10 +299,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            content_length = value.trim().parse().unwrap_or(0);
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("content-type") {
+                content_type = value.trim().to_string();
+            }
         }
     }
     let mut body = vec![0; content_length];
@@ -320,6 +324,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         method,
         path: path.to_string(),
         query,
+        content_type,
         body,
     })
 }
@@ -549,6 +554,9 @@ fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
         return get(w, shared, key);
     }
     let (collection, namespace) = route(&request.path);
+    if let Some(bad) = unsupported_field(&collection, request) {
+        return respond(w, 400, &bad);
+    }
     let store = shared
         .store
         .lock()
@@ -585,6 +593,35 @@ fn list(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     respond(w, 200, &body)
 }
 
+/// The field selectors the API server supports: any object's name and namespace, and for
+/// pods a few more; anything else is a 400, as a real API server answers.
+fn unsupported_field(collection: &str, request: &Request) -> Option<Value> {
+    const POD_FIELDS: [&str; 6] = [
+        "spec.nodeName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "spec.restartPolicy",
+    ];
+    let selector = request.query.get("fieldSelector")?;
+    selector
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .find_map(|term| {
+            let field = term.split(['=', '!']).next().unwrap_or_default();
+            let ok = matches!(field, "metadata.name" | "metadata.namespace")
+                || (collection.ends_with("/pods") && POD_FIELDS.contains(&field));
+            (!ok).then(|| {
+                status(
+                    400,
+                    "BadRequest",
+                    &format!("field label not supported: {field}"),
+                )
+            })
+        })
+}
+
 /// A JSON merge patch (RFC 7386) on one object.
 fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     // `.../<name>/status` patches the same stored object (the emulator keeps no separate
@@ -598,6 +635,25 @@ fn patch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
             &status(405, "MethodNotAllowed", "PATCH needs an object path"),
         );
     };
+    // Merge patches only; a JSON patch or server-side apply is not emulated, and the real
+    // API server refuses a type it does not know.
+    if !request
+        .content_type
+        .starts_with("application/merge-patch+json")
+    {
+        return respond(
+            w,
+            415,
+            &status(
+                415,
+                "UnsupportedMediaType",
+                &format!(
+                    "the emulator takes merge patches, not {:?}",
+                    request.content_type
+                ),
+            ),
+        );
+    }
     let Ok(change) = serde_json::from_slice::<Value>(&request.body) else {
         return respond(w, 400, &status(400, "BadRequest", "the patch is not JSON"));
     };
@@ -659,6 +715,9 @@ fn chunk(w: &mut TcpStream, event: &Value) -> bool {
 
 fn watch(w: &mut TcpStream, shared: &Shared, request: &Request) -> bool {
     let (collection, namespace) = route(&request.path);
+    if let Some(bad) = unsupported_field(&collection, request) {
+        return respond(w, 400, &bad);
+    }
     let mut since: u64 = request
         .query
         .get("resourceVersion")
