@@ -73,6 +73,12 @@ fn served_pods(mesh: &Mesh, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// Tears the mesh down and checks nothing it made is left.
+fn close(mesh: Mesh) {
+    let left = mesh.close();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// Waits until `f` holds (a watched change propagating); panics naming `what` otherwise.
 fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -200,8 +206,7 @@ fn the_cni_chain_enrolls_ambient_pods_and_del_releases_them() {
         ["bridge"]
     );
     assert!(!dirs.bin_dir.join("amesh-cni").exists());
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
 
 #[test]
@@ -229,8 +234,7 @@ fn with_the_agent_down_ambient_pods_fail_and_others_start() {
     assert!(a.is_ok(), "{a:?}");
     mesh.try_wait_enrolled("node1", &["shop/a"])
         .expect("enrolled");
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
 
 #[test]
@@ -327,8 +331,7 @@ fn labels_enrol_and_release_running_pods_and_restarts_keep_traffic() {
         true => Err("still HBONE".into()),
     });
     drop(pipe);
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
 
 #[test]
@@ -392,8 +395,7 @@ fn a_bad_zds_peer_or_cni_request_harms_nobody_else() {
         .map(|a| a.log())
         .unwrap_or_default();
     assert!(log.contains("refusing a ZDS peer"), "{log}");
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
 
 #[test]
@@ -539,8 +541,7 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
     let neighbour = pod("neighbour", "plain", "node1");
     let started = mesh.try_cni_add(&neighbour).expect("bed");
     assert!(started.is_ok(), "{started:?}");
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
 
 #[test]
@@ -651,6 +652,5 @@ fn without_ztunnel_ambient_pods_do_not_start() {
         started.is_ok(),
         "a pod outside the mesh starts: {started:?}"
     );
-    let left = mesh.close();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    close(mesh);
 }
