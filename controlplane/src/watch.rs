@@ -66,8 +66,9 @@ pub fn publish_dir(
     Ok(rx)
 }
 
-/// Names, sizes and modification times of the directory's files.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// Names, sizes and modification times of the directory's files: when it changes, someone
+/// wrote there (cheaper than reading everything again).
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -2,7 +2,7 @@
 //! Two sources feed the same view (and so the same decisions): the Kubernetes API through
 //! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
 
-use amesh_controlplane::kube_source::spawn_driver;
+use amesh_controlplane::{kube_source::spawn_driver, watch::fingerprint};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
@@ -115,10 +115,20 @@ fn read_dir(dir: &Path, node: &str) -> Result<ClusterView, ClusterError> {
 }
 
 fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+    let mut seen = fingerprint(&dir);
     let (tx, rx) = watch::channel(read_dir(&dir, &node)?);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(DIR_POLL).await;
+            if tx.is_closed() {
+                return;
+            }
+            // Parsed again only when a file changed.
+            let now = fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
             match read_dir(&dir, &node) {
                 // Only a changed view wakes the agent.
                 Ok(view) => {
@@ -131,9 +141,6 @@ fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>,
                     });
                 }
                 Err(e) => warn!(error = %e, "keeping the last view"),
-            }
-            if tx.is_closed() {
-                return;
             }
         }
     });

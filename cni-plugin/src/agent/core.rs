@@ -250,24 +250,16 @@ impl Core {
         let deadline = Instant::now() + self.config.pod_wait;
         let mut view = self.view.clone();
         loop {
-            let (found, ns_known, ambient_ns) = {
+            let found = {
                 let v = view.borrow_and_update();
-                let ns = v.namespaces.get(&req.pod_namespace).cloned();
                 // The object the runtime is setting up: a pod recreated under the same name
                 // has a new UID, and the view may still hold the old one.
-                let pod = v
-                    .pod(&req.pod_namespace, &req.pod_name)
-                    .filter(|p| {
-                        let uid = p.metadata.uid.as_deref().unwrap_or_default();
-                        req.pod_uid.is_empty() || uid.is_empty() || uid == req.pod_uid
-                    })
-                    .cloned();
-                let ambient = ambient_namespaces(&v, &self.config.excluded_namespaces);
-                (
-                    pod.zip(ns.clone()),
-                    ns.is_some(),
-                    ambient.contains(&req.pod_namespace),
-                )
+                let pod = v.pod(&req.pod_namespace, &req.pod_name).filter(|p| {
+                    let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                    req.pod_uid.is_empty() || uid.is_empty() || uid == req.pod_uid
+                });
+                pod.cloned()
+                    .zip(v.namespaces.get(&req.pod_namespace).cloned())
             };
             if let Some((pod, ns)) = found {
                 return Ok((
@@ -277,20 +269,25 @@ impl Core {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, view.changed()).await.is_err() {
-                // Without the pod, decide as the plugin does without the agent: only a
-                // namespace known to hold no mesh pods lets it through.
-                if ns_known && !ambient_ns {
-                    return Ok((
-                        Decision::Skip("not in the agent's view; its namespace is not ambient"),
-                        Pod::default(),
-                    ));
-                }
-                return Err(format!(
-                    "pod {}/{} (uid {}) is not in the node agent's view yet and its namespace may be ambient",
-                    req.pod_namespace, req.pod_name, req.pod_uid
-                ));
+                break;
             }
         }
+        // Without the pod, decide as the plugin does without the agent: only a namespace
+        // known to hold no mesh pods lets it through.
+        let v = view.borrow();
+        let excluded = &self.config.excluded_namespaces;
+        if v.namespaces.contains_key(&req.pod_namespace)
+            && !ambient_namespaces(&v, excluded).contains(&req.pod_namespace)
+        {
+            return Ok((
+                Decision::Skip("not in the agent's view; its namespace is not ambient"),
+                Pod::default(),
+            ));
+        }
+        Err(format!(
+            "pod {}/{} (uid {}) is not in the node agent's view yet and its namespace may be ambient",
+            req.pod_namespace, req.pod_name, req.pod_uid
+        ))
     }
 
     /// Captures the pod's traffic and hands it to ztunnel. With `need_ack` (a CNI ADD) the

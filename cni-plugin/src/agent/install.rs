@@ -167,21 +167,6 @@ impl CniInstall {
         }
         Ok(changed)
     }
-
-    /// A fingerprint of the conf dir (names, sizes, modification times): when it changes,
-    /// someone wrote there.
-    pub fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-        config_files(&self.conf_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| {
-                let m = std::fs::metadata(&p).ok();
-                let len = m.as_ref().map_or(0, |m| m.len());
-                let modified = m.and_then(|m| m.modified().ok());
-                (p, len, modified)
-            })
-            .collect()
-    }
 }
 
 /// CNI configuration files, in the order runtimes consider them (by name).

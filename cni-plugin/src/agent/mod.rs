@@ -21,6 +21,7 @@ use crate::{
     },
     wire::{PodRequest, Reply},
 };
+use amesh_controlplane::watch::fingerprint;
 use amesh_ebpf_loader::{Capture, CaptureConfig};
 use std::{
     net::SocketAddr,
@@ -166,10 +167,10 @@ fn install_chain(cni: &CniInstall) -> Result<(), AgentError> {
 
 /// Puts the plugin back whenever someone rewrites the CNI configuration.
 async fn keep_chained(cni: CniInstall) {
-    let mut last = cni.fingerprint();
+    let mut last = fingerprint(&cni.conf_dir);
     loop {
         tokio::time::sleep(CONF_POLL).await;
-        let now = cni.fingerprint();
+        let now = fingerprint(&cni.conf_dir);
         if now == last {
             continue;
         }
@@ -180,7 +181,7 @@ async fn keep_chained(cni: CniInstall) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "repairing the CNI configuration"),
         }
-        last = cni.fingerprint();
+        last = fingerprint(&cni.conf_dir);
     }
 }
 

@@ -70,7 +70,7 @@ struct Inner {
     pods: Mutex<BTreeMap<String, ZdsPod>>,
     /// The ztunnel being served; requests take turns through this lock.
     conn: tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>,
-    /// Pods ztunnel acknowledged (the agent marks those pods enrolled).
+    /// Pods ztunnel acknowledged in a snapshot (the agent marks those pods enrolled).
     acked: mpsc::UnboundedSender<Acked>,
     path: PathBuf,
 }
@@ -258,12 +258,9 @@ impl ZdsServer {
             Some(_) => add_payload(uid, &pod),
             None => Payload::Keep(KeepWorkload { uid: uid.into() }),
         };
-        self.send(payload, fd.as_ref().map(|f| f.as_fd())).await?;
-        let _ = self.inner.acked.send(Acked {
-            uid: uid.to_string(),
-            info: pod.info,
-        });
-        Ok(())
+        // The caller learns of the ACK from the result; only snapshot ACKs (nobody waits on
+        // them) go to the acked channel.
+        self.send(payload, fd.as_ref().map(|f| f.as_fd())).await
     }
 
     /// Unregisters a pod and tells the connected ztunnel to stop serving it.
