@@ -1,7 +1,6 @@
-//! amesh's control plane: Kubernetes objects from a local directory of YAML, translated into
-//! Istio's workload API and authorization resources and served to ztunnels over delta ADS
-//! and Istio's CA protocol on one TLS port. Not built yet: the Kubernetes watch source (and
-//! with it TokenReview and per-node authorisation).
+//! amesh's control plane: Kubernetes objects from the API server (kube-rs reflectors) or a
+//! local directory of YAML, translated into Istio's workload API and authorization resources
+//! and served to ztunnels over delta ADS and Istio's CA protocol on one TLS port.
 #![forbid(unsafe_code)]
 
 pub mod ads;
@@ -9,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod ca_secret;
 pub mod catalog;
+pub mod dir_source;
 pub mod kube_source;
 pub mod root_configmap;
 pub mod serve;
@@ -16,6 +16,7 @@ pub mod serving_cert;
 pub mod source;
 pub mod translate;
 pub mod watch;
+pub mod yaml_guard;
 
 #[cfg(test)]
 mod tests;

@@ -155,6 +155,7 @@ async fn source(
             Ok(kube_source::publish_kube(client, mesh).await?)
         }
         (None, Some(dir)) => Ok(watch::publish_dir(dir.clone(), mesh)
+            .await
             .with_context(|| format!("--source-dir {}", dir.display()))?),
         (None, None) => anyhow::bail!("one of --source-dir, --kubernetes, --kube-url is required"),
     }

@@ -216,20 +216,6 @@ fn services_and_policies_translate_and_bad_objects_are_reported() {
     );
 }
 
-#[test]
-fn a_directory_is_read_in_order() {
-    let dir = std::env::temp_dir().join(format!("amesh-cp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.yaml"), OBJECTS).unwrap();
-    std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
-    let (snap, errors) = source::read_dir(&dir).unwrap();
-    assert_eq!(
-        (snap.pods.len(), snap.services.len(), errors.len()),
-        (4, 1, 1)
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
 /// A service without a selector gets its workloads from its EndpointSlices, one per address
 /// that is not a pod, as Istio's ambient index does.
 #[test]

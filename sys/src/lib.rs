@@ -3,6 +3,7 @@
 //!
 //! - [`netns`]: open, verify and enter network namespaces, read their cookies.
 //! - [`sockopt`]: socket options the mesh needs (`SO_MARK`, `SO_COOKIE`, `SO_NETNS_COOKIE`).
+//! - [`file`]: read configuration files without blocking on FIFOs, bounded in size.
 //! - [`fs`]: which filesystem a path is on (bpffs, cgroup2), and effective uid.
 //! - [`bpf`]: `BPF_PROG_TEST_RUN`, which aya does not wrap.
 //! - [`packet`]: raw `AF_PACKET` sockets, to capture what crosses a test network.
@@ -11,6 +12,7 @@
 //! - [`spawn`]: async-signal-safe steps for a child between fork and exec.
 
 pub mod bpf;
+pub mod file;
 pub mod fs;
 pub mod netns;
 pub mod packet;

@@ -4,10 +4,10 @@
 use crate::cvt;
 use std::{
     ffi::CString,
-    fs::File,
+    fs::OpenOptions,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -42,13 +42,19 @@ impl Netns {
     /// Opens `path` and checks, with the `NS_GET_NSTYPE` ioctl, that it is a network namespace.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => NetnsError::NotFound { path: path.clone() },
-            _ => NetnsError::Open {
-                path: path.clone(),
-                source,
-            },
-        })?;
+        // Non-blocking: a FIFO handed in as a netns path must be refused at once, not waited
+        // on by whoever holds the agent's lock.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => NetnsError::NotFound { path: path.clone() },
+                _ => NetnsError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
         let fd = OwnedFd::from(file);
         Self::from_fd(fd, path)
     }
@@ -165,6 +171,19 @@ mod tests {
     #[test]
     fn a_regular_file_is_not_a_netns() {
         let err = Netns::open("/proc/self/status").unwrap_err();
+        assert!(matches!(err, NetnsError::NotNetns { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let p = std::env::temp_dir().join(format!("amesh-netns-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let c = CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer ever opens it: a blocking open would hang here for good.
+        let err = Netns::open(&p).unwrap_err();
+        std::fs::remove_file(&p).unwrap();
         assert!(matches!(err, NetnsError::NotNetns { .. }), "{err}");
     }
 

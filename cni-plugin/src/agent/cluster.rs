@@ -2,23 +2,20 @@
 //! Two sources feed the same view (and so the same decisions): the Kubernetes API through
 //! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
 
-use amesh_controlplane::{kube_source::spawn_driver, watch::fingerprint};
+use amesh_controlplane::{dir_source::DirSource, kube_source::spawn_driver};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
 /// How often the directory source looks for changes.
 const DIR_POLL: Duration = Duration::from_millis(200);
+/// The longest wait between retries while the directory cannot be listed.
+const DIR_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
@@ -97,41 +94,43 @@ pub async fn start(
     node: String,
 ) -> Result<watch::Receiver<ClusterView>, ClusterError> {
     match source {
-        Source::Dir(dir) => start_dir(dir, node),
+        Source::Dir(dir) => start_dir(dir, node).await,
         Source::Kube(client) => start_kube(client, node).await,
     }
 }
 
-fn read_dir(dir: &Path, node: &str) -> Result<ClusterView, ClusterError> {
-    let (snapshot, errors) =
-        amesh_controlplane::source::read_dir(dir).map_err(|source| ClusterError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    for e in errors {
-        warn!(error = %e, "ignoring an object of the source directory");
-    }
-    Ok(ClusterView::build(snapshot.namespaces, snapshot.pods, node))
+/// The view the directory holds now.
+fn view_of(source: &DirSource, node: &str) -> ClusterView {
+    let snapshot = source.snapshot();
+    ClusterView::build(snapshot.namespaces, snapshot.pods, node)
 }
 
-fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>, ClusterError> {
-    let mut seen = fingerprint(&dir);
-    let (tx, rx) = watch::channel(read_dir(&dir, &node)?);
+/// Reads the directory on the blocking pool (only the files that changed are read again; a
+/// file that cannot be used is reported and its last good version stays), then follows it.
+async fn start_dir(
+    dir: PathBuf,
+    node: String,
+) -> Result<watch::Receiver<ClusterView>, ClusterError> {
+    let (mut source, scanned) = DirSource::new(dir.clone()).scan_blocking().await;
+    scanned.map_err(|source| ClusterError::Dir { path: dir, source })?;
+    let (tx, rx) = watch::channel(view_of(&source, &node));
     tokio::spawn(async move {
+        let mut wait = DIR_POLL;
         loop {
-            tokio::time::sleep(DIR_POLL).await;
+            tokio::time::sleep(wait).await;
             if tx.is_closed() {
                 return;
             }
-            // Parsed again only when a file changed.
-            let now = fingerprint(&dir);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match read_dir(&dir, &node) {
-                // Only a changed view wakes the agent.
-                Ok(view) => {
+            let scanned;
+            (source, scanned) = source.scan_blocking().await;
+            match scanned {
+                Ok(scan) => {
+                    wait = DIR_POLL;
+                    if !scan.changed {
+                        continue;
+                    }
+                    // Only a changed view wakes the agent.
+                    let view = view_of(&source, &node);
                     tx.send_if_modified(|old| {
                         let changed = *old != view;
                         if changed {
@@ -140,7 +139,12 @@ fn start_dir(dir: PathBuf, node: String) -> Result<watch::Receiver<ClusterView>,
                         changed
                     });
                 }
-                Err(e) => warn!(error = %e, "keeping the last view"),
+                Err(e) => {
+                    if wait == DIR_POLL {
+                        warn!(dir = %source.dir().display(), error = %e, "source directory unreadable; keeping the last view");
+                    }
+                    wait = (wait * 2).min(DIR_MAX_BACKOFF);
+                }
             }
         }
     });

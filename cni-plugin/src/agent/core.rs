@@ -307,10 +307,11 @@ impl Core {
             ips,
             container_id,
         } = target;
-        let mut inner = self.inner.lock().await;
-        let ns = Netns::open(netns).map_err(|e| e.to_string())?;
+        // Opened and checked before the lock every CNI call needs, off the runtime: a path
+        // that is not a namespace (a FIFO, say) must fail this call alone.
+        let (ns, cookie) = open_netns(netns).await?;
         let fd = ns.try_clone_fd().map_err(|e| e.to_string())?;
-        let cookie = ns.cookie().map_err(|e| e.to_string())?;
+        let mut inner = self.inner.lock().await;
         if let Some(old) = inner.state.pods.get(key).cloned() {
             if old.netns_cookie == cookie && old.uid == uid && old.redirection_enabled {
                 // Already enrolled (a CNI ADD and a cluster change can both get here):
@@ -386,10 +387,10 @@ impl Core {
     /// through. Runtimes repeat DELs for sandboxes long gone; such a DEL must not take a
     /// newer sandbox of the same pod out of the mesh.
     async fn release_sandbox(&self, key: &str, req: &PodRequest) {
-        let del_cookie = Some(Path::new(&req.netns))
-            .filter(|p| !p.as_os_str().is_empty())
-            .and_then(|p| Netns::open(p).ok())
-            .and_then(|ns| ns.cookie().ok());
+        let del_cookie = match Path::new(&req.netns) {
+            p if p.as_os_str().is_empty() => None,
+            p => open_netns(p).await.ok().map(|(_, c)| c),
+        };
         let record = self.inner.lock().await.state.pods.get(key).cloned();
         let ours = match &record {
             None => true,
@@ -397,10 +398,10 @@ impl Core {
             Some(r) => match del_cookie {
                 Some(c) => c == r.netns_cookie,
                 // The DEL's namespace is gone: it is ours only if the enrolled one is too.
-                None => Netns::open(&r.netns)
+                None => open_netns(&r.netns)
+                    .await
                     .ok()
-                    .and_then(|ns| ns.cookie().ok())
-                    .is_none_or(|c| c != r.netns_cookie),
+                    .is_none_or(|(_, c)| c != r.netns_cookie),
             },
         };
         if ours {
@@ -663,4 +664,17 @@ fn zds_pod(key: &str, r: &Record, netns: Option<Arc<std::os::fd::OwnedFd>>) -> Z
         },
         netns,
     }
+}
+
+/// Opens a network namespace by path and reads its cookie on the blocking pool (the cookie
+/// needs a thread inside the namespace), so no runtime worker waits on a path.
+async fn open_netns(path: &Path) -> Result<(Netns, u64), String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let ns = Netns::open(&path).map_err(|e| e.to_string())?;
+        let cookie = ns.cookie().map_err(|e| e.to_string())?;
+        Ok((ns, cookie))
+    })
+    .await
+    .map_err(|e| format!("opening the network namespace: {e}"))?
 }

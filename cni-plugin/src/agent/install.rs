@@ -19,6 +19,20 @@ pub enum InstallError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not a valid CNI configuration: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Unreadable(#[from] amesh_sys::file::ReadFileError),
+}
+
+/// Largest CNI configuration file read (real ones are a few KiB).
+const MAX_CONF_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: only a regular file, never waiting on a FIFO, bounded.
+fn read_conf(path: &Path) -> Result<String, InstallError> {
+    let bytes = amesh_sys::file::read_regular(path, MAX_CONF_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| InstallError::Invalid {
+        path: path.to_path_buf(),
+        reason: "not UTF-8".into(),
+    })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
@@ -82,7 +96,7 @@ impl CniInstall {
         let Some(primary) = primary_config(&self.conf_dir)? else {
             return Ok(Ensured::NoPrimary);
         };
-        let text = std::fs::read_to_string(&primary).map_err(io_err(&primary))?;
+        let text = read_conf(&primary)?;
         let invalid = |reason: String| InstallError::Invalid {
             path: primary.clone(),
             reason,
@@ -139,7 +153,7 @@ impl CniInstall {
     pub fn uninstall(&self) -> Result<Vec<PathBuf>, InstallError> {
         let mut changed = Vec::new();
         for path in config_files(&self.conf_dir)? {
-            let Ok(text) = std::fs::read_to_string(&path) else {
+            let Ok(text) = read_conf(&path) else {
                 continue;
             };
             let Ok(mut conf) = serde_json::from_str::<Value>(&text) else {

@@ -174,12 +174,15 @@ async fn keep_chained(cni: CniInstall) {
         if now == last {
             continue;
         }
-        match cni.ensure() {
-            Ok(Ensured::Inserted(p)) => {
+        // Off the runtime: the directory is the node's, and anything can sit in it.
+        let ensure = cni.clone();
+        match tokio::task::spawn_blocking(move || ensure.ensure()).await {
+            Ok(Ok(Ensured::Inserted(p))) => {
                 warn!(conflist = %p.display(), "the CNI configuration was rewritten without amesh; chained again")
             }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "repairing the CNI configuration"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "repairing the CNI configuration"),
+            Err(e) => warn!(error = %e, "repairing the CNI configuration: the task failed"),
         }
         last = fingerprint(&cni.conf_dir);
     }
