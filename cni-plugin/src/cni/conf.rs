@@ -68,19 +68,25 @@ impl PluginConf {
                 e.to_string(),
             )
         })?;
-        let version = value
-            .get("cniVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        if version.is_empty() {
-            return Err(CniError::new(
-                "1.0.0",
-                code::INVALID_CONFIG,
-                "the network configuration has no cniVersion",
-                "set \"cniVersion\" (e.g. \"1.0.0\")",
-            ));
-        }
+        let version = match value.get("cniVersion") {
+            Some(serde_json::Value::String(v)) if !v.is_empty() => v.clone(),
+            None | Some(serde_json::Value::Null) => {
+                return Err(CniError::new(
+                    "1.0.0",
+                    code::INVALID_CONFIG,
+                    "the network configuration has no cniVersion",
+                    "set \"cniVersion\" (e.g. \"1.0.0\")",
+                ));
+            }
+            Some(other) => {
+                return Err(CniError::new(
+                    "1.0.0",
+                    code::INVALID_CONFIG,
+                    "the network configuration's cniVersion is not a version string",
+                    format!("cniVersion is {other}; write it as a string (e.g. \"1.0.0\")"),
+                ));
+            }
+        };
         if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
             return Err(CniError::new(
                 "1.0.0",
@@ -183,6 +189,23 @@ mod tests {
         let code_of = |s: &[u8]| PluginConf::parse(s).expect_err("invalid").code;
         assert_eq!(code_of(b"{not json"), code::DECODE_FAILURE);
         assert_eq!(code_of(br#"{"type":"amesh-cni"}"#), code::INVALID_CONFIG);
+        // A number is the wrong type, not a missing field.
+        let numeric = PluginConf::parse(br#"{"cniVersion":1,"type":"amesh-cni"}"#)
+            .expect_err("a number is no version");
+        assert_eq!(numeric.code, code::INVALID_CONFIG);
+        assert!(
+            numeric.msg.contains("not a version string"),
+            "{}",
+            numeric.msg
+        );
+        assert!(
+            numeric.details.contains("cniVersion is 1;"),
+            "{}",
+            numeric.details
+        );
+        let empty =
+            PluginConf::parse(br#"{"cniVersion":"","type":"amesh-cni"}"#).expect_err("empty");
+        assert!(empty.msg.contains("not a version string"), "{}", empty.msg);
         assert_eq!(
             code_of(br#"{"cniVersion":"9.9.9","type":"amesh-cni"}"#),
             code::INCOMPATIBLE_VERSION

@@ -4,6 +4,8 @@
 //! plugins with `amesh-cni` last; the control plane and the agents read the same Kubernetes
 //! YAML (or the Kubernetes API emulator). Needs root (CI runs as root).
 
+mod hostile;
+
 use amesh_testbed::{
     Pod,
     cni::CniRuntime,
@@ -595,6 +597,7 @@ fn bad_cni_input_gets_an_error_object() {
         ("{garbage", 6),
         (r#"{"cniVersion":"7.0.0","type":"amesh-cni"}"#, 1),
         (r#"{"type":"amesh-cni"}"#, 7),
+        (r#"{"cniVersion":1,"type":"amesh-cni"}"#, 7),
         (conf("").as_str(), 7), // ADD without prevResult: not chained
     ] {
         let (ok, v) = call("ADD", stdin);
@@ -602,6 +605,14 @@ fn bad_cni_input_gets_an_error_object() {
         assert_eq!(v["code"], code, "{stdin}: {v}");
         assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
+    // A number is the wrong type, not a missing field.
+    let (_, v) = call("ADD", r#"{"cniVersion":1,"type":"amesh-cni"}"#);
+    assert!(
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("cniVersion is not a version string")),
+        "{v}"
+    );
     let (ok, v) = call("VERSION", "{}");
     assert!(ok);
     assert!(
