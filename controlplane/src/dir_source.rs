@@ -7,7 +7,10 @@
 //! directory from applying. Scans do blocking file I/O and parsing: run them on a blocking
 //! thread ([`DirSource::scan_blocking`]).
 
-use crate::source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot};
+use crate::{
+    rate_limit::LogLimiter,
+    source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot},
+};
 use amesh_sys::file::{ReadFileError, read_regular};
 use std::{
     collections::BTreeMap,
@@ -16,6 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 use tracing::{info, warn};
+
+/// Report lines: a burst of this many, then one every [`REFILL`].
+const BURST: u32 = 20;
+const REFILL: Duration = Duration::from_secs(3);
 
 /// Largest file read (a Kubernetes object is at most 1.5 MiB; a file may hold several).
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
@@ -76,7 +83,7 @@ pub struct Scan {
 pub struct DirSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
-    reports: ReportLimiter,
+    reports: LogLimiter,
 }
 
 impl DirSource {
@@ -84,7 +91,7 @@ impl DirSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
-            reports: ReportLimiter::default(),
+            reports: LogLimiter::new(BURST, REFILL),
         }
     }
 
@@ -261,45 +268,6 @@ fn merge(
         });
     }
     (objects, problems)
-}
-
-/// A token bucket for report lines: a burst, then one every `REFILL`.
-#[derive(Debug)]
-struct ReportLimiter {
-    tokens: u32,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-const BURST: u32 = 20;
-const REFILL: Duration = Duration::from_secs(3);
-
-impl Default for ReportLimiter {
-    fn default() -> Self {
-        Self {
-            tokens: BURST,
-            last: None,
-            suppressed: 0,
-        }
-    }
-}
-
-impl ReportLimiter {
-    /// `Some(n)` when a line may be logged now (`n` lines were suppressed before it).
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        let last = *self.last.get_or_insert(now);
-        let earned = (now.duration_since(last).as_secs_f64() / REFILL.as_secs_f64()) as u32;
-        if earned > 0 {
-            self.tokens = (self.tokens + earned).min(BURST);
-            self.last = Some(now);
-        }
-        if self.tokens == 0 {
-            self.suppressed += 1;
-            return None;
-        }
-        self.tokens -= 1;
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 /// Logs that the directory was loaded.

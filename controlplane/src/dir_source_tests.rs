@@ -249,17 +249,3 @@ fn a_missing_directory_is_an_error_and_changes_nothing() {
     assert!(source.scan().is_err());
     assert_eq!(policies(&source), ["deny-all"]);
 }
-
-#[test]
-fn reports_come_in_a_burst_then_one_per_refill_with_the_count_suppressed() {
-    let mut limiter = ReportLimiter::default();
-    let t0 = Instant::now();
-    for _ in 0..BURST {
-        assert_eq!(limiter.allow(t0), Some(0));
-    }
-    for _ in 0..500 {
-        assert_eq!(limiter.allow(t0), None);
-    }
-    assert_eq!(limiter.allow(t0 + REFILL), Some(500));
-    assert_eq!(limiter.allow(t0 + REFILL), None);
-}

@@ -10,6 +10,7 @@ pub mod ca_secret;
 pub mod catalog;
 pub mod dir_source;
 pub mod kube_source;
+pub mod rate_limit;
 pub mod root_configmap;
 pub mod serve;
 pub mod serving_cert;

@@ -70,6 +70,9 @@ struct Args {
     /// The longest workload certificate the CA signs, in seconds (and the default).
     #[arg(long, default_value_t = 86400)]
     cert_validity_secs: u64,
+    /// TLS handshakes in progress at once; connections past that are closed at once.
+    #[arg(long, default_value_t = serve::DEFAULT_MAX_HANDSHAKES, value_parser = clap::value_parser!(usize))]
+    max_handshakes: usize,
 }
 
 /// Lifetime of the serving certificate (renewed at half life while serving).
@@ -221,7 +224,10 @@ async fn main() -> anyhow::Result<()> {
     };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .serve_with_incoming(routes, serve::incoming(listener, tls))
+        .serve_with_incoming(
+            routes,
+            serve::incoming(listener, tls, args.max_handshakes.max(1)),
+        )
         .await?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The control plane's one port: TLS (a client presenting a certificate must chain to the
-//! mesh CA; one without must bring a bearer token), then gRPC, ADS and the CA side by side. TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so
-//! the caller's identity is known to the services.
+//! mesh CA; one without must bring a bearer token), then gRPC, ADS and the CA side by side.
+//! TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so the caller's
+//! identity is known to the services.
 
+use crate::rate_limit::LogLimiter;
 use amesh_identity::{Identity, identity_of};
 use amesh_proto::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
@@ -18,15 +20,20 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Service, http};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once, by default.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Waits after a failed accept (the fd limit, say), doubling up to the maximum.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Who is on the other end of a gRPC stream (a request extension).
 #[derive(Debug, Clone)]
@@ -85,47 +92,74 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts connections and hands tonic those that complete the handshake; a client that
-/// fails it (no certificate, wrong CA, garbage) loses only its own connection.
+/// fails it (no certificate, wrong CA, garbage) loses only its own connection. At most
+/// `max_handshakes` handshakes run at once: connections past that are closed at once, so
+/// unauthenticated clients that open connections and never finish cannot pile up.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
+    max_handshakes: usize,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(max_handshakes));
     tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut refusals = LogLimiter::new(1, Duration::from_secs(10));
         loop {
             let (tcp, addr) = match listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    c
+                }
                 Err(e) => {
+                    // EMFILE and the like: retrying at once would spin.
                     debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             };
             if tx.is_closed() {
                 return;
             }
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| identity_of(c).ok());
-                        let peer = Peer { addr, identity };
-                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
-                    }
-                    Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%addr, "TLS handshake timed out"),
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                if let Some(left_out) = refusals.allow(std::time::Instant::now()) {
+                    warn!(%addr, max_handshakes, left_out, "too many TLS handshakes in progress; connection closed");
                 }
-            });
+                drop(tcp);
+                continue;
+            };
+            tokio::spawn(handshake(acceptor.clone(), tcp, addr, tx.clone(), slot));
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// One TLS handshake, holding its slot until it ends.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tx: mpsc::Sender<Result<TlsConn, io::Error>>,
+    slot: OwnedSemaphorePermit,
+) {
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    drop(slot);
+    match accepted {
+        Ok(Ok(stream)) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| identity_of(c).ok());
+            let peer = Peer { addr, identity };
+            let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+        }
+        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(%addr, "TLS handshake timed out"),
+    }
 }
 
 /// The two gRPC services on the one port, chosen by request path.

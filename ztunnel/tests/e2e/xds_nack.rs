@@ -112,7 +112,7 @@ fn a_malformed_resource_is_nacked_by_name_and_its_sibling_applies() {
         let _ = tonic::transport::Server::builder()
             .serve_with_incoming(
                 AggregatedDiscoveryServiceServer::new(Scripted { acks: acks_tx }),
-                serve::incoming(listener, server_tls),
+                serve::incoming(listener, server_tls, serve::DEFAULT_MAX_HANDSHAKES),
             )
             .await;
     });
