@@ -112,6 +112,13 @@ async fn load_ca(args: &Args, kube: Option<&kube::Client>) -> anyhow::Result<Loc
     }
 }
 
+/// A small file named by a flag: only a regular file (a FIFO would hang start-up with no
+/// word), UTF-8, at most 1 MiB.
+fn read_flag_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = amesh_sys::file::read_regular(path, 1 << 20).with_context(|| flag.to_string())?;
+    String::from_utf8(bytes).with_context(|| format!("{flag} {}: not UTF-8", path.display()))
+}
+
 /// The TLS server config: the renewing serving certificate, the mesh root plus any extra
 /// roots for client certificates.
 fn server_tls(
@@ -129,8 +136,7 @@ fn server_tls(
     let mut roots = vec![ca.root_pem().to_string()];
     for f in &args.extra_root_file {
         roots.push(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("--extra-root-file {}", f.display()))?,
+            read_flag_file("--extra-root-file", f)?,
         );
     }
     let bundle = tls::TrustBundle::from_pems(&roots).context("trust bundle")?;
@@ -185,8 +191,7 @@ async fn main() -> anyhow::Result<()> {
     let tls = server_tls(&args, &ca, &identity)?;
     let node_token = match &args.node_token_file {
         Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("--node-token-file {}", f.display()))?,
+            read_flag_file("--node-token-file", f)?,
         ),
         None => None,
     };
@@ -197,8 +202,7 @@ async fn main() -> anyhow::Result<()> {
         let mut roots = ca.root_pem().to_string();
         for f in &args.extra_root_file {
             roots.push_str(
-                &std::fs::read_to_string(f)
-                    .with_context(|| format!("--extra-root-file {}", f.display()))?,
+                &read_flag_file("--extra-root-file", f)?,
             );
         }
         root_configmap::publish(client.clone(), ns, &roots)
