@@ -4,9 +4,9 @@
 
 use amesh_controlplane::{
     catalog::Catalog,
-    source::{Snapshot, read_documents},
     translate::{Mesh, translate},
 };
+use amesh_kube::source::{Snapshot, read_documents};
 use amesh_proto::ADDRESS_TYPE_URL;
 use std::{collections::HashMap, fmt::Write, path::Path, time::Instant};
 

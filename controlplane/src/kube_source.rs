@@ -8,10 +8,9 @@
 
 use crate::{
     catalog::Catalog,
-    source::Snapshot,
     translate::{self, Mesh, Rejected},
 };
-use futures::StreamExt;
+use amesh_kube::{driver::spawn_driver, source::Snapshot};
 use k8s_openapi::api::{
     core::v1::{Event, Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -87,26 +86,6 @@ fn dynamic(client: &Client, resource: ApiResource, changed: &Arc<Notify>) -> Sto
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     spawn_driver(stream, changed.clone(), resource.kind.clone());
     reader
-}
-
-/// Drives a watch stream for its side effects (a reflector filling its store), poking
-/// `changed` after every event; failures are logged and the stream's backoff retries.
-pub fn spawn_driver<S, T>(stream: S, changed: Arc<Notify>, kind: String)
-where
-    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-    T: Send,
-{
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => {
-                    warn!(%kind, error = %e, "watch failed; retrying, the last state is served")
-                }
-            }
-        }
-    });
 }
 
 /// Converts cached Istio objects to their typed form; one that does not fit is reported and

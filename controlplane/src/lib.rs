@@ -8,16 +8,12 @@ pub mod auth;
 pub mod ca;
 pub mod ca_secret;
 pub mod catalog;
-pub mod dir_source;
 pub mod kube_source;
-pub mod rate_limit;
 pub mod root_configmap;
 pub mod serve;
 pub mod serving_cert;
-pub mod source;
 pub mod translate;
 pub mod watch;
-pub mod yaml_guard;
 
 #[cfg(test)]
 mod tests;

@@ -135,9 +135,7 @@ fn server_tls(
     )?;
     let mut roots = vec![ca.root_pem().to_string()];
     for f in &args.extra_root_file {
-        roots.push(
-            read_flag_file("--extra-root-file", f)?,
-        );
+        roots.push(read_flag_file("--extra-root-file", f)?);
     }
     let bundle = tls::TrustBundle::from_pems(&roots).context("trust bundle")?;
     Ok(tls::server_config_client_cert_optional(
@@ -190,9 +188,7 @@ async fn main() -> anyhow::Result<()> {
     let ca = Arc::new(load_ca(&args, kube.as_ref()).await?);
     let tls = server_tls(&args, &ca, &identity)?;
     let node_token = match &args.node_token_file {
-        Some(f) => Some(
-            read_flag_file("--node-token-file", f)?,
-        ),
+        Some(f) => Some(read_flag_file("--node-token-file", f)?),
         None => None,
     };
     let mut auth = Authenticator::new(node_token, &args.trust_domain);
@@ -201,9 +197,7 @@ async fn main() -> anyhow::Result<()> {
         // ztunnel's DaemonSet mounts the roots from this ConfigMap in our namespace.
         let mut roots = ca.root_pem().to_string();
         for f in &args.extra_root_file {
-            roots.push_str(
-                &read_flag_file("--extra-root-file", f)?,
-            );
+            roots.push_str(&read_flag_file("--extra-root-file", f)?);
         }
         root_configmap::publish(client.clone(), ns, &roots)
             .await

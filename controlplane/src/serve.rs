@@ -3,8 +3,8 @@
 //! TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so the caller's
 //! identity is known to the services.
 
-use crate::rate_limit::LogLimiter;
 use amesh_identity::{Identity, identity_of};
+use amesh_kube::rate_limit::LogLimiter;
 use amesh_proto::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use crate::{source, translate};
+use crate::translate;
+use amesh_kube::source;
 use amesh_proto::{security as sec, workload as pb};
 use std::path::Path;
 

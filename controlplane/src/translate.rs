@@ -13,7 +13,7 @@
 //!
 //! An object that cannot be translated is reported and skipped; the rest translate.
 
-use crate::source::Snapshot;
+use amesh_kube::{enrollment::enrolled, source::Snapshot};
 use amesh_policy::{
     Action, Authorization, MtlsMode, PeerScope, Scope,
     crd::{self, CrdError},
@@ -101,10 +101,8 @@ impl Rejected {
     }
 }
 
-const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
-const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -497,27 +495,6 @@ fn waypoint_of(
         )),
         hbone_mtls_port: 15008,
     })
-}
-
-/// Whether a pod is in the ambient mesh (Istio's enrollment rules).
-pub fn enrolled(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> bool {
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    if host_network || annotations.contains_key(SIDECAR_STATUS) {
-        return false;
-    }
-    match labels.get(DATAPLANE_MODE).map(String::as_str) {
-        Some("none") => false,
-        Some("ambient") => true,
-        _ => namespace_labels
-            .get(DATAPLANE_MODE)
-            .is_some_and(|m| m == "ambient"),
-    }
 }
 
 fn workload(

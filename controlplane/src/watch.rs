@@ -1,18 +1,14 @@
 //! Keeps the published catalog in step with the local source directory: re-read and
 //! re-translated whenever a file in it changes, on the blocking pool so that the CA and xDS
 //! keep serving meanwhile; a file or object that cannot be used is reported and its last good
-//! version stays (see [`crate::dir_source`]), and everything else keeps flowing.
+//! version stays (see [`amesh_kube::dir_source`]), and everything else keeps flowing.
 
 use crate::{
     catalog::Catalog,
-    dir_source::{self, DirSource},
     translate::{self, Mesh},
 };
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use amesh_kube::dir_source::{self, DirSource};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -80,20 +76,4 @@ async fn catalog_blocking(source: DirSource, mesh: Mesh) -> (DirSource, Catalog)
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
-/// Names, sizes and modification times of the directory's files: when it changes, someone
-/// wrote there (cheaper than reading everything again).
-pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((e.path(), m.len(), m.modified().ok()))
-        })
-        .collect();
-    out.sort();
-    out
 }

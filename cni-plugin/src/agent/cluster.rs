@@ -2,7 +2,7 @@
 //! Two sources feed the same view (and so the same decisions): the Kubernetes API through
 //! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
 
-use amesh_controlplane::{dir_source::DirSource, kube_source::spawn_driver};
+use amesh_kube::{dir_source::DirSource, driver::spawn_driver};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,

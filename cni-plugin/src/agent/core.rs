@@ -4,7 +4,6 @@
 use crate::{
     agent::{
         cluster::ClusterView,
-        decide::{Decision, decide},
         mark::{Mark, Marker, REDIRECTION_ANNOTATION},
         netns_scan,
         state::{self, Record, State},
@@ -14,6 +13,7 @@ use crate::{
     wire::{Command, PodRequest, Reply},
 };
 use amesh_ebpf_loader::{Capture, EnrollRequest};
+use amesh_kube::enrollment::{DATAPLANE_MODE, Decision, decide};
 use amesh_proto::zds::WorkloadInfo;
 use amesh_sys::netns::Netns;
 use k8s_openapi::api::core::v1::Pod;
@@ -27,7 +27,6 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// The label a pod or namespace uses to choose its data plane.
-const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {

@@ -4,7 +4,6 @@
 
 pub mod cluster;
 pub mod core;
-pub mod decide;
 pub mod install;
 pub mod mark;
 pub mod netns_scan;
@@ -21,8 +20,8 @@ use crate::{
     },
     wire::{PodRequest, Reply},
 };
-use amesh_controlplane::watch::fingerprint;
 use amesh_ebpf_loader::{Capture, CaptureConfig};
+use amesh_kube::dir_source::fingerprint;
 use std::{
     net::SocketAddr,
     path::PathBuf,

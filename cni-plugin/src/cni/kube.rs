@@ -3,7 +3,7 @@
 //! plain HTTP/1.1 GET per object, over TLS to a real API server (its CA and a token the agent
 //! keeps fresh next to its socket), or in the clear to a local proxy or a test emulator.
 
-use crate::agent::decide::{Decision, decide};
+use amesh_kube::enrollment::{Decision, decide};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde::{Deserialize, Serialize};
 use std::{

@@ -16,7 +16,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 use tracing::{info, warn};
 
@@ -273,6 +273,22 @@ fn merge(
 /// Logs that the directory was loaded.
 pub fn log_loaded(source: &DirSource, objects: usize) {
     info!(dir = %source.dir().display(), files = source.files.len(), objects, "source loaded");
+}
+
+/// Names, sizes and modification times of the directory's files: when it changes, someone
+/// wrote there (cheaper than reading everything again).
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 #[cfg(test)]

@@ -1,10 +1,47 @@
-//! Whether a pod belongs in the mesh: Istio's enrollment rules (shared with the control
-//! plane, so both sides of the mesh agree) plus what only a node cares about.
+//! Whether a pod belongs in the mesh: Istio's enrolment rule (the control plane's translation
+//! and the node agent both use it, so both sides of the mesh agree) plus what only a node
+//! cares about.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use std::collections::BTreeMap;
 
+/// The label that puts a namespace or pod in the ambient mesh (`ambient`) or keeps a pod out
+/// of it (`none`).
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// The annotation Istio's injector puts on pods that run a sidecar.
+pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 /// The container Istio injects into pods that run a sidecar.
 const SIDECAR_CONTAINER: &str = "istio-proxy";
+
+/// Whether a pod is in the ambient mesh (Istio's rule): not host-network, no sidecar, and
+/// its own `istio.io/dataplane-mode` (`none` opts out, `ambient` in), else its namespace's.
+pub fn enrolled(pod: &Pod, namespace_labels: &BTreeMap<String, String>) -> bool {
+    let meta = &pod.metadata;
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let sidecar = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SIDECAR_STATUS));
+    if host_network || sidecar {
+        return false;
+    }
+    match meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(DATAPLANE_MODE))
+        .map(String::as_str)
+    {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => namespace_labels
+            .get(DATAPLANE_MODE)
+            .is_some_and(|m| m == "ambient"),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -37,7 +74,7 @@ pub fn decide(
     let ns_labels = namespace
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
-    if amesh_controlplane::translate::enrolled(pod, &ns_labels) {
+    if enrolled(pod, &ns_labels) {
         Decision::Enroll
     } else {
         Decision::Skip("not selected by istio.io/dataplane-mode")
