@@ -5,9 +5,8 @@
 //! sent, so the resource is re-sent only when it changes again).
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, Peer},
     catalog::{Catalog, SERVED_TYPES},
-    serve::Peer,
 };
 use amesh_proto::discovery::{
     self as d, aggregated_discovery_service_server::AggregatedDiscoveryService,

@@ -2,9 +2,25 @@
 //! the mesh CA, or a node agent presenting the configured node token as a bearer token (the
 //! local stand-in for Istio's Kubernetes service-account tokens).
 
-use crate::serve::Peer;
 use amesh_identity::Identity;
+use std::{fmt, net::SocketAddr};
 use tonic::{Request, Status};
+
+/// Who is on the other end of a gRPC stream (a request extension).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub identity: Option<Identity>,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.identity {
+            Some(id) => write!(f, "{} ({})", self.addr, id.principal()),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

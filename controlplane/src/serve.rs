@@ -3,14 +3,15 @@
 //! TLS is done here with the mesh's SPIFFE verifiers rather than by tonic, so the caller's
 //! identity is known to the services.
 
-use amesh_identity::{Identity, identity_of};
+use crate::auth::Peer;
+use amesh_identity::identity_of;
 use amesh_kube::rate_limit::LogLimiter;
 use amesh_proto::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use std::{
-    fmt, io,
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -34,22 +35,6 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
 /// Waits after a failed accept (the fd limit, say), doubling up to the maximum.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Who is on the other end of a gRPC stream (a request extension).
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub identity: Option<Identity>,
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.identity {
-            Some(id) => write!(f, "{} ({})", self.addr, id.principal()),
-            None => write!(f, "{}", self.addr),
-        }
-    }
-}
 
 /// An accepted, authenticated connection.
 #[derive(Debug)]
