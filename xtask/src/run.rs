@@ -59,6 +59,7 @@ pub fn test(paths: &Paths, args: &[String]) -> Result<()> {
     require_root("test")?;
     bootstrap::setup(paths)?;
     let object = ebpf::build(paths)?;
+    ebpf::lint(paths)?;
     println!("xtask: checking formatting");
     cmd(cargo(paths, &object).args(["fmt", "--all", "--check"]))?;
     println!("xtask: clippy");

@@ -6,6 +6,11 @@ use std::{io, net::IpAddr, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(
+        "this build has no eBPF object (it was built with AMESH_EBPF_OBJECT=none); run \
+         `cargo xtask build-ebpf` and build again"
+    )]
+    NoObject,
+    #[error(
         "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, \
          CAP_NET_ADMIN and CAP_SYS_ADMIN)"
     )]

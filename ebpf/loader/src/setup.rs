@@ -93,10 +93,11 @@ pub(crate) fn load_programs(
     } else {
         logs::LEVEL_OFF
     };
+    let object = OBJECT.ok_or(CaptureError::NoObject)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(layout.maps())
         .override_global("AYA_LOG_LEVEL", &level, false)
-        .load(OBJECT)
+        .load(object)
         .map_err(|e| privileged_or(e, |e| CaptureError::Load(Box::new(e))))?;
     let mut all_pinned = true;
     for name in PROGRAMS {

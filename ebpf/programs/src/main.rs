@@ -70,7 +70,7 @@ fn count(pod_id: u32, f: impl FnOnce(&mut PodCounters)) {
 #[inline(always)]
 fn enrolled_pod(netns_cookie: u64) -> Option<(u32, PodConfig)> {
     // SAFETY: the value is read out of the map at once.
-    let pod_id = unsafe { *NETNS_TO_POD.get(&netns_cookie)? };
+    let pod_id = unsafe { *NETNS_TO_POD.get(netns_cookie)? };
     let cfg = *POD_CONFIG.get(pod_id)?;
     (cfg.netns_cookie == netns_cookie).then_some((pod_id, cfg))
 }
@@ -78,7 +78,7 @@ fn enrolled_pod(netns_cookie: u64) -> Option<(u32, PodConfig)> {
 #[inline(always)]
 fn is_own_address(pod_id: u32, addr: amesh_ebpf_common::Ip6) -> bool {
     // SAFETY: the value is read out of the map at once.
-    matches!(unsafe { ADDR_TO_POD.get(&IpKey { addr }) }, Some(id) if *id == pod_id)
+    matches!(unsafe { ADDR_TO_POD.get(IpKey { addr }) }, Some(id) if *id == pod_id)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -192,7 +192,7 @@ fn decide_connect(ctx: &SockAddrContext, f: &ConnectFacts) -> Option<u32> {
         _pad: 0,
         pod_id,
     };
-    let _ = CONNECT_ORIG.insert(&socket_cookie, &orig, 0);
+    let _ = CONNECT_ORIG.insert(socket_cookie, orig, 0);
     debug!(
         ctx,
         "pod {} outbound port {} redirected", pod_id, f.dst_port
@@ -215,7 +215,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
     // SAFETY: helper called with this program's own context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out of the map at once.
-    let orig = unsafe { *CONNECT_ORIG.get(&socket_cookie).ok_or(())? };
+    let orig = unsafe { *CONNECT_ORIG.get(socket_cookie).ok_or(())? };
     let addr = if ctx.family() == AF_INET {
         ip4_mapped(sockops_local_ip4(ctx.ops))
     } else {
@@ -227,8 +227,8 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), ()> {
         port: ctx.local_port() as u16,
         _pad: 0,
     };
-    let _ = ORIGINAL_DST.insert(&key, &orig, 0);
-    let _ = CONNECT_ORIG.remove(&socket_cookie);
+    let _ = ORIGINAL_DST.insert(key, orig, 0);
+    let _ = CONNECT_ORIG.remove(socket_cookie);
     Ok(())
 }
 
@@ -323,19 +323,28 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, ()> {
         lookup_ingress_ifindex(l),
         lookup_local_port(l) as u16,
     );
-    let facts = decision::InboundLookup { protocol, ingress_ifindex: ifindex, src, src_is_own: false, dst_port };
+    let facts = decision::InboundLookup {
+        protocol,
+        ingress_ifindex: ifindex,
+        src,
+        src_is_own: false,
+        dst_port,
+    };
     // This program runs only in enrolled pods' namespaces; the destination address says which
     // pod (sk_lookup has no netns cookie). An address registered for no pod is refused unless
     // the pod is talking to itself.
     // SAFETY: the value is read out of the map at once.
-    let Some(pod_id) = (unsafe { ADDR_TO_POD.get(&IpKey { addr: dst }) }).copied() else {
+    let Some(pod_id) = (unsafe { ADDR_TO_POD.get(IpKey { addr: dst }) }).copied() else {
         return Ok(match decision::inbound_unregistered(&facts, &dst) {
             decision::InboundDecision::Refuse => sk_action::SK_DROP,
             _ => sk_action::SK_PASS,
         });
     };
     let cfg = *POD_CONFIG.get(pod_id).ok_or(())?;
-    let lookup = decision::InboundLookup { src_is_own: is_own_address(pod_id, src), ..facts };
+    let lookup = decision::InboundLookup {
+        src_is_own: is_own_address(pod_id, src),
+        ..facts
+    };
     let kind = match decision::inbound(&cfg, &lookup) {
         decision::InboundDecision::Pass(_) => {
             count(pod_id, |c| c.inbound_passthrough += 1);
