@@ -30,6 +30,7 @@ pub mod probe;
 mod process;
 pub mod sniff;
 pub mod standin;
+pub mod tls_front;
 pub mod zds_agent;
 
 pub use bed::{Leftovers, TestBed, remove_on_terminate};

@@ -4,6 +4,7 @@
 //! plugins with `amesh-cni` last; the control plane and the agents read the same Kubernetes
 //! YAML (or the Kubernetes API emulator). Needs root (CI runs as root).
 
+mod api_client;
 mod hostile;
 
 use amesh_testbed::{
