@@ -5,11 +5,11 @@
 
 use crate::auth::Peer;
 use amesh_identity::identity_of;
-use amesh_kube::rate_limit::LogLimiter;
 use amesh_proto::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
+use amesh_ratelimit::Throttle;
 use std::{
     io,
     net::SocketAddr,
@@ -90,7 +90,7 @@ pub fn incoming(
     let slots = Arc::new(Semaphore::new(max_handshakes));
     tokio::spawn(async move {
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut refusals = LogLimiter::new(1, Duration::from_secs(10));
+        let refusals = Throttle::new(Duration::from_secs(10));
         loop {
             let (tcp, addr) = match listener.accept().await {
                 Ok(c) => {
@@ -109,7 +109,7 @@ pub fn incoming(
                 return;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                if let Some(left_out) = refusals.allow(std::time::Instant::now()) {
+                if let Some(left_out) = refusals.allow() {
                     warn!(%addr, max_handshakes, left_out, "too many TLS handshakes in progress; connection closed");
                 }
                 drop(tcp);

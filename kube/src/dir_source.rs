@@ -7,16 +7,14 @@
 //! directory from applying. Scans do blocking file I/O and parsing: run them on a blocking
 //! thread ([`DirSource::scan_blocking`]).
 
-use crate::{
-    rate_limit::LogLimiter,
-    source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot},
-};
+use crate::source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot};
+use amesh_ratelimit::Throttle;
 use amesh_sys::file::{ReadFileError, read_regular};
 use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 use tracing::{info, warn};
 
@@ -83,7 +81,7 @@ pub struct Scan {
 pub struct DirSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
-    reports: LogLimiter,
+    reports: Throttle,
 }
 
 impl DirSource {
@@ -91,7 +89,7 @@ impl DirSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
-            reports: LogLimiter::new(BURST, REFILL),
+            reports: Throttle::with_burst(BURST, REFILL),
         }
     }
 
@@ -142,7 +140,7 @@ impl DirSource {
     /// grow the log faster than the limiter allows.
     pub fn report(&mut self, problems: &[Problem]) {
         for p in problems {
-            if let Some(suppressed) = self.reports.allow(Instant::now()) {
+            if let Some(suppressed) = self.reports.allow() {
                 if suppressed > 0 {
                     warn!(dir = %self.dir.display(), suppressed, "more source problems were not logged");
                 }

@@ -4,13 +4,11 @@
 //! - [`source`]: Kubernetes YAML parsed into the objects the mesh reads;
 //! - [`dir_source`]: a watched directory of such YAML, file by file, keeping last good state;
 //! - [`yaml_guard`]: the linear pre-check that keeps pathological YAML from the parser;
-//! - [`driver`]: drives a kube-rs reflector stream, poking a `Notify` on every change;
-//! - [`rate_limit`]: bounds log lines that outsiders can cause.
+//! - [`driver`]: drives a kube-rs reflector stream, poking a `Notify` on every change.
 #![forbid(unsafe_code)]
 
 pub mod dir_source;
 pub mod driver;
 pub mod enrollment;
-pub mod rate_limit;
 pub mod source;
 pub mod yaml_guard;

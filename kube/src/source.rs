@@ -132,7 +132,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, FileError> {
             Err(e) => parsed.errors.push(ObjectError {
                 file: file.into(),
                 line: starts.get(i).copied(),
-                ..e
+                ..*e
             }),
         }
     }
@@ -211,7 +211,7 @@ pub fn read_documents(
 }
 
 /// The object a document holds: `None` for kinds the control plane does not read.
-fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, ObjectError> {
+fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Box<ObjectError>> {
     // YAML to JSON first, as kubectl does before the API server sees an object: map keys
     // become strings (`portLevelMtls: {9090: ...}` is written with an integer key).
     let value: serde_json::Value = serde_json::to_value(value).map_err(|e| {
@@ -265,13 +265,18 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Ob
     Ok(Some((key, object)))
 }
 
-fn object_error(kind: &str, name: &str, key: Option<ObjectKey>, reason: String) -> ObjectError {
-    ObjectError {
+fn object_error(
+    kind: &str,
+    name: &str,
+    key: Option<ObjectKey>,
+    reason: String,
+) -> Box<ObjectError> {
+    Box::new(ObjectError {
         file: PathBuf::new(),
         line: None,
         kind: kind.into(),
         name: name.into(),
         reason,
         key,
-    }
+    })
 }

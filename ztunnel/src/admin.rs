@@ -1,6 +1,8 @@
 //! ztunnel's HTTP endpoints, as Istio's ztunnel has them:
 //! - admin (localhost:15000): `GET /config_dump` (JSON: workloads, services, policies,
-//!   certificates with expiry, pods), `POST /logging?level=<filter>`, `POST /quitquitquit`;
+//!   certificates with expiry, pods), `GET /logging`, `POST /logging?level=<level>` or
+//!   `?level=<target>:<level>,...` or `?reset` (Istio's syntax, see [`crate::logging`]),
+//!   `POST /quitquitquit`;
 //! - readiness (15021): `GET /healthz/ready`, 200 once the configuration is loaded, the node
 //!   agent's snapshot is in and every pod's certificate is ready, 503 before;
 //! - metrics (15020): `GET /metrics`, Prometheus/OpenMetrics text.
@@ -8,7 +10,12 @@
 //! A deliberately small HTTP/1.1 server: one request per connection, bounded request size;
 //! anything it cannot parse gets a 400 and only that connection is closed.
 
-use crate::{config::LogHandle, inpod::InPod, shared::Shared};
+use crate::{
+    accept::Acceptor,
+    inpod::InPod,
+    logging::{self, LogControl},
+    shared::Shared,
+};
 use amesh_identity::CertState;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -30,7 +37,7 @@ pub struct Endpoints {
     pub shared: Arc<Shared>,
     pub pods: Arc<InPod>,
     pub registry: Registry,
-    pub log: LogHandle,
+    pub log: LogControl,
     /// Set once the node agent's first snapshot has been applied.
     pub snapshot_received: Arc<AtomicBool>,
     /// Notified by `/quitquitquit`.
@@ -71,12 +78,22 @@ pub enum Role {
     Metrics,
 }
 
-/// Serves `role` on `listener` forever.
+impl Role {
+    /// The `listener` label of its metrics and log lines.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Readiness => "readiness",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
+/// Serves `role` on `listener` forever; accept errors back off (see [`Acceptor`]).
 pub async fn serve(listener: TcpListener, role: Role, endpoints: Arc<Endpoints>) {
+    let mut listener = Acceptor::new(listener, role.label(), &endpoints.shared.metrics);
     loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
-        };
+        let (conn, _) = listener.accept().await;
         let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let _ =
@@ -133,6 +150,7 @@ fn route(role: Role, method: &str, target: &str, e: &Endpoints) -> Response {
         (Role::Admin, "GET", "/config_dump") => {
             Response::new(200, "application/json", config_dump(e))
         }
+        (Role::Admin, "GET", "/logging") => log_level(e),
         (Role::Admin, "POST", "/logging") => set_log_level(e, query),
         (Role::Admin, "POST", "/quitquitquit") => {
             e.quit.notify_one();
@@ -179,26 +197,46 @@ fn readiness(e: &Endpoints) -> Response {
     }
 }
 
+/// `POST /logging`, as Istio's ztunnel answers it (see [`crate::logging`]): without `level`
+/// or `reset` it only tells the current level; an invalid level is a 400 listing the valid
+/// ones, and the level stays as it was.
 fn set_log_level(e: &Endpoints, query: &str) -> Response {
-    let Some(level) = query.split('&').find_map(|kv| kv.strip_prefix("level=")) else {
-        return Response::text(
-            400,
-            "usage: POST /logging?level=<filter, e.g. debug or info,access=warn>\n",
-        );
-    };
-    match tracing_subscriber::EnvFilter::try_new(level) {
-        Ok(filter) => match e.log.reload(filter) {
-            Ok(()) => {
-                info!(%level, "log level changed");
-                Response::text(200, format!("log level: {level}\n"))
-            }
-            Err(err) => Response::text(503, format!("could not change the log level: {err}\n")),
-        },
-        Err(err) => {
-            warn!(%level, %err, "rejected log level");
-            Response::text(400, format!("invalid log filter {level:?}: {err}\n"))
+    let (mut level, mut reset) = (None, false);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=').unwrap_or((kv, "")) {
+            ("level", v) => level = Some(v),
+            ("reset", _) => reset = true,
+            _ => {}
         }
     }
+    if level.is_none() && !reset {
+        return log_level(e);
+    }
+    let Some(spec) = logging::percent_decode(level.unwrap_or("")) else {
+        return Response::text(
+            400,
+            format!("the level is not valid percent-encoding\n{}", logging::HELP),
+        );
+    };
+    match e.log.set(&spec, reset) {
+        Ok(filter) => {
+            info!(level = %spec, reset, %filter, "log level changed");
+            Response::text(200, format!("current log level is {filter}\n"))
+        }
+        Err(err) if err.is_bad_request() => {
+            warn!(level = %spec, %err, "rejected log level");
+            Response::text(
+                400,
+                format!("invalid level {spec:?}: {err}\n{}", logging::HELP),
+            )
+        }
+        Err(err) => Response::text(503, format!("{err}\n")),
+    }
+}
+
+/// `GET /logging`: the filter in effect.
+fn log_level(e: &Endpoints) -> Response {
+    Response::text(200, format!("current log level is {}\n", e.log.current()))
 }
 
 fn secs(t: Option<std::time::SystemTime>) -> Option<u64> {

@@ -71,18 +71,20 @@ pub struct Args {
     /// On SIGTERM, how long open connections may finish before ztunnel exits.
     #[arg(long, default_value_t = 30)]
     pub drain_secs: u64,
+    /// Inbound HBONE TLS handshakes that may be in progress at once, node-wide (anyone who
+    /// can reach port 15008 can start one); connections over it are closed at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hbone_handshakes: u32,
 }
 
-/// Changes the log filter at run time (the admin endpoint's `/logging`).
-pub type LogHandle =
-    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
-
-/// Logs to stderr as text or JSON, level from `RUST_LOG` (default `info`).
-pub fn init_logging(args: &Args) -> LogHandle {
+/// Logs to stderr as text or JSON, level from `RUST_LOG` (default `info`); the returned
+/// control changes the level at run time (the admin endpoint's `/logging`).
+pub fn init_logging(args: &Args) -> crate::logging::LogControl {
     use tracing_subscriber::{
         EnvFilter, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let initial = filter.to_string();
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     if args.log_format == "json" {
@@ -94,5 +96,5 @@ pub fn init_logging(args: &Args) -> LogHandle {
             .with(fmt::layer().with_writer(std::io::stderr))
             .init();
     }
-    handle
+    crate::logging::LogControl::new(handle, initial)
 }

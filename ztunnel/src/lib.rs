@@ -8,11 +8,13 @@
 
 pub mod state;
 
+pub mod accept;
 pub mod admin;
 pub mod ca_client;
 pub mod config;
 pub mod control;
 pub mod inpod;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod shared;
@@ -32,7 +34,7 @@ use std::{
 use tracing::{info, warn};
 
 /// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
-pub async fn run(args: config::Args, log: config::LogHandle) -> anyhow::Result<()> {
+pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let (drain_tx, draining) = Stop::new();
     let shared = shared_state(&args, &mut registry, draining).await?;
@@ -120,6 +122,7 @@ async fn shared_state(
         draining,
         metrics,
         live: Default::default(),
+        handshakes: tokio::sync::Semaphore::new(args.max_hbone_handshakes as usize),
     }))
 }
 

@@ -4,10 +4,17 @@
 //! `amesh_hbone_tls_handshakes_total` (how well the HBONE pool reuses connections), and the
 //! xDS client's `istio_xds_connection_terminations_total`, `istio_xds_message_total` and
 //! `istio_xds_message_bytes_total`.
+//!
+//! Istio has no names for how ztunnel holds up under hostile or excessive load, so these
+//! are amesh's: `amesh_accept_errors_total{listener}` (accept() failures, e.g. at the
+//! file-descriptor limit), `amesh_connections_refused_total{listener,reason}` (connections
+//! closed before any policy decision: `ztunnel_port` for traffic aimed at ztunnel's own
+//! ports, `handshake_limit` for HBONE handshakes over the cap, `certificate_not_ready`) and
+//! `amesh_hbone_handshakes_in_progress` (inbound TLS handshakes under way).
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -85,6 +92,23 @@ pub struct Metrics {
     pub hbone_handshakes: Counter,
     pub dry_run_hits: Family<crate::proxy::authz::DryRunLabels, Counter>,
     pub xds: XdsMetrics,
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
+    pub hbone_handshakes_in_progress: Gauge,
+}
+
+/// Which of ztunnel's listeners: `admin`, `readiness`, `metrics`, or a pod's `outbound`,
+/// `hbone`, `plaintext` (summed over pods: a per-pod label would grow without bound).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: &'static str,
+    /// `ztunnel_port`, `handshake_limit` or `certificate_not_ready`.
+    pub reason: &'static str,
 }
 
 /// Istio's xDS client metrics.
@@ -164,6 +188,32 @@ impl Metrics {
             "Bytes of xDS responses received, by type URL",
             m.xds.message_bytes.clone(),
         );
+        m.register_load(registry);
         m
+    }
+
+    fn register_load(&self, registry: &mut Registry) {
+        registry.register(
+            "amesh_accept_errors",
+            "accept() failures on ztunnel's listeners (e.g. at the file-descriptor limit)",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "amesh_connections_refused",
+            "Connections closed before any policy decision, by listener and reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "amesh_hbone_handshakes_in_progress",
+            "Inbound HBONE TLS handshakes under way (bounded by --max-hbone-handshakes)",
+            self.hbone_handshakes_in_progress.clone(),
+        );
+    }
+
+    /// Counts a connection refused on `listener` for `reason`.
+    pub fn refuse(&self, listener: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { listener, reason })
+            .inc();
     }
 }

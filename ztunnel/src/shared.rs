@@ -36,6 +36,10 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Inbound connections a policy change must re-check.
     pub live: Arc<crate::proxy::authz::LiveConnections>,
+    /// Permits for inbound HBONE TLS handshakes in progress (`--max-hbone-handshakes`):
+    /// before the handshake the peer is unauthenticated, so without a bound anyone who can
+    /// reach 15008 could hold any number of tasks and sockets for the handshake timeout.
+    pub handshakes: tokio::sync::Semaphore,
 }
 
 impl Shared {

@@ -7,6 +7,7 @@ mod socket;
 pub use socket::PodNet;
 
 use crate::{
+    accept::Acceptor,
     proxy,
     shared::{Shared, Stop},
 };
@@ -93,7 +94,7 @@ impl Listeners {
         let spawn = |listener: TcpListener, kind: ListenerKind| {
             let (pod, shared, stop) = (pod.clone(), shared.clone(), stop.clone());
             tokio::spawn(accept_loop(
-                listener,
+                Acceptor::new(listener, kind.label(), &shared.metrics),
                 stop,
                 shared.draining.clone(),
                 move |conn, peer| {
@@ -261,9 +262,21 @@ enum ListenerKind {
     Plaintext,
 }
 
+impl ListenerKind {
+    /// The `listener` label of its metrics and log lines.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Hbone => "hbone",
+            Self::Plaintext => "plaintext",
+        }
+    }
+}
+
 /// Accepts until the pod is removed or ztunnel drains; each connection runs until it ends or
-/// the pod is removed (a drain lets open connections finish).
-async fn accept_loop<H, F>(listener: TcpListener, stop: Stop, draining: Stop, handle: H)
+/// the pod is removed (a drain lets open connections finish). Accept errors back off and
+/// are logged at a bounded rate (see [`Acceptor`]).
+async fn accept_loop<H, F>(mut listener: Acceptor, stop: Stop, draining: Stop, handle: H)
 where
     H: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
@@ -272,25 +285,22 @@ where
     tokio::pin!(stopped, drained);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((conn, peer)) => {
-                    // No Nagle: an HBONE frame or a small reply would otherwise wait for
-                    // the ACK of the previous one (up to the peer's next request).
-                    if let Err(error) = conn.set_nodelay(true) {
-                        debug!(%error, "TCP_NODELAY on an accepted connection");
-                    }
-                    let work = handle(conn, peer);
-                    let stop = stop.clone();
-                    let guard = crate::shared::ActiveGuard::enter();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        tokio::select! {
-                            () = work => {}
-                            () = stop.wait() => {}
-                        }
-                    });
+            (conn, peer) = listener.accept() => {
+                // No Nagle: an HBONE frame or a small reply would otherwise wait for
+                // the ACK of the previous one (up to the peer's next request).
+                if let Err(error) = conn.set_nodelay(true) {
+                    debug!(%error, "TCP_NODELAY on an accepted connection");
                 }
-                Err(error) => warn!(%error, "accept failed"),
+                let work = handle(conn, peer);
+                let stop = stop.clone();
+                let guard = crate::shared::ActiveGuard::enter();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    tokio::select! {
+                        () = work => {}
+                        () = stop.wait() => {}
+                    }
+                });
             },
             () = &mut stopped => break,
             () = &mut drained => break,

@@ -15,13 +15,15 @@ use crate::{
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
 use amesh_policy::{Decision, MtlsMode};
+use amesh_ratelimit::{Throttle, WARN_EVERY};
 use http::StatusCode;
+use prometheus_client::metrics::gauge::Gauge;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{debug, warn};
 
 /// Ports ztunnel itself listens on (Istio's list). Forwarding a connection to one of them
@@ -30,6 +32,13 @@ const ZTUNNEL_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053
 
 /// Bound on the TLS handshake of an inbound HBONE connection.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+// Warnings anyone who reaches a pod can trigger, each logged at a bounded rate (counted in
+// `amesh_connections_refused_total` every time).
+static PLAINTEXT_LOOP_WARNING: Throttle = Throttle::new(WARN_EVERY);
+static CONNECT_LOOP_WARNING: Throttle = Throttle::new(WARN_EVERY);
+static HANDSHAKE_LIMIT_WARNING: Throttle = Throttle::new(WARN_EVERY);
+static CERT_NOT_READY_WARNING: Throttle = Throttle::new(WARN_EVERY);
 
 fn is_ztunnel_port(port: u16) -> bool {
     ZTUNNEL_PORTS.contains(&port)
@@ -55,24 +64,11 @@ pub async fn handle_hbone(
     conn: TcpStream,
     peer: SocketAddr,
 ) {
+    // The listener is dual-stack: IPv4 peers arrive as `::ffff:a.b.c.d`.
+    let peer = canonical(peer);
     let Ok(local) = conn.local_addr() else { return };
-    // Fail closed: no certificate, no TLS, no traffic.
-    let Some(config) = server_config(&shared, &pod).await else {
-        warn!(pod = %pod.name, %peer, "refusing HBONE: the pod's certificate is not ready");
+    let Some(tls) = handshake(&shared, &pod, conn, peer).await else {
         return;
-    };
-    // A peer that never finishes its handshake must not hold a task (and drain) forever.
-    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(conn));
-    let tls = match accept.await {
-        Ok(Ok(t)) => t,
-        Ok(Err(error)) => {
-            debug!(pod = %pod.name, %peer, %error, "HBONE TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(pod = %pod.name, %peer, "HBONE TLS handshake timed out");
-            return;
-        }
     };
     let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let Some(peer_identity) = cert.and_then(|c| identity_of(c).ok()) else {
@@ -89,6 +85,75 @@ pub async fn handle_hbone(
     let _ = server::serve(tls, peer_identity, handler, shared.draining.clone().wait()).await;
 }
 
+/// The mutual-TLS handshake of an inbound HBONE connection, within the node-wide bound on
+/// handshakes in progress: over it, the connection is closed at once (and counted).
+async fn handshake(
+    shared: &Shared,
+    pod: &PodCtx,
+    conn: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let Some(_slot) = HandshakeSlot::take(shared) else {
+        shared.metrics.refuse("hbone", "handshake_limit");
+        if let Some(suppressed) = HANDSHAKE_LIMIT_WARNING.allow() {
+            warn!(pod = %pod.name, %peer, suppressed, "refusing HBONE: too many TLS handshakes in progress (see --max-hbone-handshakes)");
+        }
+        return None;
+    };
+    // Fail closed: no certificate, no TLS, no traffic.
+    let Some(config) = server_config(shared, pod).await else {
+        shared.metrics.refuse("hbone", "certificate_not_ready");
+        if let Some(suppressed) = CERT_NOT_READY_WARNING.allow() {
+            warn!(pod = %pod.name, %peer, suppressed, "refusing HBONE: the pod's certificate is not ready");
+        }
+        return None;
+    };
+    // A peer that never finishes its handshake must not hold a task (and drain) forever.
+    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(conn));
+    match accept.await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(error)) => {
+            debug!(pod = %pod.name, %peer, %error, "HBONE TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(pod = %pod.name, %peer, "HBONE TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// One of the `--max-hbone-handshakes` permits, shown in
+/// `amesh_hbone_handshakes_in_progress` while it is held.
+struct HandshakeSlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    gauge: &'a Gauge,
+}
+
+impl<'a> HandshakeSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let permit = shared.handshakes.try_acquire().ok()?;
+        let gauge = &shared.metrics.hbone_handshakes_in_progress;
+        gauge.inc();
+        Some(Self {
+            _permit: permit,
+            gauge,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`) as plain IPv4: the same
+/// endpoint, written one way everywhere (routing, policy, logs, metrics).
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Answers one CONNECT: 400 unless it targets this pod, 401 if policy refuses, 503 if the app
 /// is unreachable, else 200 and the bytes.
 async fn connect_app(
@@ -99,14 +164,18 @@ async fn connect_app(
     pod_ip: IpAddr,
 ) {
     let target = match &req.target {
-        Target::Addr(a) if a.ip().to_canonical() == pod_ip => *a,
+        // `[::ffff:<pod IPv4>]:port` names this pod too; from here on it is the IPv4 form.
+        Target::Addr(a) if a.ip().to_canonical() == pod_ip => canonical(*a),
         other => {
             debug!(pod = %pod.name, target = ?other, "HBONE target is not this pod (ip mismatch)");
             return req.refuse(StatusCode::BAD_REQUEST);
         }
     };
     if is_ztunnel_port(target.port()) {
-        warn!(pod = %pod.name, %target, "refusing a CONNECT to one of ztunnel's own ports (it would loop)");
+        shared.metrics.refuse("hbone", "ztunnel_port");
+        if let Some(suppressed) = CONNECT_LOOP_WARNING.allow() {
+            warn!(pod = %pod.name, %target, suppressed, "refusing a CONNECT to one of ztunnel's own ports (it would loop)");
+        }
         return req.refuse(StatusCode::BAD_REQUEST);
     }
     let mut record = ConnRecord::new(
@@ -123,8 +192,8 @@ async fn connect_app(
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
         source: Some(req.peer_identity.clone()),
-        source_ip: peer.ip().to_canonical(),
-        destination_ip: target.ip().to_canonical(),
+        source_ip: peer.ip(),
+        destination_ip: target.ip(),
         destination_port: target.port(),
     };
     if !shared.state.is_loaded() {
@@ -160,12 +229,15 @@ pub async fn handle_plaintext(
 ) {
     let Ok(local) = conn.local_addr() else { return };
     // The capture kept the original destination as the local address.
-    let target = SocketAddr::new(local.ip().to_canonical(), local.port());
+    let (target, peer) = (canonical(local), canonical(peer));
     if is_ztunnel_port(target.port()) {
-        warn!(pod = %pod.name, %peer, %target, "refusing plaintext to one of ztunnel's own ports (it would loop)");
+        // Anyone outside the mesh can do this: counted every time, logged now and then.
+        shared.metrics.refuse("plaintext", "ztunnel_port");
+        if let Some(suppressed) = PLAINTEXT_LOOP_WARNING.allow() {
+            warn!(pod = %pod.name, %peer, %target, suppressed, "refusing plaintext to one of ztunnel's own ports (it would loop)");
+        }
         return;
     }
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let mut record = ConnRecord::new(
         shared.metrics.clone(),
         TcpLabels::new("destination"),

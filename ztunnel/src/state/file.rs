@@ -120,6 +120,9 @@ struct RawLoadBalancing {
     mode: Option<String>,
 }
 
+/// Largest configuration file read.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads and validates the file.
 pub fn load_file(path: &Path) -> Result<State, ConfigError> {
     let err = |field: &str, reason: String| ConfigError {
@@ -127,7 +130,17 @@ pub fn load_file(path: &Path) -> Result<State, ConfigError> {
         field: field.to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err("(file)", e.to_string()))?;
+    // Only a regular file, opened non-blocking (a FIFO must not wedge the reload), bounded.
+    let bytes = amesh_sys::file::read_regular(path, MAX_FILE_BYTES)
+        .map_err(|e| err("(file)", e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        err(&format!("line {line}"), "not UTF-8".into())
+    })?;
     let raw: FileConfig = serde_yaml::from_str(&text).map_err(|e| {
         let field = e.location().map_or_else(
             || "(document)".to_string(),
@@ -303,7 +316,14 @@ pub fn watch_file(path: PathBuf, store: StateStore) -> Result<(), ConfigError> {
                 continue;
             }
             seen = now;
-            match load_file(&path) {
+            // Reading and parsing are blocking work: off the data path's runtime.
+            let file = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || load_file(&file)).await;
+            let Ok(loaded) = loaded else {
+                error!(file = %path.display(), "configuration reload failed; keeping the last good one");
+                continue;
+            };
+            match loaded {
                 Ok(state) => {
                     store.replace(state);
                     info!(file = %path.display(), "configuration reloaded");
@@ -331,6 +351,39 @@ mod tests {
             std::env::temp_dir().join(format!("amesh-ztunnel-{}-{name}.yaml", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_with_its_name() {
+        let p =
+            std::env::temp_dir().join(format!("amesh-ztunnel-{}-fifo.yaml", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // No writer ever opens it: a blocking read would hang here.
+        let e = load_file(&p).unwrap_err();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(e.field, "(file)");
+        assert!(
+            e.reason.contains("is a FIFO, not a regular file"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_its_line() {
+        let p = write("latin1", "workloads: []\n");
+        std::fs::write(&p, b"workloads: []\n# caf\xe9\n").unwrap();
+        let e = load_file(&p).unwrap_err();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("line 2", "not UTF-8")
+        );
     }
 
     #[test]

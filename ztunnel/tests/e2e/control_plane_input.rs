@@ -42,11 +42,15 @@ fn bad_files_in_the_source_are_named_once_and_the_rest_keeps_applying() {
     let source = mesh.source_path().parent().unwrap().to_path_buf();
     let bad = plant_bad_files(&source);
     // Before the fix the control plane looped on the first of these before serving anything.
-    mesh.try_start_control_plane().expect("the control plane starts beside bad files");
+    mesh.try_start_control_plane()
+        .expect("the control plane starts beside bad files");
     mesh.try_start(&[]).expect("start the nodes");
     for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ready: certificates and xDS are served");
-        wait_dump(&mesh, node, "both pods", |v| workload_names(v) == ["a", "c"]);
+        mesh.try_wait_ready(node)
+            .expect("ready: certificates and xDS are served");
+        wait_dump(&mesh, node, "both pods", |v| {
+            workload_names(v) == ["a", "c"]
+        });
     }
     let _apps = mesh.apps(&["c"]);
     let c = mesh.v4("c", APP_PORT);
@@ -68,25 +72,42 @@ fn bad_files_in_the_source_are_named_once_and_the_rest_keeps_applying() {
     );
 
     // A typo in the policy's file keeps the policy in force (its last good version stays).
-    std::fs::write(source.join("deny.yaml"), DENY_NS_A.replace("rules: [{", "rules: [[{")).unwrap();
+    std::fs::write(
+        source.join("deny.yaml"),
+        DENY_NS_A.replace("rules: [{", "rules: [[{"),
+    )
+    .unwrap();
     // A later good change proves the broken edit was read and passed over.
     std::fs::write(
         source.join("extra.yaml"),
-        DENY_NS_A.replace("deny-ns-a", "deny-marker").replace("ns-a]", "ns-none]"),
+        DENY_NS_A
+            .replace("deny-ns-a", "deny-marker")
+            .replace("ns-a]", "ns-none]"),
     )
     .unwrap();
-    wait_dump(&mesh, "node2", "the marker policy beside the kept one", |v| {
-        let names = policy_names(v);
-        names.iter().any(|n| n.contains("deny-marker")) && names.iter().any(|n| n.contains("deny-ns-a"))
-    });
-    assert!(refused(&mesh, "a", c), "the kept DENY policy is still enforced");
+    wait_dump(
+        &mesh,
+        "node2",
+        "the marker policy beside the kept one",
+        |v| {
+            let names = policy_names(v);
+            names.iter().any(|n| n.contains("deny-marker"))
+                && names.iter().any(|n| n.contains("deny-ns-a"))
+        },
+    );
+    assert!(
+        refused(&mesh, "a", c),
+        "the kept DENY policy is still enforced"
+    );
 
     let cp = mesh.control_plane.as_ref().expect("control plane").log();
     for (file, reason) in bad {
         let lines: Vec<&str> = cp.lines().filter(|l| l.contains(file)).collect();
         assert_eq!(lines.len(), 1, "{file} is reported exactly once:\n{cp}");
         assert!(
-            lines[0].contains("file skipped") && lines[0].contains(reason) && lines[0].contains("line="),
+            lines[0].contains("file skipped")
+                && lines[0].contains(reason)
+                && lines[0].contains("line="),
             "{file}: {}",
             lines[0]
         );
@@ -127,7 +148,10 @@ fn handshakes_past_the_cap_are_closed_at_once_and_the_port_keeps_serving() {
         match extra.read(&mut buf) {
             Ok(0) => closed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
-            other => panic!("an extra connection was not closed at once: {other:?}\n{}", cp_log(&mesh)),
+            other => panic!(
+                "an extra connection was not closed at once: {other:?}\n{}",
+                cp_log(&mesh)
+            ),
         }
     }
     assert_eq!(closed, 5);

@@ -2,8 +2,11 @@
 //! namespaces, a fake node agent speaking ZDS. Needs root (CI runs as root).
 #![allow(clippy::unwrap_used, reason = "test code")]
 
+mod control_plane_input;
 mod dataplane;
+mod input;
 mod observe;
+mod overload;
 mod policy;
 mod policy_xds;
 mod security;

@@ -4,14 +4,6 @@
 use crate::support::*;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn metric_value(metrics: &str, name: &str, must_contain: &[&str]) -> Option<u64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .reduce(|a, b| a + b)
-}
-
 #[test]
 fn metrics_config_dump_and_readiness_after_traffic() {
     let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);

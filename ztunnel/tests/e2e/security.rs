@@ -40,19 +40,6 @@ fn another_trust_domain_is_refused_both_ways() {
     }
 }
 
-/// Runs an async block on a fresh runtime inside pod `d`'s network namespace.
-fn in_pod<R: Send>(mesh: &Mesh, name: &str, f: impl std::future::Future<Output = R> + Send) -> R {
-    mesh.pod(name)
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f)
-        })
-        .unwrap()
-}
-
 #[test]
 fn garbage_on_15008_is_refused_and_other_connections_are_unharmed() {
     let mesh = Mesh::new(&[

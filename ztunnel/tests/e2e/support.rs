@@ -6,7 +6,10 @@ use amesh_testbed::{
     PodProcess,
     probe::{ConnectResult, Connected},
 };
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 pub trait MeshExt: Sized {
     /// A started mesh of `specs`.
@@ -73,4 +76,146 @@ pub fn refused(mesh: &Mesh, from: &str, to: SocketAddr) -> bool {
         .remove(0)
         .outcome
         .is_err()
+}
+
+/// The sum of the samples of metric `name` whose line contains every one of `must_contain`.
+pub fn metric_value(metrics: &str, name: &str, must_contain: &[&str]) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// Runs an async block on a fresh runtime inside pod `name`'s network namespace.
+pub fn in_pod<R: Send>(
+    mesh: &Mesh,
+    name: &str,
+    f: impl std::future::Future<Output = R> + Send,
+) -> R {
+    mesh.pod(name)
+        .run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .unwrap()
+}
+
+/// A TCP connection made from inside pod `from` (usable from any thread afterwards).
+pub fn connect_from(mesh: &Mesh, from: &str, to: SocketAddr) -> std::net::TcpStream {
+    mesh.pod(from)
+        .run(|| std::net::TcpStream::connect(to))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"))
+}
+
+/// Polls `check` until it gives a value, failing with `what` (and the last state it
+/// describes) after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not within {limit:?}: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// ztunnel's JSON log events whose message is `message`, as their `fields`.
+pub fn log_events(z: &ZtunnelProcess, message: &str) -> Vec<serde_json::Value> {
+    z.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .map(|mut v| v["fields"].take())
+        .collect()
+}
+
+/// One of `z`'s metrics (`name`, lines containing every one of `must_contain`), or 0.
+pub fn metric(z: &ZtunnelProcess, name: &str, must_contain: &[&str]) -> u64 {
+    let (status, body) = z.http("Metrics", "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    metric_value(&body, name, must_contain).unwrap_or(0)
+}
+
+/// A mutual-TLS client configuration for `outside/<from>` (a certificate of the mesh CA)
+/// that expects `server`.
+fn client_tls(
+    mesh: &Mesh,
+    me: &amesh_identity::Identity,
+    server: &amesh_identity::Identity,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use amesh_identity::{LocalCa, tls};
+    let ca = LocalCa::load(&mesh.dir.join("ca")).unwrap();
+    let cert = ca.issue(me, Duration::from_secs(600)).unwrap();
+    let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()]).unwrap();
+    tls::client_config(&cert, &bundle, vec![server.clone()], tls::provider()).unwrap()
+}
+
+/// A proper HBONE client in pod `from` (ztunnel's own pool, a certificate of the mesh CA for
+/// `outside/<from>`): a fresh mutual-TLS connection to `hbone`, expecting `server`'s
+/// identity, a CONNECT to `authority`, one line sent; the reply line, or why it failed.
+pub fn hbone_line(
+    mesh: &Mesh,
+    from: &str,
+    hbone: SocketAddr,
+    server: amesh_identity::Identity,
+    authority: &str,
+) -> Result<String, String> {
+    let me = amesh_identity::Identity::new("cluster.local", "outside", from);
+    let config = client_tls(mesh, &me, &server);
+    let tcp = connect_from(mesh, from, hbone);
+    tcp.set_nonblocking(true).unwrap();
+    let key = amesh_hbone::PoolKey {
+        src_pod: from.to_string(),
+        src: me,
+        dst: hbone,
+        dst_identities: vec![server],
+    };
+    let dial = move || async move {
+        let tcp = tokio::net::TcpStream::from_std(tcp)?;
+        let name = amesh_identity::tls::server_name(hbone.ip());
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let pool = amesh_hbone::Pool::new(amesh_hbone::PoolConfig::default());
+        let stream = pool
+            .connect(&key, authority, http::HeaderMap::new(), dial)
+            .await
+            .map_err(|e| format!("CONNECT {authority}: {e}"))?;
+        exchange_line(stream).await
+    })
+}
+
+/// Sends a line, reads the reply line, then closes the stream before the connection goes,
+/// so the server sees it end cleanly ("ok").
+async fn exchange_line(stream: amesh_hbone::PooledStream) -> Result<String, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .write_all(b"hello\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_line(&mut reply));
+    let reply = match read.await {
+        Ok(Ok(n)) if n > 0 => reply.trim_end().to_string(),
+        other => return Err(format!("no reply: {other:?}")),
+    };
+    let _ = stream.shutdown().await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    Ok(reply)
 }
