@@ -5,11 +5,7 @@ use amesh_testbed::{
     sniff,
 };
 use anyhow::{Result, anyhow, ensure};
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 /// An Istio AuthorizationPolicy, as a user would `kubectl apply` it (here: drop it into the
 /// directory the control plane reads).
@@ -28,15 +24,9 @@ fn served(mesh: &Mesh, from: &str, to: SocketAddr) -> Result<String> {
 }
 
 /// Retries `f` for up to ten seconds (a change propagating through watches and xDS).
-fn eventually<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+fn eventually<T>(f: impl FnMut() -> Result<T>) -> Result<T> {
+    let what = "the change taking effect";
+    Ok(amesh_testbed::eventually(what, Duration::from_secs(10), f)?)
 }
 
 pub fn create_pods(mesh: &mut Mesh) -> Result<String> {

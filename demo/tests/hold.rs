@@ -6,18 +6,12 @@ use serde_json::Value;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Option<Value>) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    amesh_testbed::eventually(what, limit, || f().ok_or("not yet"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -164,11 +158,15 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while demo.0.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    amesh_testbed::eventually(
+        "the demo stopping on Ctrl-C",
+        Duration::from_secs(30),
+        || match demo.0.try_wait().expect("wait") {
+            Some(_) => Ok(()),
+            None => Err("still running"),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists()
@@ -191,10 +189,13 @@ impl Drop for Held {
             let _ = Command::new("kill")
                 .args(["-INT", &self.0.id().to_string()])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            // Whether or not it stopped in time, it is killed and reaped below.
+            let _ = amesh_testbed::eventually("the demo stopping", Duration::from_secs(20), || {
+                match self.0.try_wait() {
+                    Ok(None) => Err("still running"),
+                    _ => Ok(()),
+                }
+            });
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

@@ -5,7 +5,14 @@
 use amesh_hbone::{HboneError, Pool, PoolConfig, PoolKey, server};
 use amesh_identity::{Identity, LocalCa, WorkloadCert, tls};
 use http::StatusCode;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -59,6 +66,9 @@ async fn start_server() -> Setup {
     }
 }
 
+/// Bytes the flooding handler (port 7777) got written into its stream so far.
+static FLOODED: AtomicU64 = AtomicU64::new(0);
+
 async fn handle(req: server::IncomingConnect) {
     let port = match &req.target {
         server::Target::Addr(a) => a.port(),
@@ -69,7 +79,9 @@ async fn handle(req: server::IncomingConnect) {
         7777 => {
             let mut s = req.accept().unwrap();
             let chunk = vec![7u8; 64 * 1024];
-            while s.write_all(&chunk).await.is_ok() {}
+            while s.write_all(&chunk).await.is_ok() {
+                FLOODED.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
         }
         401 => req.refuse(StatusCode::UNAUTHORIZED),
         503 => req.refuse(StatusCode::SERVICE_UNAVAILABLE),
@@ -284,7 +296,14 @@ async fn a_stream_nobody_reads_does_not_stall_the_others() {
         .open(&pool, "10.0.0.1:7777", s.server_id.clone())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the flood has filled the stream's flow-control window (4 MiB): from then on
+    // the unread stream holds back everything the server writes into it.
+    let filled = tokio::time::timeout(Duration::from_secs(20), async {
+        while FLOODED.load(Ordering::Relaxed) < 4 * 1024 * 1024 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    filled.await.expect("the flood fills the stream's window");
     // Another stream on the same connection still carries 8 MiB both ways promptly.
     let mut other = s
         .open(&pool, "10.0.0.1:8080", s.server_id.clone())

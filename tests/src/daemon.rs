@@ -6,7 +6,7 @@ use crate::BedError;
 use std::{
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 #[derive(Debug)]
@@ -50,39 +50,33 @@ impl Daemon {
         limit: Duration,
         find: impl Fn(&str) -> Option<T>,
     ) -> Result<T, BedError> {
-        let deadline = Instant::now() + limit;
-        loop {
+        let outcome = crate::eventually(what, limit, || {
             let log = self.log();
             if let Some(found) = find(&log) {
-                return Ok(found);
+                return Ok(Ok(found));
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                crate::bed::untrack_child(self.child.id());
-                return Err(crate::mesh::failed(
-                    format!("{what}: exited ({status})"),
-                    log,
-                ));
+            match self.child.try_wait() {
+                Ok(Some(status)) => Ok(Err((status, log))),
+                _ => Err(log),
             }
-            if Instant::now() > deadline {
-                return Err(crate::mesh::failed(what, log));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })?;
+        outcome.map_err(|(status, log)| {
+            crate::bed::untrack_child(self.child.id());
+            crate::mesh::failed(format!("{what}: exited ({status})"), log)
+        })
     }
 
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                crate::bed::untrack_child(self.child.id());
-                return Some(status);
+        let status = crate::eventually("the process exiting", limit, || {
+            match self.child.try_wait() {
+                Ok(Some(status)) => Ok(status),
+                _ => Err("still running"),
             }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
+        .ok()?;
+        crate::bed::untrack_child(self.child.id());
+        Some(status)
     }
 }
 

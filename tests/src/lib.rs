@@ -31,11 +31,13 @@ mod process;
 pub mod sniff;
 pub mod standin;
 pub mod tls_front;
+mod wait;
 pub mod zds_agent;
 
 pub use bed::{Leftovers, TestBed, remove_on_terminate};
 pub use pod::Pod;
 pub use process::PodProcess;
+pub use wait::eventually;
 
 use std::fmt;
 
@@ -55,6 +57,12 @@ pub enum BedError {
     NoCgroup2,
     #[error("pod name {0:?} is too long or has characters other than [a-z0-9-]")]
     BadName(String),
+    #[error("{what}: not within {timeout:?}; last: {last}")]
+    Timeout {
+        what: String,
+        timeout: std::time::Duration,
+        last: String,
+    },
 }
 
 impl BedError {

@@ -7,7 +7,9 @@
 //! [`Mesh::try_build`] makes the pods and the configuration; [`Mesh::try_start`] enrolls them
 //! and starts the nodes (so that a caller can look at the network before the mesh exists).
 
-use crate::{BedError, Pod, PodProcess, TestBed, probe, probe::Connected, zds_agent::FakeAgent};
+use crate::{
+    BedError, Pod, PodProcess, TestBed, eventually, probe, probe::Connected, zds_agent::FakeAgent,
+};
 use amesh_ebpf_loader::{Capture, CaptureConfig, EnrollRequest};
 use std::{
     fmt::Write as _,
@@ -15,7 +17,7 @@ use std::{
     os::fd::AsFd,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// Port the pods' apps listen on.
@@ -117,25 +119,18 @@ pub fn serving_address(log: &str) -> Option<SocketAddr> {
 impl ZtunnelProcess {
     /// The address an endpoint (`Admin`, `Readiness`, `Metrics`) bound, from the log.
     pub fn try_endpoint(&self, role: &str) -> Result<SocketAddr, BedError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self.log().lines().find_map(|line| {
-                let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
-                let f = &v["fields"];
-                (f["message"] == "listening" && f["endpoint"] == role)
-                    .then(|| f["address"].as_str()?.parse().ok())?
-            });
-            if let Some(addr) = found {
-                return Ok(addr);
-            }
-            if Instant::now() > deadline {
-                return Err(failed(
-                    format!("finding ztunnel's {role} endpoint"),
-                    "not in its log",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("finding ztunnel's {role} endpoint");
+        eventually(what, Duration::from_secs(10), || {
+            self.log()
+                .lines()
+                .find_map(|line| {
+                    let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+                    let f = &v["fields"];
+                    (f["message"] == "listening" && f["endpoint"] == role)
+                        .then(|| f["address"].as_str()?.parse().ok())?
+                })
+                .ok_or("not in its log")
+        })
     }
 
     /// `METHOD path` against one of its endpoints: (status, body).
@@ -468,17 +463,15 @@ impl Mesh {
     /// Waits until `node`'s ztunnel reports ready (configuration synced, pods added).
     pub fn try_wait_ready(&self, node: &str) -> Result<(), BedError> {
         let z = self.ztunnel(node);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (status, body) = z.try_http("Readiness", "GET", "/healthz/ready")?;
-            if status == 200 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(failed(format!("{node}'s ztunnel becoming ready"), body));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            format!("{node}'s ztunnel becoming ready"),
+            Duration::from_secs(10),
+            || match z.try_http("Readiness", "GET", "/healthz/ready") {
+                Ok((200, _)) => Ok(()),
+                Ok((status, body)) => Err(format!("{status}: {body}")),
+                Err(e) => Err(e.to_string()),
+            },
+        )
     }
 
     /// The configuration file (rewrite it to change the mesh live).
@@ -522,8 +515,8 @@ impl Mesh {
     /// Waits until every ztunnel serves exactly the `policies` names.
     pub fn try_wait_policies(&self, policies: &[&str]) -> Result<(), BedError> {
         for (name, ztunnel) in self.ztunnels() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
+            let what = format!("{name} loading the new configuration");
+            eventually(what, Duration::from_secs(10), || {
                 let (_, dump) = ztunnel.try_http("Admin", "GET", "/config_dump")?;
                 let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
                 let names: Vec<&str> = v["policies"]
@@ -533,16 +526,11 @@ impl Mesh {
                     .filter_map(|p| p["name"].as_str())
                     .collect();
                 if names == policies {
-                    break;
+                    Ok(())
+                } else {
+                    Err(failed("policies", dump))
                 }
-                if Instant::now() > deadline {
-                    return Err(failed(
-                        format!("{name} loading the new configuration"),
-                        dump,
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            })?;
         }
         Ok(())
     }

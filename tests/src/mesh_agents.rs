@@ -8,6 +8,7 @@
 use crate::{
     BedError,
     cni::{self, CniFailure, CniRuntime, PodRef},
+    eventually,
     mesh::{
         Mesh, PodSpec, ZtunnelProcess, failed, k8s_uid, namespace_yaml, pod_yaml, service_yaml,
     },
@@ -18,7 +19,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// A node agent process (text logs to a file), killed when dropped.
@@ -346,29 +347,27 @@ impl Mesh {
     /// Waits until `node`'s agent reports exactly `pods` (`ns/name`) enrolled and
     /// acknowledged by ztunnel.
     pub fn try_wait_enrolled(&self, node: &str, pods: &[&str]) -> Result<(), BedError> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let state = self.agent_state(node);
-            let mut enrolled: Vec<String> = state["pods"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(_, r)| r["redirection_enabled"] == true)
-                .map(|(k, _)| k.clone())
-                .collect();
-            enrolled.sort();
-            let mut want: Vec<String> = pods.iter().map(|s| s.to_string()).collect();
-            want.sort();
-            if enrolled == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(failed(
-                    format!("{node}'s agent enrolling {want:?}"),
-                    format!("enrolled: {enrolled:?}; state: {state}"),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut want: Vec<String> = pods.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        eventually(
+            format!("{node}'s agent enrolling {want:?}"),
+            Duration::from_secs(15),
+            || {
+                let state = self.agent_state(node);
+                let mut enrolled: Vec<String> = state["pods"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, r)| r["redirection_enabled"] == true)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                enrolled.sort();
+                if enrolled == want {
+                    Ok(())
+                } else {
+                    Err(format!("enrolled: {enrolled:?}; state: {state}"))
+                }
+            },
+        )
     }
 }

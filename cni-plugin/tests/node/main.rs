@@ -15,10 +15,7 @@ use amesh_testbed::{
     mesh::{APP_PORT, Mesh, PodSpec, pod},
     probe, require_root, sniff,
 };
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 /// Starts the control plane and the agents with their ztunnels; waits until they are ready.
 fn start(mesh: &mut Mesh) {
@@ -83,15 +80,8 @@ fn close(mesh: Mesh) {
 }
 
 /// Waits until `f` holds (a watched change propagating); panics naming `what` otherwise.
-fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+fn eventually(what: &str, f: impl FnMut() -> Result<(), String>) {
+    amesh_testbed::eventually(what, Duration::from_secs(15), f).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn specs() -> Vec<PodSpec> {
@@ -362,17 +352,17 @@ fn a_bad_zds_peer_or_cni_request_harms_nobody_else() {
     use std::os::fd::AsFd;
     amesh_sys::seqpacket::send(peer.as_fd(), b"\xff\xffnot zds", &[]).expect("send");
     let mut buf = [0u8; 64];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let closed = amesh_testbed::eventually("the bad peer closed", Duration::from_secs(10), || {
         match amesh_sys::seqpacket::recv(peer.as_fd(), &mut buf) {
-            Ok(None) => break,
-            Ok(Some(got)) => panic!("the agent answered a bad peer with {} bytes", got.len),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("the bad peer was not closed: {e}"),
+            Ok(None) => Ok(Ok(())),
+            Ok(Some(got)) => Ok(Err(format!("the agent answered with {} bytes", got.len))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => Ok(Err(format!("the bad peer was not closed: {e}"))),
         }
-    }
+    });
+    closed
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     // Garbage on the CNI socket gets a reply naming the problem and closes only that call.
     use std::io::{BufRead, Write};
     let mut conn = std::os::unix::net::UnixStream::connect(&dirs.cni_socket).expect("connect");

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 fn sk_lookup_attachments(pod: &amesh_testbed::Pod) -> u32 {
@@ -18,14 +18,16 @@ fn sk_lookup_attachments(pod: &amesh_testbed::Pod) -> u32 {
 /// The count once detaching settles: the kernel frees a released link after an RCU grace
 /// period, so a query right after the release may still see it for a moment.
 fn sk_lookup_attachments_settled(pod: &amesh_testbed::Pod) -> u32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let n = sk_lookup_attachments(pod);
-        if n == 0 || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let settled = amesh_testbed::eventually(
+        "sk_lookup links released",
+        std::time::Duration::from_secs(2),
+        || match sk_lookup_attachments(pod) {
+            0 => Ok(0),
+            n => Err(n),
+        },
+    );
+    // Still attached after the wait: the caller's assertion reports the count.
+    settled.unwrap_or_else(|_| sk_lookup_attachments(pod))
 }
 
 const ONE_EACH: CgroupAttachments = CgroupAttachments {
@@ -300,16 +302,17 @@ fn a_pod_whose_netns_vanished_is_pruned_and_its_address_reused() {
     // "next" gets the dead pod's address; enrollment prunes the dead pod to make room. The
     // kernel tears namespaces down asynchronously, so this retries for a bounded time.
     let (path, addrs) = (bed.pod("next").netns_path(), vec![gone_ip]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let next = loop {
-        match bed.capture.enroll(&request(&path, &addrs)) {
-            Ok(p) => break p,
-            Err(CaptureError::AddressInUse { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("enroll: {e}"),
-        }
-    };
+    let next =
+        amesh_testbed::eventually("the dead pod pruned", Duration::from_secs(10), || match bed
+            .capture
+            .enroll(&request(&path, &addrs))
+        {
+            Ok(p) => Ok(Ok(p)),
+            Err(e @ CaptureError::AddressInUse { .. }) => Err(e),
+            Err(e) => Ok(Err(e)),
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("enroll: {e}"));
     assert_eq!(next.addresses, vec![gone_ip]);
     let pods = bed.capture.pods().expect("pods");
     assert_eq!(pods.len(), 1, "the vanished pod was pruned: {pods:?}");

@@ -72,18 +72,17 @@ fn debug_logs_reach_tracing_when_asked_for() {
     let _out = outbound_listeners(&bed, "a", a.pod_id);
     connect_one(bed.pod("a"), &[], v4(bed.pod("b"), APP_PORT));
     let want = format!("pod {} outbound port {APP_PORT} redirected", a.pod_id);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !lines
-        .lock()
-        .expect("sink")
-        .iter()
-        .any(|l| l.contains(&want))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no '{want}' in {:?}",
-            lines.lock().expect("sink")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    amesh_testbed::eventually(
+        format!("'{want}' logged"),
+        std::time::Duration::from_secs(5),
+        || {
+            let seen = lines.lock().expect("sink");
+            if seen.iter().any(|l| l.contains(&want)) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -15,19 +15,33 @@ fn metrics_config_dump_and_readiness_after_traffic() {
             "c-app"
         );
     }
-    let (status, metrics) = n1.http("Metrics", "GET", "/metrics");
-    assert_eq!(status, 200);
-    assert_eq!(
-        metric_value(&metrics, "amesh_hbone_tls_handshakes_total", &[]),
-        Some(1),
-        "100 sequential connections, one TLS handshake:\n{metrics}"
-    );
     let src = [
         "reporter=\"source\"",
         "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
         "destination_principal=\"spiffe://cluster.local/ns/ns-c/sa/c\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
+    // Bytes and closes are recorded when a connection's copy ends, which can be just after
+    // the client saw its reply: wait until all 100 are closed on the source side too.
+    let metrics = wait_for(
+        "node1 counting 100 closed connections",
+        Duration::from_secs(10),
+        || {
+            let (status, m) = n1.http("Metrics", "GET", "/metrics");
+            match (
+                status,
+                metric_value(&m, "istio_tcp_connections_closed_total", &src),
+            ) {
+                (200, Some(100)) => Ok(m),
+                _ => Err(format!("{status}: {m}")),
+            }
+        },
+    );
+    assert_eq!(
+        metric_value(&metrics, "amesh_hbone_tls_handshakes_total", &[]),
+        Some(1),
+        "100 sequential connections, one TLS handshake:\n{metrics}"
+    );
     assert_eq!(
         metric_value(&metrics, "istio_tcp_connections_opened_total", &src),
         Some(100),
@@ -43,27 +57,26 @@ fn metrics_config_dump_and_readiness_after_traffic() {
     );
     assert!(metric_value(&metrics, "istio_tcp_sent_bytes_total", &src).unwrap() > 100 * request);
     // Closing is recorded when the copy ends, just after the client saw its reply.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, m2) = n2.http("Metrics", "GET", "/metrics");
-        let dst = [
-            "reporter=\"destination\"",
-            "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
-            "destination_workload=\"c\"",
-        ];
-        if metric_value(&m2, "istio_tcp_connections_closed_total", &dst) == Some(100) {
-            assert_eq!(
-                metric_value(&m2, "istio_tcp_connections_opened_total", &dst),
-                Some(100)
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node2 did not count 100 closed connections:\n{m2}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let dst = [
+        "reporter=\"destination\"",
+        "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
+        "destination_workload=\"c\"",
+    ];
+    let m2 = wait_for(
+        "node2 counting 100 closed connections",
+        Duration::from_secs(10),
+        || {
+            let (_, m2) = n2.http("Metrics", "GET", "/metrics");
+            match metric_value(&m2, "istio_tcp_connections_closed_total", &dst) {
+                Some(100) => Ok(m2),
+                _ => Err(m2),
+            }
+        },
+    );
+    assert_eq!(
+        metric_value(&m2, "istio_tcp_connections_opened_total", &dst),
+        Some(100)
+    );
 
     let (status, dump) = n1.http("Admin", "GET", "/config_dump");
     assert_eq!(status, 200);
@@ -141,17 +154,21 @@ fn the_configuration_file_reloads_live_and_a_bad_one_is_rejected_with_its_field(
         1,
     );
     std::fs::write(mesh.config_path(), &text).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while workloads(z) != 2 {
-        assert!(std::time::Instant::now() < deadline, "reload not seen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the reload", Duration::from_secs(10), || {
+        match workloads(z) {
+            2 => Ok(()),
+            n => Err(format!("{n} workloads")),
+        }
+    });
     std::fs::write(mesh.config_path(), text.replace("10.200.99.1", "10.200.99")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !z.log().contains("configuration rejected") {
-        assert!(std::time::Instant::now() < deadline, "rejection not logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the rejection logged", Duration::from_secs(10), || {
+        let log = z.log();
+        if log.contains("configuration rejected") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
     let log = z.log();
     assert!(
         log.contains("workloads[0].addresses[0]") && log.contains("not an IP address"),

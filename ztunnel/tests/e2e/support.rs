@@ -6,10 +6,7 @@ use amesh_testbed::{
     PodProcess,
     probe::{ConnectResult, Connected},
 };
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 pub trait MeshExt: Sized {
     /// A started mesh of `specs`.
@@ -114,17 +111,8 @@ pub fn connect_from(mesh: &Mesh, from: &str, to: SocketAddr) -> std::net::TcpStr
 
 /// Polls `check` until it gives a value, failing with `what` (and the last state it
 /// describes) after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {limit:?}: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Result<T, String>) -> T {
+    amesh_testbed::eventually(what, limit, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// ztunnel's JSON log events whose message is `message`, as their `fields`.
