@@ -4,61 +4,15 @@
 
 use amesh_controlplane::{
     catalog::Catalog,
+    fixtures::{self, PODS, SERVICES, scale_objects as objects},
     translate::{Mesh, translate},
 };
-use amesh_kube::source::{Snapshot, read_documents};
+use amesh_kube::source::Snapshot;
 use amesh_proto::ADDRESS_TYPE_URL;
-use std::{collections::HashMap, fmt::Write, path::Path, time::Instant};
-
-const NAMESPACES: usize = 100;
-const PODS: usize = 10_000;
-const SERVICES: usize = 2_000;
-
-fn objects(changed_pod: Option<usize>) -> String {
-    let mut y = String::new();
-    for n in 0..NAMESPACES {
-        let _ = writeln!(
-            y,
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---"
-        );
-    }
-    for p in 0..PODS {
-        let (ns, svc) = (p % NAMESPACES, p % SERVICES);
-        let phase = if changed_pod == Some(p) {
-            "Pending"
-        } else {
-            "Running"
-        };
-        let _ = writeln!(
-            y,
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: ns{ns}, labels: {{app: svc{svc}}}}}\n\
-             spec: {{nodeName: node{node}, serviceAccountName: sa{svc}, containers: [{{name: c, image: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
-             status: {{phase: {phase}, conditions: [{{type: Ready, status: \"True\"}}], podIPs: [{{ip: 10.{a}.{b}.{c}}}]}}\n---",
-            node = p % 50,
-            a = p / 65536,
-            b = (p / 256) % 256,
-            c = p % 256,
-        );
-    }
-    for s in 0..SERVICES {
-        let _ = writeln!(
-            y,
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: ns{ns}}}\n\
-             spec: {{clusterIP: 10.96.{a}.{b}, selector: {{app: svc{s}}}, ports: [{{port: 80, targetPort: http}}]}}\n---",
-            ns = s % NAMESPACES,
-            a = s / 256,
-            b = s % 256,
-        );
-    }
-    y
-}
+use std::{collections::HashMap, time::Instant};
 
 fn read(text: &str) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    let mut errors = Vec::new();
-    read_documents(Path::new("bench.yaml"), text, &mut snapshot, &mut errors);
-    assert!(errors.is_empty(), "{errors:?}");
-    snapshot
+    fixtures::read(text).unwrap_or_else(|errors| panic!("{errors:?}"))
 }
 
 fn peak_rss_mib() -> String {

@@ -9,7 +9,10 @@ use crate::{
     catalog::{Catalog, SERVED_TYPES},
 };
 use amesh_proto::discovery::{
-    self as d, aggregated_discovery_service_server::AggregatedDiscoveryService,
+    self as d,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
 };
 use std::{
     collections::HashMap,
@@ -31,6 +34,12 @@ pub struct Ads {
     auth: Authenticator,
 }
 
+/// The largest xDS message decoded or encoded: Istio's 200 MiB, what ztunnel's client
+/// decodes. tonic decodes 4 MiB by default, less than the first request of a client that
+/// reconnects holding a large cluster (it lists every resource it holds); encoding is
+/// unbounded by default, and a response past what the client decodes would only fail there.
+pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
+
 impl Ads {
     pub fn new(catalog: watch::Receiver<Arc<Catalog>>, auth: Authenticator) -> Self {
         Self {
@@ -38,6 +47,13 @@ impl Ads {
             nonces: Arc::default(),
             auth,
         }
+    }
+
+    /// The gRPC service, with Istio's message size limits.
+    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
 }
 

@@ -8,6 +8,8 @@ pub mod auth;
 pub mod ca;
 pub mod ca_secret;
 pub mod catalog;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod kube_source;
 pub mod root_configmap;
 pub mod serve;

@@ -7,10 +7,7 @@ use amesh_controlplane::{
     root_configmap, serve, serving_cert::ServingCert, translate::Mesh, watch,
 };
 use amesh_identity::{Identity, LocalCa, tls};
-use amesh_proto::{
-    ca::istio_certificate_service_server::IstioCertificateServiceServer,
-    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
-};
+use amesh_proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use anyhow::Context;
 use clap::Parser;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -217,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         max_validity: Duration::from_secs(args.cert_validity_secs),
     };
     let routes = serve::Routes {
-        ads: AggregatedDiscoveryServiceServer::new(Ads::new(catalog, auth)),
+        ads: Ads::new(catalog, auth).into_server(),
         ca: IstioCertificateServiceServer::new(ca),
     };
     tonic::transport::Server::builder()

@@ -7,8 +7,12 @@
 //!   agent's snapshot is in and every pod's certificate is ready, 503 before;
 //! - metrics (15020): `GET /metrics`, Prometheus/OpenMetrics text.
 //!
-//! A deliberately small HTTP/1.1 server: one request per connection, bounded request size;
-//! anything it cannot parse gets a 400 and only that connection is closed.
+//! Served by hyper's HTTP/1.1 server, one request per connection (no keep-alive), with
+//! bounds anyone who can reach the port might otherwise push on: the request head at most
+//! [`MAX_HEAD`] (beyond: 431 or the connection closed), the body at most [`MAX_BODY`]
+//! (beyond: 413), the head read within [`HEADER_READ_TIMEOUT`] (a connection that sends
+//! half a request is closed), and the whole connection within [`CONNECTION_DEADLINE`].
+//! Anything hyper cannot parse gets a 400 and only that connection is closed.
 
 use crate::{
     accept::Acceptor,
@@ -17,20 +21,31 @@ use crate::{
     shared::Shared,
 };
 use amesh_identity::CertState;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use std::{
+    convert::Infallible,
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, UNIX_EPOCH},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::Notify,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-const MAX_REQUEST: usize = 8192;
+/// The request line and headers: hyper's read buffer (its minimum is 8 KiB).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The request body (no endpoint needs one; `POST /logging` takes its level in the query).
+pub const MAX_BODY: usize = 64 * 1024;
+/// From the connection's start until its request head is in.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole connection: head, body and answer.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(20);
 
 /// What the endpoints look at.
 pub struct Endpoints {
@@ -51,13 +66,13 @@ impl std::fmt::Debug for Endpoints {
 }
 
 struct Response {
-    status: u16,
+    status: StatusCode,
     content_type: &'static str,
     body: String,
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<String>) -> Self {
+    fn new(status: StatusCode, content_type: &'static str, body: impl Into<String>) -> Self {
         Self {
             status,
             content_type,
@@ -65,8 +80,18 @@ impl Response {
         }
     }
 
-    fn text(status: u16, body: impl Into<String>) -> Self {
+    fn text(status: StatusCode, body: impl Into<String>) -> Self {
         Self::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn into_http(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(self.content_type),
+        );
+        response
     }
 }
 
@@ -94,82 +119,84 @@ pub async fn serve(listener: TcpListener, role: Role, endpoints: Arc<Endpoints>)
     let mut listener = Acceptor::new(listener, role.label(), &endpoints.shared.metrics);
     loop {
         let (conn, _) = listener.accept().await;
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), one(conn, role, &endpoints)).await;
-        });
+        tokio::spawn(one(conn, role, endpoints.clone()));
     }
 }
 
-async fn one(mut conn: TcpStream, role: Role, e: &Endpoints) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            break 0;
-        }
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).unwrap_or("");
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let resp = match (words.next(), words.next(), words.next()) {
-        (Some(method), Some(target), Some(v)) if v.starts_with("HTTP/1.") => {
-            route(role, method, target, e)
-        }
-        _ => Response::text(400, "bad request\n"),
-    };
-    let reason = match resp.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        resp.status,
-        resp.content_type,
-        resp.body.len()
-    );
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(resp.body.as_bytes()).await?;
-    conn.shutdown().await
+/// One connection, one request, within the limits above. How a connection ends is for
+/// debugging only: anyone who reaches the port can make them end badly.
+async fn one(conn: TcpStream, role: Role, endpoints: Arc<Endpoints>) {
+    let service = hyper::service::service_fn(move |request| {
+        let endpoints = endpoints.clone();
+        async move { Ok::<_, Infallible>(answer(request, role, &endpoints).await.into_http()) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(conn), service);
+    match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => debug!(listener = role.label(), %error, "connection failed"),
+        Err(_) => debug!(listener = role.label(), "connection past its deadline"),
+    }
 }
 
-fn route(role: Role, method: &str, target: &str, e: &Endpoints) -> Response {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match (role, method, path) {
+/// Reads the body (bounded) and routes the request.
+async fn answer(request: Request<Incoming>, role: Role, e: &Endpoints) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(refused) = read_body(body).await {
+        return refused;
+    }
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    route(role, &parts.method, path, query, e)
+}
+
+/// The body, read and dropped: a 413 when it is (or says it will be) over [`MAX_BODY`].
+async fn read_body(body: Incoming) -> Result<(), Response> {
+    let too_large = || Response::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(_) => Ok(()),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Response::text(
+            StatusCode::BAD_REQUEST,
+            "bad request body\n",
+        )),
+    }
+}
+
+fn route(role: Role, method: &Method, path: &str, query: &str, e: &Endpoints) -> Response {
+    match (role, method.as_str(), path) {
         (Role::Admin, "GET", "/config_dump") => {
-            Response::new(200, "application/json", config_dump(e))
+            Response::new(StatusCode::OK, "application/json", config_dump(e))
         }
         (Role::Admin, "GET", "/logging") => log_level(e),
         (Role::Admin, "POST", "/logging") => set_log_level(e, query),
         (Role::Admin, "POST", "/quitquitquit") => {
             e.quit.notify_one();
-            Response::text(200, "draining and exiting\n")
+            Response::text(StatusCode::OK, "draining and exiting\n")
         }
         (Role::Readiness, "GET", "/healthz/ready") => readiness(e),
         (Role::Metrics, "GET", "/metrics") => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &e.registry) {
                 Ok(()) => Response::new(
-                    200,
+                    StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     out,
                 ),
-                Err(_) => Response::text(503, "encoding metrics failed\n"),
+                Err(_) => {
+                    Response::text(StatusCode::SERVICE_UNAVAILABLE, "encoding metrics failed\n")
+                }
             }
         }
-        (_, "GET" | "POST", _) => Response::text(404, "not found\n"),
-        _ => Response::text(405, "method not allowed\n"),
+        (_, "GET" | "POST", _) => Response::text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => Response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
 }
 
@@ -188,10 +215,10 @@ fn readiness(e: &Endpoints) -> Response {
         waiting.push("pod certificates");
     }
     if waiting.is_empty() {
-        Response::text(200, "ready\n")
+        Response::text(StatusCode::OK, "ready\n")
     } else {
         Response::text(
-            503,
+            StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: waiting for {}\n", waiting.join(", ")),
         )
     }
@@ -214,29 +241,32 @@ fn set_log_level(e: &Endpoints, query: &str) -> Response {
     }
     let Some(spec) = logging::percent_decode(level.unwrap_or("")) else {
         return Response::text(
-            400,
+            StatusCode::BAD_REQUEST,
             format!("the level is not valid percent-encoding\n{}", logging::HELP),
         );
     };
     match e.log.set(&spec, reset) {
         Ok(filter) => {
             info!(level = %spec, reset, %filter, "log level changed");
-            Response::text(200, format!("current log level is {filter}\n"))
+            Response::text(StatusCode::OK, format!("current log level is {filter}\n"))
         }
         Err(err) if err.is_bad_request() => {
             warn!(level = %spec, %err, "rejected log level");
             Response::text(
-                400,
+                StatusCode::BAD_REQUEST,
                 format!("invalid level {spec:?}: {err}\n{}", logging::HELP),
             )
         }
-        Err(err) => Response::text(503, format!("{err}\n")),
+        Err(err) => Response::text(StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")),
     }
 }
 
 /// `GET /logging`: the filter in effect.
 fn log_level(e: &Endpoints) -> Response {
-    Response::text(200, format!("current log level is {}\n", e.log.current()))
+    Response::text(
+        StatusCode::OK,
+        format!("current log level is {}\n", e.log.current()),
+    )
 }
 
 fn secs(t: Option<std::time::SystemTime>) -> Option<u64> {

@@ -10,15 +10,17 @@ pub mod state;
 
 pub mod accept;
 pub mod admin;
-pub mod ca_client;
 pub mod config;
-pub mod control;
 pub mod inpod;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_labels;
 pub mod proxy;
 pub mod shared;
 pub mod zds;
+
+// The control-plane clients live in amesh-xds; these paths stay for ztunnel's callers.
+pub use amesh_xds::{ca_client, control};
 
 use amesh_ebpf_loader::{CaptureMaps, PinLayout};
 use amesh_hbone::{Pool, PoolConfig};
@@ -95,15 +97,20 @@ async fn shared_state(
     match (&args.config, &args.xds_address) {
         (Some(file), _) => state::watch_file(file.clone(), state.clone())?,
         (None, Some(address)) => {
-            let config = state::xds_client::XdsConfig {
+            let config = amesh_xds::Config {
                 address: address.clone(),
                 server_name: check.server_name(),
                 node_id: node_id(&args.node),
                 metadata: node_metadata(args),
                 credentials,
-                metrics: metrics.xds.clone(),
             };
-            tokio::spawn(state::xds_client::run(config, xds_tls, state.clone()));
+            let metrics = metrics.xds.clone();
+            tokio::spawn(state::xds_client::run(
+                config,
+                metrics,
+                xds_tls,
+                state.clone(),
+            ));
         }
         (None, None) => anyhow::bail!("either --config or --xds-address is required"),
     }

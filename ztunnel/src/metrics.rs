@@ -12,6 +12,7 @@
 //! ports, `handshake_limit` for HBONE handshakes over the cap, `certificate_not_ready`) and
 //! `amesh_hbone_handshakes_in_progress` (inbound TLS handshakes under way).
 
+pub use crate::metrics_labels::{Reporter, ResponseFlag, SecurityPolicy};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -21,8 +22,7 @@ use prometheus_client::{
 /// Istio's TCP metric labels. Unknown values are "unknown", as Istio reports them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    /// `source` (outbound side) or `destination` (inbound side).
-    pub reporter: &'static str,
+    pub reporter: Reporter,
     pub source_workload: String,
     pub source_canonical_service: String,
     pub source_canonical_revision: String,
@@ -43,16 +43,14 @@ pub struct TcpLabels {
     pub destination_version: String,
     pub destination_cluster: String,
     pub request_protocol: &'static str,
-    /// `-` on success; `CONNECT`, `DENY`, `TLS_FAILURE`, ... when the connection failed.
-    pub response_flags: &'static str,
-    /// `mutual_tls` over HBONE, `unknown` for plain TCP.
-    pub connection_security_policy: &'static str,
+    pub response_flags: ResponseFlag,
+    pub connection_security_policy: SecurityPolicy,
 }
 
 pub const UNKNOWN: &str = "unknown";
 
 impl TcpLabels {
-    pub fn new(reporter: &'static str) -> Self {
+    pub fn new(reporter: Reporter) -> Self {
         let u = || UNKNOWN.to_string();
         Self {
             reporter,
@@ -76,8 +74,8 @@ impl TcpLabels {
             destination_version: u(),
             destination_cluster: u(),
             request_protocol: "tcp",
-            response_flags: "-",
-            connection_security_policy: UNKNOWN,
+            response_flags: ResponseFlag::None,
+            connection_security_policy: SecurityPolicy::Unknown,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod core;
 pub mod install;
 pub mod mark;
 pub mod netns_scan;
+pub mod readiness;
 pub mod state;
 pub mod zds;
 
@@ -33,7 +34,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, UnixListener, UnixStream},
+    net::{UnixListener, UnixStream},
     sync::{mpsc, watch},
 };
 use tracing::{info, warn};
@@ -77,6 +78,8 @@ pub enum AgentError {
     Zds(#[from] zds::ZdsError),
     #[error(transparent)]
     Install(#[from] install::InstallError),
+    #[error(transparent)]
+    Readiness(#[from] readiness::ReadinessError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -98,7 +101,7 @@ pub async fn run(
     }
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.readiness {
-        serve_readiness(addr, ready.clone()).await?;
+        readiness::serve(addr, ready.clone()).await?;
     }
     let capture = Capture::load_or_adopt(&config.capture)?;
     info!(adopted = capture.adopted(), "capture programs owned");
@@ -253,38 +256,4 @@ async fn answer(stream: UnixStream, core: Core) {
     let mut out = serde_json::to_string(&reply).unwrap_or_default();
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
-}
-
-/// `GET /readyz`: 200 once the agent serves the plugin, 503 before.
-async fn serve_readiness(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<(), AgentError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(io(format!("binding readiness on {addr}")))?;
-    let bound = listener.local_addr().map_err(io("readiness address"))?;
-    info!(endpoint = "Readiness", address = %bound, "listening");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let ready = ready.load(Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
-                let (status, body) = if !buf.starts_with(b"GET /readyz") {
-                    ("404 Not Found", "not found\n")
-                } else if ready {
-                    ("200 OK", "ready\n")
-                } else {
-                    ("503 Service Unavailable", "starting\n")
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    Ok(())
 }

@@ -120,13 +120,31 @@ impl LiveConnections {
         )
     }
 
-    /// Re-decides every open connection under `state`; closes the ones now denied.
+    /// Re-decides every open connection under `state`; closes the ones now denied. The
+    /// facts are copied out and judged without the lock, which every new and closing
+    /// connection takes.
     pub fn recheck(&self, state: &State, metrics: &Metrics) {
-        for live in self.lock().values() {
-            if let Decision::Deny { by } = authorize(state, &live.facts, metrics) {
-                warn!(pod = %live.facts.pod_name, source = ?live.facts.source.as_ref().map(|i| i.to_string()), policy = %by, "closing a connection a policy change now denies");
-                live.kill.send_replace(true);
-            }
+        let open: Vec<(u64, Facts)> = self
+            .lock()
+            .iter()
+            .map(|(id, live)| (*id, live.facts.clone()))
+            .collect();
+        let denied: Vec<(u64, Facts, String)> = open
+            .into_iter()
+            .filter_map(|(id, facts)| match authorize(state, &facts, metrics) {
+                Decision::Deny { by } => Some((id, facts, by)),
+                Decision::Allow { .. } => None,
+            })
+            .collect();
+        if denied.is_empty() {
+            return;
+        }
+        let conns = self.lock();
+        for (id, facts, by) in denied {
+            // Gone meanwhile: it closed on its own.
+            let Some(live) = conns.get(&id) else { continue };
+            warn!(pod = %facts.pod_name, source = ?facts.source.as_ref().map(|i| i.to_string()), policy = %by, "closing a connection a policy change now denies");
+            live.kill.send_replace(true);
         }
     }
 }

@@ -3,20 +3,20 @@
 //! connection to the app made inside the pod, and are re-checked when policies change.
 
 use super::{
-    authz::{Facts, authorize},
+    authz::{Facts, LiveGuard, authorize},
+    error::InboundError,
     record::ConnRecord,
     relay,
 };
 use crate::{
     inpod::PodCtx,
-    metrics::TcpLabels,
-    shared::{CERT_WAIT, Shared},
+    metrics::{Reporter, SecurityPolicy, TcpLabels},
+    shared::{CERT_WAIT, Shared, Stop},
 };
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
 use amesh_policy::{Decision, MtlsMode};
 use amesh_ratelimit::{Throttle, WARN_EVERY};
-use http::StatusCode;
 use prometheus_client::metrics::gauge::Gauge;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -24,7 +24,7 @@ use std::{
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 /// Ports ztunnel itself listens on (Istio's list). Forwarding a connection to one of them
 /// would send it straight back to ztunnel, forever: such connections are refused.
@@ -155,7 +155,7 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Answers one CONNECT: 400 unless it targets this pod, 401 if policy refuses, 503 if the app
-/// is unreachable, else 200 and the bytes.
+/// is unreachable, else 200 and the bytes. Runs in a span naming both ends.
 async fn connect_app(
     shared: Arc<Shared>,
     pod: Arc<PodCtx>,
@@ -163,12 +163,39 @@ async fn connect_app(
     peer: SocketAddr,
     pod_ip: IpAddr,
 ) {
+    let target = match hbone_target(&shared, &pod, &req, pod_ip) {
+        Ok(t) => t,
+        Err(e) => return req.refuse(e.status()),
+    };
+    let span = info_span!(
+        "inbound",
+        pod = %pod.name,
+        src = %peer,
+        dst = %target,
+        src.identity = %req.peer_identity,
+        dst.identity = %pod.identity,
+    );
+    serve_connect(shared, pod, req, peer, target)
+        .instrument(span)
+        .await
+}
+
+/// The CONNECT's target, canonical, if it is this pod and not one of ztunnel's own ports.
+/// These refusals come before a connection record exists: counted and logged here.
+fn hbone_target(
+    shared: &Shared,
+    pod: &PodCtx,
+    req: &IncomingConnect,
+    pod_ip: IpAddr,
+) -> Result<SocketAddr, InboundError> {
     let target = match &req.target {
         // `[::ffff:<pod IPv4>]:port` names this pod too; from here on it is the IPv4 form.
         Target::Addr(a) if a.ip().to_canonical() == pod_ip => canonical(*a),
         other => {
-            debug!(pod = %pod.name, target = ?other, "HBONE target is not this pod (ip mismatch)");
-            return req.refuse(StatusCode::BAD_REQUEST);
+            shared.metrics.refuse("hbone", "not_this_pod");
+            let e = InboundError::NotThisPod(format!("{other:?}"));
+            debug!(pod = %pod.name, error = %e, "refusing a CONNECT");
+            return Err(e);
         }
     };
     if is_ztunnel_port(target.port()) {
@@ -176,18 +203,28 @@ async fn connect_app(
         if let Some(suppressed) = CONNECT_LOOP_WARNING.allow() {
             warn!(pod = %pod.name, %target, suppressed, "refusing a CONNECT to one of ztunnel's own ports (it would loop)");
         }
-        return req.refuse(StatusCode::BAD_REQUEST);
+        return Err(InboundError::ZtunnelPort);
     }
+    Ok(target)
+}
+
+async fn serve_connect(
+    shared: Arc<Shared>,
+    pod: Arc<PodCtx>,
+    req: IncomingConnect,
+    peer: SocketAddr,
+    target: SocketAddr,
+) {
     let mut record = ConnRecord::new(
         shared.metrics.clone(),
-        TcpLabels::new("destination"),
+        TcpLabels::new(Reporter::Destination),
         peer,
         target,
     );
     let source_workload = req.peer_identity.service_account.clone();
     record.source(&req.peer_identity, &source_workload);
     record.destination(&pod.identity, &pod.name);
-    record.labels.connection_security_policy = "mutual_tls";
+    record.labels.connection_security_policy = SecurityPolicy::MutualTls;
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
@@ -196,35 +233,63 @@ async fn connect_app(
         destination_ip: target.ip(),
         destination_port: target.port(),
     };
-    if !shared.state.is_loaded() {
-        record.fail("CONNECT", super::NOT_CONFIGURED);
-        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-    }
-    match authorize(&shared.state.snapshot(), &facts, &shared.metrics) {
-        Decision::Deny { by } => {
-            record.fail("DENY", &format!("denied by {by}"));
-            return req.refuse(StatusCode::UNAUTHORIZED);
+    match admit(&shared, &pod, facts, None, &mut record).await {
+        Err(e) => {
+            let status = e.status();
+            record.fail(e.response_flag(), &e);
+            req.refuse(status);
         }
+        Ok((mut app, _live, kill)) => match req.accept() {
+            Ok(mut stream) => relay(record, &mut stream, &mut app, Some(kill)).await,
+            Err(e) => {
+                let e = InboundError::Answer(e);
+                record.fail(e.response_flag(), &e);
+            }
+        },
+    }
+}
+
+/// The checks every inbound connection passes, in order: configuration loaded, STRICT peer
+/// authentication for plaintext (`plaintext_port`), authorization; then the connection to
+/// the app, registered for re-checks when policies change.
+async fn admit(
+    shared: &Arc<Shared>,
+    pod: &PodCtx,
+    facts: Facts,
+    plaintext_port: Option<u16>,
+    record: &mut ConnRecord,
+) -> Result<(TcpStream, LiveGuard, Stop), InboundError> {
+    if !shared.state.is_loaded() {
+        return Err(InboundError::NotConfigured);
+    }
+    let state = shared.state.snapshot();
+    if let Some(port) = plaintext_port {
+        let uid = state
+            .workload_by_name(&pod.namespace, &pod.name)
+            .map(|w| w.uid.clone())
+            .unwrap_or_default();
+        if state.mtls_mode(&pod.namespace, &uid, port) == MtlsMode::Strict {
+            return Err(InboundError::PlaintextStrict);
+        }
+    }
+    match authorize(&state, &facts, &shared.metrics) {
+        Decision::Deny { by } => return Err(InboundError::Denied { by }),
         Decision::Allow { by } => record.policy = by,
     }
-    let (_live, kill) = shared.live.register(facts);
-    let mut app = match pod.net.connect(target).await {
-        Ok(a) => a,
-        Err(e) => {
-            record.fail("CONNECT", &format!("app unreachable: {e}"));
-            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-        }
-    };
-    match req.accept() {
-        Ok(mut stream) => relay(record, &mut stream, &mut app, Some(kill)).await,
-        Err(e) => record.fail("CONNECT", &format!("answering CONNECT: {e}")),
-    }
+    let target = SocketAddr::new(facts.destination_ip, facts.destination_port);
+    let (live, kill) = shared.live.register(facts);
+    let app = pod
+        .net
+        .connect(target)
+        .await
+        .map_err(InboundError::AppUnreachable)?;
+    Ok((app, live, kill))
 }
 
 pub async fn handle_plaintext(
     shared: Arc<Shared>,
     pod: Arc<PodCtx>,
-    mut conn: TcpStream,
+    conn: TcpStream,
     peer: SocketAddr,
 ) {
     let Ok(local) = conn.local_addr() else { return };
@@ -238,25 +303,26 @@ pub async fn handle_plaintext(
         }
         return;
     }
+    let span = info_span!("inbound_plaintext", pod = %pod.name, src = %peer, dst = %target, dst.identity = %pod.identity);
+    serve_plaintext(shared, pod, conn, peer, target)
+        .instrument(span)
+        .await
+}
+
+async fn serve_plaintext(
+    shared: Arc<Shared>,
+    pod: Arc<PodCtx>,
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+) {
     let mut record = ConnRecord::new(
         shared.metrics.clone(),
-        TcpLabels::new("destination"),
+        TcpLabels::new(Reporter::Destination),
         peer,
         target,
     );
     record.destination(&pod.identity, &pod.name);
-    if !shared.state.is_loaded() {
-        return record.fail("CONNECT", super::NOT_CONFIGURED);
-    }
-    let state = shared.state.snapshot();
-    // STRICT peer authentication: plaintext is refused; the connection closes unanswered.
-    let uid = state
-        .workload_by_name(&pod.namespace, &pod.name)
-        .map(|w| w.uid.clone())
-        .unwrap_or_default();
-    if state.mtls_mode(&pod.namespace, &uid, target.port()) == MtlsMode::Strict {
-        return record.fail("DENY", "plaintext refused: peer authentication is STRICT");
-    }
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
@@ -265,13 +331,9 @@ pub async fn handle_plaintext(
         destination_ip: target.ip(),
         destination_port: target.port(),
     };
-    match authorize(&state, &facts, &shared.metrics) {
-        Decision::Deny { by } => return record.fail("DENY", &format!("denied by {by}")),
-        Decision::Allow { by } => record.policy = by,
-    }
-    let (_live, kill) = shared.live.register(facts);
-    match pod.net.connect(target).await {
-        Ok(mut app) => relay(record, &mut conn, &mut app, Some(kill)).await,
-        Err(e) => record.fail("CONNECT", &format!("app unreachable: {e}")),
+    // Refused plaintext is closed unanswered.
+    match admit(&shared, &pod, facts, Some(target.port()), &mut record).await {
+        Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
+        Err(e) => record.fail(e.response_flag(), &e),
     }
 }

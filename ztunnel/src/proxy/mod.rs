@@ -3,18 +3,16 @@
 //! - [`outbound`]: 15001, the pod's own connections, tunnelled over HBONE or passed through.
 //! - [`inbound`]: 15008 (HBONE from other pods) and 15006 (plaintext from outside the mesh).
 //! - [`record`]: per-connection metrics and access log.
+//! - [`error`]: why a connection failed, with its response flag and status.
 
 pub mod authz;
 mod copy;
+pub mod error;
 pub mod inbound;
 pub mod outbound;
 pub mod record;
 
-/// Why a connection is refused before ztunnel has its first configuration (xDS not yet
-/// synced): without it ztunnel cannot tell mesh destinations from others, nor know the
-/// policies, so it refuses rather than guess (which would mean plaintext).
-pub const NOT_CONFIGURED: &str =
-    "no configuration from the control plane yet: refused (fail closed)";
+pub use error::NOT_CONFIGURED;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -44,7 +42,7 @@ pub async fn relay<A, B>(
             Some(e) => record.finish(copied.up, copied.down, &format!("ended with an error: {e}")),
         },
         () = killed => {
-            record.labels.response_flags = "DENY";
+            record.labels.response_flags = crate::metrics::ResponseFlag::Deny;
             record.finish(0, 0, "closed: a policy change denies it");
         }
     }

@@ -2,15 +2,16 @@
 //! original destination: over HBONE with the pod's own identity when the destination is in
 //! the mesh, as plain TCP otherwise.
 
-use super::{record::ConnRecord, relay};
+use super::{error::OutboundError, record::ConnRecord, relay};
 use crate::{
     inpod::PodCtx,
-    metrics::TcpLabels,
+    metrics::{Reporter, SecurityPolicy, TcpLabels},
     shared::{CERT_WAIT, Shared},
     state::{Route, Service},
 };
-use amesh_hbone::{HBONE_PORT, HboneError, PoolKey};
+use amesh_hbone::{HBONE_PORT, PoolKey};
 use amesh_identity::{Identity, tls};
+use amesh_ratelimit::{Throttle, WARN_EVERY};
 use http::HeaderMap;
 use std::{
     net::SocketAddr,
@@ -18,23 +19,44 @@ use std::{
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tracing::warn;
+use tracing::{Instrument, info_span, warn};
 
-pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, peer: SocketAddr) {
+/// Logged at a bounded rate: a flood of such connections must not flood the log.
+static NO_ORIGINAL_DST_WARNING: Throttle = Throttle::new(WARN_EVERY);
+
+pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, conn: TcpStream, peer: SocketAddr) {
     // Without the original destination there is nowhere safe to send it: refuse.
     let Some(orig) = shared.original_dst(pod.pod_id, peer) else {
-        warn!(pod = %pod.name, %peer, "no original destination recorded for this connection; refusing");
+        shared.metrics.refuse("outbound", "no_original_destination");
+        if let Some(suppressed) = NO_ORIGINAL_DST_WARNING.allow() {
+            warn!(pod = %pod.name, %peer, suppressed, "no original destination recorded for this connection; refusing");
+        }
         return;
     };
+    let span = info_span!("outbound", pod = %pod.name, src = %peer, dst = %orig, src.identity = %pod.identity);
+    forward(shared, pod, conn, peer, orig)
+        .instrument(span)
+        .await
+}
+
+/// Routes the connection to its original destination `orig` and relays it.
+async fn forward(
+    shared: Arc<Shared>,
+    pod: Arc<PodCtx>,
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    orig: SocketAddr,
+) {
     let state = shared.state.snapshot();
     let pick = shared.next_pick.fetch_add(1, Ordering::Relaxed);
     let me = state.workload_by_name(&pod.namespace, &pod.name);
     let src_ip = me.and_then(|w| w.addresses.first().copied());
     let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
-    let mut record = ConnRecord::new(shared.metrics.clone(), TcpLabels::new("source"), src, orig);
+    let labels = TcpLabels::new(Reporter::Source);
+    let mut record = ConnRecord::new(shared.metrics.clone(), labels, src, orig);
     record.source(&pod.identity, &pod.name);
     if !shared.state.is_loaded() {
-        return record.fail("CONNECT", super::NOT_CONFIGURED);
+        return fail(record, OutboundError::NotConfigured);
     }
     let nowhere = crate::state::Locality::default();
     let client = crate::state::Client {
@@ -50,11 +72,11 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             record.dst = target;
             record.destination(&workload.identity(), &workload.name);
             label_service(&mut record, service.as_deref());
-            record.labels.connection_security_policy = "mutual_tls";
+            record.labels.connection_security_policy = SecurityPolicy::MutualTls;
             let headers = hbone_headers(&pod, src, service.as_deref());
             match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
-                Err(e) => record.fail(e.flag(), &e.to_string()),
+                Err(e) => fail(record, e),
             }
         }
         Route::Direct {
@@ -70,17 +92,19 @@ pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, mut conn: TcpStream, 
             label_service(&mut record, service.as_deref());
             match pod.net.connect(dst).await {
                 Ok(mut upstream) => relay(record, &mut conn, &mut upstream, None).await,
-                Err(e) => record.fail("CONNECT", &format!("connect failed: {e}")),
+                Err(e) => fail(record, OutboundError::Direct(e)),
             }
         }
         Route::NoEndpoint { service } => {
             label_service(&mut record, Some(&service));
-            record.fail(
-                "NO_HEALTHY_UPSTREAM",
-                &format!("no healthy endpoint for service {}", service.hostname),
-            );
+            let service = service.hostname.clone();
+            fail(record, OutboundError::NoHealthyUpstream { service });
         }
     }
+}
+
+fn fail(record: ConnRecord, e: OutboundError) {
+    record.fail(e.response_flag(), &e);
 }
 
 fn label_service(record: &mut ConnRecord, service: Option<&Service>) {
@@ -111,52 +135,20 @@ fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> He
     headers
 }
 
-/// Why a tunnel could not be opened.
-#[derive(Debug, thiserror::Error)]
-enum TunnelError {
-    #[error("no certificate for {0} yet")]
-    NoCertificate(Identity),
-    #[error("hbone to {addr}: {source}")]
-    Hbone {
-        addr: SocketAddr,
-        source: HboneError,
-    },
-}
-
-impl TunnelError {
-    /// Istio's response flag for it.
-    fn flag(&self) -> &'static str {
-        match self {
-            Self::NoCertificate(_) => "IDENTITY_ERROR",
-            Self::Hbone {
-                source: HboneError::Status(s),
-                ..
-            } if *s == http::StatusCode::UNAUTHORIZED => "DENY",
-            // tokio-rustls reports certificate and handshake failures as InvalidData.
-            Self::Hbone {
-                source: HboneError::Connect(io),
-                ..
-            } if io.kind() == std::io::ErrorKind::InvalidData => "TLS_FAILURE",
-            Self::Hbone { .. } => "CONNECT",
-        }
-    }
-}
-
 /// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
-/// Errors carry Istio's response flag and the reason.
 async fn tunnel(
     shared: &Shared,
     pod: &PodCtx,
     dst_identity: &Identity,
     target: SocketAddr,
     headers: HeaderMap,
-) -> Result<amesh_hbone::PooledStream, TunnelError> {
+) -> Result<amesh_hbone::PooledStream, OutboundError> {
     // Never send as a pod whose certificate is not ready: refuse instead (fail closed).
     let cert = shared
         .certs
         .wait_ready(&pod.identity, CERT_WAIT)
         .await
-        .ok_or_else(|| TunnelError::NoCertificate(pod.identity.clone()))?;
+        .ok_or_else(|| OutboundError::NoCertificate(pod.identity.clone()))?;
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let expected = vec![dst_identity.clone()];
     let key = PoolKey {
@@ -180,7 +172,7 @@ async fn tunnel(
                 .await
         })
         .await
-        .map_err(|source| TunnelError::Hbone {
+        .map_err(|source| OutboundError::Hbone {
             addr: hbone_addr,
             source,
         })

@@ -2,7 +2,7 @@
 //! once established; `finish` or `fail` closes it, and dropping it unfinished (the pod was
 //! removed, ztunnel stopped) still counts it closed and logs why, so nothing leaks.
 
-use crate::metrics::{Metrics, TcpLabels};
+use crate::metrics::{Metrics, ResponseFlag, TcpLabels};
 use amesh_identity::Identity;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tracing::info;
@@ -74,11 +74,12 @@ impl ConnRecord {
         self.done = true;
     }
 
-    /// The connection could not be set up; `flag` is Istio's response flag for why.
-    pub fn fail(mut self, flag: &'static str, reason: &str) {
+    /// The connection could not be set up: counted failed with Istio's response flag for
+    /// why, and logged with the reason.
+    pub fn fail(mut self, flag: ResponseFlag, reason: &dyn std::fmt::Display) {
         self.labels.response_flags = flag;
         self.metrics.failed.get_or_create(&self.labels).inc();
-        self.log(0, 0, reason);
+        self.log(0, 0, &reason.to_string());
         self.done = true;
     }
 
@@ -86,7 +87,7 @@ impl ConnRecord {
         let l = &self.labels;
         info!(
             target: "access",
-            reporter = l.reporter,
+            reporter = l.reporter.as_str(),
             src.addr = %self.src,
             dst.addr = %self.dst,
             src.identity = %l.source_principal,
@@ -94,7 +95,7 @@ impl ConnRecord {
             dst.identity = %l.destination_principal,
             dst.workload = %l.destination_workload,
             dst.service = %l.destination_service,
-            security = l.connection_security_policy,
+            security = l.connection_security_policy.as_str(),
             authz.policy = self.policy.as_deref().unwrap_or("-"),
             bytes.up = up,
             bytes.down = down,
@@ -114,7 +115,7 @@ impl Drop for ConnRecord {
             self.metrics.closed.get_or_create(&self.labels).inc();
             self.log(0, 0, "closed: pod removed or ztunnel stopping");
         } else {
-            self.labels.response_flags = "CONNECT";
+            self.labels.response_flags = ResponseFlag::Connect;
             self.metrics.failed.get_or_create(&self.labels).inc();
             self.log(0, 0, "abandoned before it was established");
         }

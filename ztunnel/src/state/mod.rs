@@ -150,6 +150,9 @@ impl Service {
 pub struct State {
     workloads: BTreeMap<String, Arc<Workload>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Namespace → name → workload (the first by uid when names repeat), for the data path's
+    /// per-connection lookup of its own pod.
+    by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
     services: BTreeMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Service key → the workloads backing it.
@@ -172,6 +175,13 @@ impl State {
                 s.endpoints.entry(svc.clone()).or_default().push(w.clone());
             }
             s.workloads.insert(w.uid.clone(), w);
+        }
+        for w in s.workloads.values() {
+            s.by_name
+                .entry(w.namespace.clone())
+                .or_default()
+                .entry(w.name.clone())
+                .or_insert_with(|| w.clone());
         }
         for svc in services {
             let svc = Arc::new(svc);
@@ -249,9 +259,7 @@ impl State {
 
     /// The workload a pod sent by ZDS is, by namespace and name.
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.workloads
-            .values()
-            .find(|w| w.namespace == namespace && w.name == name)
+        self.by_name.get(namespace)?.get(name)
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {

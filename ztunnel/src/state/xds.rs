@@ -1,27 +1,21 @@
 //! Istio's xDS resources (`istio.workload.Address`, `istio.security.Authorization`) turned
-//! into ztunnel's validated state, one resource at a time: a malformed resource is rejected
-//! with its name and the reason (what a NACK carries) while the others in the same response
-//! apply. [`Resources`] keeps the last good version of every resource, so a bad update
-//! leaves the previous one in place.
+//! into ztunnel's validated state, one resource at a time: ztunnel's [`Handler`]s for the
+//! two types. A malformed resource is rejected with the reason (amesh-xds names it in the
+//! NACK) while the others in the same response apply. [`Resources`] keeps the last good
+//! version of every resource, so a bad update leaves the previous one in place.
 
 use super::{LoadBalancing, Locality, LocalityScope, Protocol, Service, State, Workload};
 use amesh_policy::{
     Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
 };
 use amesh_proto::{security as pb_sec, workload as pb};
+use amesh_xds::{Changes, Handler};
 use prost::Message;
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
-
-/// A resource that could not be accepted, named as the control plane named it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name}: {reason}")]
-pub struct Rejected {
-    pub name: String,
-    pub reason: String,
-}
 
 fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
     match bytes.len() {
@@ -247,7 +241,8 @@ pub fn authorization(a: pb_sec::Authorization) -> Result<Authorization, String> 
     })
 }
 
-/// The last good version of every xDS resource, by resource name.
+/// The last good version of every xDS resource, by resource name: what both handlers fill
+/// and what is published.
 #[derive(Debug, Default)]
 pub struct Resources {
     workloads: HashMap<String, Workload>,
@@ -256,60 +251,6 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// Applies one delta of `istio.workload.Address` resources (name, encoded bytes) and
-    /// removals. Returns the rejected ones; everything else is applied.
-    pub fn apply_addresses(
-        &mut self,
-        updated: Vec<(String, Vec<u8>)>,
-        removed: &[String],
-    ) -> Vec<Rejected> {
-        let mut rejected = Vec::new();
-        for (name, bytes) in updated {
-            let parsed =
-                pb::Address::decode(bytes.as_slice()).map_err(|e| format!("does not decode: {e}"));
-            let result = parsed.and_then(|a| match a.r#type {
-                Some(pb::address::Type::Workload(w)) => workload(w).map(|w| {
-                    self.workloads.insert(name.clone(), w);
-                }),
-                Some(pb::address::Type::Service(s)) => service(s).map(|s| {
-                    self.services.insert(name.clone(), s);
-                }),
-                None => Err("address is neither a workload nor a service".into()),
-            });
-            if let Err(reason) = result {
-                rejected.push(Rejected { name, reason });
-            }
-        }
-        for name in removed {
-            self.workloads.remove(name);
-            self.services.remove(name);
-        }
-        rejected
-    }
-
-    /// Applies one delta of `istio.security.Authorization` resources.
-    pub fn apply_authorizations(
-        &mut self,
-        updated: Vec<(String, Vec<u8>)>,
-        removed: &[String],
-    ) -> Vec<Rejected> {
-        let mut rejected = Vec::new();
-        for (name, bytes) in updated {
-            let parsed = pb_sec::Authorization::decode(bytes.as_slice())
-                .map_err(|e| format!("does not decode: {e}"));
-            match parsed.and_then(authorization) {
-                Ok(p) => {
-                    self.policies.insert(name, p);
-                }
-                Err(reason) => rejected.push(Rejected { name, reason }),
-            }
-        }
-        for name in removed {
-            self.policies.remove(name);
-        }
-        rejected
-    }
-
     /// The state these resources describe.
     pub fn state(&self) -> State {
         State::new(
@@ -320,9 +261,121 @@ impl Resources {
     }
 }
 
+/// The resources, shared by the two handlers and the publisher. A panic elsewhere while
+/// holding the lock leaves whole maps behind (every change is one insert or remove), so a
+/// poisoned lock is still good to use.
+pub fn lock(resources: &Mutex<Resources>) -> MutexGuard<'_, Resources> {
+    resources.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One decoded `istio.workload.Address`.
+#[derive(Debug)]
+pub enum Address {
+    Workload(Workload),
+    Service(Service),
+}
+
+/// Handles `istio.workload.Address` (workloads and services).
+#[derive(Debug, Clone)]
+pub struct AddressHandler(pub Arc<Mutex<Resources>>);
+
+impl Handler for AddressHandler {
+    type Resource = Address;
+    type Error = String;
+
+    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Address, String> {
+        let address = pb::Address::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
+        match address.r#type {
+            Some(pb::address::Type::Workload(w)) => workload(w).map(Address::Workload),
+            Some(pb::address::Type::Service(s)) => service(s).map(Address::Service),
+            None => Err("address is neither a workload nor a service".into()),
+        }
+    }
+
+    fn apply(&mut self, changes: Changes<Address>) {
+        let mut r = lock(&self.0);
+        for (name, address) in changes.updated {
+            // A name is one resource: one that turns from workload into service (or back)
+            // leaves nothing of its old kind behind.
+            match address {
+                Address::Workload(w) => {
+                    r.services.remove(&name);
+                    r.workloads.insert(name, w);
+                }
+                Address::Service(s) => {
+                    r.workloads.remove(&name);
+                    r.services.insert(name, s);
+                }
+            }
+        }
+        for name in &changes.removed {
+            r.workloads.remove(name);
+            r.services.remove(name);
+        }
+    }
+}
+
+/// Handles `istio.security.Authorization`.
+#[derive(Debug, Clone)]
+pub struct AuthorizationHandler(pub Arc<Mutex<Resources>>);
+
+impl Handler for AuthorizationHandler {
+    type Resource = Authorization;
+    type Error = String;
+
+    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Authorization, String> {
+        pb_sec::Authorization::decode(bytes)
+            .map_err(|e| format!("does not decode: {e}"))
+            .and_then(authorization)
+    }
+
+    fn apply(&mut self, changes: Changes<Authorization>) {
+        let mut r = lock(&self.0);
+        r.policies.extend(changes.updated);
+        for name in &changes.removed {
+            r.policies.remove(name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amesh_xds::{Rejected, handler::process};
+
+    /// Shared resources and a handler of each type, driven as the xDS client drives them.
+    #[derive(Default)]
+    struct Handlers(Arc<Mutex<Resources>>);
+
+    impl Handlers {
+        fn apply_addresses(
+            &self,
+            updated: Vec<(String, Vec<u8>)>,
+            removed: &[String],
+        ) -> Vec<Rejected> {
+            process(
+                &mut AddressHandler(self.0.clone()),
+                updated,
+                removed.to_vec(),
+            )
+        }
+
+        fn apply_authorizations(
+            &self,
+            updated: Vec<(String, Vec<u8>)>,
+            removed: &[String],
+        ) -> Vec<Rejected> {
+            process(
+                &mut AuthorizationHandler(self.0.clone()),
+                updated,
+                removed.to_vec(),
+            )
+        }
+
+        fn state(&self) -> State {
+            lock(&self.0).state()
+        }
+    }
 
     fn address_of(w: pb::Workload) -> Vec<u8> {
         pb::Address {
@@ -381,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_malformed_resource_is_rejected_by_name_while_its_siblings_apply() {
-        let mut r = Resources::default();
+        let r = Handlers::default();
         let rejected = r.apply_addresses(
             vec![
                 ("good".into(), address_of(wl("good", vec![10, 0, 0, 1]))),
@@ -529,7 +582,7 @@ mod tests {
             .unwrap_err()
             .contains("not supported at L4")
         );
-        let mut r = Resources::default();
+        let r = Handlers::default();
         let bad_len = pb_sec::Authorization {
             groups: vec![pb_sec::Group {
                 rules: vec![pb_sec::Rules {

@@ -2,6 +2,7 @@
 //! namespaces, a fake node agent speaking ZDS. Needs root (CI runs as root).
 #![allow(clippy::unwrap_used, reason = "test code")]
 
+mod admin_limits;
 mod control_plane_input;
 mod dataplane;
 mod input;

@@ -1,4 +1,4 @@
-//! What ztunnel's two control-plane clients (xDS and the CA) share: the TLS connection
+//! What a proxy's two control-plane clients (xDS and the CA) share: the TLS connection
 //! tonic runs over, and the headers istiod expects (`authorization: Bearer <token>`,
 //! `clusterid`).
 
@@ -67,6 +67,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Adds the headers to `request` (a value that is not a valid header is left out: the
+    /// control plane then refuses the call and says why, which beats failing here).
     pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
         let headers = request.metadata_mut();
         if let Some(token) = &self.token

@@ -1,6 +1,6 @@
-//! Istio's CA protocol from ztunnel's side: `CreateCertificate` for the pods on this node,
-//! naming each pod's identity in the `ImpersonatedIdentity` metadata field, as Istio's
-//! ztunnel does. Replaces the in-process CA when `--ca-address` is set.
+//! Istio's CA protocol from a node proxy's side: `CreateCertificate` for the pods on this
+//! node, naming each pod's identity in the `ImpersonatedIdentity` metadata field, as Istio's
+//! ztunnel does (ztunnel uses it instead of its in-process CA when `--ca-address` is set).
 
 use crate::control::{Connector, Credentials};
 use amesh_identity::{CaClient, CaError, Identity, ca::BoxFuture};
@@ -10,6 +10,7 @@ use amesh_proto::ca::{
 use std::time::Duration;
 use tonic::{Code, transport::Channel};
 
+/// A [`CaClient`] that asks the control plane's `IstioCertificateService`.
 #[derive(Debug)]
 pub struct IstioCaClient {
     channel: Channel,
