@@ -1,6 +1,6 @@
-//! The agent's last word on which namespaces may hold pods of the mesh, written next to its
-//! socket so that the plugin can still refuse those pods (and only those) while the agent is
-//! down.
+//! The agent's last word on which namespaces may hold pods of the mesh, written in its
+//! persistent directory (`/var/lib/amesh`, which survives reboots) so that the plugin can still
+//! refuse those pods (and only those) while the agent is down.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;

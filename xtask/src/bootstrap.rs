@@ -9,7 +9,7 @@ use crate::{
 use anyhow::{Context, Result, bail};
 use std::{path::PathBuf, process::Command};
 
-/// The bpf-linker release known to work with the nightly's LLVM (see shared/TOOLCHAIN.md).
+/// The bpf-linker release known to work with the nightly's LLVM (see docs/toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and bench use, each with a file that shows it is there:
 /// `ip` builds the test networks, `mount` mounts bpffs, the CNI reference plugins build pods

@@ -69,7 +69,7 @@ fn real_main() -> Result<()> {
 
 /// `cargo xtask render-manifests`: the chart rendered with its defaults (release `amesh`,
 /// namespace `istio-system`) by Helm's engine, after a strict lint, into the committed
-/// manifests that `tests/tests/deploy.rs` checks for drift.
+/// manifests that `tests/tests/deploy/main.rs` checks for drift.
 fn render_manifests(paths: &paths::Paths) -> Result<()> {
     use anyhow::Context;
     bootstrap::helm_venv(paths)?;

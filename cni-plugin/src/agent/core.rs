@@ -26,8 +26,6 @@ use std::{
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, info, warn};
 
-/// The label a pod or namespace uses to choose its data plane.
-
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub excluded_namespaces: Vec<String>,

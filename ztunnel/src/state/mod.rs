@@ -1,5 +1,5 @@
 //! What ztunnel knows about the mesh: workloads and services in the shape of Istio's workload
-//! API, validated and indexed for the data path. The local file (and later xDS) produce a
+//! API, validated and indexed for the data path. The local file or the xDS feed produces a
 //! [`State`]; [`StateStore`] swaps it atomically so that connections always see one version.
 
 mod file;
