@@ -115,6 +115,7 @@ async fn shared_state(
         (None, None) => anyhow::bail!("either --config or --xds-address is required"),
     }
     let maps = open_capture_maps(&args.capture_pins).await;
+    let orig_dst = open_capture_maps(&args.capture_pins).await;
     Ok(Arc::new(Shared {
         node: args.node.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -124,6 +125,7 @@ async fn shared_state(
         provider: tls::provider(),
         pool: Pool::new(PoolConfig::default()),
         maps: Mutex::new(maps),
+        orig_dst: Mutex::new(orig_dst),
         home: Arc::new(Netns::open("/proc/self/ns/net")?),
         next_pick: Default::default(),
         draining,

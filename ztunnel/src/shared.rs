@@ -27,6 +27,9 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub pool: Pool,
     pub maps: Mutex<CaptureMaps>,
+    /// A second handle on the same pinned maps, only for original-destination lookups: every
+    /// outbound connection takes it, and it must not wait behind a pod's enrolment.
+    pub orig_dst: Mutex<CaptureMaps>,
     /// ztunnel's own network namespace, to return to after creating in-pod sockets.
     pub home: Arc<Netns>,
     /// Rotates service endpoint choices.
@@ -46,7 +49,7 @@ impl Shared {
     /// The original destination of a connection the outbound listener accepted from `peer`.
     pub fn original_dst(&self, pod_id: u32, peer: SocketAddr) -> Option<SocketAddr> {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
         maps.take_original_dst(pod_id, peer).ok().flatten()
     }
 }
