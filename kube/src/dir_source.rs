@@ -5,7 +5,7 @@
 //! good version stays; an object that cannot be used keeps its last good version from the same
 //! file. So a typo never removes policies that were in force, and never stops the rest of the
 //! directory from applying. Scans do blocking file I/O and parsing: run them on a blocking
-//! thread ([`DirSource::scan_blocking`]).
+//! thread; [`follow`] does, and follows the directory.
 
 use crate::source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot};
 use amesh_ratelimit::Throttle;
@@ -110,19 +110,6 @@ impl DirSource {
             scan_file(&path, state, &mut scan);
         }
         Ok(scan)
-    }
-
-    /// [`Self::scan`] on the blocking pool, logging what it found; gives the source back.
-    pub async fn scan_blocking(mut self) -> (Self, Result<Scan, std::io::Error>) {
-        let joined = tokio::task::spawn_blocking(move || {
-            let scan = self.scan();
-            if let Ok(s) = &scan {
-                self.report(&s.problems);
-            }
-            (self, scan)
-        })
-        .await;
-        joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Everything the directory holds now, in file order.
@@ -266,6 +253,80 @@ fn merge(
         });
     }
     (objects, problems)
+}
+
+/// The longest wait between scans while the directory cannot be listed.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Scans `dir` now (failing only if it cannot be listed) and then every `poll`, each scan on
+/// the blocking pool. `on_change` runs there too, with the first contents and after every
+/// change; it returns `false` to stop following (its subscribers are gone). While the
+/// directory cannot be listed, scans back off up to 10 s and the last contents stay.
+pub async fn follow<F>(dir: PathBuf, poll: Duration, on_change: F) -> Result<(), std::io::Error>
+where
+    F: FnMut(&DirSource) -> bool + Send + 'static,
+{
+    let follower = Follower {
+        source: DirSource::new(dir),
+        on_change,
+    };
+    let (mut follower, first) = blocking(follower, |f| f.step(true)).await;
+    if !first? {
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        let mut wait = poll;
+        loop {
+            tokio::time::sleep(wait).await;
+            let step;
+            (follower, step) = blocking(follower, |f| f.step(false)).await;
+            match step {
+                Ok(true) => wait = poll,
+                Ok(false) => return,
+                Err(e) => {
+                    if wait == poll {
+                        warn!(dir = %follower.source.dir().display(), error = %e, "source directory unreadable; keeping the last good state");
+                    }
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A directory and what to do with its contents.
+struct Follower<F> {
+    source: DirSource,
+    on_change: F,
+}
+
+impl<F: FnMut(&DirSource) -> bool> Follower<F> {
+    /// One scan, reported; `on_change` on the `first` and on every changed one. `Ok(false)`:
+    /// stop following.
+    fn step(&mut self, first: bool) -> Result<bool, std::io::Error> {
+        let scan = self.source.scan()?;
+        self.source.report(&scan.problems);
+        Ok(if first || scan.changed {
+            (self.on_change)(&self.source)
+        } else {
+            true
+        })
+    }
+}
+
+/// Runs `f` on `t` on the blocking pool and gives `t` back.
+async fn blocking<T, R>(mut t: T, f: impl FnOnce(&mut T) -> R + Send + 'static) -> (T, R)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut t);
+        (t, r)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Logs that the directory was loaded.

@@ -2,7 +2,10 @@
 //! Two sources feed the same view (and so the same decisions): the Kubernetes API through
 //! kube-rs reflectors, or a local directory of the same YAML objects the control plane reads.
 
-use amesh_kube::{dir_source::DirSource, driver::spawn_driver};
+use amesh_kube::{
+    dir_source::{self, DirSource},
+    driver::spawn_driver,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
@@ -10,12 +13,9 @@ use kube::{
 };
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
-use tracing::warn;
 
 /// How often the directory source looks for changes.
 const DIR_POLL: Duration = Duration::from_millis(200);
-/// The longest wait between retries while the directory cannot be listed.
-const DIR_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
@@ -111,43 +111,21 @@ async fn start_dir(
     dir: PathBuf,
     node: String,
 ) -> Result<watch::Receiver<ClusterView>, ClusterError> {
-    let (mut source, scanned) = DirSource::new(dir.clone()).scan_blocking().await;
-    scanned.map_err(|source| ClusterError::Dir { path: dir, source })?;
-    let (tx, rx) = watch::channel(view_of(&source, &node));
-    tokio::spawn(async move {
-        let mut wait = DIR_POLL;
-        loop {
-            tokio::time::sleep(wait).await;
-            if tx.is_closed() {
-                return;
+    let (tx, rx) = watch::channel(ClusterView::default());
+    dir_source::follow(dir.clone(), DIR_POLL, move |source| {
+        // Only a changed view wakes the agent.
+        let view = view_of(source, &node);
+        tx.send_if_modified(|old| {
+            let changed = *old != view;
+            if changed {
+                *old = view;
             }
-            let scanned;
-            (source, scanned) = source.scan_blocking().await;
-            match scanned {
-                Ok(scan) => {
-                    wait = DIR_POLL;
-                    if !scan.changed {
-                        continue;
-                    }
-                    // Only a changed view wakes the agent.
-                    let view = view_of(&source, &node);
-                    tx.send_if_modified(|old| {
-                        let changed = *old != view;
-                        if changed {
-                            *old = view;
-                        }
-                        changed
-                    });
-                }
-                Err(e) => {
-                    if wait == DIR_POLL {
-                        warn!(dir = %source.dir().display(), error = %e, "source directory unreadable; keeping the last view");
-                    }
-                    wait = (wait * 2).min(DIR_MAX_BACKOFF);
-                }
-            }
-        }
-    });
+            changed
+        });
+        !tx.is_closed()
+    })
+    .await
+    .map_err(|source| ClusterError::Dir { path: dir, source })?;
     Ok(rx)
 }
 

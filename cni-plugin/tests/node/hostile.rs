@@ -24,14 +24,6 @@ fn plant_bad_files(dir: &std::path::Path) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn agent_log(mesh: &Mesh, node: &str) -> String {
-    mesh.agent_node(node)
-        .agent
-        .as_ref()
-        .map(|a| a.log())
-        .unwrap_or_default()
-}
-
 #[test]
 fn bad_source_files_are_named_once_and_label_changes_still_apply() {
     require_root();

@@ -73,6 +73,15 @@ fn served_pods(mesh: &Mesh, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// The node agent's log on `node`.
+fn agent_log(mesh: &Mesh, node: &str) -> String {
+    mesh.agent_node(node)
+        .agent
+        .as_ref()
+        .map(|a| a.log())
+        .unwrap_or_default()
+}
+
 /// Tears the mesh down and checks nothing it made is left.
 fn close(mesh: Mesh) {
     let left = mesh.close();
@@ -288,13 +297,8 @@ fn labels_enrol_and_release_running_pods_and_restarts_keep_traffic() {
         echo(&mut pipe, "after").is_some_and(|l| l.contains("after")),
         "the connection carried on through the agents' restarts"
     );
-    let agent_log = mesh
-        .agent_node("node2")
-        .agent
-        .as_ref()
-        .map(|a| a.log())
-        .unwrap_or_default();
-    assert!(agent_log.contains("adopted=true"), "{agent_log}");
+    let log = agent_log(&mesh, "node2");
+    assert!(log.contains("adopted=true"), "{log}");
     assert_eq!(
         hbone(&mesh, "c", s),
         Ok(true),
@@ -381,12 +385,7 @@ fn a_bad_zds_peer_or_cni_request_harms_nobody_else() {
     mesh.try_cni_del("c").expect("DEL");
     mesh.try_wait_enrolled("node1", &["web/s"])
         .expect("the agent still serves CNI");
-    let log = mesh
-        .agent_node("node1")
-        .agent
-        .as_ref()
-        .map(|a| a.log())
-        .unwrap_or_default();
+    let log = agent_log(&mesh, "node1");
     assert!(log.contains("refusing a ZDS peer"), "{log}");
     close(mesh);
 }
@@ -460,18 +459,11 @@ fn from_the_kubernetes_api_pods_are_enrolled_annotated_and_released() {
             .map(|p| p["metadata"]["annotations"]["ambient.istio.io/redirection"].clone())
             .unwrap_or_default()
     };
-    let agent_log = |mesh: &Mesh| {
-        mesh.agent_node("node1")
-            .agent
-            .as_ref()
-            .map(|a| a.log())
-            .unwrap_or_default()
-    };
     eventually("c annotated", || {
         (annotation("c") == "enabled").then_some(()).ok_or(format!(
             "{}\n{}",
             annotation("c"),
-            agent_log(&mesh)
+            agent_log(&mesh, "node1")
         ))
     });
     // Someone strips the mark: the agent puts it back (the pod is still enrolled).
@@ -630,18 +622,11 @@ fn without_ztunnel_ambient_pods_do_not_start() {
     // ztunnel goes away between requests: the agent notices without being asked.
     let node = &mut mesh.agent_nodes[0];
     node.ztunnel.stop();
-    let agent_log = |mesh: &Mesh| {
-        mesh.agent_node("node1")
-            .agent
-            .as_ref()
-            .map(|a| a.log())
-            .unwrap_or_default()
-    };
     eventually("the agent notices", || {
-        agent_log(&mesh)
+        agent_log(&mesh, "node1")
             .contains("ztunnel disconnected")
             .then_some(())
-            .ok_or_else(|| agent_log(&mesh))
+            .ok_or_else(|| agent_log(&mesh, "node1"))
     });
     let refused = mesh
         .try_cni_add(&specs[0])
