@@ -15,8 +15,9 @@
 
 use amesh_kube::{enrollment::enrolled, source::Snapshot};
 use amesh_policy::{
-    Action, Authorization, MtlsMode, PeerScope, Scope,
+    Authorization, Scope,
     crd::{self, CrdError},
+    wire::{ip_bytes, to_proto},
 };
 use amesh_proto::{security as sec, workload as pb};
 use k8s_openapi::{
@@ -217,98 +218,23 @@ fn peer_authentications(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> Pe
     pas
 }
 
-/// The mTLS requirement of one workload as a policy ztunnel enforces: DENY peers without an
-/// identity on the ports where plaintext is not allowed. The most specific PeerAuthentication
-/// decides, port by port (workload selector, then namespace, then mesh; UNSET inherits), so a
-/// namespace PERMISSIVE under a mesh-wide STRICT is honoured. Workloads with the same
-/// requirement share one policy in the root namespace, referenced from each of them.
+/// The mTLS requirement of one workload as the policy ztunnel enforces (see
+/// [`amesh_policy::strict_policy`]): the most specific PeerAuthentication decides, port by
+/// port (workload selector, then namespace, then mesh; UNSET inherits). Workloads with the
+/// same requirement share one policy in the root namespace, referenced from each of them.
 fn peer_policy(
     pas: &PeerAuths,
     namespace: &str,
     labels: &BTreeMap<String, String>,
     mesh: &Mesh,
 ) -> Option<Authorization> {
-    let applies = |scope: PeerScope| {
-        pas.iter()
-            .find(|(p, selector)| {
-                p.scope == scope
-                    && match scope {
-                        PeerScope::Mesh => true,
-                        PeerScope::Namespace => p.namespace == namespace,
-                        PeerScope::Workload => {
-                            p.namespace == namespace
-                                && selector.as_ref().is_some_and(|s| labels_match(s, labels))
-                        }
-                    }
-            })
-            .map(|(p, _)| p)
-    };
-    let chain: Vec<&amesh_policy::PeerAuthentication> =
-        [PeerScope::Workload, PeerScope::Namespace, PeerScope::Mesh]
-            .into_iter()
-            .filter_map(applies)
-            .collect();
-    let mode_for = |port: Option<u16>| {
-        chain
-            .iter()
-            .find_map(|p| {
-                let mode = port
-                    .and_then(|port| p.port_modes.get(&port).copied())
-                    .unwrap_or(p.mode);
-                (mode != MtlsMode::Unset).then_some(mode)
-            })
-            .unwrap_or(MtlsMode::Permissive)
-    };
-    let strict = mode_for(None) == MtlsMode::Strict;
-    let mut exceptions: Vec<u16> = chain
-        .iter()
-        .flat_map(|p| p.port_modes.keys().copied())
-        .filter(|&port| (mode_for(Some(port)) == MtlsMode::Strict) != strict)
-        .collect();
-    exceptions.sort_unstable();
-    exceptions.dedup();
-    let ports = exceptions
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join("_");
-    let (name, matched) = if strict {
-        let suffix = if ports.is_empty() {
-            String::new()
-        } else {
-            format!("_except_{ports}")
-        };
-        let m = amesh_policy::Match {
-            not_principals: vec![amesh_policy::StringMatch::Presence],
-            not_destination_ports: exceptions,
-            ..Default::default()
-        };
-        (format!("converted_peer_authentication_strict{suffix}"), m)
-    } else if !exceptions.is_empty() {
-        let m = amesh_policy::Match {
-            not_principals: vec![amesh_policy::StringMatch::Presence],
-            destination_ports: exceptions,
-            ..Default::default()
-        };
-        (
-            format!("converted_peer_authentication_strict_ports_{ports}"),
-            m,
-        )
-    } else {
-        return None;
-    };
-    Some(Authorization {
-        name,
-        namespace: mesh.root_namespace.clone(),
-        scope: Scope::WorkloadSelector,
-        action: Action::Deny,
-        rules: vec![amesh_policy::Rule {
-            clauses: vec![amesh_policy::Clause {
-                matches: vec![matched],
-            }],
-        }],
-        dry_run: false,
-    })
+    let chain = amesh_policy::chain(
+        pas,
+        |(p, _)| p,
+        namespace,
+        |(_, selector)| selector.as_ref().is_some_and(|s| labels_match(s, labels)),
+    );
+    amesh_policy::strict_policy(&chain, &mesh.root_namespace)
 }
 
 fn service(svc: &Service, mesh: &Mesh) -> Option<(String, pb::Service)> {
@@ -470,13 +396,6 @@ fn endpoint_slice_workloads(snap: &Snapshot, mesh: &Mesh) -> Vec<pb::Workload> {
     out
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
-
 fn waypoint_of(
     labels: &BTreeMap<String, String>,
     namespace: &str,
@@ -632,100 +551,5 @@ fn target_port(pod: &Pod, target: Option<&IntOrString>, port: i32) -> Option<u32
             .flat_map(|c| c.ports.iter().flatten())
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .map(|p| p.container_port as u32),
-    }
-}
-
-/// The model back into the wire form ztunnel receives.
-pub fn to_proto(p: &Authorization) -> sec::Authorization {
-    use sec::string_match::MatchType;
-    let strings = |v: &[amesh_policy::StringMatch]| -> Vec<sec::StringMatch> {
-        v.iter()
-            .map(|s| sec::StringMatch {
-                match_type: Some(match s {
-                    amesh_policy::StringMatch::Exact(x) => MatchType::Exact(x.clone()),
-                    amesh_policy::StringMatch::Prefix(x) => MatchType::Prefix(x.clone()),
-                    amesh_policy::StringMatch::Suffix(x) => MatchType::Suffix(x.clone()),
-                    amesh_policy::StringMatch::Presence => MatchType::Presence(()),
-                }),
-            })
-            .collect()
-    };
-    let nets = |v: &[amesh_policy::IpNet]| -> Vec<sec::Address> {
-        v.iter()
-            .map(|n| sec::Address {
-                address: ip_bytes(n.addr),
-                length: u32::from(n.prefix),
-            })
-            .collect()
-    };
-    let accounts = |v: &[amesh_policy::ServiceAccountMatch]| -> Vec<sec::ServiceAccountMatch> {
-        v.iter()
-            .map(|a| sec::ServiceAccountMatch {
-                namespace: a.namespace.clone(),
-                service_account: a.service_account.clone(),
-            })
-            .collect()
-    };
-    // A condition ztunnel cannot evaluate travels as an extension, so ztunnel fails safe.
-    let l7 = || {
-        vec![pb::Extension {
-            name: "amesh.io/requires-l7".into(),
-            config: None,
-        }]
-    };
-    let groups = p
-        .rules
-        .iter()
-        .map(|r| sec::Group {
-            rules: r
-                .clauses
-                .iter()
-                .map(|c| sec::Rules {
-                    matches: c
-                        .matches
-                        .iter()
-                        .map(|m| sec::Match {
-                            namespaces: strings(&m.namespaces),
-                            not_namespaces: strings(&m.not_namespaces),
-                            principals: strings(&m.principals),
-                            not_principals: strings(&m.not_principals),
-                            source_ips: nets(&m.source_ips),
-                            not_source_ips: nets(&m.not_source_ips),
-                            destination_ips: nets(&m.destination_ips),
-                            not_destination_ips: nets(&m.not_destination_ips),
-                            destination_ports: m
-                                .destination_ports
-                                .iter()
-                                .map(|p| u32::from(*p))
-                                .collect(),
-                            not_destination_ports: m
-                                .not_destination_ports
-                                .iter()
-                                .map(|p| u32::from(*p))
-                                .collect(),
-                            service_accounts: accounts(&m.service_accounts),
-                            not_service_accounts: accounts(&m.not_service_accounts),
-                            extensions: if m.requires_l7 { l7() } else { vec![] },
-                        })
-                        .collect(),
-                })
-                .collect(),
-        })
-        .collect();
-    sec::Authorization {
-        name: p.name.clone(),
-        namespace: p.namespace.clone(),
-        scope: match p.scope {
-            Scope::Global => sec::Scope::Global,
-            Scope::Namespace => sec::Scope::Namespace,
-            Scope::WorkloadSelector => sec::Scope::WorkloadSelector,
-        } as i32,
-        action: match p.action {
-            Action::Allow => sec::Action::Allow,
-            Action::Deny => sec::Action::Deny,
-        } as i32,
-        groups,
-        dry_run: p.dry_run,
-        extensions: vec![],
     }
 }

@@ -9,10 +9,9 @@
 
 use crate::source::{self, FileError, Object, ObjectKey, ParsedFile, Snapshot};
 use amesh_ratelimit::Throttle;
-use amesh_sys::file::{ReadFileError, read_regular};
+use amesh_sys::file::{ReadFileError, Stamp, read_regular};
 use std::{
     collections::BTreeMap,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -24,29 +23,6 @@ const REFILL: Duration = Duration::from_secs(3);
 
 /// Largest file read (a Kubernetes object is at most 1.5 MiB; a file may hold several).
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
-
-/// When a file was last seen changed: it is read again only when this differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct FileState {

@@ -3,19 +3,24 @@
 //! - [`model`]: authorization policies in the shape ztunnel receives them.
 //! - [`eval`]: deciding a connection (DENY first, then ALLOW, dry-run reported apart).
 //! - [`crd`]: Istio's AuthorizationPolicy / PeerAuthentication resources translated for L4.
-//! - [`peer_auth`]: whether a workload accepts plaintext (PeerAuthentication modes).
+//! - [`peer_auth`]: whether a workload accepts plaintext (PeerAuthentication modes), and that
+//!   requirement as the DENY policy ztunnel enforces.
+//! - [`wire`]: policies in the wire form ztunnel receives, both ways.
 #![forbid(unsafe_code)]
 
 pub mod crd;
 pub mod eval;
 pub mod model;
 pub mod peer_auth;
+pub mod wire;
 
 pub use eval::{Connection, Decision, Outcome, evaluate};
 pub use model::{
     Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
 };
-pub use peer_auth::{MtlsMode, PeerAuthentication, PeerScope, effective_mode};
+pub use peer_auth::{
+    MtlsMode, PeerAuthentication, PeerScope, chain, effective_mode, mode_in, strict_policy,
+};
 
 #[cfg(test)]
 mod tests;

@@ -761,6 +761,27 @@ fn peer_authentication_precedence() {
     ];
     for (name, policies, uid, port, want) in cases {
         assert_eq!(effective_mode(&policies, "shop", uid, port), want, "{name}");
+        // What ztunnel enforces is the converted DENY: it refuses plaintext exactly there,
+        // and never a peer with an identity.
+        let chain = chain(
+            &policies,
+            |p| p,
+            "shop",
+            |p| p.workloads.iter().any(|w| w == uid),
+        );
+        let converted: Vec<Authorization> =
+            strict_policy(&chain, "istio-system").into_iter().collect();
+        let plain = Conn { port, ..PLAIN() };
+        let refused = verdict(&decide(&converted, &plain));
+        assert_eq!(refused.is_some(), want == Strict, "{name}: {refused:?}");
+        if let Some(by) = refused {
+            assert!(
+                by.starts_with("istio-system/converted_peer_authentication_strict"),
+                "{name}: {by}"
+            );
+        }
+        let mtls = Conn { port, ..CLIENT() };
+        assert_eq!(verdict(&decide(&converted, &mtls)), None, "{name}: mTLS");
     }
 }
 

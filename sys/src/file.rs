@@ -5,7 +5,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read},
-    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -150,5 +150,35 @@ mod tests {
         );
         let err = read_regular(Path::new("/nonexistent/amesh.yaml"), 100).unwrap_err();
         assert!(matches!(err, ReadFileError::NotFound { .. }), "{err}");
+    }
+}
+
+/// When a file was last changed, as far as its metadata tells: a watcher reads the file again
+/// only when this differs. Device and inode catch a file replaced by rename (how editors and
+/// Kubernetes' ConfigMap mounts write), ctime a change that kept size and mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of `path` (following links), `None` if it cannot be examined.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
     }
 }

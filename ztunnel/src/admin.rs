@@ -296,7 +296,6 @@ fn config_dump(e: &Endpoints) -> String {
         "workloads": state.workloads().map(|w| w.as_ref()).collect::<Vec<_>>(),
         "services": state.services().map(|s| s.as_ref()).collect::<Vec<_>>(),
         "policies": state.policies().map(|p| p.as_ref()).collect::<Vec<_>>(),
-        "peerAuthentications": state.peer_authentications(),
         "pods": e.pods.uids(),
         "certificates": certificates,
     });

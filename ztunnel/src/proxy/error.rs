@@ -23,8 +23,6 @@ pub enum InboundError {
     ZtunnelPort,
     #[error("{NOT_CONFIGURED}")]
     NotConfigured,
-    #[error("plaintext refused: peer authentication is STRICT")]
-    PlaintextStrict,
     #[error("denied by {by}")]
     Denied { by: String },
     #[error("app unreachable: {0}")]
@@ -36,7 +34,7 @@ pub enum InboundError {
 impl InboundError {
     pub fn response_flag(&self) -> ResponseFlag {
         match self {
-            Self::PlaintextStrict | Self::Denied { .. } => ResponseFlag::Deny,
+            Self::Denied { .. } => ResponseFlag::Deny,
             Self::NotThisPod(_)
             | Self::ZtunnelPort
             | Self::NotConfigured
@@ -49,7 +47,7 @@ impl InboundError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotThisPod(_) | Self::ZtunnelPort => StatusCode::BAD_REQUEST,
-            Self::PlaintextStrict | Self::Denied { .. } => StatusCode::UNAUTHORIZED,
+            Self::Denied { .. } => StatusCode::UNAUTHORIZED,
             Self::NotConfigured | Self::AppUnreachable(_) | Self::Answer(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -109,7 +107,6 @@ mod tests {
             (InboundError::NotThisPod("x".into()), "CONNECT", 400),
             (InboundError::ZtunnelPort, "CONNECT", 400),
             (InboundError::NotConfigured, "CONNECT", 503),
-            (InboundError::PlaintextStrict, "DENY", 401),
             (InboundError::Denied { by: "p".into() }, "DENY", 401),
             (InboundError::AppUnreachable(io()), "CONNECT", 503),
         ];

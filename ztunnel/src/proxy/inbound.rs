@@ -15,7 +15,7 @@ use crate::{
 };
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
-use amesh_policy::{Decision, MtlsMode};
+use amesh_policy::Decision;
 use amesh_ratelimit::{Throttle, WARN_EVERY};
 use prometheus_client::metrics::gauge::Gauge;
 use std::{
@@ -233,7 +233,7 @@ async fn serve_connect(
         destination_ip: target.ip(),
         destination_port: target.port(),
     };
-    match admit(&shared, &pod, facts, None, &mut record).await {
+    match admit(&shared, &pod, facts, &mut record).await {
         Err(e) => {
             let status = e.status();
             record.fail(e.response_flag(), &e);
@@ -249,29 +249,20 @@ async fn serve_connect(
     }
 }
 
-/// The checks every inbound connection passes, in order: configuration loaded, STRICT peer
-/// authentication for plaintext (`plaintext_port`), authorization; then the connection to
-/// the app, registered for re-checks when policies change.
+/// The checks every inbound connection passes, in order: configuration loaded, then
+/// authorization (STRICT peer authentication arrives as a DENY policy for peers without an
+/// identity, so plaintext is judged there too); then the connection to the app, registered
+/// for re-checks when policies change.
 async fn admit(
     shared: &Arc<Shared>,
     pod: &PodCtx,
     facts: Facts,
-    plaintext_port: Option<u16>,
     record: &mut ConnRecord,
 ) -> Result<(TcpStream, LiveGuard, Stop), InboundError> {
     if !shared.state.is_loaded() {
         return Err(InboundError::NotConfigured);
     }
     let state = shared.state.snapshot();
-    if let Some(port) = plaintext_port {
-        let uid = state
-            .workload_by_name(&pod.namespace, &pod.name)
-            .map(|w| w.uid.clone())
-            .unwrap_or_default();
-        if state.mtls_mode(&pod.namespace, &uid, port) == MtlsMode::Strict {
-            return Err(InboundError::PlaintextStrict);
-        }
-    }
     match authorize(&state, &facts, &shared.metrics) {
         Decision::Deny { by } => return Err(InboundError::Denied { by }),
         Decision::Allow { by } => record.policy = by,
@@ -332,7 +323,7 @@ async fn serve_plaintext(
         destination_port: target.port(),
     };
     // Refused plaintext is closed unanswered.
-    match admit(&shared, &pod, facts, Some(target.port()), &mut record).await {
+    match admit(&shared, &pod, facts, &mut record).await {
         Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail(e.response_flag(), &e),
     }

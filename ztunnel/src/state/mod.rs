@@ -1,18 +1,24 @@
 //! What ztunnel knows about the mesh: workloads and services in the shape of Istio's workload
-//! API, validated and indexed for the data path. The local file or the xDS feed produces a
-//! [`State`]; [`StateStore`] swaps it atomically so that connections always see one version.
+//! API, validated and indexed for the data path.
+//!
+//! There is one front end: the xDS feed ([`xds`]) and the local file ([`local`]) both yield
+//! Istio's wire types, [`convert`] turns each resource into the model, [`resources`] keeps the
+//! last good version of each, and a [`State`] is built from them; [`StateStore`] swaps it
+//! atomically so that connections always see one version.
 
-mod file;
-mod policy_file;
+pub mod convert;
+mod local;
+mod resources;
 mod route;
 pub mod xds;
 pub mod xds_client;
 
-pub use file::{ConfigError, load_file, watch_file};
+pub use local::{ConfigError, load_file, watch_file};
+pub use resources::Resources;
 pub use route::Route;
 
 use amesh_identity::Identity;
-use amesh_policy::{Authorization, MtlsMode, PeerAuthentication, Scope};
+use amesh_policy::{Authorization, Scope};
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -81,20 +87,28 @@ pub struct Workload {
     pub locality: Locality,
 }
 
-/// A workload or service that breaks an invariant: the field (as the local file names it)
-/// and why. The local file and the xDS feed both check these, so they accept the same things.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A resource that cannot be used: the field (as the local file names it, relative to the
+/// resource) and why. The local file and the xDS feed go through the same checks, so they
+/// accept the same things.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
 pub struct Invalid {
-    pub field: &'static str,
+    pub field: String,
     pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 fn non_empty(value: &str, field: &'static str) -> Result<(), Invalid> {
     if value.is_empty() {
-        Err(Invalid {
-            field,
-            reason: "must not be empty".into(),
-        })
+        Err(Invalid::new(field, "must not be empty"))
     } else {
         Ok(())
     }
@@ -111,10 +125,10 @@ impl Workload {
         non_empty(&self.name, "name")?;
         non_empty(&self.namespace, "namespace")?;
         if let Some(svc) = self.services.keys().find(|k| !k.contains('/')) {
-            return Err(Invalid {
-                field: "services",
-                reason: format!("{svc:?} is not namespace/hostname"),
-            });
+            return Err(Invalid::new(
+                "services",
+                format!("{svc:?} is not namespace/hostname"),
+            ));
         }
         Ok(())
     }
@@ -157,9 +171,9 @@ pub struct State {
     by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Service key → the workloads backing it.
     endpoints: HashMap<String, Vec<Arc<Workload>>>,
-    /// Authorization policies by `namespace/name`.
+    /// Authorization policies by `namespace/name` (PeerAuthentication arrives converted into
+    /// DENY policies, as istiod sends it).
     policies: BTreeMap<String, Arc<Authorization>>,
-    peer_auths: Vec<PeerAuthentication>,
 }
 
 impl State {
@@ -194,16 +208,11 @@ impl State {
     }
 
     /// Adds the security policies.
-    pub fn with_policies(
-        mut self,
-        policies: Vec<Authorization>,
-        peer_auths: Vec<PeerAuthentication>,
-    ) -> Self {
+    pub fn with_policies(mut self, policies: Vec<Authorization>) -> Self {
         self.policies = policies
             .into_iter()
             .map(|p| (p.key(), Arc::new(p)))
             .collect();
-        self.peer_auths = peer_auths;
         self
     }
 
@@ -236,17 +245,8 @@ impl State {
         Ok(out)
     }
 
-    /// Whether plaintext to `port` of a workload is refused (PeerAuthentication STRICT).
-    pub fn mtls_mode(&self, namespace: &str, uid: &str, port: u16) -> MtlsMode {
-        amesh_policy::effective_mode(&self.peer_auths, namespace, uid, port)
-    }
-
     pub fn policies(&self) -> impl Iterator<Item = &Arc<Authorization>> {
         self.policies.values()
-    }
-
-    pub fn peer_authentications(&self) -> &[PeerAuthentication] {
-        &self.peer_auths
     }
 
     pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {

@@ -1,271 +1,21 @@
-//! Istio's xDS resources (`istio.workload.Address`, `istio.security.Authorization`) turned
-//! into ztunnel's validated state, one resource at a time: ztunnel's [`Handler`]s for the
-//! two types. A malformed resource is rejected with the reason (amesh-xds names it in the
+//! ztunnel's [`Handler`]s for Istio's two xDS types, `istio.workload.Address` and
+//! `istio.security.Authorization`: each resource is decoded and converted ([`super::convert`])
+//! on its own, so a malformed one is rejected with the reason (amesh-xds names it in the
 //! NACK) while the others in the same response apply. [`Resources`] keeps the last good
 //! version of every resource, so a bad update leaves the previous one in place.
 
-use super::{LoadBalancing, Locality, LocalityScope, Protocol, Service, State, Workload};
-use amesh_policy::{
-    Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
+use super::{
+    Invalid, Service, Workload, convert,
+    resources::{Resources, lock},
 };
+use amesh_policy::Authorization;
 use amesh_proto::{security as pb_sec, workload as pb};
 use amesh_xds::{Changes, Handler};
 use prost::Message;
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-};
+use std::sync::{Arc, Mutex};
 
-fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, String> {
-    match bytes.len() {
-        4 => Ok(IpAddr::from(
-            <[u8; 4]>::try_from(bytes).map_err(|_| what.to_string())?,
-        )),
-        16 => Ok(IpAddr::from(
-            <[u8; 16]>::try_from(bytes).map_err(|_| what.to_string())?,
-        )),
-        n => Err(format!("{what} has {n} bytes (an address has 4 or 16)")),
-    }
-}
-
-fn port(p: u32, what: &str) -> Result<u16, String> {
-    u16::try_from(p).map_err(|_| format!("{what} {p} is not a port"))
-}
-
-/// A converted resource must also meet what every source checks.
-fn validated<T>(value: T, check: impl Fn(&T) -> Result<(), super::Invalid>) -> Result<T, String> {
-    check(&value).map_err(|i| format!("{}: {}", i.field, i.reason))?;
-    Ok(value)
-}
-
-pub fn workload(w: pb::Workload) -> Result<Workload, String> {
-    let addresses = w
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| ip(a, &format!("address {i}")))
-        .collect::<Result<_, _>>()?;
-    let protocol = match pb::TunnelProtocol::try_from(w.tunnel_protocol) {
-        Ok(pb::TunnelProtocol::Hbone) => Protocol::Hbone,
-        Ok(pb::TunnelProtocol::None) => Protocol::Tcp,
-        Ok(pb::TunnelProtocol::LegacyIstioMtls) => {
-            return Err("tunnel protocol LEGACY_ISTIO_MTLS is not supported".into());
-        }
-        Err(_) => return Err(format!("unknown tunnel protocol {}", w.tunnel_protocol)),
-    };
-    let mut services = BTreeMap::new();
-    for (svc, ports) in w.services {
-        let mut map = BTreeMap::new();
-        for p in ports.ports {
-            map.insert(
-                port(p.service_port, "service port")?,
-                port(p.target_port, "target port")?,
-            );
-        }
-        services.insert(svc, map);
-    }
-    let locality = w
-        .locality
-        .map(|l| Locality {
-            region: l.region,
-            zone: l.zone,
-            subzone: l.subzone,
-        })
-        .unwrap_or_default();
-    let workload = Workload {
-        uid: w.uid,
-        name: w.name,
-        namespace: w.namespace,
-        service_account: if w.service_account.is_empty() {
-            "default".into()
-        } else {
-            w.service_account
-        },
-        trust_domain: if w.trust_domain.is_empty() {
-            amesh_identity::DEFAULT_TRUST_DOMAIN.into()
-        } else {
-            w.trust_domain
-        },
-        addresses,
-        protocol,
-        node: w.node,
-        healthy: w.status != pb::WorkloadStatus::Unhealthy as i32,
-        services,
-        authorization_policies: w.authorization_policies,
-        locality,
-    };
-    validated(workload, Workload::validate)
-}
-
-pub fn service(s: pb::Service) -> Result<Service, String> {
-    let vips = s
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| ip(&a.address, &format!("address {i}")))
-        .collect::<Result<_, _>>()?;
-    let mut ports = BTreeMap::new();
-    for p in &s.ports {
-        ports.insert(
-            port(p.service_port, "service port")?,
-            port(p.target_port, "target port")?,
-        );
-    }
-    let load_balancing = s
-        .load_balancing
-        .map(load_balancing)
-        .transpose()?
-        .unwrap_or_default();
-    let service = Service {
-        name: s.name,
-        namespace: s.namespace,
-        hostname: s.hostname,
-        vips,
-        ports,
-        load_balancing,
-    };
-    validated(service, Service::validate)
-}
-
-fn load_balancing(lb: pb::LoadBalancing) -> Result<LoadBalancing, String> {
-    use pb::load_balancing::{Mode, Scope as S};
-    let mut prefer = Vec::new();
-    for p in &lb.routing_preference {
-        prefer.push(match S::try_from(*p) {
-            Ok(S::Region) => LocalityScope::Region,
-            Ok(S::Zone) => LocalityScope::Zone,
-            Ok(S::Subzone) => LocalityScope::Subzone,
-            Ok(S::Node) => LocalityScope::Node,
-            // One cluster and one network here: these always match.
-            Ok(S::Cluster | S::Network | S::UnspecifiedScope) => continue,
-            Err(_) => return Err(format!("unknown routing preference {p}")),
-        });
-    }
-    let strict = lb.mode == Mode::Strict as i32;
-    Ok(LoadBalancing { prefer, strict })
-}
-
-fn strings(v: &[pb_sec::StringMatch]) -> Vec<StringMatch> {
-    use pb_sec::string_match::MatchType;
-    v.iter()
-        .filter_map(|m| match m.match_type.as_ref()? {
-            MatchType::Exact(s) => Some(StringMatch::Exact(s.clone())),
-            MatchType::Prefix(s) => Some(StringMatch::Prefix(s.clone())),
-            MatchType::Suffix(s) => Some(StringMatch::Suffix(s.clone())),
-            MatchType::Presence(_) => Some(StringMatch::Presence),
-        })
-        .collect()
-}
-
-fn nets(v: &[pb_sec::Address]) -> Result<Vec<IpNet>, String> {
-    v.iter()
-        .map(|a| {
-            let addr = ip(&a.address, "address")?;
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            let prefix = u8::try_from(a.length)
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or(format!("prefix length {} for {addr}", a.length))?;
-            Ok(IpNet { addr, prefix })
-        })
-        .collect()
-}
-
-fn ports(v: &[u32]) -> Result<Vec<u16>, String> {
-    v.iter().map(|p| port(*p, "destination port")).collect()
-}
-
-fn accounts(v: &[pb_sec::ServiceAccountMatch]) -> Vec<ServiceAccountMatch> {
-    v.iter()
-        .map(|a| ServiceAccountMatch {
-            namespace: a.namespace.clone(),
-            service_account: a.service_account.clone(),
-        })
-        .collect()
-}
-
-fn one_match(m: &pb_sec::Match) -> Result<Match, String> {
-    Ok(Match {
-        principals: strings(&m.principals),
-        not_principals: strings(&m.not_principals),
-        namespaces: strings(&m.namespaces),
-        not_namespaces: strings(&m.not_namespaces),
-        source_ips: nets(&m.source_ips)?,
-        not_source_ips: nets(&m.not_source_ips)?,
-        destination_ips: nets(&m.destination_ips)?,
-        not_destination_ips: nets(&m.not_destination_ips)?,
-        destination_ports: ports(&m.destination_ports)?,
-        not_destination_ports: ports(&m.not_destination_ports)?,
-        service_accounts: accounts(&m.service_accounts),
-        not_service_accounts: accounts(&m.not_service_accounts),
-        // Conditions ztunnel cannot evaluate arrive as extensions: fail safe.
-        requires_l7: !m.extensions.is_empty(),
-    })
-}
-
-pub fn authorization(a: pb_sec::Authorization) -> Result<Authorization, String> {
-    let scope = match pb_sec::Scope::try_from(a.scope) {
-        Ok(pb_sec::Scope::Global) => Scope::Global,
-        Ok(pb_sec::Scope::Namespace) => Scope::Namespace,
-        Ok(pb_sec::Scope::WorkloadSelector) => Scope::WorkloadSelector,
-        Err(_) => return Err(format!("unknown scope {}", a.scope)),
-    };
-    let action = match pb_sec::Action::try_from(a.action) {
-        Ok(pb_sec::Action::Allow) => Action::Allow,
-        Ok(pb_sec::Action::Deny) => Action::Deny,
-        Err(_) => return Err(format!("action {} is not supported at L4", a.action)),
-    };
-    let mut rules = Vec::new();
-    for g in &a.groups {
-        let clauses = g
-            .rules
-            .iter()
-            .map(|r| {
-                r.matches
-                    .iter()
-                    .map(one_match)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(|matches| Clause { matches })
-            })
-            .collect::<Result<_, _>>()?;
-        rules.push(Rule { clauses });
-    }
-    Ok(Authorization {
-        name: a.name,
-        namespace: a.namespace,
-        scope,
-        action,
-        rules,
-        dry_run: a.dry_run,
-    })
-}
-
-/// The last good version of every xDS resource, by resource name: what both handlers fill
-/// and what is published.
-#[derive(Debug, Default)]
-pub struct Resources {
-    workloads: HashMap<String, Workload>,
-    services: HashMap<String, Service>,
-    policies: HashMap<String, Authorization>,
-}
-
-impl Resources {
-    /// The state these resources describe.
-    pub fn state(&self) -> State {
-        State::new(
-            self.workloads.values().cloned().collect(),
-            self.services.values().cloned().collect(),
-        )
-        .with_policies(self.policies.values().cloned().collect(), Vec::new())
-    }
-}
-
-/// The resources, shared by the two handlers and the publisher. A panic elsewhere while
-/// holding the lock leaves whole maps behind (every change is one insert or remove), so a
-/// poisoned lock is still good to use.
-pub fn lock(resources: &Mutex<Resources>) -> MutexGuard<'_, Resources> {
-    resources.lock().unwrap_or_else(PoisonError::into_inner)
+fn undecodable(e: prost::DecodeError) -> Invalid {
+    Invalid::new("(resource)", format!("does not decode: {e}"))
 }
 
 /// One decoded `istio.workload.Address`.
@@ -281,36 +31,30 @@ pub struct AddressHandler(pub Arc<Mutex<Resources>>);
 
 impl Handler for AddressHandler {
     type Resource = Address;
-    type Error = String;
+    type Error = Invalid;
 
-    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Address, String> {
-        let address = pb::Address::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
+    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Address, Invalid> {
+        let address = pb::Address::decode(bytes).map_err(undecodable)?;
         match address.r#type {
-            Some(pb::address::Type::Workload(w)) => workload(w).map(Address::Workload),
-            Some(pb::address::Type::Service(s)) => service(s).map(Address::Service),
-            None => Err("address is neither a workload nor a service".into()),
+            Some(pb::address::Type::Workload(w)) => convert::workload(w).map(Address::Workload),
+            Some(pb::address::Type::Service(s)) => convert::service(s).map(Address::Service),
+            None => Err(Invalid::new(
+                "(resource)",
+                "address is neither a workload nor a service",
+            )),
         }
     }
 
     fn apply(&mut self, changes: Changes<Address>) {
         let mut r = lock(&self.0);
         for (name, address) in changes.updated {
-            // A name is one resource: one that turns from workload into service (or back)
-            // leaves nothing of its old kind behind.
             match address {
-                Address::Workload(w) => {
-                    r.services.remove(&name);
-                    r.workloads.insert(name, w);
-                }
-                Address::Service(s) => {
-                    r.workloads.remove(&name);
-                    r.services.insert(name, s);
-                }
+                Address::Workload(w) => r.insert_workload(name, w),
+                Address::Service(s) => r.insert_service(name, s),
             }
         }
         for name in &changes.removed {
-            r.workloads.remove(name);
-            r.services.remove(name);
+            r.remove_address(name);
         }
     }
 }
@@ -321,19 +65,21 @@ pub struct AuthorizationHandler(pub Arc<Mutex<Resources>>);
 
 impl Handler for AuthorizationHandler {
     type Resource = Authorization;
-    type Error = String;
+    type Error = Invalid;
 
-    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Authorization, String> {
+    fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Authorization, Invalid> {
         pb_sec::Authorization::decode(bytes)
-            .map_err(|e| format!("does not decode: {e}"))
-            .and_then(authorization)
+            .map_err(undecodable)
+            .and_then(convert::authorization)
     }
 
     fn apply(&mut self, changes: Changes<Authorization>) {
         let mut r = lock(&self.0);
-        r.policies.extend(changes.updated);
+        for (name, p) in changes.updated {
+            r.insert_policy(name, p);
+        }
         for name in &changes.removed {
-            r.policies.remove(name);
+            r.remove_policy(name);
         }
     }
 }
@@ -341,7 +87,13 @@ impl Handler for AuthorizationHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{
+        LoadBalancing, LocalityScope, State,
+        convert::{authorization, service, workload},
+    };
+    use amesh_policy::{Action, IpNet, Scope, StringMatch};
     use amesh_xds::{Rejected, handler::process};
+    use std::net::IpAddr;
 
     /// Shared resources and a handler of each type, driven as the xDS client drives them.
     #[derive(Default)]
@@ -404,7 +156,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            workload(nameless).expect_err("no name"),
+            workload(nameless).expect_err("no name").to_string(),
             "name: must not be empty"
         );
         let mut bad_service_key = pb::Workload {
@@ -419,6 +171,7 @@ mod tests {
         assert!(
             workload(bad_service_key)
                 .expect_err("bad key")
+                .to_string()
                 .starts_with("services: ")
         );
         let hostless = pb::Service {
@@ -427,7 +180,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            service(hostless).expect_err("no hostname"),
+            service(hostless).expect_err("no hostname").to_string(),
             "hostname: must not be empty"
         );
     }
@@ -580,6 +333,7 @@ mod tests {
                 ..p.clone()
             })
             .unwrap_err()
+            .to_string()
             .contains("not supported at L4")
         );
         let r = Handlers::default();

@@ -5,7 +5,8 @@
 
 use super::{
     StateStore,
-    xds::{AddressHandler, AuthorizationHandler, Resources, lock},
+    resources::{Resources, lock},
+    xds::{AddressHandler, AuthorizationHandler},
 };
 use crate::metrics::{XdsMetrics, XdsTerminationLabels, XdsUrlLabels};
 use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};

@@ -97,8 +97,17 @@ fn plaintext_is_refused_under_strict_with_port_overrides() {
     let strict = "peerAuthentications:\n- {name: strict, namespace: ns-c, scope: Namespace, mode: STRICT, portLevelMtls: {9090: PERMISSIVE}}\n";
     // Adds a dry-run policy too, so the reload can be observed (policies: 1).
     let dry = "policies:\n- {name: watch, namespace: ns-c, scope: Namespace, action: Deny, dryRun: true, rules: [{}]}\n";
-    mesh.update_config(&["watch"], |t| format!("{t}{strict}{dry}"));
+    mesh.update_config(
+        // In key order: the converted policy lives in the root namespace.
+        &["converted_peer_authentication_strict_except_9090", "watch"],
+        |t| format!("{t}{strict}{dry}"),
+    );
     assert!(refused(&mesh, "d", p8080), "STRICT refuses plaintext");
+    let log = mesh.node("node2").ztunnel.log();
+    assert!(
+        log.contains(STRICT_EXCEPT_9090),
+        "refused in the name of the converted policy, as when the control plane sends it: {log}"
+    );
     assert_eq!(
         mesh.connect_one("d", p9090).served_by(),
         "c-app",

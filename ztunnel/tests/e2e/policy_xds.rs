@@ -45,6 +45,11 @@ fn strict_and_allow_from_the_control_plane_are_enforced_and_close_live_connectio
         policy_names(v).iter().any(|n| n.contains("strict"))
     });
     assert!(refused(&mesh, "d", p8080), "STRICT refuses plaintext");
+    let log = mesh.node("node2").ztunnel.log();
+    assert!(
+        log.contains(STRICT_EXCEPT_9090),
+        "refused in the name of the converted policy: {log}"
+    );
     assert_eq!(
         mesh.connect_one("d", p9090).served_by(),
         "c-app",

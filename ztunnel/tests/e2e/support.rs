@@ -75,6 +75,12 @@ pub fn refused(mesh: &Mesh, from: &str, to: SocketAddr) -> bool {
         .is_err()
 }
 
+/// The access-log reason STRICT peer authentication refuses plaintext with, from the local
+/// file and from the control plane alike: the DENY policy it is converted into, with the
+/// ports exempted by a port-level PERMISSIVE.
+pub const STRICT_EXCEPT_9090: &str =
+    "denied by istio-system/converted_peer_authentication_strict_except_9090";
+
 /// The sum of the samples of metric `name` whose line contains every one of `must_contain`.
 pub fn metric_value(metrics: &str, name: &str, must_contain: &[&str]) -> Option<u64> {
     metrics

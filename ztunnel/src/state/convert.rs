@@ -1,0 +1,141 @@
+//! Istio's wire resources (`istio.workload.Workload`, `Service`, `istio.security.Authorization`)
+//! turned into ztunnel's validated model, one resource at a time. This is the only converter:
+//! the xDS feed ([`super::xds`]) and the local file ([`super::local`]) both produce the wire
+//! types and hand them here, so both accept and refuse the same things.
+
+use super::{Invalid, LoadBalancing, Locality, LocalityScope, Protocol, Service, Workload};
+use amesh_policy::{Authorization, wire};
+use amesh_proto::{security as pb_sec, workload as pb};
+use std::{collections::BTreeMap, net::IpAddr};
+
+fn ip(bytes: &[u8], field: impl Into<String>) -> Result<IpAddr, Invalid> {
+    wire::ip_from_bytes(bytes).map_err(|e| Invalid::new(field, e.to_string()))
+}
+
+fn port(p: u32, field: impl Into<String>) -> Result<u16, Invalid> {
+    u16::try_from(p).map_err(|_| Invalid::new(field, format!("{p} is not a port")))
+}
+
+/// A converted resource must also meet what the model requires.
+fn validated<T>(value: T, check: impl Fn(&T) -> Result<(), Invalid>) -> Result<T, Invalid> {
+    check(&value)?;
+    Ok(value)
+}
+
+fn port_map(ports: &[pb::Port], field: &str) -> Result<BTreeMap<u16, u16>, Invalid> {
+    let mut map = BTreeMap::new();
+    for (i, p) in ports.iter().enumerate() {
+        map.insert(
+            port(p.service_port, format!("{field}[{i}].servicePort"))?,
+            port(p.target_port, format!("{field}[{i}].targetPort"))?,
+        );
+    }
+    Ok(map)
+}
+
+pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
+    let addresses = w
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ip(a, format!("addresses[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let protocol = match pb::TunnelProtocol::try_from(w.tunnel_protocol) {
+        Ok(pb::TunnelProtocol::Hbone) => Protocol::Hbone,
+        Ok(pb::TunnelProtocol::None) => Protocol::Tcp,
+        Ok(pb::TunnelProtocol::LegacyIstioMtls) => {
+            return Err(Invalid::new(
+                "protocol",
+                "tunnel protocol LEGACY_ISTIO_MTLS is not supported",
+            ));
+        }
+        Err(_) => {
+            return Err(Invalid::new(
+                "protocol",
+                format!("unknown tunnel protocol {}", w.tunnel_protocol),
+            ));
+        }
+    };
+    let mut services = BTreeMap::new();
+    for (svc, ports) in w.services {
+        let map = port_map(&ports.ports, &format!("services.{svc}"))?;
+        services.insert(svc, map);
+    }
+    let locality = w
+        .locality
+        .map(|l| Locality {
+            region: l.region,
+            zone: l.zone,
+            subzone: l.subzone,
+        })
+        .unwrap_or_default();
+    let or_default = |v: String, default: &str| {
+        if v.is_empty() { default.to_string() } else { v }
+    };
+    let workload = Workload {
+        uid: w.uid,
+        name: w.name,
+        namespace: w.namespace,
+        service_account: or_default(w.service_account, "default"),
+        trust_domain: or_default(w.trust_domain, amesh_identity::DEFAULT_TRUST_DOMAIN),
+        addresses,
+        protocol,
+        node: w.node,
+        healthy: w.status != pb::WorkloadStatus::Unhealthy as i32,
+        services,
+        authorization_policies: w.authorization_policies,
+        locality,
+    };
+    validated(workload, Workload::validate)
+}
+
+pub fn service(s: pb::Service) -> Result<Service, Invalid> {
+    let vips = s
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ip(&a.address, format!("vips[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let ports = port_map(&s.ports, "ports")?;
+    let load_balancing = s
+        .load_balancing
+        .map(load_balancing)
+        .transpose()?
+        .unwrap_or_default();
+    let service = Service {
+        name: s.name,
+        namespace: s.namespace,
+        hostname: s.hostname,
+        vips,
+        ports,
+        load_balancing,
+    };
+    validated(service, Service::validate)
+}
+
+fn load_balancing(lb: pb::LoadBalancing) -> Result<LoadBalancing, Invalid> {
+    use pb::load_balancing::{Mode, Scope as S};
+    let mut prefer = Vec::new();
+    for (i, p) in lb.routing_preference.iter().enumerate() {
+        prefer.push(match S::try_from(*p) {
+            Ok(S::Region) => LocalityScope::Region,
+            Ok(S::Zone) => LocalityScope::Zone,
+            Ok(S::Subzone) => LocalityScope::Subzone,
+            Ok(S::Node) => LocalityScope::Node,
+            // One cluster and one network here: these always match.
+            Ok(S::Cluster | S::Network | S::UnspecifiedScope) => continue,
+            Err(_) => {
+                return Err(Invalid::new(
+                    format!("loadBalancing.routingPreference[{i}]"),
+                    format!("unknown routing preference {p}"),
+                ));
+            }
+        });
+    }
+    let strict = lb.mode == Mode::Strict as i32;
+    Ok(LoadBalancing { prefer, strict })
+}
+
+pub fn authorization(a: pb_sec::Authorization) -> Result<Authorization, Invalid> {
+    wire::from_proto(a).map_err(|e| Invalid::new("policy", e.to_string()))
+}
