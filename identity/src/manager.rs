@@ -51,6 +51,9 @@ pub struct CertInfo {
 pub struct CertManager {
     ca: Arc<dyn CaClient>,
     validity: Duration,
+    /// Where the fetch-and-renew tasks run (`None`: the runtime `acquire` is called on). A
+    /// proxy keeps them on its control runtime, apart from the data path.
+    runtime: Option<tokio::runtime::Handle>,
     entries: Mutex<HashMap<Identity, Entry>>,
 }
 
@@ -67,6 +70,21 @@ impl CertManager {
         Arc::new(Self {
             ca,
             validity,
+            runtime: None,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The same, with every fetch and renewal running on `runtime`.
+    pub fn on_runtime(
+        ca: Arc<dyn CaClient>,
+        validity: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            ca,
+            validity,
+            runtime: Some(runtime),
             entries: Mutex::new(HashMap::new()),
         })
     }
@@ -81,7 +99,7 @@ impl CertManager {
     }
 
     /// Declares one more user of `identity`; the first starts fetching its certificate.
-    /// Must be called inside a tokio runtime.
+    /// Without a runtime of its own, must be called inside a tokio runtime.
     pub fn acquire(&self, identity: &Identity) {
         let mut entries = self.entries();
         if let Some(e) = entries.get_mut(identity) {
@@ -89,12 +107,11 @@ impl CertManager {
             return;
         }
         let (tx, rx) = watch::channel(Slot::default());
-        let task = tokio::spawn(maintain(
-            self.ca.clone(),
-            identity.clone(),
-            self.validity,
-            tx,
-        ))
+        let work = maintain(self.ca.clone(), identity.clone(), self.validity, tx);
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        }
         .abort_handle();
         entries.insert(
             identity.clone(),

@@ -7,7 +7,7 @@
 //! a success), logs at most one warning per [`WARN_EVERY`] with the number held back, and
 //! counts every error in `amesh_accept_errors_total{listener}`.
 
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{Listener, ListenerLabels, ListenerMetrics};
 use amesh_ratelimit::{Throttle, WARN_EVERY};
 use prometheus_client::metrics::counter::Counter;
 use std::{io, net::SocketAddr, time::Duration};
@@ -21,7 +21,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
-    name: &'static str,
+    name: Listener,
     errors: Counter,
     backoff: Backoff,
     warning: Throttle,
@@ -29,7 +29,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// `name` is the `listener` label of its metrics and log lines.
-    pub fn new(listener: TcpListener, name: &'static str, metrics: &Metrics) -> Self {
+    pub fn new(listener: TcpListener, name: Listener, metrics: &ListenerMetrics) -> Self {
         let errors = metrics
             .accept_errors
             .get_or_create(&ListenerLabels { listener: name })
@@ -67,7 +67,7 @@ impl Acceptor {
         let pause = self.backoff.next();
         if let Some(suppressed) = self.warning.allow() {
             warn!(
-                listener = self.name,
+                listener = %self.name,
                 %error,
                 retry_in_ms = pause.as_millis() as u64,
                 suppressed,

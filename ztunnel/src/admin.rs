@@ -18,9 +18,10 @@ use crate::{
     accept::Acceptor,
     inpod::InPod,
     logging::{self, LogControl},
-    shared::Shared,
+    metrics::{Listener, ListenerMetrics},
+    state::StateReader,
 };
-use amesh_identity::CertState;
+use amesh_identity::{CertManager, CertState};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes, Incoming};
@@ -49,7 +50,10 @@ pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(20);
 
 /// What the endpoints look at.
 pub struct Endpoints {
-    pub shared: Arc<Shared>,
+    pub node: String,
+    pub state: StateReader,
+    pub certs: Arc<CertManager>,
+    pub listener_metrics: ListenerMetrics,
     pub pods: Arc<InPod>,
     pub registry: Registry,
     pub log: LogControl,
@@ -105,18 +109,18 @@ pub enum Role {
 
 impl Role {
     /// The `listener` label of its metrics and log lines.
-    fn label(self) -> &'static str {
+    fn listener(self) -> Listener {
         match self {
-            Self::Admin => "admin",
-            Self::Readiness => "readiness",
-            Self::Metrics => "metrics",
+            Self::Admin => Listener::Admin,
+            Self::Readiness => Listener::Readiness,
+            Self::Metrics => Listener::Metrics,
         }
     }
 }
 
 /// Serves `role` on `listener` forever; accept errors back off (see [`Acceptor`]).
 pub async fn serve(listener: TcpListener, role: Role, endpoints: Arc<Endpoints>) {
-    let mut listener = Acceptor::new(listener, role.label(), &endpoints.shared.metrics);
+    let mut listener = Acceptor::new(listener, role.listener(), &endpoints.listener_metrics);
     loop {
         let (conn, _) = listener.accept().await;
         tokio::spawn(one(conn, role, endpoints.clone()));
@@ -138,8 +142,8 @@ async fn one(conn: TcpStream, role: Role, endpoints: Arc<Endpoints>) {
         .serve_connection(TokioIo::new(conn), service);
     match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => debug!(listener = role.label(), %error, "connection failed"),
-        Err(_) => debug!(listener = role.label(), "connection past its deadline"),
+        Ok(Err(error)) => debug!(listener = %role.listener(), %error, "connection failed"),
+        Err(_) => debug!(listener = %role.listener(), "connection past its deadline"),
     }
 }
 
@@ -202,7 +206,7 @@ fn route(role: Role, method: &Method, path: &str, query: &str, e: &Endpoints) ->
 
 fn readiness(e: &Endpoints) -> Response {
     let mut waiting = Vec::new();
-    if !e.shared.state.is_loaded() {
+    if !e.state.is_loaded() {
         waiting.push("configuration");
     }
     if !e
@@ -275,9 +279,8 @@ fn secs(t: Option<std::time::SystemTime>) -> Option<u64> {
 }
 
 fn config_dump(e: &Endpoints) -> String {
-    let state = e.shared.state.snapshot();
+    let state = e.state.snapshot();
     let certificates: Vec<_> = e
-        .shared
         .certs
         .dump()
         .into_iter()
@@ -292,7 +295,7 @@ fn config_dump(e: &Endpoints) -> String {
         })
         .collect();
     let dump = json!({
-        "node": e.shared.node,
+        "node": e.node,
         "workloads": state.workloads().map(|w| w.as_ref()).collect::<Vec<_>>(),
         "services": state.services().map(|s| s.as_ref()).collect::<Vec<_>>(),
         "policies": state.policies().map(|p| p.as_ref()).collect::<Vec<_>>(),

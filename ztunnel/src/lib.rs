@@ -11,12 +11,13 @@ pub mod state;
 pub mod accept;
 pub mod admin;
 pub mod config;
+pub mod control_runtime;
+pub mod drain;
 pub mod inpod;
 pub mod logging;
 pub mod metrics;
-pub mod metrics_labels;
 pub mod proxy;
-pub mod shared;
+pub mod signal;
 pub mod zds;
 
 // The control-plane clients live in amesh-xds; these paths stay for ztunnel's callers.
@@ -27,30 +28,98 @@ use amesh_hbone::{Pool, PoolConfig};
 use amesh_identity::{CertManager, LocalCa, tls};
 use amesh_sys::netns::Netns;
 use anyhow::Context;
-use rustls::pki_types::ServerName;
-use shared::{Shared, Stop};
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+use control_runtime::ControlRuntime;
+use proxy::{
+    ProxyInputs,
+    inputs::{NodeIdentity, OriginalDestinations, Parts, Trust},
 };
+use rustls::pki_types::ServerName;
+use std::{sync::Arc, time::Duration};
+use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 /// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
+///
+/// Two runtimes, as Istio's ztunnel has: the data path (the caller's runtime: the pods'
+/// listeners and connections, the ZDS client, policy re-checks) and a small control runtime
+/// of its own ([`ControlRuntime`]: the xDS client or file watch, certificate fetch and
+/// renewal, the admin, readiness and metrics endpoints), so that a control-plane storm or a
+/// flood of the admin port cannot take worker time from traffic.
 pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result<()> {
+    let control = ControlRuntime::start().context("starting the control runtime")?;
     let mut registry = prometheus_client::registry::Registry::default();
-    let (drain_tx, draining) = Stop::new();
-    let shared = shared_state(&args, &mut registry, draining).await?;
-    recheck_on_change(&shared);
-    let pods = Arc::new(inpod::InPod::new(shared.clone()));
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    let (drain, drain_watch) = drain::new();
+    let (writer, state) = state::store();
+    let credentials = control::Credentials {
+        token: match &args.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--token-file {}", f.display()))?,
+            ),
+            None => None,
+        },
+        cluster_id: args.cluster_id.clone(),
+    };
+    let check = ControlPlaneCheck::from_args(&args)?;
+    let (certs, bundle, xds_tls) = certificates(&args, &check, &credentials, control.handle())?;
+    match (&args.config, &args.xds_address) {
+        (Some(file), _) => {
+            // The watch spawns its task where it is called from: the control runtime.
+            let _on_control = control.handle().enter();
+            state::watch_file(file.clone(), writer)?;
+        }
+        (None, Some(address)) => {
+            let config = amesh_xds::Config {
+                address: address.clone(),
+                server_name: check.server_name(),
+                node_id: node_id(&args.node),
+                metadata: node_metadata(&args),
+                credentials,
+            };
+            control.handle().spawn(state::xds_client::run(
+                config,
+                metrics.xds.clone(),
+                xds_tls,
+                writer,
+            ));
+        }
+        (None, None) => anyhow::bail!("either --config or --xds-address is required"),
+    }
+    let enrolment_maps = open_capture_maps(&args.capture_pins).await;
+    let orig_dst_maps = open_capture_maps(&args.capture_pins).await;
+    let inputs = ProxyInputs::new(Parts {
+        id: NodeIdentity {
+            node: args.node.clone(),
+            trust_domain: args.trust_domain.clone(),
+        },
+        state: state.clone(),
+        trust: Trust {
+            certs: certs.clone(),
+            bundle,
+            provider: tls::provider(),
+        },
+        pool: Pool::new(PoolConfig::default()),
+        orig_dst: OriginalDestinations::new(orig_dst_maps),
+        home: Arc::new(Netns::open("/proc/self/ns/net")?),
+        drain: drain_watch,
+        metrics: metrics.clone(),
+        max_hbone_handshakes: args.max_hbone_handshakes as usize,
+    });
+    recheck_on_change(&inputs);
+    let pods = Arc::new(inpod::InPod::new(inputs.clone(), enrolment_maps));
     let endpoints = Arc::new(admin::Endpoints {
-        shared: shared.clone(),
+        node: args.node.clone(),
+        state,
+        certs,
+        listener_metrics: metrics.listeners.clone(),
         pods: pods.clone(),
         registry,
         log,
         snapshot_received: Default::default(),
         quit: Default::default(),
     });
-    serve_endpoints(&args, &endpoints).await?;
+    serve_endpoints(&args, &endpoints, control.handle()).await?;
     tokio::spawn(zds::run(
         args.zds_socket.clone(),
         pods,
@@ -65,74 +134,9 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
         deadline_secs = args.drain_secs,
         "draining: no new connections; open ones may finish"
     );
-    drain_tx.send_replace(true);
-    let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
-    while Instant::now() < deadline && shared::active_connections() > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    info!(open = shared::active_connections(), "exiting");
+    let open = drain.drain(Duration::from_secs(args.drain_secs)).await;
+    info!(open, "exiting");
     Ok(())
-}
-
-/// Configuration, certificates, capture maps and metrics: what every pod proxy shares.
-async fn shared_state(
-    args: &config::Args,
-    registry: &mut prometheus_client::registry::Registry,
-    draining: Stop,
-) -> anyhow::Result<Arc<Shared>> {
-    let metrics = Arc::new(metrics::Metrics::register(registry));
-    let credentials = control::Credentials {
-        token: match &args.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("--token-file {}", f.display()))?,
-            ),
-            None => None,
-        },
-        cluster_id: args.cluster_id.clone(),
-    };
-    let check = ControlPlaneCheck::from_args(args)?;
-    let (certs, bundle, xds_tls) = certificates(args, &check, &credentials)?;
-    let state = state::StateStore::default();
-    match (&args.config, &args.xds_address) {
-        (Some(file), _) => state::watch_file(file.clone(), state.clone())?,
-        (None, Some(address)) => {
-            let config = amesh_xds::Config {
-                address: address.clone(),
-                server_name: check.server_name(),
-                node_id: node_id(&args.node),
-                metadata: node_metadata(args),
-                credentials,
-            };
-            let metrics = metrics.xds.clone();
-            tokio::spawn(state::xds_client::run(
-                config,
-                metrics,
-                xds_tls,
-                state.clone(),
-            ));
-        }
-        (None, None) => anyhow::bail!("either --config or --xds-address is required"),
-    }
-    let maps = open_capture_maps(&args.capture_pins).await;
-    let orig_dst = open_capture_maps(&args.capture_pins).await;
-    Ok(Arc::new(Shared {
-        node: args.node.clone(),
-        trust_domain: args.trust_domain.clone(),
-        state,
-        certs,
-        bundle,
-        provider: tls::provider(),
-        pool: Pool::new(PoolConfig::default()),
-        maps: Mutex::new(maps),
-        orig_dst: Mutex::new(orig_dst),
-        home: Arc::new(Netns::open("/proc/self/ns/net")?),
-        next_pick: Default::default(),
-        draining,
-        metrics,
-        live: Default::default(),
-        handshakes: tokio::sync::Semaphore::new(args.max_hbone_handshakes as usize),
-    }))
 }
 
 /// The xDS node id in Istio ztunnel's shape, `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`,
@@ -238,6 +242,7 @@ fn certificates(
     args: &config::Args,
     check: &ControlPlaneCheck,
     credentials: &control::Credentials,
+    runtime: &Handle,
 ) -> anyhow::Result<(Arc<CertManager>, tls::TrustBundle, ControlTls)> {
     let validity = Duration::from_secs(args.cert_validity_secs);
     if let Some(address) = &args.ca_address {
@@ -261,7 +266,7 @@ fn certificates(
             server_name: check.server_name(),
         };
         let ca = ca_client::IstioCaClient::new(connector, credentials.clone(), roots);
-        let certs = CertManager::new(Arc::new(ca), validity);
+        let certs = CertManager::on_runtime(Arc::new(ca), validity, runtime.clone());
         return Ok((certs, bundle, Box::new(move || Ok(control_tls.clone()))));
     }
     let dir = args
@@ -269,7 +274,7 @@ fn certificates(
         .as_ref()
         .context("either --ca-dir or --ca-address is required")?;
     let ca = Arc::new(LocalCa::load_or_create(dir, &args.trust_domain).context("in-process CA")?);
-    let certs = CertManager::new(ca.clone(), validity);
+    let certs = CertManager::on_runtime(ca.clone(), validity, runtime.clone());
     let bundle = tls::TrustBundle::from_pems(&certs.roots())?;
     let own = amesh_identity::Identity::new(&args.trust_domain, "istio-system", "ztunnel");
     let for_tls = bundle.clone();
@@ -282,32 +287,41 @@ fn certificates(
 }
 
 /// A configuration change re-checks every open inbound connection against the new policies.
-fn recheck_on_change(shared: &Arc<Shared>) {
-    let shared = shared.clone();
-    let mut changes = shared.state.subscribe();
+fn recheck_on_change(inputs: &Arc<ProxyInputs>) {
+    let inputs = inputs.clone();
+    let mut changes = inputs.state.subscribe();
     tokio::spawn(async move {
         while changes.changed().await.is_ok() {
             let state = changes.borrow_and_update().clone();
-            shared.live.recheck(&state, &shared.metrics);
+            inputs.live.recheck(&state, &inputs.metrics.policy);
         }
     });
 }
 
-/// Binds the admin, readiness and metrics endpoints and serves them.
+/// Binds the admin, readiness and metrics endpoints and serves them, on `control`.
 async fn serve_endpoints(
     args: &config::Args,
     endpoints: &Arc<admin::Endpoints>,
+    control: &Handle,
 ) -> anyhow::Result<()> {
     for (addr, role) in [
         (args.admin, admin::Role::Admin),
         (args.readiness, admin::Role::Readiness),
         (args.metrics, admin::Role::Metrics),
     ] {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let endpoints = endpoints.clone();
+        // Bound inside the control runtime, so its reactor owns the socket.
+        let bound = control.spawn(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            tokio::spawn(admin::serve(listener, role, endpoints));
+            Ok::<_, std::io::Error>(local)
+        });
+        let local = bound
             .await
+            .context("the control runtime stopped")?
             .with_context(|| format!("binding {role:?} endpoint {addr}"))?;
-        info!(endpoint = ?role, address = %listener.local_addr()?, "listening");
-        tokio::spawn(admin::serve(listener, role, endpoints.clone()));
+        info!(endpoint = ?role, address = %local, "listening");
     }
     Ok(())
 }

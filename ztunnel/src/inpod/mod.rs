@@ -2,16 +2,15 @@
 //! 15006 inbound plaintext, 15008 inbound HBONE), registered with the eBPF capture, and the
 //! pod's certificate kept ready. Removing a pod closes its listeners and every connection.
 
-mod socket;
-
-pub use socket::PodNet;
-
 use crate::{
     accept::Acceptor,
-    proxy,
-    shared::{Shared, Stop},
+    drain::DrainWatch,
+    metrics::Listener,
+    proxy::{self, PodCtx, PodNet, ProxyInputs},
+    signal::{Raise, Stop},
 };
-use amesh_identity::{Identity, WorkloadCert};
+use amesh_ebpf_loader::CaptureMaps;
+use amesh_identity::Identity;
 use amesh_sys::netns::Netns;
 use std::{
     collections::{HashMap, HashSet},
@@ -20,10 +19,7 @@ use std::{
     os::fd::AsFd,
     sync::{Arc, Mutex},
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 /// Why a pod cannot be served (sent back to the node agent as the NACK reason).
@@ -42,22 +38,9 @@ pub enum InPodError {
     Capture(#[from] amesh_ebpf_loader::CaptureError),
 }
 
-/// One pod as ztunnel serves it.
-#[derive(Debug)]
-pub struct PodCtx {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    pub identity: Identity,
-    pub pod_id: u32,
-    pub net: PodNet,
-    /// The TLS server config for the current certificate, rebuilt when it changes.
-    pub server_tls: Mutex<Option<(Arc<WorkloadCert>, Arc<rustls::ServerConfig>)>>,
-}
-
 #[derive(Debug)]
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: Raise,
     identity: Identity,
     netns_cookie: u64,
 }
@@ -90,44 +73,46 @@ impl Listeners {
     }
 
     /// Starts an accept loop per listener, each ending when the pod stops or ztunnel drains.
-    fn serve(self, pod: &Arc<PodCtx>, shared: &Arc<Shared>, stop: &Stop) {
-        let spawn = |listener: TcpListener, kind: ListenerKind| {
-            let (pod, shared, stop) = (pod.clone(), shared.clone(), stop.clone());
+    fn serve(self, pod: &Arc<PodCtx>, inputs: &Arc<ProxyInputs>, stop: &Stop) {
+        let spawn = |listener: TcpListener, kind: PodListener| {
+            let (pod, inputs, stop) = (pod.clone(), inputs.clone(), stop.clone());
             tokio::spawn(accept_loop(
-                Acceptor::new(listener, kind.label(), &shared.metrics),
+                Acceptor::new(listener, kind.metric(), &inputs.metrics.listeners),
                 stop,
-                shared.draining.clone(),
+                inputs.drain.clone(),
                 move |conn, peer| {
-                    let (pod, shared) = (pod.clone(), shared.clone());
+                    let (pod, inputs) = (pod.clone(), inputs.clone());
                     async move {
                         match kind {
-                            ListenerKind::Outbound => {
-                                proxy::outbound::handle(shared, pod, conn, peer).await
+                            PodListener::Outbound => {
+                                proxy::outbound::handle(inputs, pod, conn, peer).await
                             }
-                            ListenerKind::Hbone => {
-                                proxy::inbound::handle_hbone(shared, pod, conn, peer).await
+                            PodListener::Hbone => {
+                                proxy::inbound::handle_hbone(inputs, pod, conn, peer).await
                             }
-                            ListenerKind::Plaintext => {
-                                proxy::inbound::handle_plaintext(shared, pod, conn, peer).await
+                            PodListener::Plaintext => {
+                                proxy::inbound::handle_plaintext(inputs, pod, conn, peer).await
                             }
                         }
                     }
                 },
             ));
         };
-        spawn(self.outbound4, ListenerKind::Outbound);
+        spawn(self.outbound4, PodListener::Outbound);
         if let Some(l) = self.outbound6 {
-            spawn(l, ListenerKind::Outbound);
+            spawn(l, PodListener::Outbound);
         }
-        spawn(self.hbone, ListenerKind::Hbone);
-        spawn(self.plaintext, ListenerKind::Plaintext);
+        spawn(self.hbone, PodListener::Hbone);
+        spawn(self.plaintext, PodListener::Plaintext);
     }
 }
 
 /// The pods this ztunnel serves.
 #[derive(Debug)]
 pub struct InPod {
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
+    /// The capture maps' handle for enrolment: pod ids and listener registrations.
+    maps: Mutex<CaptureMaps>,
     pods: Mutex<HashMap<String, Running>>,
 }
 
@@ -141,11 +126,16 @@ pub struct PodInfo {
 }
 
 impl InPod {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(inputs: Arc<ProxyInputs>, maps: CaptureMaps) -> Self {
         Self {
-            shared,
+            inputs,
+            maps: Mutex::new(maps),
             pods: Mutex::default(),
         }
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, CaptureMaps> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -170,17 +160,18 @@ impl InPod {
         } else {
             &info.service_account
         };
-        let identity = Identity::new(&self.shared.trust_domain, &info.namespace, sa);
-        let net = PodNet::new(netns, self.shared.home.clone());
+        let identity = Identity::new(&self.inputs.id.trust_domain, &info.namespace, sa);
+        let net = PodNet::new(netns, self.inputs.home.clone());
         let listeners = Listeners::open(&net)?;
-        {
-            let mut maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-            maps.register_listeners(pod_id, listeners.hbone.as_fd(), listeners.plaintext.as_fd())?;
-        }
+        self.maps().register_listeners(
+            pod_id,
+            listeners.hbone.as_fd(),
+            listeners.plaintext.as_fd(),
+        )?;
         // Take the identity before releasing the old one so a replacement keeps its certificate.
-        self.shared.certs.acquire(&identity);
+        self.inputs.trust.certs.acquire(&identity);
         self.del(&info.uid);
-        let (stop_tx, stop) = Stop::new();
+        let (raise, stop) = Stop::new();
         let pod = Arc::new(PodCtx {
             uid: info.uid.clone(),
             name: info.name.clone(),
@@ -190,12 +181,12 @@ impl InPod {
             net,
             server_tls: Mutex::new(None),
         });
-        listeners.serve(&pod, &self.shared, &stop);
+        listeners.serve(&pod, &self.inputs, &stop);
         info!(uid = %info.uid, pod = %info.name, namespace = %info.namespace, %identity, pod_id, "proxying for pod");
         self.pods().insert(
             info.uid,
             Running {
-                stop: stop_tx,
+                stop: raise,
                 identity,
                 netns_cookie: cookie,
             },
@@ -206,8 +197,9 @@ impl InPod {
     /// The capture's pod id for a network namespace; a pod the node agent did not enroll in
     /// the capture programs cannot be served (its traffic would not reach ztunnel).
     fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, InPodError> {
-        let maps = self.shared.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.pod_of_netns(cookie)?.ok_or(InPodError::NotEnrolled)
+        self.maps()
+            .pod_of_netns(cookie)?
+            .ok_or(InPodError::NotEnrolled)
     }
 
     /// Stops serving a pod: listeners and all its connections close now, its pooled HBONE
@@ -216,9 +208,9 @@ impl InPod {
         let Some(running) = self.pods().remove(uid) else {
             return false;
         };
-        running.stop.send_replace(true);
-        self.shared.pool.evict(uid);
-        self.shared.certs.release(&running.identity);
+        running.stop.raise();
+        self.inputs.pool.evict(uid);
+        self.inputs.trust.certs.release(&running.identity);
         info!(%uid, "stopped proxying for pod");
         true
     }
@@ -251,24 +243,24 @@ impl InPod {
     pub fn certificates_ready(&self) -> bool {
         self.pods()
             .values()
-            .all(|r| self.shared.certs.get(&r.identity).is_some())
+            .all(|r| self.inputs.trust.certs.get(&r.identity).is_some())
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-enum ListenerKind {
+enum PodListener {
     Outbound,
     Hbone,
     Plaintext,
 }
 
-impl ListenerKind {
+impl PodListener {
     /// The `listener` label of its metrics and log lines.
-    fn label(self) -> &'static str {
+    fn metric(self) -> Listener {
         match self {
-            Self::Outbound => "outbound",
-            Self::Hbone => "hbone",
-            Self::Plaintext => "plaintext",
+            Self::Outbound => Listener::Outbound,
+            Self::Hbone => Listener::Hbone,
+            Self::Plaintext => Listener::Plaintext,
         }
     }
 }
@@ -276,12 +268,12 @@ impl ListenerKind {
 /// Accepts until the pod is removed or ztunnel drains; each connection runs until it ends or
 /// the pod is removed (a drain lets open connections finish). Accept errors back off and
 /// are logged at a bounded rate (see [`Acceptor`]).
-async fn accept_loop<H, F>(mut listener: Acceptor, stop: Stop, draining: Stop, handle: H)
+async fn accept_loop<H, F>(mut listener: Acceptor, stop: Stop, drain: DrainWatch, handle: H)
 where
     H: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let (stopped, drained) = (stop.clone().wait(), draining.wait());
+    let (stopped, drained) = (stop.clone().wait(), drain.clone().started());
     tokio::pin!(stopped, drained);
     loop {
         tokio::select! {
@@ -293,7 +285,7 @@ where
                 }
                 let work = handle(conn, peer);
                 let stop = stop.clone();
-                let guard = crate::shared::ActiveGuard::enter();
+                let guard = drain.track();
                 tokio::spawn(async move {
                     let _guard = guard;
                     tokio::select! {

@@ -1,10 +1,13 @@
 //! Authorization at the destination: the decision for a connection to one of this node's
 //! pods, and the registry of live inbound connections that a policy change re-checks.
 
-use crate::{metrics::Metrics, shared::Stop, state::State};
+use crate::{
+    metrics::{DryRunLabels, PolicyAction, PolicyMetrics},
+    signal::{Raise, Stop},
+    state::State,
+};
 use amesh_identity::Identity;
-use amesh_policy::{Action, Connection, Decision, evaluate};
-use prometheus_client::encoding::EncodeLabelSet;
+use amesh_policy::{Connection, Decision, evaluate};
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -13,15 +16,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
 };
-use tokio::sync::watch;
 use tracing::{info, warn};
-
-/// Labels of the dry-run counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DryRunLabels {
-    pub policy: String,
-    pub action: &'static str,
-}
 
 /// What a connection is, for policy.
 #[derive(Clone, Debug)]
@@ -36,7 +31,7 @@ pub struct Facts {
 
 /// Decides a connection against the policies that apply to its destination pod. A policy the
 /// pod references but ztunnel does not know refuses the connection (fail closed).
-pub fn authorize(state: &State, facts: &Facts, metrics: &Metrics) -> Decision {
+pub fn authorize(state: &State, facts: &Facts, metrics: &PolicyMetrics) -> Decision {
     let workload = state.workload_by_name(&facts.pod_namespace, &facts.pod_name);
     let policies = match state.policies_for(&facts.pod_namespace, workload.map(|w| w.as_ref())) {
         Ok(p) => p,
@@ -56,12 +51,8 @@ pub fn authorize(state: &State, facts: &Facts, metrics: &Metrics) -> Decision {
     };
     let outcome = evaluate(&refs, &conn);
     for (policy, action) in outcome.dry_run_hits {
-        let action = if action == Action::Deny {
-            "DENY"
-        } else {
-            "ALLOW"
-        };
-        info!(%policy, action, pod = %facts.pod_name, "dry-run policy matched (not enforced)");
+        let action = PolicyAction::from(action);
+        info!(%policy, %action, pod = %facts.pod_name, "dry-run policy matched (not enforced)");
         metrics
             .dry_run_hits
             .get_or_create(&DryRunLabels { policy, action })
@@ -72,7 +63,7 @@ pub fn authorize(state: &State, facts: &Facts, metrics: &Metrics) -> Decision {
 
 struct Live {
     facts: Facts,
-    kill: watch::Sender<bool>,
+    kill: Raise,
 }
 
 /// Inbound connections that are open now, so a policy change can close the ones it denies.
@@ -123,7 +114,7 @@ impl LiveConnections {
     /// Re-decides every open connection under `state`; closes the ones now denied. The
     /// facts are copied out and judged without the lock, which every new and closing
     /// connection takes.
-    pub fn recheck(&self, state: &State, metrics: &Metrics) {
+    pub fn recheck(&self, state: &State, metrics: &PolicyMetrics) {
         let open: Vec<(u64, Facts)> = self
             .lock()
             .iter()
@@ -144,7 +135,7 @@ impl LiveConnections {
             // Gone meanwhile: it closed on its own.
             let Some(live) = conns.get(&id) else { continue };
             warn!(pod = %facts.pod_name, source = ?facts.source.as_ref().map(|i| i.to_string()), policy = %by, "closing a connection a policy change now denies");
-            live.kill.send_replace(true);
+            live.kill.raise();
         }
     }
 }

@@ -3,15 +3,16 @@
 //! connection to the app made inside the pod, and are re-checked when policies change.
 
 use super::{
+    PodCtx, ProxyInputs,
     authz::{Facts, LiveGuard, authorize},
     error::InboundError,
+    inputs::CERT_WAIT,
     record::ConnRecord,
     relay,
 };
 use crate::{
-    inpod::PodCtx,
-    metrics::{Reporter, SecurityPolicy, TcpLabels},
-    shared::{CERT_WAIT, Shared, Stop},
+    metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
+    signal::Stop,
 };
 use amesh_hbone::server::{self, IncomingConnect, Target};
 use amesh_identity::{identity_of, tls};
@@ -45,21 +46,26 @@ fn is_ztunnel_port(port: u16) -> bool {
 }
 
 /// The TLS server config presenting the pod's current certificate.
-async fn server_config(shared: &Shared, pod: &PodCtx) -> Option<Arc<rustls::ServerConfig>> {
-    let cert = shared.certs.wait_ready(&pod.identity, CERT_WAIT).await?;
+async fn server_config(inputs: &ProxyInputs, pod: &PodCtx) -> Option<Arc<rustls::ServerConfig>> {
+    let cert = inputs
+        .trust
+        .certs
+        .wait_ready(&pod.identity, CERT_WAIT)
+        .await?;
     let mut cached = pod.server_tls.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((c, cfg)) = cached.as_ref()
         && Arc::ptr_eq(c, &cert)
     {
         return Some(cfg.clone());
     }
-    let cfg = tls::server_config(&cert, &shared.bundle, shared.provider.clone()).ok()?;
+    let cfg =
+        tls::server_config(&cert, &inputs.trust.bundle, inputs.trust.provider.clone()).ok()?;
     *cached = Some((cert, cfg.clone()));
     Some(cfg)
 }
 
 pub async fn handle_hbone(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     conn: TcpStream,
     peer: SocketAddr,
@@ -67,7 +73,7 @@ pub async fn handle_hbone(
     // The listener is dual-stack: IPv4 peers arrive as `::ffff:a.b.c.d`.
     let peer = canonical(peer);
     let Ok(local) = conn.local_addr() else { return };
-    let Some(tls) = handshake(&shared, &pod, conn, peer).await else {
+    let Some(tls) = handshake(&inputs, &pod, conn, peer).await else {
         return;
     };
     let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -76,33 +82,39 @@ pub async fn handle_hbone(
     };
     let pod_ip = local.ip().to_canonical();
     let handler = {
-        let (shared, pod) = (shared.clone(), pod.clone());
+        let (inputs, pod) = (inputs.clone(), pod.clone());
         move |req: IncomingConnect| {
-            let (shared, pod) = (shared.clone(), pod.clone());
-            async move { connect_app(shared, pod, req, peer, pod_ip).await }
+            let (inputs, pod) = (inputs.clone(), pod.clone());
+            async move { connect_app(inputs, pod, req, peer, pod_ip).await }
         }
     };
-    let _ = server::serve(tls, peer_identity, handler, shared.draining.clone().wait()).await;
+    let _ = server::serve(tls, peer_identity, handler, inputs.drain.clone().started()).await;
 }
 
 /// The mutual-TLS handshake of an inbound HBONE connection, within the node-wide bound on
 /// handshakes in progress: over it, the connection is closed at once (and counted).
 async fn handshake(
-    shared: &Shared,
+    inputs: &ProxyInputs,
     pod: &PodCtx,
     conn: TcpStream,
     peer: SocketAddr,
 ) -> Option<TlsStream<TcpStream>> {
-    let Some(_slot) = HandshakeSlot::take(shared) else {
-        shared.metrics.refuse("hbone", "handshake_limit");
+    let Some(_slot) = HandshakeSlot::take(inputs) else {
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Hbone, RefuseReason::HandshakeLimit);
         if let Some(suppressed) = HANDSHAKE_LIMIT_WARNING.allow() {
             warn!(pod = %pod.name, %peer, suppressed, "refusing HBONE: too many TLS handshakes in progress (see --max-hbone-handshakes)");
         }
         return None;
     };
     // Fail closed: no certificate, no TLS, no traffic.
-    let Some(config) = server_config(shared, pod).await else {
-        shared.metrics.refuse("hbone", "certificate_not_ready");
+    let Some(config) = server_config(inputs, pod).await else {
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Hbone, RefuseReason::CertificateNotReady);
         if let Some(suppressed) = CERT_NOT_READY_WARNING.allow() {
             warn!(pod = %pod.name, %peer, suppressed, "refusing HBONE: the pod's certificate is not ready");
         }
@@ -131,9 +143,9 @@ struct HandshakeSlot<'a> {
 }
 
 impl<'a> HandshakeSlot<'a> {
-    fn take(shared: &'a Shared) -> Option<Self> {
-        let permit = shared.handshakes.try_acquire().ok()?;
-        let gauge = &shared.metrics.hbone_handshakes_in_progress;
+    fn take(inputs: &'a ProxyInputs) -> Option<Self> {
+        let permit = inputs.handshakes.try_acquire().ok()?;
+        let gauge = &inputs.metrics.hbone.handshakes_in_progress;
         gauge.inc();
         Some(Self {
             _permit: permit,
@@ -157,13 +169,13 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Answers one CONNECT: 400 unless it targets this pod, 401 if policy refuses, 503 if the app
 /// is unreachable, else 200 and the bytes. Runs in a span naming both ends.
 async fn connect_app(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     req: IncomingConnect,
     peer: SocketAddr,
     pod_ip: IpAddr,
 ) {
-    let target = match hbone_target(&shared, &pod, &req, pod_ip) {
+    let target = match hbone_target(&inputs, &pod, &req, pod_ip) {
         Ok(t) => t,
         Err(e) => return req.refuse(e.status()),
     };
@@ -175,7 +187,7 @@ async fn connect_app(
         src.identity = %req.peer_identity,
         dst.identity = %pod.identity,
     );
-    serve_connect(shared, pod, req, peer, target)
+    serve_connect(inputs, pod, req, peer, target)
         .instrument(span)
         .await
 }
@@ -183,7 +195,7 @@ async fn connect_app(
 /// The CONNECT's target, canonical, if it is this pod and not one of ztunnel's own ports.
 /// These refusals come before a connection record exists: counted and logged here.
 fn hbone_target(
-    shared: &Shared,
+    inputs: &ProxyInputs,
     pod: &PodCtx,
     req: &IncomingConnect,
     pod_ip: IpAddr,
@@ -192,14 +204,20 @@ fn hbone_target(
         // `[::ffff:<pod IPv4>]:port` names this pod too; from here on it is the IPv4 form.
         Target::Addr(a) if a.ip().to_canonical() == pod_ip => canonical(*a),
         other => {
-            shared.metrics.refuse("hbone", "not_this_pod");
+            inputs
+                .metrics
+                .listeners
+                .refuse(Listener::Hbone, RefuseReason::NotThisPod);
             let e = InboundError::NotThisPod(format!("{other:?}"));
             debug!(pod = %pod.name, error = %e, "refusing a CONNECT");
             return Err(e);
         }
     };
     if is_ztunnel_port(target.port()) {
-        shared.metrics.refuse("hbone", "ztunnel_port");
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Hbone, RefuseReason::ZtunnelPort);
         if let Some(suppressed) = CONNECT_LOOP_WARNING.allow() {
             warn!(pod = %pod.name, %target, suppressed, "refusing a CONNECT to one of ztunnel's own ports (it would loop)");
         }
@@ -209,14 +227,14 @@ fn hbone_target(
 }
 
 async fn serve_connect(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     req: IncomingConnect,
     peer: SocketAddr,
     target: SocketAddr,
 ) {
     let mut record = ConnRecord::new(
-        shared.metrics.clone(),
+        inputs.metrics.tcp.clone(),
         TcpLabels::new(Reporter::Destination),
         peer,
         target,
@@ -233,7 +251,7 @@ async fn serve_connect(
         destination_ip: target.ip(),
         destination_port: target.port(),
     };
-    match admit(&shared, &pod, facts, &mut record).await {
+    match admit(&inputs, &pod, facts, &mut record).await {
         Err(e) => {
             let status = e.status();
             record.fail(e.response_flag(), &e);
@@ -254,21 +272,21 @@ async fn serve_connect(
 /// identity, so plaintext is judged there too); then the connection to the app, registered
 /// for re-checks when policies change.
 async fn admit(
-    shared: &Arc<Shared>,
+    inputs: &Arc<ProxyInputs>,
     pod: &PodCtx,
     facts: Facts,
     record: &mut ConnRecord,
 ) -> Result<(TcpStream, LiveGuard, Stop), InboundError> {
-    if !shared.state.is_loaded() {
+    if !inputs.state.is_loaded() {
         return Err(InboundError::NotConfigured);
     }
-    let state = shared.state.snapshot();
-    match authorize(&state, &facts, &shared.metrics) {
+    let state = inputs.state.snapshot();
+    match authorize(&state, &facts, &inputs.metrics.policy) {
         Decision::Deny { by } => return Err(InboundError::Denied { by }),
         Decision::Allow { by } => record.policy = by,
     }
     let target = SocketAddr::new(facts.destination_ip, facts.destination_port);
-    let (live, kill) = shared.live.register(facts);
+    let (live, kill) = inputs.live.register(facts);
     let app = pod
         .net
         .connect(target)
@@ -278,7 +296,7 @@ async fn admit(
 }
 
 pub async fn handle_plaintext(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     conn: TcpStream,
     peer: SocketAddr,
@@ -288,27 +306,30 @@ pub async fn handle_plaintext(
     let (target, peer) = (canonical(local), canonical(peer));
     if is_ztunnel_port(target.port()) {
         // Anyone outside the mesh can do this: counted every time, logged now and then.
-        shared.metrics.refuse("plaintext", "ztunnel_port");
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Plaintext, RefuseReason::ZtunnelPort);
         if let Some(suppressed) = PLAINTEXT_LOOP_WARNING.allow() {
             warn!(pod = %pod.name, %peer, %target, suppressed, "refusing plaintext to one of ztunnel's own ports (it would loop)");
         }
         return;
     }
     let span = info_span!("inbound_plaintext", pod = %pod.name, src = %peer, dst = %target, dst.identity = %pod.identity);
-    serve_plaintext(shared, pod, conn, peer, target)
+    serve_plaintext(inputs, pod, conn, peer, target)
         .instrument(span)
         .await
 }
 
 async fn serve_plaintext(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     mut conn: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
 ) {
     let mut record = ConnRecord::new(
-        shared.metrics.clone(),
+        inputs.metrics.tcp.clone(),
         TcpLabels::new(Reporter::Destination),
         peer,
         target,
@@ -323,7 +344,7 @@ async fn serve_plaintext(
         destination_port: target.port(),
     };
     // Refused plaintext is closed unanswered.
-    match admit(&shared, &pod, facts, &mut record).await {
+    match admit(&inputs, &pod, facts, &mut record).await {
         Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail(e.response_flag(), &e),
     }

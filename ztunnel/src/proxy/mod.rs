@@ -1,5 +1,7 @@
 //! The data path: what happens to each connection a pod's listeners accept.
 //!
+//! - [`inputs`]: everything the data path reads, handed in explicitly.
+//! - [`pod`]: one pod as the proxy serves it, and sockets in its network namespace.
 //! - [`outbound`]: 15001, the pod's own connections, tunnelled over HBONE or passed through.
 //! - [`inbound`]: 15008 (HBONE from other pods) and 15006 (plaintext from outside the mesh).
 //! - [`record`]: per-connection metrics and access log.
@@ -9,10 +11,14 @@ pub mod authz;
 mod copy;
 pub mod error;
 pub mod inbound;
+pub mod inputs;
 pub mod outbound;
+pub mod pod;
 pub mod record;
 
 pub use error::NOT_CONFIGURED;
+pub use inputs::ProxyInputs;
+pub use pod::{PodCtx, PodNet};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -24,7 +30,7 @@ pub async fn relay<A, B>(
     mut record: record::ConnRecord,
     a: &mut A,
     b: &mut B,
-    kill: Option<crate::shared::Stop>,
+    kill: Option<crate::signal::Stop>,
 ) where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,

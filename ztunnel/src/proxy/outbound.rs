@@ -2,11 +2,11 @@
 //! original destination: over HBONE with the pod's own identity when the destination is in
 //! the mesh, as plain TCP otherwise.
 
-use super::{error::OutboundError, record::ConnRecord, relay};
+use super::{
+    PodCtx, ProxyInputs, error::OutboundError, inputs::CERT_WAIT, record::ConnRecord, relay,
+};
 use crate::{
-    inpod::PodCtx,
-    metrics::{Reporter, SecurityPolicy, TcpLabels},
-    shared::{CERT_WAIT, Shared},
+    metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
     state::{Route, Service},
 };
 use amesh_hbone::{HBONE_PORT, PoolKey};
@@ -24,43 +24,46 @@ use tracing::{Instrument, info_span, warn};
 /// Logged at a bounded rate: a flood of such connections must not flood the log.
 static NO_ORIGINAL_DST_WARNING: Throttle = Throttle::new(WARN_EVERY);
 
-pub async fn handle(shared: Arc<Shared>, pod: Arc<PodCtx>, conn: TcpStream, peer: SocketAddr) {
+pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<PodCtx>, conn: TcpStream, peer: SocketAddr) {
     // Without the original destination there is nowhere safe to send it: refuse.
-    let Some(orig) = shared.original_dst(pod.pod_id, peer) else {
-        shared.metrics.refuse("outbound", "no_original_destination");
+    let Some(orig) = inputs.orig_dst.take(pod.pod_id, peer) else {
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Outbound, RefuseReason::NoOriginalDestination);
         if let Some(suppressed) = NO_ORIGINAL_DST_WARNING.allow() {
             warn!(pod = %pod.name, %peer, suppressed, "no original destination recorded for this connection; refusing");
         }
         return;
     };
     let span = info_span!("outbound", pod = %pod.name, src = %peer, dst = %orig, src.identity = %pod.identity);
-    forward(shared, pod, conn, peer, orig)
+    forward(inputs, pod, conn, peer, orig)
         .instrument(span)
         .await
 }
 
 /// Routes the connection to its original destination `orig` and relays it.
 async fn forward(
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
     pod: Arc<PodCtx>,
     mut conn: TcpStream,
     peer: SocketAddr,
     orig: SocketAddr,
 ) {
-    let state = shared.state.snapshot();
-    let pick = shared.next_pick.fetch_add(1, Ordering::Relaxed);
+    let state = inputs.state.snapshot();
+    let pick = inputs.next_pick.fetch_add(1, Ordering::Relaxed);
     let me = state.workload_by_name(&pod.namespace, &pod.name);
     let src_ip = me.and_then(|w| w.addresses.first().copied());
     let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
     let labels = TcpLabels::new(Reporter::Source);
-    let mut record = ConnRecord::new(shared.metrics.clone(), labels, src, orig);
+    let mut record = ConnRecord::new(inputs.metrics.tcp.clone(), labels, src, orig);
     record.source(&pod.identity, &pod.name);
-    if !shared.state.is_loaded() {
+    if !inputs.state.is_loaded() {
         return fail(record, OutboundError::NotConfigured);
     }
     let nowhere = crate::state::Locality::default();
     let client = crate::state::Client {
-        node: &shared.node,
+        node: &inputs.id.node,
         locality: me.map_or(&nowhere, |w| &w.locality),
     };
     match state.route(orig, &client, pick) {
@@ -74,7 +77,7 @@ async fn forward(
             label_service(&mut record, service.as_deref());
             record.labels.connection_security_policy = SecurityPolicy::MutualTls;
             let headers = hbone_headers(&pod, src, service.as_deref());
-            match tunnel(&shared, &pod, &workload.identity(), target, headers).await {
+            match tunnel(&inputs, &pod, &workload.identity(), target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err(e) => fail(record, e),
             }
@@ -137,14 +140,15 @@ fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> He
 
 /// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
 async fn tunnel(
-    shared: &Shared,
+    inputs: &ProxyInputs,
     pod: &PodCtx,
     dst_identity: &Identity,
     target: SocketAddr,
     headers: HeaderMap,
 ) -> Result<amesh_hbone::PooledStream, OutboundError> {
     // Never send as a pod whose certificate is not ready: refuse instead (fail closed).
-    let cert = shared
+    let cert = inputs
+        .trust
         .certs
         .wait_ready(&pod.identity, CERT_WAIT)
         .await
@@ -157,15 +161,19 @@ async fn tunnel(
         dst: hbone_addr,
         dst_identities: expected.clone(),
     };
-    let (net, metrics) = (&pod.net, &shared.metrics);
-    shared
+    let (net, metrics) = (&pod.net, &inputs.metrics);
+    inputs
         .pool
         .connect(&key, &target.to_string(), headers, move || async move {
             // Only a new connection needs a TLS configuration.
-            let config =
-                tls::client_config(&cert, &shared.bundle, expected, shared.provider.clone())
-                    .map_err(std::io::Error::other)?;
-            metrics.hbone_handshakes.inc();
+            let config = tls::client_config(
+                &cert,
+                &inputs.trust.bundle,
+                expected,
+                inputs.trust.provider.clone(),
+            )
+            .map_err(std::io::Error::other)?;
+            metrics.hbone.handshakes.inc();
             let tcp = net.connect(hbone_addr).await?;
             TlsConnector::from(config)
                 .connect(tls::server_name(hbone_addr.ip()), tcp)

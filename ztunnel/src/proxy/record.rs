@@ -2,14 +2,14 @@
 //! once established; `finish` or `fail` closes it, and dropping it unfinished (the pod was
 //! removed, ztunnel stopped) still counts it closed and logs why, so nothing leaks.
 
-use crate::metrics::{Metrics, ResponseFlag, TcpLabels};
+use crate::metrics::{ResponseFlag, TcpLabels, TcpMetrics};
 use amesh_identity::Identity;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tracing::info;
 
 #[derive(Debug)]
 pub struct ConnRecord {
-    metrics: Arc<Metrics>,
+    metrics: Arc<TcpMetrics>,
     pub labels: TcpLabels,
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -21,7 +21,12 @@ pub struct ConnRecord {
 }
 
 impl ConnRecord {
-    pub fn new(metrics: Arc<Metrics>, labels: TcpLabels, src: SocketAddr, dst: SocketAddr) -> Self {
+    pub fn new(
+        metrics: Arc<TcpMetrics>,
+        labels: TcpLabels,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Self {
         Self {
             metrics,
             labels,

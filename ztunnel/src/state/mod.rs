@@ -3,8 +3,8 @@
 //!
 //! There is one front end: the xDS feed ([`xds`]) and the local file ([`local`]) both yield
 //! Istio's wire types, [`convert`] turns each resource into the model, [`resources`] keeps the
-//! last good version of each, and a [`State`] is built from them; [`StateStore`] swaps it
-//! atomically so that connections always see one version.
+//! last good version of each, and a [`State`] is built from them; [`StateWriter`] swaps
+//! it atomically so that connections always see one version through a [`StateReader`].
 
 pub mod convert;
 mod local;
@@ -271,30 +271,46 @@ impl State {
     }
 }
 
-/// The current [`State`]; readers take a snapshot, the single writer replaces it whole.
-#[derive(Debug, Clone)]
-pub struct StateStore {
+/// Publishes the current [`State`]: there is one, made with its readers by [`store`], and it
+/// cannot be cloned, so one writer is enforced by the compiler (the file watch or the xDS
+/// client, whichever `run` started).
+#[derive(Debug)]
+pub struct StateWriter {
     tx: Arc<watch::Sender<Arc<State>>>,
     loaded: Arc<watch::Sender<bool>>,
 }
 
-impl Default for StateStore {
-    fn default() -> Self {
-        Self {
-            tx: Arc::new(watch::channel(Arc::new(State::default())).0),
-            loaded: Arc::new(watch::channel(false).0),
-        }
-    }
+/// Reads the current [`State`]: a snapshot is one consistent version.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    tx: Arc<watch::Sender<Arc<State>>>,
+    loaded: Arc<watch::Sender<bool>>,
 }
 
-impl StateStore {
-    pub fn snapshot(&self) -> Arc<State> {
-        self.tx.borrow().clone()
-    }
+/// A new store: its writer and a reader (clone it for more).
+pub fn store() -> (StateWriter, StateReader) {
+    let tx = Arc::new(watch::channel(Arc::new(State::default())).0);
+    let loaded = Arc::new(watch::channel(false).0);
+    (
+        StateWriter {
+            tx: tx.clone(),
+            loaded: loaded.clone(),
+        },
+        StateReader { tx, loaded },
+    )
+}
 
+impl StateWriter {
+    /// Replaces the state whole; it counts as loaded from now on.
     pub fn replace(&self, state: State) {
         self.tx.send_replace(Arc::new(state));
         self.loaded.send_replace(true);
+    }
+}
+
+impl StateReader {
+    pub fn snapshot(&self) -> Arc<State> {
+        self.tx.borrow().clone()
     }
 
     /// True once a first valid configuration arrived.

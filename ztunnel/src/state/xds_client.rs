@@ -4,7 +4,7 @@
 //! response since; Istio's `istio_xds_*` metrics are counted here.
 
 use super::{
-    StateStore,
+    StateWriter,
     resources::{Resources, lock},
     xds::{AddressHandler, AuthorizationHandler},
 };
@@ -35,7 +35,7 @@ impl Observer for Metrics {
 }
 
 /// The client built for ztunnel, publishing into `store`.
-pub fn client(config: Config, metrics: XdsMetrics, store: StateStore) -> Client {
+pub fn client(config: Config, metrics: XdsMetrics, store: StateWriter) -> Client {
     let resources = Arc::new(Mutex::new(Resources::default()));
     let published = resources.clone();
     Client::new(config)
@@ -51,7 +51,7 @@ pub async fn run(
     config: Config,
     metrics: XdsMetrics,
     tls: impl Fn() -> Result<Arc<ClientConfig>, String> + Send + 'static,
-    store: StateStore,
+    store: StateWriter,
 ) {
     client(config, metrics, store).run(tls).await;
 }

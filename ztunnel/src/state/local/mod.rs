@@ -51,7 +51,7 @@
 
 mod yaml;
 
-use super::{Resources, State, StateStore, convert};
+use super::{Resources, State, StateWriter, convert};
 use amesh_sys::file::Stamp;
 use std::{
     collections::{BTreeMap, HashSet},
@@ -170,7 +170,7 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Loads the file into `store` now (failing if it is invalid: ztunnel must not start on a bad
 /// file) and then reloads it whenever it changes, keeping the last good state on errors.
-pub fn watch_file(path: PathBuf, store: StateStore) -> Result<(), ConfigError> {
+pub fn watch_file(path: PathBuf, store: StateWriter) -> Result<(), ConfigError> {
     let mut seen = Stamp::of_path(&path);
     store.replace(load_file(&path)?);
     info!(file = %path.display(), "configuration loaded");

@@ -1,12 +1,31 @@
-//! Sockets inside a pod's network namespace: ztunnel's listeners there, and its connections
-//! from there (to other pods over HBONE, to the pod's own app, or plain passthrough). Every
-//! socket ztunnel connects with carries its mark, so the capture programs let it through.
+//! One pod as the proxy serves it ([`PodCtx`]), and sockets inside its network namespace
+//! ([`PodNet`]): ztunnel's listeners there, and its connections from there (to other pods
+//! over HBONE, to the pod's own app, or plain passthrough). Every socket ztunnel connects
+//! with carries its mark, so the capture programs let it through.
 
 use amesh_ebpf_common::ZTUNNEL_MARK;
+use amesh_identity::{Identity, WorkloadCert};
 use amesh_sys::netns::Netns;
 use socket2::{Domain, Socket, Type};
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// One pod as ztunnel serves it.
+#[derive(Debug)]
+pub struct PodCtx {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub identity: Identity,
+    pub pod_id: u32,
+    pub net: PodNet,
+    /// The TLS server config for the current certificate, rebuilt when it changes.
+    pub server_tls: Mutex<Option<(Arc<WorkloadCert>, Arc<rustls::ServerConfig>)>>,
+}
 
 /// Backlog of in-pod listeners.
 const BACKLOG: i32 = 1024;

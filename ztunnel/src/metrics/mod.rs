@@ -11,8 +11,15 @@
 //! closed before any policy decision: `ztunnel_port` for traffic aimed at ztunnel's own
 //! ports, `handshake_limit` for HBONE handshakes over the cap, `certificate_not_ready`) and
 //! `amesh_hbone_handshakes_in_progress` (inbound TLS handshakes under way).
+//!
+//! Each subsystem has its own struct, handed only to it: [`TcpMetrics`] to the per-connection
+//! record, [`HboneMetrics`] to the tunnels, [`PolicyMetrics`] to authorization,
+//! [`ListenerMetrics`] to the accept loops and early refusals, [`XdsMetrics`] to the xDS
+//! client. [`Metrics::register`] creates them all into one registry.
 
-pub use crate::metrics_labels::{Reporter, ResponseFlag, SecurityPolicy};
+mod labels;
+
+pub use labels::{Listener, PolicyAction, RefuseReason, Reporter, ResponseFlag, SecurityPolicy};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -80,33 +87,62 @@ impl TcpLabels {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Metrics {
+/// Istio's per-connection TCP metrics.
+#[derive(Debug, Default, Clone)]
+pub struct TcpMetrics {
     pub opened: Family<TcpLabels, Counter>,
     pub closed: Family<TcpLabels, Counter>,
     pub failed: Family<TcpLabels, Counter>,
     pub sent_bytes: Family<TcpLabels, Counter>,
     pub received_bytes: Family<TcpLabels, Counter>,
-    pub hbone_handshakes: Counter,
-    pub dry_run_hits: Family<crate::proxy::authz::DryRunLabels, Counter>,
-    pub xds: XdsMetrics,
-    pub accept_errors: Family<ListenerLabels, Counter>,
-    pub refused: Family<RefusedLabels, Counter>,
-    pub hbone_handshakes_in_progress: Gauge,
 }
 
-/// Which of ztunnel's listeners: `admin`, `readiness`, `metrics`, or a pod's `outbound`,
-/// `hbone`, `plaintext` (summed over pods: a per-pod label would grow without bound).
+/// HBONE tunnels: handshakes the pool made, inbound handshakes under way.
+#[derive(Debug, Default, Clone)]
+pub struct HboneMetrics {
+    pub handshakes: Counter,
+    pub handshakes_in_progress: Gauge,
+}
+
+/// Authorization: what dry-run policies would have done.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyMetrics {
+    pub dry_run_hits: Family<DryRunLabels, Counter>,
+}
+
+/// Labels of the dry-run counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DryRunLabels {
+    /// `namespace/name`.
+    pub policy: String,
+    pub action: PolicyAction,
+}
+
+/// The listeners: accept errors and connections closed before any policy decision.
+#[derive(Debug, Default, Clone)]
+pub struct ListenerMetrics {
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
-    pub listener: &'static str,
+    pub listener: Listener,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    pub listener: &'static str,
-    /// `ztunnel_port`, `handshake_limit` or `certificate_not_ready`.
-    pub reason: &'static str,
+    pub listener: Listener,
+    pub reason: RefuseReason,
+}
+
+impl ListenerMetrics {
+    /// Counts a connection refused on `listener` for `reason`.
+    pub fn refuse(&self, listener: Listener, reason: RefuseReason) {
+        self.refused
+            .get_or_create(&RefusedLabels { listener, reason })
+            .inc();
+    }
 }
 
 /// Istio's xDS client metrics.
@@ -132,44 +168,61 @@ pub struct XdsUrlLabels {
     pub url: String,
 }
 
+/// Every subsystem's metrics, registered once.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// Shared by every connection's record: one reference count, not five.
+    pub tcp: std::sync::Arc<TcpMetrics>,
+    pub hbone: HboneMetrics,
+    pub policy: PolicyMetrics,
+    pub listeners: ListenerMetrics,
+    pub xds: XdsMetrics,
+}
+
 impl Metrics {
     /// Creates the metrics and registers them into `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        let tcp = &m.tcp;
         registry.register(
             "istio_tcp_connections_opened",
             "TCP connections opened",
-            m.opened.clone(),
+            tcp.opened.clone(),
         );
         registry.register(
             "istio_tcp_connections_closed",
             "TCP connections closed",
-            m.closed.clone(),
+            tcp.closed.clone(),
         );
         registry.register(
             "istio_tcp_connections_failed",
             "TCP connections that could not be established",
-            m.failed.clone(),
+            tcp.failed.clone(),
         );
         registry.register(
             "istio_tcp_sent_bytes",
             "Bytes from the server back to the client (Istio's naming, istio#32399)",
-            m.sent_bytes.clone(),
+            tcp.sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
             "Bytes from the client towards the server (Istio's naming, istio#32399)",
-            m.received_bytes.clone(),
+            tcp.received_bytes.clone(),
         );
         registry.register(
             "amesh_hbone_tls_handshakes",
             "Mutual-TLS connections the HBONE pool opened",
-            m.hbone_handshakes.clone(),
+            m.hbone.handshakes.clone(),
+        );
+        registry.register(
+            "amesh_hbone_handshakes_in_progress",
+            "Inbound HBONE TLS handshakes under way (bounded by --max-hbone-handshakes)",
+            m.hbone.handshakes_in_progress.clone(),
         );
         registry.register(
             "amesh_policy_dry_run_hits",
             "Connections a dry-run policy matched (not enforced)",
-            m.dry_run_hits.clone(),
+            m.policy.dry_run_hits.clone(),
         );
         registry.register(
             "istio_xds_connection_terminations",
@@ -186,32 +239,16 @@ impl Metrics {
             "Bytes of xDS responses received, by type URL",
             m.xds.message_bytes.clone(),
         );
-        m.register_load(registry);
-        m
-    }
-
-    fn register_load(&self, registry: &mut Registry) {
         registry.register(
             "amesh_accept_errors",
             "accept() failures on ztunnel's listeners (e.g. at the file-descriptor limit)",
-            self.accept_errors.clone(),
+            m.listeners.accept_errors.clone(),
         );
         registry.register(
             "amesh_connections_refused",
             "Connections closed before any policy decision, by listener and reason",
-            self.refused.clone(),
+            m.listeners.refused.clone(),
         );
-        registry.register(
-            "amesh_hbone_handshakes_in_progress",
-            "Inbound HBONE TLS handshakes under way (bounded by --max-hbone-handshakes)",
-            self.hbone_handshakes_in_progress.clone(),
-        );
-    }
-
-    /// Counts a connection refused on `listener` for `reason`.
-    pub fn refuse(&self, listener: &'static str, reason: &'static str) {
-        self.refused
-            .get_or_create(&RefusedLabels { listener, reason })
-            .inc();
+        m
     }
 }

@@ -1,0 +1,107 @@
+//! Everything the data path reads, handed to it explicitly and built in one place
+//! ([`ProxyInputs::new`], called by `run`): the mesh state (read-only), certificates and
+//! trust, the HBONE pool, original-destination lookups, the drain watch, metrics and the
+//! live-connection registry.
+
+use super::authz::LiveConnections;
+use crate::{drain::DrainWatch, metrics::Metrics, state::StateReader};
+use amesh_ebpf_loader::CaptureMaps;
+use amesh_hbone::Pool;
+use amesh_identity::{CertManager, tls::TrustBundle};
+use amesh_sys::netns::Netns;
+use rustls::crypto::CryptoProvider;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicUsize},
+    time::Duration,
+};
+
+/// How long a connection waits for its pod's certificate before it is refused.
+pub const CERT_WAIT: Duration = Duration::from_secs(5);
+
+/// Who this ztunnel is.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub node: String,
+    pub trust_domain: String,
+}
+
+/// Certificates and what peers are checked against.
+#[derive(Debug)]
+pub struct Trust {
+    pub certs: Arc<CertManager>,
+    pub bundle: TrustBundle,
+    pub provider: Arc<CryptoProvider>,
+}
+
+/// Original destinations the capture recorded. Its own handle on the pinned maps: every
+/// outbound connection asks, and it must not wait behind a pod's enrolment.
+#[derive(Debug)]
+pub struct OriginalDestinations(Mutex<CaptureMaps>);
+
+impl OriginalDestinations {
+    pub fn new(maps: CaptureMaps) -> Self {
+        Self(Mutex::new(maps))
+    }
+
+    /// The original destination of a connection the outbound listener accepted from `peer`.
+    pub fn take(&self, pod_id: u32, peer: SocketAddr) -> Option<SocketAddr> {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let mut maps = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        maps.take_original_dst(pod_id, peer).ok().flatten()
+    }
+}
+
+#[derive(Debug)]
+pub struct ProxyInputs {
+    pub id: NodeIdentity,
+    pub state: StateReader,
+    pub trust: Trust,
+    pub pool: Pool,
+    pub orig_dst: OriginalDestinations,
+    /// ztunnel's own network namespace, to return to after creating in-pod sockets.
+    pub home: Arc<Netns>,
+    /// Rotates service endpoint choices.
+    pub next_pick: AtomicUsize,
+    /// Stop accepting when ztunnel drains; open connections are counted here.
+    pub drain: DrainWatch,
+    pub metrics: Arc<Metrics>,
+    /// Inbound connections a policy change must re-check.
+    pub live: Arc<LiveConnections>,
+    /// Permits for inbound HBONE TLS handshakes in progress (`--max-hbone-handshakes`):
+    /// before the handshake the peer is unauthenticated, so without a bound anyone who can
+    /// reach 15008 could hold any number of tasks and sockets for the handshake timeout.
+    pub handshakes: tokio::sync::Semaphore,
+}
+
+/// What [`ProxyInputs::new`] is built from.
+#[derive(Debug)]
+pub struct Parts {
+    pub id: NodeIdentity,
+    pub state: StateReader,
+    pub trust: Trust,
+    pub pool: Pool,
+    pub orig_dst: OriginalDestinations,
+    pub home: Arc<Netns>,
+    pub drain: DrainWatch,
+    pub metrics: Arc<Metrics>,
+    pub max_hbone_handshakes: usize,
+}
+
+impl ProxyInputs {
+    pub fn new(p: Parts) -> Arc<Self> {
+        Arc::new(Self {
+            id: p.id,
+            state: p.state,
+            trust: p.trust,
+            pool: p.pool,
+            orig_dst: p.orig_dst,
+            home: p.home,
+            next_pick: AtomicUsize::new(0),
+            drain: p.drain,
+            metrics: p.metrics,
+            live: Arc::default(),
+            handshakes: tokio::sync::Semaphore::new(p.max_hbone_handshakes),
+        })
+    }
+}
