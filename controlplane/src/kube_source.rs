@@ -27,7 +27,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Coalesces bursts of changes (a rollout touches many pods at once) into one translation.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -37,6 +37,8 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub enum KubeSourceError {
     #[error("waiting for the first list of {kind}: {reason}")]
     InitialList { kind: &'static str, reason: String },
+    #[error("translating the cluster's first list failed (see the log)")]
+    Translate,
 }
 
 /// The reflector caches translation reads.
@@ -105,6 +107,7 @@ fn convert<T: DeserializeOwned>(
                 namespace: o.metadata.namespace.clone().unwrap_or_default(),
                 name: o.metadata.name.clone().unwrap_or_default(),
                 reason: format!("does not parse: {e}"),
+                partial: false,
             }),
         }
     }
@@ -178,6 +181,20 @@ fn catalog_of(caches: &Caches, mesh: &Mesh) -> (Catalog, Vec<Rejected>) {
     (Catalog::from_resources(&resources), rejected)
 }
 
+/// [`catalog_of`] on the blocking pool: a cluster's worth of objects is converted, translated
+/// and encoded there, not on a worker the ADS streams and CA requests need. `None` if the
+/// translation panicked (logged; the previous catalog stays published).
+async fn catalog_blocking(caches: &Caches, mesh: &Mesh) -> Option<(Catalog, Vec<Rejected>)> {
+    let (caches, mesh) = (caches.clone(), mesh.clone());
+    match tokio::task::spawn_blocking(move || catalog_of(&caches, &mesh)).await {
+        Ok(done) => Some(done),
+        Err(error) => {
+            error!(%error, "translating the cluster failed; keeping the last catalog");
+            None
+        }
+    }
+}
+
 /// Reports objects that cannot be translated: logged, and a Warning event on the object (as
 /// `kubectl describe` shows it), once per object and reason while it stays rejected.
 struct Reporter {
@@ -189,7 +206,8 @@ impl Reporter {
     async fn report(&mut self, rejected: Vec<Rejected>) {
         let current: HashSet<Rejected> = rejected.into_iter().collect();
         for r in current.difference(&self.reported) {
-            warn!(kind = r.kind, namespace = %r.namespace, name = %r.name, reason = %r.reason, "object not translated");
+            let (what, _) = r.what();
+            warn!(kind = r.kind, namespace = %r.namespace, name = %r.name, reason = %r.reason, "{what}");
             let events: Api<Event> = Api::namespaced(self.client.clone(), &r.namespace);
             if let Err(e) = events.create(&PostParams::default(), &event(r)).await {
                 warn!(error = %e, "could not record the event");
@@ -221,7 +239,7 @@ fn event(r: &Rejected) -> Event {
             ..Default::default()
         },
         type_: Some("Warning".into()),
-        reason: Some("NotEnforced".into()),
+        reason: Some(r.what().1.into()),
         message: Some(r.reason.clone()),
         source: Some(EventSource {
             component: Some("amesh-controlplane".into()),
@@ -259,7 +277,9 @@ pub async fn publish_kube(
         client: client.clone(),
         reported: HashSet::new(),
     };
-    let (first, rejected) = catalog_of(&caches, &mesh);
+    let (first, rejected) = catalog_blocking(&caches, &mesh)
+        .await
+        .ok_or(KubeSourceError::Translate)?;
     reporter.report(rejected).await;
     info!(pods = caches.pods.state().len(), "Kubernetes source synced");
     let (tx, rx) = watch::channel(Arc::new(first));
@@ -267,7 +287,9 @@ pub async fn publish_kube(
         loop {
             changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            let (catalog, rejected) = catalog_of(&caches, &mesh);
+            let Some((catalog, rejected)) = catalog_blocking(&caches, &mesh).await else {
+                continue;
+            };
             reporter.report(rejected).await;
             if crate::catalog::publish(&tx, catalog) {
                 info!("cluster changed; pushing");

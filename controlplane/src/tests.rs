@@ -368,3 +368,28 @@ spec:
         .matches[0];
     assert_eq!(m.not_destination_ports, vec![9187]);
 }
+
+/// An AuthorizationPolicy with HTTP attributes is translated as istiod does for ztunnel (its
+/// ALLOW rules that need them dropped, nothing private on the wire) and reported as enforced
+/// in part, naming the attributes.
+#[test]
+fn http_attributes_are_reported_and_never_reach_ztunnel() {
+    let objects = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\nspec:\n  rules: [{to: [{operation: {ports: ['8080'], methods: [GET]}}]}]\n";
+    let mut snap = source::Snapshot::default();
+    let mut errors = Vec::new();
+    source::read_documents(Path::new("l7.yaml"), objects, &mut snap, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let r = translate::translate(&snap, &translate::Mesh::default());
+    let p = &r.authorizations["shop/get-only"];
+    assert_eq!(p.action, sec::Action::Allow as i32);
+    assert!(
+        p.groups.is_empty(),
+        "the ALLOW rule needing GET allows nothing: {p:?}"
+    );
+    let [report] = r.errors.as_slice() else {
+        panic!("one report: {:?}", r.errors)
+    };
+    assert!(report.partial, "{report}");
+    assert_eq!(report.what().1, "PartiallyEnforced");
+    assert!(report.reason.contains("(methods)"), "{report}");
+}

@@ -59,7 +59,7 @@ pub struct Resources {
     /// a node agent's pods as soon as they exist (ztunnel asks when the node agent hands a
     /// new pod over, before the kubelet has published its IP).
     pub placements: Vec<Placement>,
-    /// What could not be translated.
+    /// What could not be translated, or only in part.
     pub errors: Vec<Rejected>,
 }
 
@@ -81,6 +81,20 @@ pub struct Rejected {
     pub namespace: String,
     pub name: String,
     pub reason: String,
+    /// Accepted, but part of it cannot be enforced (an AuthorizationPolicy's HTTP attributes
+    /// at ztunnel): what is enforced is stricter than written.
+    pub partial: bool,
+}
+
+impl Rejected {
+    /// The log message and the Kubernetes event reason.
+    pub fn what(&self) -> (&'static str, &'static str) {
+        if self.partial {
+            ("object enforced in part", "PartiallyEnforced")
+        } else {
+            ("object not translated", "NotEnforced")
+        }
+    }
 }
 
 impl Rejected {
@@ -98,6 +112,7 @@ impl Rejected {
             namespace,
             name,
             reason: e.to_string(),
+            partial: false,
         }
     }
 }
@@ -190,7 +205,18 @@ fn authorizations(snap: &Snapshot, mesh: &Mesh, out: &mut Resources) -> Policies
             p.metadata.namespace = "default".into();
         }
         match crd::authorization_policy(&p, &mesh.root_namespace) {
-            Ok(Some(t)) => policies.push((t.policy, t.selector)),
+            Ok(Some(t)) => {
+                if let Some(reason) = t.http_warning() {
+                    out.errors.push(Rejected {
+                        kind: "AuthorizationPolicy",
+                        namespace: t.policy.namespace.clone(),
+                        name: t.policy.name.clone(),
+                        reason,
+                        partial: true,
+                    });
+                }
+                policies.push((t.policy, t.selector));
+            }
             Ok(None) => {}
             Err(e) => out.errors.push(Rejected::of("AuthorizationPolicy", &e)),
         }

@@ -19,7 +19,8 @@ const POLL: Duration = Duration::from_millis(250);
 pub fn catalog(source: &DirSource, mesh: &Mesh) -> Catalog {
     let resources = translate::translate(&source.snapshot(), mesh);
     for e in &resources.errors {
-        warn!(kind = e.kind, namespace = %e.namespace, name = %e.name, reason = %e.reason, "object not translated");
+        let (what, _) = e.what();
+        warn!(kind = e.kind, namespace = %e.namespace, name = %e.name, reason = %e.reason, "{what}");
     }
     Catalog::from_resources(&resources)
 }

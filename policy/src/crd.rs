@@ -5,8 +5,13 @@
 //!   policies with `targetRef(s)` are for waypoints and are not ztunnel's;
 //! - a rule's `from` sources, `to` operations and each `when` condition become clauses (all
 //!   must hold), each of them a list of alternatives;
-//! - attributes ztunnel cannot see (methods, paths, hosts, request principals, L7 `when`
-//!   keys) mark the match `requires_l7` (see [`crate::Match::requires_l7`]);
+//! - attributes ztunnel cannot see (hosts, methods, paths, request principals, remote IP
+//!   blocks, and `when` keys other than `source.ip`, `source.namespace`, `source.principal`,
+//!   `destination.ip`, `destination.port`) are handled as istiod does: an ALLOW rule that
+//!   uses any is dropped whole (it allows nothing), a DENY rule keeps its L4 part (it denies
+//!   more, never less). Both fail safe on any ztunnel, Istio's included, without a marker
+//!   ztunnel would have to understand; the attributes found are reported
+//!   ([`Translated::http_attributes`]);
 //! - `AUDIT` and `CUSTOM` are refused: not supported at L4.
 
 use crate::{
@@ -162,6 +167,29 @@ pub struct Condition {
 pub struct Translated {
     pub policy: Authorization,
     pub selector: Option<BTreeMap<String, String>>,
+    /// The HTTP attributes its rules use, which ztunnel cannot enforce (sorted): non-empty
+    /// means the policy was accepted with a warning (see the module doc).
+    pub http_attributes: Vec<String>,
+}
+
+impl Translated {
+    /// The warning to report when [`Self::http_attributes`] is not empty.
+    pub fn http_warning(&self) -> Option<String> {
+        if self.http_attributes.is_empty() {
+            return None;
+        }
+        let effect = match self.policy.action {
+            Action::Allow => "the ALLOW rules that use them are left out, so they allow nothing",
+            Action::Deny => {
+                "the DENY rules are enforced without them, so they deny more than written"
+            }
+        };
+        Some(format!(
+            "ztunnel cannot enforce HTTP attributes ({}); a waypoint is needed for them. \
+             Meanwhile {effect}",
+            self.http_attributes.join(", ")
+        ))
+    }
 }
 
 struct Ctx<'a> {
@@ -212,9 +240,14 @@ impl Ctx<'_> {
                     namespace: ns.into(),
                     service_account: sa.into(),
                 }),
+                // A bare name is a service account of the policy's own namespace (Istio).
+                None if !s.is_empty() => Ok(ServiceAccountMatch {
+                    namespace: self.namespace.into(),
+                    service_account: s.clone(),
+                }),
                 _ => Err(self.invalid(
                     format!("{field}[{i}]"),
-                    format!("{s:?} is not <namespace>/<service account>"),
+                    format!("{s:?} is not <namespace>/<service account> or <service account>"),
                 )),
             })
             .collect()
@@ -280,8 +313,15 @@ pub fn authorization_policy(
         Reach::Namespace => Scope::Namespace,
     };
     let mut rules = Vec::new();
+    let mut http = std::collections::BTreeSet::new();
     for (i, r) in p.spec.rules.iter().enumerate() {
-        rules.push(rule(&ctx, r, &format!("spec.rules[{i}]"))?);
+        let (rule, found) = rule(&ctx, r, &format!("spec.rules[{i}]"))?;
+        // As istiod: an ALLOW rule that needs L7 never matches, so it is left out (the
+        // policy may allow nothing); a DENY rule keeps its L4 part.
+        if found.is_empty() || action == Action::Deny {
+            rules.push(rule);
+        }
+        http.extend(found);
     }
     let policy = Authorization {
         name: name.into(),
@@ -291,17 +331,33 @@ pub fn authorization_policy(
         rules,
         dry_run: false,
     };
-    Ok(Some(Translated { policy, selector }))
+    Ok(Some(Translated {
+        policy,
+        selector,
+        http_attributes: http.into_iter().collect(),
+    }))
 }
 
-fn rule(ctx: &Ctx<'_>, r: &PolicyRule, at: &str) -> Result<Rule, CrdError> {
+/// HTTP attributes a rule uses, by the name of Istio's field or `when` key.
+type Found = Vec<String>;
+
+/// A rule's L4 part, and the HTTP attributes it also uses (left out of the rule).
+fn rule(ctx: &Ctx<'_>, r: &PolicyRule, at: &str) -> Result<(Rule, Found), CrdError> {
     let mut clauses = Vec::new();
+    let mut found = Found::new();
     if !r.from.is_empty() {
         let matches = r
             .from
             .iter()
             .enumerate()
-            .map(|(i, f)| source(ctx, &f.source, &format!("{at}.from[{i}].source")))
+            .map(|(i, f)| {
+                source(
+                    ctx,
+                    &f.source,
+                    &format!("{at}.from[{i}].source"),
+                    &mut found,
+                )
+            })
             .collect::<Result<_, _>>()?;
         clauses.push(Clause { matches });
     }
@@ -309,60 +365,84 @@ fn rule(ctx: &Ctx<'_>, r: &PolicyRule, at: &str) -> Result<Rule, CrdError> {
         let matches =
             r.to.iter()
                 .enumerate()
-                .map(|(i, t)| operation(ctx, &t.operation, &format!("{at}.to[{i}].operation")))
+                .map(|(i, t)| {
+                    operation(
+                        ctx,
+                        &t.operation,
+                        &format!("{at}.to[{i}].operation"),
+                        &mut found,
+                    )
+                })
                 .collect::<Result<_, _>>()?;
         clauses.push(Clause { matches });
     }
     for (i, c) in r.when.iter().enumerate() {
         clauses.push(Clause {
-            matches: vec![condition(ctx, c, &format!("{at}.when[{i}]"))?],
+            matches: vec![condition(ctx, c, &format!("{at}.when[{i}]"), &mut found)?],
         });
     }
-    Ok(Rule { clauses })
+    Ok((Rule { clauses }, found))
 }
 
-fn source(ctx: &Ctx<'_>, s: &Source, at: &str) -> Result<Match, CrdError> {
-    // Without proxies in front, the remote address is the source address at L4.
-    let mut source_ips = ctx.nets(&s.ip_blocks, &format!("{at}.ipBlocks"))?;
-    source_ips.extend(ctx.nets(&s.remote_ip_blocks, &format!("{at}.remoteIpBlocks"))?);
-    let mut not_source_ips = ctx.nets(&s.not_ip_blocks, &format!("{at}.notIpBlocks"))?;
-    not_source_ips.extend(ctx.nets(&s.not_remote_ip_blocks, &format!("{at}.notRemoteIpBlocks"))?);
+/// Records the names of the non-empty ones among `fields`.
+fn note(found: &mut Found, fields: &[(&str, &[String])]) {
+    found.extend(
+        fields
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(name, _)| name.to_string()),
+    );
+}
+
+fn source(ctx: &Ctx<'_>, s: &Source, at: &str, found: &mut Found) -> Result<Match, CrdError> {
+    // The remote address is the client's as a proxy in front reports it (X-Forwarded-For):
+    // HTTP, as Istio's ambient translation treats it.
+    note(
+        found,
+        &[
+            ("remoteIpBlocks", &s.remote_ip_blocks),
+            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
+        ],
+    );
     Ok(Match {
         principals: strings(&s.principals),
         not_principals: strings(&s.not_principals),
         namespaces: strings(&s.namespaces),
         not_namespaces: strings(&s.not_namespaces),
-        source_ips,
-        not_source_ips,
+        source_ips: ctx.nets(&s.ip_blocks, &format!("{at}.ipBlocks"))?,
+        not_source_ips: ctx.nets(&s.not_ip_blocks, &format!("{at}.notIpBlocks"))?,
         service_accounts: ctx.accounts(&s.service_accounts, &format!("{at}.serviceAccounts"))?,
         not_service_accounts: ctx
             .accounts(&s.not_service_accounts, &format!("{at}.notServiceAccounts"))?,
-        requires_l7: !s.request_principals.is_empty() || !s.not_request_principals.is_empty(),
         ..Match::default()
     })
 }
 
-fn operation(ctx: &Ctx<'_>, o: &Operation, at: &str) -> Result<Match, CrdError> {
-    let l7 = [
-        &o.hosts,
-        &o.not_hosts,
-        &o.methods,
-        &o.not_methods,
-        &o.paths,
-        &o.not_paths,
-    ];
+fn operation(ctx: &Ctx<'_>, o: &Operation, at: &str, found: &mut Found) -> Result<Match, CrdError> {
+    note(
+        found,
+        &[
+            ("hosts", &o.hosts),
+            ("notHosts", &o.not_hosts),
+            ("methods", &o.methods),
+            ("notMethods", &o.not_methods),
+            ("paths", &o.paths),
+            ("notPaths", &o.not_paths),
+        ],
+    );
     Ok(Match {
         destination_ports: ctx.ports(&o.ports, &format!("{at}.ports"))?,
         not_destination_ports: ctx.ports(&o.not_ports, &format!("{at}.notPorts"))?,
-        requires_l7: l7.iter().any(|v| !v.is_empty()),
         ..Match::default()
     })
 }
 
-fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str) -> Result<Match, CrdError> {
+fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str, found: &mut Found) -> Result<Match, CrdError> {
     let (v, nv) = (&c.values, &c.not_values);
     let m = match c.key.as_str() {
-        "source.ip" | "remote.ip" => Match {
+        "source.ip" => Match {
             source_ips: ctx.nets(v, &format!("{at}.values"))?,
             not_source_ips: ctx.nets(nv, &format!("{at}.notValues"))?,
             ..Match::default()
@@ -387,11 +467,12 @@ fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str) -> Result<Match, CrdError> 
             not_destination_ports: ctx.ports(nv, &format!("{at}.notValues"))?,
             ..Match::default()
         },
-        // request.*, connection.sni, experimental.* ...: not visible at L4.
-        _ => Match {
-            requires_l7: true,
-            ..Match::default()
-        },
+        // remote.ip, request.*, connection.sni, experimental.*...: not visible at L4. In a
+        // DENY rule the condition is left out (an empty match holds for every connection).
+        _ => {
+            found.push(c.key.clone());
+            Match::default()
+        }
     };
     Ok(m)
 }

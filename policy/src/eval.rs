@@ -89,15 +89,15 @@ struct Peer<'a> {
 }
 
 fn policy_matches(p: &Authorization, peer: &Peer<'_>) -> bool {
-    p.rules.iter().any(|r| rule_matches(r, p.action, peer))
+    p.rules.iter().any(|r| rule_matches(r, peer))
 }
 
-fn rule_matches(r: &Rule, action: Action, peer: &Peer<'_>) -> bool {
-    r.clauses.iter().all(|c| clause_matches(c, action, peer))
+fn rule_matches(r: &Rule, peer: &Peer<'_>) -> bool {
+    r.clauses.iter().all(|c| clause_matches(c, peer))
 }
 
-fn clause_matches(c: &Clause, action: Action, peer: &Peer<'_>) -> bool {
-    c.matches.iter().any(|m| match_matches(m, action, peer))
+fn clause_matches(c: &Clause, peer: &Peer<'_>) -> bool {
+    c.matches.iter().any(|m| match_matches(m, peer))
 }
 
 /// All of a list, or true when the list is empty.
@@ -105,11 +105,8 @@ fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(f)
 }
 
-fn match_matches(m: &Match, action: Action, peer: &Peer<'_>) -> bool {
+fn match_matches(m: &Match, peer: &Peer<'_>) -> bool {
     let conn = peer.conn;
-    if m.requires_l7 && action == Action::Allow {
-        return false;
-    }
     // Without an identity (plaintext), positive identity conditions never match and negative
     // ones always hold: `notPrincipals: ["*"]` is Istio's way to say "peers without mTLS".
     let identity_ok = match (conn.source, peer.principal) {

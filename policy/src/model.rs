@@ -74,10 +74,6 @@ pub struct Match {
     /// The peer identity's (namespace, service account).
     pub service_accounts: Vec<ServiceAccountMatch>,
     pub not_service_accounts: Vec<ServiceAccountMatch>,
-    /// The rule used attributes ztunnel cannot see (HTTP methods, paths, request
-    /// principals...). Such a match never matches in an ALLOW policy; in a DENY policy the L7
-    /// part is ignored, so it denies on its L4 part alone. Both fail safe.
-    pub requires_l7: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

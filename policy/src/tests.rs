@@ -92,10 +92,6 @@ fn authorization_table() {
         ..CLIENT()
     };
     let m = Match::default;
-    let l7 = |mm: Match| Match {
-        requires_l7: true,
-        ..mm
-    };
     let cases: Vec<(&str, Vec<Authorization>, Conn, Option<&str>)> = vec![
         ("no policy allows", vec![], CLIENT(), None),
         (
@@ -553,49 +549,6 @@ fn authorization_table() {
             CLIENT(),
             None,
         ),
-        (
-            "ALLOW needing L7 never matches",
-            vec![allow(l7(Match {
-                principals: vec![s("*")],
-                ..m()
-            }))],
-            CLIENT(),
-            Some("no ALLOW"),
-        ),
-        (
-            "DENY needing L7 denies on its L4 part",
-            vec![deny(l7(Match {
-                principals: vec![s("*")],
-                ..m()
-            }))],
-            CLIENT(),
-            Some("deny"),
-        ),
-        (
-            "DENY needing L7, L4 part not matching",
-            vec![deny(l7(Match {
-                destination_ports: vec![1],
-                ..m()
-            }))],
-            CLIENT(),
-            None,
-        ),
-        (
-            "an L4 match next to an L7 one still allows",
-            vec![policy(
-                "allow",
-                Action::Allow,
-                vec![
-                    l7(m()),
-                    Match {
-                        principals: vec![s("*")],
-                        ..m()
-                    },
-                ],
-            )],
-            CLIENT(),
-            None,
-        ),
     ];
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, policies, conn, want) in &cases {
@@ -854,37 +807,125 @@ spec:
                 .contains("spec.rules[0].from[0].source.ipBlocks[0]"),
             "{err}"
         );
-        let err = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {serviceAccounts: [nosep]}}]}]}\n").unwrap_err();
+        let err = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {serviceAccounts: [/sa]}}]}]}\n").unwrap_err();
         assert!(err.to_string().contains("serviceAccounts[0]"), "{err}");
     }
 
+    /// HTTP attributes as istiod translates them for ztunnel: an ALLOW rule that uses any
+    /// is left out whole, a DENY rule keeps its L4 part; what was found is reported.
     #[test]
-    fn l7_attributes_mark_their_match() {
-        let t = policy(
-            "metadata: {name: p, namespace: shop}
-spec:
-  rules:
-  - from: [{source: {principals: ['*']}}]
-    to: [{operation: {methods: [GET]}}]
-  - when: [{key: 'request.headers[x-user]', values: [admin]}]
-  - from: [{source: {requestPrincipals: ['*']}}]
-",
-        )
-        .unwrap()
-        .unwrap();
-        let r = &t.policy.rules;
-        assert!(!r[0].clauses[0].matches[0].requires_l7 && r[0].clauses[1].matches[0].requires_l7);
-        assert!(r[1].clauses[0].matches[0].requires_l7);
-        assert!(r[2].clauses[0].matches[0].requires_l7);
-        // As an ALLOW policy, none of these rules can match at L4: the workload is closed.
-        let id = amesh_identity::Identity::new("cluster.local", "shop", "x");
-        let conn = Connection {
-            source: Some(&id),
-            source_ip: "10.0.0.1".parse().unwrap(),
-            destination_ip: "10.0.0.2".parse().unwrap(),
-            destination_port: 80,
+    fn http_attributes_drop_allow_rules_and_narrow_deny_rules_to_l4() {
+        let conn = |sa: &str, port: u16| {
+            (
+                amesh_identity::Identity::new("cluster.local", "shop", sa),
+                port,
+            )
         };
-        assert!(!evaluate(&[&t.policy], &conn).decision.is_allowed());
+        let allowed = |t: &Translated, (id, port): (amesh_identity::Identity, u16)| {
+            let c = Connection {
+                source: Some(&id),
+                source_ip: "10.0.0.1".parse().unwrap(),
+                destination_ip: "10.0.0.2".parse().unwrap(),
+                destination_port: port,
+            };
+            evaluate(&[&t.policy], &c).decision.is_allowed()
+        };
+        // (service account, port, allowed?)
+        type Expect<'a> = &'a [(&'a str, u16, bool)];
+        let cases: Vec<(&str, &str, Expect, &[&str])> = vec![
+            (
+                "ALLOW with methods: the rule is left out, nothing is allowed",
+                "action: ALLOW\n  rules: [{from: [{source: {principals: ['*/sa/a']}}], to: [{operation: {ports: ['8080'], methods: [GET]}}]}]",
+                &[("a", 8080, false), ("b", 8080, false)],
+                &["methods"],
+            ),
+            (
+                "ALLOW: a plain rule next to an L7 one still allows",
+                "action: ALLOW\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n  - from: [{source: {principals: ['*/sa/a']}}]",
+                &[("a", 80, true), ("b", 80, false)],
+                &["paths"],
+            ),
+            (
+                "ALLOW: one L7 alternative drops the whole rule",
+                "action: ALLOW\n  rules: [{to: [{operation: {ports: ['80']}}, {operation: {hosts: [x.example]}}]}]",
+                &[("a", 80, false)],
+                &["hosts"],
+            ),
+            (
+                "ALLOW with requestPrincipals: X does not get in without a token",
+                "action: ALLOW\n  rules: [{from: [{source: {principals: ['*/sa/a'], requestPrincipals: ['*']}}]}]",
+                &[("a", 80, false)],
+                &["requestPrincipals"],
+            ),
+            (
+                "ALLOW with remoteIpBlocks",
+                "action: ALLOW\n  rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]}]",
+                &[("a", 80, false)],
+                &["remoteIpBlocks"],
+            ),
+            (
+                "ALLOW with when remote.ip and a header",
+                "action: ALLOW\n  rules: [{when: [{key: remote.ip, values: [10.0.0.1]}, {key: 'request.headers[x-user]', values: [admin]}]}]",
+                &[("a", 80, false)],
+                &["remote.ip", "request.headers[x-user]"],
+            ),
+            (
+                "ALLOW with when source.ip is L4",
+                "action: ALLOW\n  rules: [{when: [{key: source.ip, values: [10.0.0.0/8]}]}]",
+                &[("a", 80, true)],
+                &[],
+            ),
+            (
+                "DENY with methods denies on its L4 part: every method, only that port",
+                "action: DENY\n  rules: [{from: [{source: {principals: ['*/sa/a']}}], to: [{operation: {ports: ['8080'], methods: [DELETE]}}]}]",
+                &[("a", 8080, false), ("a", 9090, true), ("b", 8080, true)],
+                &["methods"],
+            ),
+            (
+                "DENY with a header condition denies on the rest",
+                "action: DENY\n  rules: [{from: [{source: {principals: ['*/sa/a']}}], when: [{key: 'request.headers[x-user]', values: [admin]}]}]",
+                &[("a", 80, false), ("b", 80, true)],
+                &["request.headers[x-user]"],
+            ),
+        ];
+        for (name, spec, conns, http) in cases {
+            let t = policy(&format!(
+                "metadata: {{name: p, namespace: shop}}\nspec:\n  {spec}\n"
+            ))
+            .unwrap()
+            .unwrap();
+            assert_eq!(t.http_attributes, http.to_vec(), "{name}");
+            assert_eq!(t.http_warning().is_some(), !http.is_empty(), "{name}");
+            for (sa, port, want) in conns {
+                assert_eq!(
+                    allowed(&t, conn(sa, *port)),
+                    *want,
+                    "{name}: {sa} to {port}"
+                );
+            }
+        }
+        // Nothing private reaches the wire: an Istio ztunnel reads the same policy.
+        let t = policy("metadata: {name: p, namespace: shop}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {methods: [GET]}}]}]\n").unwrap().unwrap();
+        let wire = crate::wire::to_proto(&t.policy);
+        assert!(
+            wire.groups
+                .iter()
+                .flat_map(|g| &g.rules)
+                .flat_map(|r| &r.matches)
+                .all(|m| m.extensions.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_bare_service_account_is_in_the_policy_namespace() {
+        let t = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{from: [{source: {serviceAccounts: [cart, other/web]}}]}]}\n").unwrap().unwrap();
+        let m = &t.policy.rules[0].clauses[0].matches[0];
+        let names: Vec<(&str, &str)> = m
+            .service_accounts
+            .iter()
+            .map(|a| (a.namespace.as_str(), a.service_account.as_str()))
+            .collect();
+        assert_eq!(names, [("shop", "cart"), ("other", "web")]);
     }
 
     #[test]

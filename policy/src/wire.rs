@@ -6,12 +6,8 @@
 use crate::model::{
     Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
 };
-use amesh_proto::{security as sec, workload as pb};
+use amesh_proto::security as sec;
 use std::net::IpAddr;
-
-/// The extension that marks a match ztunnel cannot evaluate (it needs L7 attributes), so that
-/// ztunnel fails safe on it.
-pub const REQUIRES_L7_EXTENSION: &str = "amesh.io/requires-l7";
 
 /// Why a wire policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,14 +96,6 @@ pub fn address(n: &IpNet) -> sec::Address {
     }
 }
 
-/// The marker of a match that needs L7 attributes ([`REQUIRES_L7_EXTENSION`]).
-pub fn requires_l7() -> pb::Extension {
-    pb::Extension {
-        name: REQUIRES_L7_EXTENSION.into(),
-        config: None,
-    }
-}
-
 fn match_to_proto(m: &Match) -> sec::Match {
     let strings = |v: &[StringMatch]| v.iter().map(string_match).collect();
     let nets = |v: &[IpNet]| v.iter().map(address).collect();
@@ -133,12 +121,8 @@ fn match_to_proto(m: &Match) -> sec::Match {
         not_destination_ports: ports(&m.not_destination_ports),
         service_accounts: accounts(&m.service_accounts),
         not_service_accounts: accounts(&m.not_service_accounts),
-        // A condition ztunnel cannot evaluate travels as an extension, so ztunnel fails safe.
-        extensions: if m.requires_l7 {
-            vec![requires_l7()]
-        } else {
-            vec![]
-        },
+        // HTTP attributes never reach ztunnel (see `crd`): nothing needs a private marker.
+        extensions: vec![],
     }
 }
 
@@ -233,8 +217,6 @@ fn match_from_proto(m: &sec::Match) -> Result<Match, WireError> {
         not_destination_ports: ports(&m.not_destination_ports)?,
         service_accounts: accounts(&m.service_accounts),
         not_service_accounts: accounts(&m.not_service_accounts),
-        // Conditions ztunnel cannot evaluate arrive as extensions: fail safe.
-        requires_l7: !m.extensions.is_empty(),
     })
 }
 
@@ -261,7 +243,6 @@ mod tests {
                 service_account: "sa".into(),
             }],
             not_service_accounts: vec![],
-            requires_l7: true,
         };
         let p = Authorization {
             name: "p".into(),

@@ -138,8 +138,6 @@ struct RawMatch {
     service_accounts: Vec<RawServiceAccount>,
     #[serde(default)]
     not_service_accounts: Vec<RawServiceAccount>,
-    #[serde(default, rename = "requiresL7")]
-    requires_l7: bool,
 }
 
 #[derive(Deserialize)]
@@ -347,11 +345,7 @@ fn one_match(m: &RawMatch, at: &str) -> Result<sec::Match, FieldError> {
         not_destination_ports: ports(&m.not_destination_ports),
         service_accounts: accounts(&m.service_accounts),
         not_service_accounts: accounts(&m.not_service_accounts),
-        extensions: if m.requires_l7 {
-            vec![wire::requires_l7()]
-        } else {
-            vec![]
-        },
+        extensions: vec![],
     })
 }
 
