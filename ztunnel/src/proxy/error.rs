@@ -46,9 +46,9 @@ impl InboundError {
     /// The status an HBONE CONNECT is refused with (plaintext connections are just closed).
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotThisPod(_) | Self::ZtunnelPort => StatusCode::BAD_REQUEST,
+            Self::NotThisPod(_) => StatusCode::BAD_REQUEST,
             Self::Denied { .. } => StatusCode::UNAUTHORIZED,
-            Self::NotConfigured | Self::AppUnreachable(_) | Self::Answer(_) => {
+            Self::ZtunnelPort | Self::NotConfigured | Self::AppUnreachable(_) | Self::Answer(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -105,7 +105,7 @@ mod tests {
         let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let cases = [
             (InboundError::NotThisPod("x".into()), "CONNECT", 400),
-            (InboundError::ZtunnelPort, "CONNECT", 400),
+            (InboundError::ZtunnelPort, "CONNECT", 503),
             (InboundError::NotConfigured, "CONNECT", 503),
             (InboundError::Denied { by: "p".into() }, "DENY", 401),
             (InboundError::AppUnreachable(io()), "CONNECT", 503),

@@ -27,9 +27,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{Instrument, debug, info_span, warn};
 
-/// Ports ztunnel itself listens on (Istio's list). Forwarding a connection to one of them
-/// would send it straight back to ztunnel, forever: such connections are refused.
-const ZTUNNEL_PORTS: [u16; 8] = [15000, 15001, 15006, 15008, 15020, 15021, 15053, 15080];
+/// The ports ztunnel listens on inside every pod (outbound, plaintext inbound, HBONE):
+/// forwarding a connection to one of them would send it straight back to ztunnel, forever,
+/// so such connections are refused (503, as Istio's ztunnel answers its `illegal_ports`).
+/// Other 150xx ports are the app's: ztunnel's admin and metrics listen in its own netns.
+const ZTUNNEL_PORTS: [u16; 3] = [15001, 15006, 15008];
 
 /// Bound on the TLS handshake of an inbound HBONE connection.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -151,8 +151,8 @@ fn garbage_on_15008_is_refused_and_other_connections_are_unharmed() {
     });
     assert_eq!(
         statuses,
-        [400, 400, 400, 400, 200],
-        "not CONNECT, bad authority, another pod's address, ztunnel's own port, this pod"
+        [400, 400, 400, 503, 200],
+        "not CONNECT, bad authority, another pod's address, ztunnel's own port (503 as Istio), this pod"
     );
     // Plaintext aimed at ztunnel's own port is dropped instead of looping through ztunnel.
     let r = mesh
@@ -207,4 +207,35 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Only ztunnel's in-pod ports loop; an app may listen on any other 150xx port (Istio's
+/// sidecar-era 15020, say) and is reached through the mesh and from outside like any other.
+#[test]
+fn an_app_on_another_150xx_port_is_served() {
+    let mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("c", "ns-c", "node2"),
+        outside("d"),
+    ]);
+    let _app = amesh_testbed::probe::serve(
+        &mesh.probe,
+        mesh.pod("c"),
+        "c-15020",
+        &["[::]:15020".parse().unwrap()],
+    )
+    .unwrap();
+    let target = mesh.v4("c", 15020);
+    assert_eq!(
+        mesh.connect_one("a", target).served_by(),
+        "c-15020",
+        "over HBONE"
+    );
+    assert_eq!(
+        mesh.connect_one("d", target).served_by(),
+        "c-15020",
+        "plaintext"
+    );
+    let left = mesh.close();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
