@@ -23,12 +23,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
     ("nghttp2-client", "/usr/bin/h2load"),
     ("curl", "/usr/bin/curl"),
+    // `cargo xtask images`: umoci writes OCI layouts, skopeo copies them (no container
+    // engine), strip drops the binaries' debug info, and the images carry the CA bundle.
+    ("umoci", "/usr/bin/umoci"),
+    ("skopeo", "/usr/bin/skopeo"),
+    ("binutils", "/usr/bin/strip"),
+    ("ca-certificates", "/etc/ssl/certs/ca-certificates.crt"),
 ];
 
 /// `cargo xtask setup`: everything the tests and demo need but the eBPF build itself.
 pub fn setup(paths: &Paths) -> Result<()> {
     runtime(paths)?;
-    helm_venv(paths)
+    helm_venv(paths)?;
+    registry(paths).map(drop)
 }
 
 /// What running the mesh needs (the demo and the bench): no Helm engine.
@@ -44,7 +51,7 @@ pub fn toolchain(paths: &Paths) -> Result<()> {
     bpf_linker(paths)
 }
 
-fn apt_packages() -> Result<()> {
+pub fn apt_packages() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .filter(|(_, file)| !std::path::Path::new(file).exists())
@@ -61,6 +68,45 @@ fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// Debian's docker-registry (a registry on loopback for the image tests' `--push`), unpacked
+/// into the cache rather than installed: the package would enable and start a registry on
+/// port 5000 of every interface. Returns the binary.
+pub fn registry(paths: &Paths) -> Result<PathBuf> {
+    let dir = paths.cache.join("docker-registry");
+    let bin = registry_bin(paths);
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "xtask: unpacking Debian's docker-registry into {}",
+        dir.display()
+    );
+    let download = |update: bool| -> Result<()> {
+        if update {
+            cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+        }
+        cmd(Command::new("apt-get")
+            .args(["download", "-qq", "docker-registry"])
+            .current_dir(&dir))
+    };
+    // The package lists may be missing on a fresh machine where nothing else was installed.
+    download(false).or_else(|_| download(true))?;
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::remove_file(&deb)?;
+    anyhow::ensure!(bin.is_file(), "the package has no {}", bin.display());
+    Ok(bin)
+}
+
+/// Where [`registry`] puts the registry binary.
+pub fn registry_bin(paths: &Paths) -> PathBuf {
+    paths.cache.join("docker-registry/usr/bin/docker-registry")
 }
 
 /// Pins live on bpffs; most machines mount it, some (like a fresh CI box) do not.

@@ -7,12 +7,14 @@
 //! - `demo`: builds in release and runs the mesh-in-a-box demo.
 //! - `bench`: builds in release and measures the mesh against no mesh (`amesh-bench`).
 //! - `render-manifests`: renders the Helm chart into `deploy/manifests/amesh.yaml`.
+//! - `images`: OCI images of the chart's binaries (umoci, skopeo; no container engine).
 //!
 //! Everything it installs is idempotent; a second run with nothing changed takes seconds.
 #![forbid(unsafe_code)]
 
 mod bootstrap;
 mod ebpf;
+mod images;
 mod paths;
 mod run;
 mod tally;
@@ -29,6 +31,8 @@ tasks:
   setup        install the system packages and tools the tests and demo use
   render-manifests
                render deploy/chart/amesh (default values) into deploy/manifests/amesh.yaml
+  images       build the chart's OCI images (release; --dev: debug binaries), --push DEST
+               copies them to a registry (`cargo xtask images --help`)
 
 environment:
   AMESH_CACHE       tool cache (default: $HOME/.cache/amesh)
@@ -59,6 +63,7 @@ fn real_main() -> Result<()> {
         "demo" => run::demo(&paths, rest),
         "bench" => run::bench(&paths, rest),
         "render-manifests" => render_manifests(&paths),
+        "images" => images::images(&paths, rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -34,7 +34,7 @@ fn show(c: &Command) -> String {
 }
 
 /// A cargo command for the host workspace, pointed at the embedded eBPF object.
-fn cargo(paths: &Paths, object: &std::path::Path) -> Command {
+pub fn cargo(paths: &Paths, object: &std::path::Path) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(&paths.root)
         .env("CARGO_TARGET_DIR", &paths.target)
