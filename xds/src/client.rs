@@ -44,12 +44,29 @@ pub struct Config {
 /// Why a session with the control plane ended.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    #[error("connecting to the control plane: {0}")]
+    #[error("connecting to the control plane: {}", with_causes(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("xDS stream: {0}")]
     Stream(#[from] tonic::Status),
     #[error("the xDS stream's request side closed")]
     RequestsClosed,
+}
+
+/// An error with what caused it, down the chain: tonic's transport error alone says only
+/// "transport error", its causes say which (a refused connection, a certificate not valid
+/// for the name asked for...).
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// How a stream ended, as Istio's ztunnel labels `istio_xds_connection_terminations_total`.

@@ -70,6 +70,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
             state::watch_file(file.clone(), writer)?;
         }
         (None, Some(address)) => {
+            info!(xds = %address, verified_by = %check, "control plane");
             let config = amesh_xds::Config {
                 address: address.clone(),
                 server_name: check.server_name(),
@@ -165,6 +166,12 @@ fn node_metadata(args: &config::Args) -> std::collections::BTreeMap<String, Stri
             m.insert(key.to_string(), v);
         }
     }
+    // Istio's `ISTIO_META_<KEY>` variables are metadata `<KEY>`, as its ztunnel sends them.
+    for (var, value) in std::env::vars() {
+        if let Some(key) = var.strip_prefix("ISTIO_META_").filter(|k| !k.is_empty()) {
+            m.insert(key.to_string(), value);
+        }
+    }
     m
 }
 
@@ -191,6 +198,15 @@ enum ControlPlaneCheck {
     HostName(String),
 }
 
+impl std::fmt::Display for ControlPlaneCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Identity(id) => write!(f, "identity {id}"),
+            Self::HostName(name) => write!(f, "host name {name}"),
+        }
+    }
+}
+
 impl ControlPlaneCheck {
     fn from_args(args: &config::Args) -> anyhow::Result<Self> {
         Ok(match &args.control_plane_dns_name {
@@ -201,7 +217,7 @@ impl ControlPlaneCheck {
             }
             None => Self::Identity(identity_arg(
                 &args.trust_domain,
-                &args.xds_identity,
+                args.xds_identity(),
                 "--xds-identity",
             )?),
         })

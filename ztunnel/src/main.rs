@@ -5,7 +5,7 @@ use amesh_ztunnel::config::Args;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = Args::parse().resolve();
     let log = amesh_ztunnel::config::init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
