@@ -56,7 +56,7 @@ impl CaClient for IstioCaClient {
                 validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
                 metadata: Some(metadata),
             });
-            self.credentials.apply(&mut request);
+            self.credentials.apply(&mut request).await;
             let mut client = IstioCertificateServiceClient::new(self.channel.clone());
             match client.create_certificate(request).await {
                 Ok(response) => Ok(response.into_inner().cert_chain),

@@ -23,9 +23,9 @@ use tracing::{info, warn};
 
 mod session;
 
-/// The largest response the client decodes: Istio's 200 MiB. tonic's default (4 MiB) is less
-/// than the first `Address` response of a cluster of a few thousand pods.
-pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
+/// The largest response the client decodes by default (Istio's 200 MiB, shared with the
+/// control plane).
+pub use amesh_proto::MAX_MESSAGE_SIZE;
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -291,7 +291,7 @@ async fn connect(
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(max_message_size);
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
-    config.credentials.apply(&mut request);
+    config.credentials.apply(&mut request).await;
     Ok(client
         .delta_aggregated_resources(request)
         .await?

@@ -53,11 +53,9 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
     let (writer, state) = state::store();
     let credentials = control::Credentials {
         token: match &args.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("--token-file {}", f.display()))?,
-            ),
-            None => None,
+            Some(f) => control::Token::file(f.clone())
+                .with_context(|| format!("--token-file {}", f.display()))?,
+            None => control::Token::None,
         },
         cluster_id: args.cluster_id.clone(),
     };
@@ -273,7 +271,7 @@ fn certificates(
         let bundle = tls::TrustBundle::from_pems(&roots)
             .with_context(|| format!("--ca-root-file {}", root_file.display()))?;
         let control_tls = check.tls(&bundle, None)?;
-        if credentials.token.is_none() {
+        if !credentials.has_token() {
             warn!("--ca-address without --token-file: the control plane will refuse ztunnel");
         }
         let connector = control::Connector {

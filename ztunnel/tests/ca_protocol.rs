@@ -5,7 +5,7 @@
 use amesh_identity::{CaClient, CaError, Identity, WorkloadCert, tls};
 use amesh_ztunnel::{
     ca_client::IstioCaClient,
-    control::{Connector, Credentials},
+    control::{Connector, Credentials, Token},
 };
 use std::{
     path::PathBuf,
@@ -129,7 +129,7 @@ impl ControlPlane {
 
 fn ca_client(connector: Connector, token: Option<&str>, root: &str) -> IstioCaClient {
     let credentials = Credentials {
-        token: token.map(str::to_string),
+        token: token.map_or(Token::None, |t| Token::Value(t.to_string())),
         cluster_id: "Kubernetes".into(),
     };
     IstioCaClient::new(connector, credentials, vec![root.to_string()])
