@@ -37,6 +37,13 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of authorization resources.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 
+/// The largest xDS message either side decodes or encodes: Istio's 200 MiB. tonic decodes
+/// 4 MiB by default, less than the first `Address` response of a cluster of a few thousand
+/// pods, or the first request of a client that reconnects holding one (it lists every
+/// resource it holds). Defined here, below both the control plane and the proxies' client,
+/// so the two ends cannot disagree.
+pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::zds::*;
