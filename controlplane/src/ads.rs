@@ -8,10 +8,13 @@ use crate::{
     auth::{Authenticator, Peer},
     catalog::{Catalog, SERVED_TYPES},
 };
-use amesh_proto::discovery::{
-    self as d,
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+use amesh_proto::{
+    MAX_MESSAGE_SIZE,
+    discovery::{
+        self as d,
+        aggregated_discovery_service_server::{
+            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+        },
     },
 };
 use std::{
@@ -34,12 +37,6 @@ pub struct Ads {
     auth: Authenticator,
 }
 
-/// The largest xDS message decoded or encoded: Istio's 200 MiB, what ztunnel's client
-/// decodes. tonic decodes 4 MiB by default, less than the first request of a client that
-/// reconnects holding a large cluster (it lists every resource it holds); encoding is
-/// unbounded by default, and a response past what the client decodes would only fail there.
-pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
-
 impl Ads {
     pub fn new(catalog: watch::Receiver<Arc<Catalog>>, auth: Authenticator) -> Self {
         Self {
@@ -49,7 +46,9 @@ impl Ads {
         }
     }
 
-    /// The gRPC service, with Istio's message size limits.
+    /// The gRPC service, with Istio's message size limits ([`MAX_MESSAGE_SIZE`], what the
+    /// proxies' client decodes). Encoding is bounded too: it is unbounded by default, and a
+    /// response past what the client decodes would only fail there.
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)

@@ -10,6 +10,7 @@ use amesh_proto::{
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use amesh_ratelimit::Throttle;
+use amesh_serve::Acceptor;
 use std::{
     io,
     net::SocketAddr,
@@ -32,9 +33,6 @@ use tracing::{debug, warn};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes in progress at once, by default.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
-/// Waits after a failed accept (the fd limit, say), doubling up to the maximum.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// An accepted, authenticated connection.
 #[derive(Debug)]
@@ -89,22 +87,11 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(max_handshakes));
     tokio::spawn(async move {
-        let mut backoff = ACCEPT_BACKOFF_MIN;
+        // Backs off after accept errors (EMFILE and the like) instead of spinning.
+        let mut accepting = Acceptor::new("xds");
         let refusals = Throttle::new(Duration::from_secs(10));
         loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(c) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    c
-                }
-                Err(e) => {
-                    // EMFILE and the like: retrying at once would spin.
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            };
+            let (tcp, addr) = accepting.accept(&listener).await;
             if tx.is_closed() {
                 return;
             }

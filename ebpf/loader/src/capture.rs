@@ -3,6 +3,7 @@
 
 use crate::{
     CaptureError, CaptureMaps, PinLayout,
+    config::CaptureConfig,
     logs::LogPump,
     maps,
     setup::{self, CGROUP_HOOKS, PROGRAMS, SK_LOOKUP},
@@ -19,18 +20,6 @@ use std::{
     path::{Path, PathBuf},
 };
 use tracing::{info, warn};
-
-/// Where and how to run the capture programs.
-#[derive(Clone, Debug)]
-pub struct CaptureConfig {
-    /// Pin directory on bpffs for this instance (e.g. `/sys/fs/bpf/amesh`).
-    pub pin_root: PathBuf,
-    /// cgroup v2 directory the outbound programs attach to; every pod's processes must live
-    /// below it (on a node: the cgroup v2 root).
-    pub cgroup: PathBuf,
-    /// Forward the programs' debug logs to `tracing` (off by default: it costs on hot paths).
-    pub debug_logs: bool,
-}
 
 /// What to enroll: a pod's network namespace and how its traffic is captured.
 #[derive(Debug)]

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod capture;
+mod config;
 mod error;
 mod logs;
 pub mod maps;
@@ -27,7 +28,8 @@ mod pins;
 mod setup;
 
 pub use amesh_ebpf_common::{PodConfig, PodCounters};
-pub use capture::{Capture, CaptureConfig, CgroupAttachments, EnrollRequest, EnrolledPod};
+pub use capture::{Capture, CgroupAttachments, EnrollRequest, EnrolledPod};
+pub use config::CaptureConfig;
 pub use error::CaptureError;
 pub use maps::CaptureMaps;
 pub use pins::{DEFAULT_PIN_ROOT, PinLayout};

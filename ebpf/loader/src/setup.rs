@@ -1,7 +1,7 @@
 //! Bringing the programs up: checking the environment, loading and pinning the programs,
 //! and making sure each cgroup hook is attached exactly once to the configured cgroup.
 
-use crate::{CaptureConfig, CaptureError, PinLayout, logs, object::OBJECT};
+use crate::{CaptureError, PinLayout, config::CaptureConfig, logs, object::OBJECT};
 use amesh_sys::bpf::AttachType;
 use aya::{
     Ebpf, EbpfLoader,
