@@ -7,46 +7,31 @@
 //!   agent's snapshot is in and every pod's certificate is ready, 503 before;
 //! - metrics (15020): `GET /metrics`, Prometheus/OpenMetrics text.
 //!
-//! Served by hyper's HTTP/1.1 server, one request per connection (no keep-alive), with
-//! bounds anyone who can reach the port might otherwise push on: the request head at most
-//! [`MAX_HEAD`] (beyond: 431 or the connection closed), the body at most [`MAX_BODY`]
-//! (beyond: 413), the head read within [`HEADER_READ_TIMEOUT`] (a connection that sends
-//! half a request is closed), and the whole connection within [`CONNECTION_DEADLINE`].
-//! Anything hyper cannot parse gets a 400 and only that connection is closed.
+//! Served by hyper's HTTP/1.1 server through [`amesh_serve::serve_http1`], one request per
+//! connection, with its bounds on heads (16 KiB), bodies (64 KiB), the time to send the head
+//! and the whole connection; anything hyper cannot parse gets a 400 and only that connection
+//! is closed.
 
 use crate::{
-    accept::Acceptor,
     inpod::InPod,
     logging::{self, LogControl},
     metrics::{Listener, ListenerMetrics},
     state::StateReader,
 };
 use amesh_identity::{CertManager, CertState};
+use amesh_serve::{MAX_BODY, read_body, serve_http1};
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Bytes, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use std::{
     convert::Infallible,
     sync::{Arc, atomic::AtomicBool},
-    time::{Duration, UNIX_EPOCH},
+    time::UNIX_EPOCH,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::Notify,
-};
-use tracing::{debug, info, warn};
-
-/// The request line and headers: hyper's read buffer (its minimum is 8 KiB).
-pub const MAX_HEAD: usize = 16 * 1024;
-/// The request body (no endpoint needs one; `POST /logging` takes its level in the query).
-pub const MAX_BODY: usize = 64 * 1024;
-/// From the connection's start until its request head is in.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The whole connection: head, body and answer.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(20);
+use tokio::{net::TcpListener, sync::Notify};
+use tracing::{info, warn};
 
 /// What the endpoints look at.
 pub struct Endpoints {
@@ -118,60 +103,26 @@ impl Role {
     }
 }
 
-/// Serves `role` on `listener` forever; accept errors back off (see [`Acceptor`]).
+/// Serves `role` on `listener` forever (hyper's HTTP/1.1 within `amesh_serve`'s limits);
+/// accept errors back off and are counted.
 pub async fn serve(listener: TcpListener, role: Role, endpoints: Arc<Endpoints>) {
-    let mut listener = Acceptor::new(listener, role.listener(), &endpoints.listener_metrics);
-    loop {
-        let (conn, _) = listener.accept().await;
-        tokio::spawn(one(conn, role, endpoints.clone()));
-    }
-}
-
-/// One connection, one request, within the limits above. How a connection ends is for
-/// debugging only: anyone who reaches the port can make them end badly.
-async fn one(conn: TcpStream, role: Role, endpoints: Arc<Endpoints>) {
+    let acceptor = crate::accept::counted(role.listener(), &endpoints.listener_metrics);
     let service = hyper::service::service_fn(move |request| {
         let endpoints = endpoints.clone();
         async move { Ok::<_, Infallible>(answer(request, role, &endpoints).await.into_http()) }
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD)
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(conn), service);
-    match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => debug!(listener = %role.listener(), %error, "connection failed"),
-        Err(_) => debug!(listener = %role.listener(), "connection past its deadline"),
-    }
+    serve_http1(listener, acceptor, service).await;
 }
 
 /// Reads the body (bounded) and routes the request.
 async fn answer(request: Request<Incoming>, role: Role, e: &Endpoints) -> Response {
     let (parts, body) = request.into_parts();
-    if let Err(refused) = read_body(body).await {
-        return refused;
+    if let Err(refused) = read_body(body, MAX_BODY).await {
+        return Response::text(refused.status(), refused.text());
     }
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     route(role, &parts.method, path, query, e)
-}
-
-/// The body, read and dropped: a 413 when it is (or says it will be) over [`MAX_BODY`].
-async fn read_body(body: Incoming) -> Result<(), Response> {
-    let too_large = || Response::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-    if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(too_large());
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(_) => Ok(()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Response::text(
-            StatusCode::BAD_REQUEST,
-            "bad request body\n",
-        )),
-    }
 }
 
 fn route(role: Role, method: &Method, path: &str, query: &str, e: &Endpoints) -> Response {

@@ -3,7 +3,6 @@
 //! pod's certificate kept ready. Removing a pod closes its listeners and every connection.
 
 use crate::{
-    accept::Acceptor,
     drain::DrainWatch,
     metrics::Listener,
     proxy::{self, PodCtx, PodNet, ProxyInputs},
@@ -11,6 +10,7 @@ use crate::{
 };
 use amesh_ebpf_loader::CaptureMaps;
 use amesh_identity::Identity;
+use amesh_serve::Acceptor;
 use amesh_sys::netns::Netns;
 use std::{
     collections::{HashMap, HashSet},
@@ -77,7 +77,8 @@ impl Listeners {
         let spawn = |listener: TcpListener, kind: PodListener| {
             let (pod, inputs, stop) = (pod.clone(), inputs.clone(), stop.clone());
             tokio::spawn(accept_loop(
-                Acceptor::new(listener, kind.metric(), &inputs.metrics.listeners),
+                listener,
+                crate::accept::counted(kind.metric(), &inputs.metrics.listeners),
                 stop,
                 inputs.drain.clone(),
                 move |conn, peer| {
@@ -268,8 +269,13 @@ impl PodListener {
 /// Accepts until the pod is removed or ztunnel drains; each connection runs until it ends or
 /// the pod is removed (a drain lets open connections finish). Accept errors back off and
 /// are logged at a bounded rate (see [`Acceptor`]).
-async fn accept_loop<H, F>(mut listener: Acceptor, stop: Stop, drain: DrainWatch, handle: H)
-where
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    mut acceptor: Acceptor,
+    stop: Stop,
+    drain: DrainWatch,
+    handle: H,
+) where
     H: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -277,7 +283,7 @@ where
     tokio::pin!(stopped, drained);
     loop {
         tokio::select! {
-            (conn, peer) = listener.accept() => {
+            (conn, peer) = acceptor.accept(&listener) => {
                 // No Nagle: an HBONE frame or a small reply would otherwise wait for
                 // the ACK of the previous one (up to the peer's next request).
                 if let Err(error) = conn.set_nodelay(true) {
