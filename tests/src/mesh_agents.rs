@@ -211,9 +211,16 @@ impl Mesh {
                 serde_json::to_vec_pretty(&conf).unwrap_or_default(),
             )
             .map_err(BedError::io("writing the node's CNI configuration"))?;
-            let agent = self.spawn_agent(name, &dirs)?;
+            let mut agent = self.spawn_agent(name, &dirs)?;
             let ztunnel =
                 self.spawn_ztunnel(name, &self.config_path(), &dirs.pins, &ztunnel_args)?;
+            // A pod added before ztunnel is connected is refused (fail closed): the node is
+            // up once the agent has handed ztunnel its snapshot.
+            agent.wait_log(
+                "ztunnel connected to the node agent",
+                Duration::from_secs(10),
+                |log| log.contains("ztunnel connected; snapshot sent").then_some(()),
+            )?;
             let runtime = CniRuntime::new(
                 &dirs.conf_dir,
                 &dirs.bin_dir,
