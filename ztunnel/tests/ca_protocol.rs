@@ -10,7 +10,7 @@ use amesh_ztunnel::{
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 const SOURCE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop}\nspec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.3}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: other-0, namespace: shop}\nspec: {nodeName: node-2, serviceAccountName: other, containers: [{name: c, image: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.200.0.4}]}\n";
@@ -91,20 +91,13 @@ impl ControlPlane {
             dir,
             address: "0.0.0.0:0".parse().expect("addr"),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let found = amesh_testbed::mesh::serving_address(&text);
-            if let Some(a) = found {
-                cp.address = a;
-                return cp;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control plane did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        cp.address =
+            amesh_testbed::eventually("the control plane serving", Duration::from_secs(10), || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                amesh_testbed::mesh::serving_address(&text).ok_or(text)
+            })
+            .unwrap_or_else(|e| panic!("control plane did not start: {e}"));
+        cp
     }
 
     /// A client trusting the control plane's directory root, with `token` if given.

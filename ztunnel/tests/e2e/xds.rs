@@ -4,7 +4,7 @@
 //! resyncs without re-sending what the ztunnels already hold.
 
 use crate::support::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn specs() -> Vec<PodSpec> {
     vec![pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]
@@ -43,20 +43,20 @@ pub fn xds_mesh_of(specs: &[PodSpec]) -> Mesh {
 /// Waits until `node`'s config dump satisfies `ok`.
 pub fn wait_dump(mesh: &Mesh, node: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
     let z = &mesh.node(node).ztunnel;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, dump) = z.http("Admin", "GET", "/config_dump");
-        let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
-        if ok(&v) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node} never showed {what}:\n{dump}\nztunnel log:\n{}",
-            z.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    amesh_testbed::eventually(
+        format!("{node} showing {what}"),
+        Duration::from_secs(20),
+        || {
+            let (_, dump) = z.http("Admin", "GET", "/config_dump");
+            let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+            if ok(&v) {
+                Ok(())
+            } else {
+                Err(format!("{dump}\nztunnel log:\n{}", z.log()))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 pub fn policy_names(v: &serde_json::Value) -> Vec<String> {

@@ -8,7 +8,7 @@ use crate::{
     xds::{policy_names, wait_dump, workload_names},
 };
 use amesh_testbed::kube_api::KubeApi;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DENY_NS_A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-ns-a, namespace: ns-c}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [ns-a]}}]}]\n";
 const AUDIT: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit-all, namespace: ns-c}\nspec: {action: AUDIT, rules: [{}]}\n";
@@ -42,26 +42,27 @@ fn the_control_plane_follows_the_kubernetes_api() {
     // rest keeps flowing.
     api.apply_yaml(AUDIT).expect("audit policy");
     api.apply_yaml(BROKEN).expect("broken policy");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = api.objects("/api/v1/events");
-        let reported = |name: &str, says: &str| {
-            events.iter().any(|e| {
-                e["involvedObject"]["name"] == name
-                    && e["involvedObject"]["kind"] == "AuthorizationPolicy"
-                    && e["type"] == "Warning"
-                    && e["message"].as_str().is_some_and(|m| m.contains(says))
-            })
-        };
-        if reported("audit-all", "AUDIT") && reported("broken", "does not parse") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no event for the AUDIT policy: {events:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    amesh_testbed::eventually(
+        "Warning events for the AUDIT and the broken policy",
+        Duration::from_secs(20),
+        || {
+            let events = api.objects("/api/v1/events");
+            let reported = |name: &str, says: &str| {
+                events.iter().any(|e| {
+                    e["involvedObject"]["name"] == name
+                        && e["involvedObject"]["kind"] == "AuthorizationPolicy"
+                        && e["type"] == "Warning"
+                        && e["message"].as_str().is_some_and(|m| m.contains(says))
+                })
+            };
+            if reported("audit-all", "AUDIT") && reported("broken", "does not parse") {
+                Ok(())
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     api.apply_yaml(DENY_NS_A).expect("policy");
     wait(&mesh, "the policy", |v| {
