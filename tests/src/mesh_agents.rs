@@ -219,7 +219,10 @@ impl Mesh {
             agent.wait_log(
                 "ztunnel connected to the node agent",
                 Duration::from_secs(10),
-                |log| log.contains("ztunnel connected; snapshot sent").then_some(()),
+                |log| {
+                    log.contains("ztunnel connected; snapshot sent")
+                        .then_some(())
+                },
             )?;
             let runtime = CniRuntime::new(
                 &dirs.conf_dir,
