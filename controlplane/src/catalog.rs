@@ -85,11 +85,21 @@ impl Catalog {
     /// What a client holding `held` (name → version) lacks for `type_url`: the resources to
     /// send (new or changed) and the names to remove.
     pub fn diff(&self, type_url: &str, held: &HashMap<String, String>) -> Delta {
+        self.diff_where(type_url, held, |_| true)
+    }
+
+    /// [`Self::diff`] over the resources `wanted` names only (a client's named subscription).
+    pub fn diff_where(
+        &self,
+        type_url: &str,
+        held: &HashMap<String, String>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Delta {
         let empty = BTreeMap::new();
         let current = self.types.get(type_url).unwrap_or(&empty);
         let updated = current
             .iter()
-            .filter(|(name, e)| held.get(*name) != Some(&e.version))
+            .filter(|(name, e)| wanted(name) && held.get(*name) != Some(&e.version))
             .map(|(name, e)| (name.clone(), e.clone()))
             .collect();
         let mut removed: Vec<String> = held
@@ -99,6 +109,13 @@ impl Catalog {
             .collect();
         removed.sort();
         Delta { updated, removed }
+    }
+}
+
+impl Catalog {
+    /// The resource of `type_url` called `name`.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<Arc<Entry>> {
+        self.types.get(type_url)?.get(name).cloned()
     }
 }
 

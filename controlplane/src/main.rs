@@ -51,6 +51,16 @@ struct Args {
     /// told to expect this identity).
     #[arg(long, default_value = "istio-system/istiod")]
     identity: String,
+    /// Service accounts (`<namespace>/<name>`, comma-separated or repeated) trusted to ask
+    /// the CA for their node's workloads' certificates: the ztunnel DaemonSet's. Istio's
+    /// `CA_TRUSTED_NODE_ACCOUNTS`, with its default.
+    #[arg(
+        long = "trusted-node-account",
+        env = "CA_TRUSTED_NODE_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "istio-system/ztunnel"
+    )]
+    trusted_node_accounts: Vec<String>,
     /// A file holding the node token: node agents presenting it as a bearer token may use
     /// xDS and ask the CA for their workloads' certificates (the local stand-in for
     /// Kubernetes service-account tokens).
@@ -90,6 +100,23 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     Ok(Some(
         kube::Client::try_from(config).context("Kubernetes client")?,
     ))
+}
+
+/// `--trusted-node-account`s as identities.
+fn node_accounts(args: &Args) -> anyhow::Result<Vec<Identity>> {
+    args.trusted_node_accounts
+        .iter()
+        .map(|a| {
+            let (ns, sa) = a
+                .trim()
+                .split_once('/')
+                .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty())
+                .with_context(|| {
+                    format!("--trusted-node-account {a:?}: expected <namespace>/<service account>")
+                })?;
+            Ok(Identity::new(&args.trust_domain, ns, sa))
+        })
+        .collect()
 }
 
 /// The CA root: from `--ca-secret` (Kubernetes) or `--ca-dir`.
@@ -210,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
         catalog: catalog.clone(),
         auth: auth.clone(),
         trust_domain: args.trust_domain.clone(),
-        node_accounts: vec![Identity::new(&args.trust_domain, "istio-system", "ztunnel")],
+        node_accounts: node_accounts(&args)?,
         max_validity: Duration::from_secs(args.cert_validity_secs),
     };
     let routes = serve::Routes {

@@ -3,14 +3,12 @@
 //! one first response larger than tonic's default 4 MiB decoding limit, and a client held to
 //! that limit never syncs.
 
+mod support;
+
 use amesh_controlplane::{
-    ads::Ads,
-    auth::Authenticator,
     catalog::Catalog,
     fixtures::{PODS, SERVICES, scale_catalog},
-    serve,
 };
-use amesh_identity::{Identity, LocalCa, tls};
 use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, workload as pb};
 use amesh_xds::{Applied, Changes, Client, Config, Handler, Observer, Termination};
 use prost::Message;
@@ -19,6 +17,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
+use support::control_plane;
 use tokio::sync::watch;
 use tokio_rustls::rustls::ClientConfig;
 
@@ -93,35 +92,6 @@ impl Observer for Recorder {
     fn terminated(&self, reason: Termination) {
         self.terminations.lock().expect("lock").push(reason);
     }
-}
-
-/// The control plane's ADS service on loopback with a certificate from a fresh mesh CA, and
-/// a client TLS config from the same CA. The catalog's sender is returned: the service
-/// ends its streams when it is dropped.
-async fn control_plane(
-    catalog: Arc<Catalog>,
-) -> (SocketAddr, Arc<ClientConfig>, watch::Sender<Arc<Catalog>>) {
-    let ca = LocalCa::generate("cluster.local").expect("CA");
-    let hour = Duration::from_secs(3600);
-    let istiod = Identity::new("cluster.local", "istio-system", "istiod");
-    let server_cert = ca.issue(&istiod, hour).expect("server certificate");
-    let ztunnel = Identity::new("cluster.local", "istio-system", "ztunnel");
-    let client_cert = ca.issue(&ztunnel, hour).expect("client certificate");
-    let bundle = tls::TrustBundle::from_pems(&[ca.root_pem().to_string()]).expect("bundle");
-    let server_tls = tls::server_config(&server_cert, &bundle, tls::provider()).expect("tls");
-    let client_tls =
-        tls::client_config(&client_cert, &bundle, vec![istiod], tls::provider()).expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let address = listener.local_addr().expect("address");
-    let (catalog_tx, catalog_rx) = watch::channel(catalog);
-    let ads = Ads::new(catalog_rx, Authenticator::new(None, "cluster.local")).into_server();
-    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
-        ads,
-        serve::incoming(listener, server_tls, serve::DEFAULT_MAX_HANDSHAKES),
-    ));
-    (address, client_tls, catalog_tx)
 }
 
 struct Run {

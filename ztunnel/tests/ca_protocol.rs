@@ -237,6 +237,38 @@ async fn with_kubernetes_tokens_node_agents_get_only_their_nodes_identities() {
     refused_with(ask(&workload, &web, &web).await, "PermissionDenied");
 }
 
+/// The node account the CA trusts is configurable (Istio's `CA_TRUSTED_NODE_ACCOUNTS`): with
+/// another one, ztunnel's default service account may ask only for itself, and the
+/// configured one gets its node's pods.
+#[tokio::test]
+async fn the_trusted_node_account_is_configurable() {
+    use amesh_testbed::kube_api::{KubeApi, TokenInfo};
+    let api = KubeApi::start().expect("API emulator");
+    api.apply_yaml(SOURCE).expect("objects");
+    let agent = |account: &str| TokenInfo {
+        username: format!("system:serviceaccount:{account}"),
+        audiences: vec!["istio-ca".into()],
+        pod_name: Some("agent-node1".into()),
+        node_name: Some("node-1".into()),
+        expired: false,
+    };
+    api.add_token("default-account", agent("istio-system:ztunnel"));
+    api.add_token("custom-account", agent("amesh-system:node-agent"));
+    let extra = [
+        "--trusted-node-account".to_string(),
+        "amesh-system/node-agent".into(),
+    ];
+    let cp = ControlPlane::start_with("node-accounts", Some(&api.url()), &extra);
+    let cart = Identity::new("cluster.local", "shop", "cart");
+    ask(&cp.client(Some("custom-account")), &cart, &cart)
+        .await
+        .expect("the configured node account gets a pod of its node");
+    refused_with(
+        ask(&cp.client(Some("default-account")), &cart, &cart).await,
+        "PermissionDenied",
+    );
+}
+
 /// Root rotation: a workload whose certificate the previous root signed is still accepted
 /// when the control plane is given that root as an extra one, and refused without it.
 #[tokio::test]

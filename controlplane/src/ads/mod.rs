@@ -1,8 +1,11 @@
 //! Envoy's delta aggregated discovery service, as ztunnel speaks it: one stream per client,
-//! wildcard subscriptions to the served types, and after the first response only what changed
-//! is pushed. ACKs and NACKs are matched by nonce; a NACK is logged with the client's reason
+//! wildcard or named subscriptions to the served types ([`subscription`]: Istio's ztunnel in
+//! on-demand mode asks for addresses one name at a time), and after the first response only
+//! what changed is pushed. ACKs and NACKs are matched by nonce; a NACK is logged with the client's reason
 //! (the client keeps its last good version, and so does the control plane's record of what it
 //! sent, so the resource is re-sent only when it changes again).
+
+mod subscription;
 
 use crate::{
     auth::{Authenticator, Peer},
@@ -24,6 +27,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
 };
+use subscription::Subscription;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -75,7 +79,7 @@ impl AggregatedDiscoveryService for Ads {
             node: String::new(),
             catalog: self.catalog.clone(),
             nonces: self.nonces.clone(),
-            held: HashMap::new(),
+            subscriptions: HashMap::new(),
         };
         tokio::spawn(subscriber.run(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -88,8 +92,8 @@ struct Subscriber {
     node: String,
     catalog: watch::Receiver<Arc<Catalog>>,
     nonces: Arc<AtomicU64>,
-    /// Per subscribed type: what the client holds (name → version), as far as we know.
-    held: HashMap<String, HashMap<String, String>>,
+    /// Per subscribed type: what the client asked for and holds.
+    subscriptions: HashMap<String, Subscription>,
 }
 
 impl Subscriber {
@@ -113,7 +117,7 @@ impl Subscriber {
                         break;
                     }
                     self.catalog.borrow_and_update();
-                    let types: Vec<String> = self.held.keys().cloned().collect();
+                    let types: Vec<String> = self.subscriptions.keys().cloned().collect();
                     for t in types {
                         if self.push(&t, false, &tx).await.is_err() {
                             return;
@@ -142,28 +146,37 @@ impl Subscriber {
         }
         if let Some(error) = &req.error_detail {
             warn!(node = %self.node, type_url = %req.type_url, nonce = %req.response_nonce, reason = %error.message, "client rejected resources (NACK)");
-            return Ok(());
-        }
-        if !req.response_nonce.is_empty() {
+        } else if !req.response_nonce.is_empty() {
             debug!(node = %self.node, type_url = %req.type_url, nonce = %req.response_nonce, "ACK");
-            return Ok(());
         }
-        // A new subscription (first on this stream, possibly a reconnect): the client says
-        // what it already holds, so only the difference is sent.
-        if req.resource_names_subscribe.iter().any(|n| n != "*") {
-            debug!(node = %self.node, type_url = %req.type_url, "named subscriptions are served as wildcard");
+        match self.subscriptions.get_mut(&req.type_url) {
+            // The type's first request on this stream (possibly a reconnect: the client says
+            // what it already holds, so only the difference is sent).
+            None => {
+                self.subscriptions
+                    .insert(req.type_url.clone(), Subscription::first(&req));
+                self.push(&req.type_url, true, tx).await
+            }
+            // Any later request may change what is subscribed (on-demand names come without
+            // a nonce); an ACK or NACK alone changes nothing.
+            Some(subscription) => {
+                if subscription.change(&req) {
+                    self.push(&req.type_url, false, tx).await
+                } else {
+                    Ok(())
+                }
+            }
         }
-        self.held
-            .insert(req.type_url.clone(), req.initial_resource_versions);
-        self.push(&req.type_url, true, tx).await
     }
 
     /// Sends what changed for `type_url`; the first response is sent even when empty, since a
     /// client counts the type as synced only when it has one.
     async fn push(&mut self, type_url: &str, first: bool, tx: &Responses) -> Result<(), ()> {
         let catalog = self.catalog.borrow().clone();
-        let held = self.held.entry(type_url.to_string()).or_default();
-        let delta = catalog.diff(type_url, held);
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return Ok(());
+        };
+        let delta = subscription.next(&catalog, type_url);
         if delta.is_empty() && !first {
             return Ok(());
         }
@@ -187,12 +200,6 @@ impl Subscriber {
                 })
                 .collect(),
         };
-        for name in &delta.removed {
-            held.remove(name);
-        }
-        for (name, e) in &delta.updated {
-            held.insert(name.clone(), e.version.clone());
-        }
         info!(node = %self.node, type_url, %nonce, updated = delta.updated.len(), removed = delta.removed.len(), "push");
         tx.send(Ok(response)).await.map_err(|_| ())
     }
