@@ -6,7 +6,6 @@ use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use prost::Message;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    hash::{Hash, Hasher},
     sync::Arc,
 };
 
@@ -31,13 +30,22 @@ pub struct Catalog {
 /// The types this control plane serves (ztunnel subscribes to both).
 pub const SERVED_TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 
+/// FNV-1a, 64 bits: a content hash whose value is fixed by its definition, unlike std's
+/// `DefaultHasher` (which may change between Rust releases, and then every version would
+/// change with an upgrade of the control plane and every client would get everything again).
+fn content_hash(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
 fn entry(bytes: Vec<u8>) -> Arc<Entry> {
-    // A content hash as the version: unchanged bytes keep their version across rebuilds and
-    // restarts, so a reconnecting client that reports it is not sent the resource again.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    // A content hash as the version: unchanged bytes keep their version across rebuilds,
+    // restarts and upgrades, so a reconnecting client that reports it is not sent it again.
     Arc::new(Entry {
-        version: format!("{:016x}", h.finish()),
+        version: format!("{:016x}", content_hash(&bytes)),
         bytes,
     })
 }
@@ -188,6 +196,14 @@ mod tests {
             3,
             "a new client gets everything"
         );
+    }
+
+    /// The version of given bytes never changes (FNV-1a's published test values).
+    #[test]
+    fn versions_are_fixed_by_the_bytes_alone() {
+        assert_eq!(content_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(content_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(content_hash(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
