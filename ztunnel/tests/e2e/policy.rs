@@ -29,11 +29,13 @@ fn allow_and_deny_by_principal_and_namespace() {
     let allow_a = "- name: allow-a\n  namespace: ns-c\n  scope: Namespace\n  action: Allow\n  rules: [{clauses: [{matches: [{principals: [cluster.local/ns/ns-a/sa/a]}]}]}]\n";
     mesh.update_config(&["allow-a"], |t| add_policy(t, allow_a));
     assert_eq!(mesh.connect_one("a", c).served_by(), "c-app");
-    assert!(refused(&mesh, "b", c), "b is not the allowed principal");
+    // b is not the allowed principal.
+    refused_because(&mesh, "b", c, "node2", "no ALLOW policy matched");
 
     let deny_ns_a = "- name: deny-ns-a\n  namespace: ns-c\n  scope: Namespace\n  action: Deny\n  rules: [{clauses: [{matches: [{namespaces: [ns-a]}]}]}]\n";
     mesh.update_config(&["deny-ns-a"], |t| t.replace(allow_a, deny_ns_a));
-    assert!(refused(&mesh, "a", c), "namespace ns-a is denied");
+    // Namespace ns-a is denied.
+    refused_because(&mesh, "a", c, "node2", "denied by ns-c/deny-ns-a");
     assert_eq!(mesh.connect_one("b", c).served_by(), "c-app");
 
     let z = &mesh.node("node2").ztunnel;
@@ -102,12 +104,9 @@ fn plaintext_is_refused_under_strict_with_port_overrides() {
         &["converted_peer_authentication_strict_except_9090", "watch"],
         |t| format!("{t}{strict}{dry}"),
     );
-    assert!(refused(&mesh, "d", p8080), "STRICT refuses plaintext");
-    let log = mesh.node("node2").ztunnel.log();
-    assert!(
-        log.contains(STRICT_EXCEPT_9090),
-        "refused in the name of the converted policy, as when the control plane sends it: {log}"
-    );
+    // STRICT refuses plaintext, in the name of the converted policy, as when the control
+    // plane sends it.
+    refused_because(&mesh, "d", p8080, "node2", STRICT_EXCEPT_9090);
     assert_eq!(
         mesh.connect_one("d", p9090).served_by(),
         "c-app",
@@ -145,9 +144,13 @@ fn a_policy_referenced_but_not_known_refuses() {
             known,
         )
     });
-    assert!(
-        refused(&mesh, "a", c),
-        "a missing referenced policy must not open a hole"
+    // A missing referenced policy must not open a hole.
+    refused_because(
+        &mesh,
+        "a",
+        c,
+        "node2",
+        "ns-c/not-yet (referenced, not known)",
     );
     assert!(
         mesh.node("node2")
@@ -159,5 +162,5 @@ fn a_policy_referenced_but_not_known_refuses() {
     let arrives = "- {name: not-yet, namespace: ns-c, scope: WorkloadSelector, action: Allow, rules: [{clauses: [{matches: [{principals: [\"*/sa/a\"]}]}]}]}\n";
     mesh.update_config(&["not-yet", "other"], |t| format!("{t}{arrives}"));
     assert_eq!(mesh.connect_one("a", c).served_by(), "c-app");
-    assert!(refused(&mesh, "b", c));
+    refused_because(&mesh, "b", c, "node2", "no ALLOW policy matched");
 }

@@ -75,6 +75,28 @@ pub fn refused(mesh: &Mesh, from: &str, to: SocketAddr) -> bool {
         .is_err()
 }
 
+/// `from`'s connection to `to` is refused, and the ztunnel of `node` (the destination's)
+/// says why: a new line with `reason` in its log (earlier refusals do not count).
+pub fn refused_because(mesh: &Mesh, from: &str, to: SocketAddr, node: &str, reason: &str) {
+    let z = &mesh.node(node).ztunnel;
+    let before = z.log().matches(reason).count();
+    let r = mesh
+        .connect(from, &["--timeout-ms", "3000"], &[to])
+        .remove(0);
+    assert!(r.outcome.is_err(), "{from} → {to} was not refused: {r:?}");
+    amesh_testbed::eventually(
+        format!("{node} logging why {from} → {to} was refused ({reason})"),
+        Duration::from_secs(10),
+        || {
+            let log = z.log();
+            (log.matches(reason).count() > before)
+                .then_some(())
+                .ok_or(log)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The access-log reason STRICT peer authentication refuses plaintext with, from the local
 /// file and from the control plane alike: the DENY policy it is converted into, with the
 /// ports exempted by a port-level PERMISSIVE.

@@ -117,10 +117,8 @@ fn pods_and_policies_from_the_control_plane_reach_both_ztunnels() {
             policy_names(v).iter().any(|n| n.contains("deny-ns-a"))
         });
     }
-    assert!(
-        refused(&mesh, "a", c),
-        "the policy from the control plane is enforced"
-    );
+    // The policy from the control plane is enforced.
+    refused_because(&mesh, "a", c, "node2", "denied by ns-c/deny-ns-a");
 
     edit_source(&mesh, |t| t.replace(DENY_NS_A, ""));
     wait_dump(&mesh, "node2", "the policy removed", |v| {
@@ -174,7 +172,8 @@ fn the_last_state_serves_while_the_control_plane_is_away_and_a_restart_resyncs()
             workload_names(v) == ["a", "c"]
         });
     }
-    assert!(refused(&mesh, "a", c), "the resynced policy is enforced");
+    // The resynced policy is enforced.
+    refused_because(&mesh, "a", c, "node2", "denied by ns-c/deny-ns-a");
     let (_, metrics) = mesh
         .node("node1")
         .ztunnel
