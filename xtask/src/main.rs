@@ -8,6 +8,7 @@
 //! - `bench`: builds in release and measures the mesh against no mesh (`amesh-bench`).
 //! - `render-manifests`: renders the Helm chart into `deploy/manifests/amesh.yaml`.
 //! - `images`: OCI images of the chart's binaries (umoci, skopeo; no container engine).
+//! - `interop`: amesh next to Istio's own ztunnel (a prebuilt binary), scenario by scenario.
 //!
 //! Everything it installs is idempotent; a second run with nothing changed takes seconds.
 #![forbid(unsafe_code)]
@@ -33,6 +34,8 @@ tasks:
                render deploy/chart/amesh (default values) into deploy/manifests/amesh.yaml
   images       build the chart's OCI images (release; --dev: debug binaries), --push DEST
                copies them to a registry (`cargo xtask images --help`)
+  interop      --istio-ztunnel PATH: run amesh next to Istio's ztunnel, built from Istio's
+               public source outside the checkout (needs root; not part of `test`)
 
 environment:
   AMESH_CACHE       tool cache (default: $HOME/.cache/amesh)
@@ -64,6 +67,7 @@ fn real_main() -> Result<()> {
         "bench" => run::bench(&paths, rest),
         "render-manifests" => render_manifests(&paths),
         "images" => images::images(&paths, rest),
+        "interop" => run::interop(&paths, rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

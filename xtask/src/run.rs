@@ -119,6 +119,18 @@ pub fn bench(paths: &Paths, args: &[String]) -> Result<()> {
     cmd(Command::new(&bin).args(args).current_dir(&paths.root))
 }
 
+/// `cargo xtask interop --istio-ztunnel PATH`: debug build of the workspace's binaries (the
+/// interop scenarios start the control plane and the probe), then `amesh-interop`.
+pub fn interop(paths: &Paths, args: &[String]) -> Result<()> {
+    require_root("interop")?;
+    bootstrap::runtime(paths)?;
+    let object = ebpf::build(paths)?;
+    println!("xtask: building the binaries the interop scenarios start");
+    cmd(cargo(paths, &object).args(["build", "--workspace", "--bins"]))?;
+    let bin = paths.target.join("debug/amesh-interop");
+    cmd(Command::new(&bin).args(args).current_dir(&paths.root))
+}
+
 /// Builds the demo and every binary it starts (ztunnel, the control plane, the probe it
 /// runs inside its pods).
 fn build_demo(paths: &Paths, object: &std::path::Path, release: bool) -> Result<()> {

@@ -1,0 +1,62 @@
+//! `cargo xtask interop --istio-ztunnel PATH`: amesh next to Istio's real ztunnel (built from
+//! Istio's public source outside this checkout), one scenario at a time, each verified and
+//! reported. Not part of `cargo xtask test`: CI cannot build Istio. Needs root (the test bed).
+//!
+//! Scenarios:
+//! - `fed-by-amesh`: Istio's ztunnel configured as its DaemonSet configures it (environment
+//!   only, its token file with a trailing newline, istiod's host name) and fed by amesh's
+//!   control plane over xDS: it accepts every resource (no NACK), holds the mesh's workloads,
+//!   and reads the policies as amesh means them (an ALLOW rule that needs HTTP allows nothing,
+//!   a DENY rule keeps its L4 part, STRICT is a DENY for peers without an identity).
+#![forbid(unsafe_code)]
+
+mod fed;
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: amesh-interop --istio-ztunnel PATH";
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amesh-interop: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut istio = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--istio-ztunnel" => istio = Some(PathBuf::from(args.next().context(USAGE)?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let istio = istio.context(USAGE)?;
+    if !istio.is_file() {
+        bail!("--istio-ztunnel {}: no such file", istio.display());
+    }
+    amesh_testbed::require_root();
+    let mut failed = 0;
+    for (name, outcome) in [("fed-by-amesh", fed::run(&istio))] {
+        match outcome {
+            Ok(report) => println!("ok   {name}: {report}"),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {name}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} scenario(s) failed");
+    }
+    Ok(())
+}
