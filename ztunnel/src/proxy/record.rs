@@ -1,6 +1,7 @@
-//! One connection's record: its Istio metric labels and access-log fields. Counted as opened
-//! once established; `finish` or `fail` closes it, and dropping it unfinished (the pod was
-//! removed, ztunnel stopped) still counts it closed and logs why, so nothing leaks.
+//! One connection's record: its Istio metric labels and access-log fields. With Istio's
+//! semantics every attempt is counted opened and closed, and a failed one failed too;
+//! `finish` or `fail` closes it, and dropping it unfinished (the pod was removed, ztunnel
+//! stopped) still counts it closed and logs why, so nothing leaks.
 
 use crate::metrics::{ResponseFlag, TcpLabels, TcpMetrics};
 use amesh_identity::Identity;
@@ -17,6 +18,8 @@ pub struct ConnRecord {
     pub policy: Option<String>,
     started: Instant,
     established: bool,
+    /// Counted in `istio_tcp_connections_opened_total` already.
+    counted_open: bool,
     done: bool,
 }
 
@@ -35,6 +38,7 @@ impl ConnRecord {
             policy: None,
             started: Instant::now(),
             established: false,
+            counted_open: false,
             done: false,
         }
     }
@@ -55,10 +59,20 @@ impl ConnRecord {
         self.labels.destination_workload_namespace = identity.namespace.clone();
     }
 
-    /// The connection is up: count it opened.
+    /// The connection is up: counted opened.
     pub fn established(&mut self) {
         self.established = true;
-        self.metrics.opened.get_or_create(&self.labels).inc();
+        self.count_opened();
+    }
+
+    /// Istio counts every attempt opened (before its outcome sets a response flag), every
+    /// attempt closed when it ends, and the failed ones in `..._failed_total` besides: opened
+    /// equals closed once all are over, and failures are a part of them.
+    fn count_opened(&mut self) {
+        if !self.counted_open {
+            self.counted_open = true;
+            self.metrics.opened.get_or_create(&self.labels).inc();
+        }
     }
 
     /// The connection ended after carrying `up` bytes from the client towards the server and
@@ -82,7 +96,9 @@ impl ConnRecord {
     /// The connection could not be set up: counted failed with Istio's response flag for
     /// why, and logged with the reason.
     pub fn fail(mut self, flag: ResponseFlag, reason: &dyn std::fmt::Display) {
+        self.count_opened();
         self.labels.response_flags = flag;
+        self.metrics.closed.get_or_create(&self.labels).inc();
         self.metrics.failed.get_or_create(&self.labels).inc();
         self.log(0, 0, &reason.to_string());
         self.done = true;
@@ -120,7 +136,9 @@ impl Drop for ConnRecord {
             self.metrics.closed.get_or_create(&self.labels).inc();
             self.log(0, 0, "closed: pod removed or ztunnel stopping");
         } else {
+            self.count_opened();
             self.labels.response_flags = ResponseFlag::Connect;
+            self.metrics.closed.get_or_create(&self.labels).inc();
             self.metrics.failed.get_or_create(&self.labels).inc();
             self.log(0, 0, "abandoned before it was established");
         }

@@ -53,6 +53,35 @@ fn allow_and_deny_by_principal_and_namespace() {
         denied,
         "a DENY is counted with response_flags=DENY:\n{metrics}"
     );
+    // As Istio counts: every attempt opened and, once over, closed; the failed ones (a's
+    // refused attempt) counted failed besides, and closed with their flag.
+    let from_a = [
+        "reporter=\"destination\"",
+        "source_principal=\"spiffe://cluster.local/ns/ns-a/sa/a\"",
+    ];
+    amesh_testbed::eventually("a's attempts all closed", Duration::from_secs(10), || {
+        let (_, metrics) = z.http("Metrics", "GET", "/metrics");
+        let count = |name: &str, extra: &[&str]| {
+            let labels: Vec<&str> = from_a.iter().chain(extra).copied().collect();
+            metric_value(&metrics, name, &labels).unwrap_or(0)
+        };
+        let opened = count("istio_tcp_connections_opened_total", &[]);
+        let closed = count("istio_tcp_connections_closed_total", &[]);
+        let failed = count("istio_tcp_connections_failed_total", &[]);
+        let closed_denied = count(
+            "istio_tcp_connections_closed_total",
+            &["response_flags=\"DENY\""],
+        );
+        // a: allowed twice, refused once.
+        if (opened, closed, failed, closed_denied) == (3, 3, 1, 1) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{opened} opened, {closed} closed, {failed} failed, {closed_denied} closed DENY"
+            ))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
