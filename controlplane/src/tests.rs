@@ -120,6 +120,11 @@ fn pods_become_workloads_with_istio_enrollment_rules() {
         ),
         ("cart", "v2")
     );
+    assert_eq!(
+        (cart.workload_name.as_str(), cart.workload_type),
+        ("cart-0", pb::WorkloadType::Pod as i32),
+        "a pod without a controller is its own workload"
+    );
     assert_eq!(cart.status, pb::WorkloadStatus::Healthy as i32);
     let ports = &cart.services["shop/cart.shop.svc.cluster.local"].ports;
     assert_eq!(

@@ -13,7 +13,11 @@
 //!
 //! An object that cannot be translated is reported and skipped; the rest translate.
 
-use amesh_kube::{enrollment::enrolled, source::Snapshot};
+use amesh_kube::{
+    enrollment::enrolled,
+    source::Snapshot,
+    workload_name::{self, WorkloadKind},
+};
 use amesh_policy::{
     Authorization, Scope,
     crd::{self, CrdError},
@@ -481,12 +485,7 @@ fn workload(
             .iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
-    let canonical = labels
-        .get("service.istio.io/canonical-name")
-        .or_else(|| labels.get("app.kubernetes.io/name"))
-        .or_else(|| labels.get("app"))
-        .cloned()
-        .unwrap_or_else(|| name.clone());
+    let names = workload_name::of_pod(&pod.metadata);
     let mut w = pb::Workload {
         uid: format!("{}//v1/Pod/{namespace}/{name}", mesh.cluster_id),
         name: name.clone(),
@@ -503,13 +502,15 @@ fn workload(
             .clone()
             .unwrap_or_else(|| "default".into()),
         node: spec.node_name.clone().unwrap_or_default(),
-        canonical_name: canonical.clone(),
-        canonical_revision: labels
-            .get("version")
-            .cloned()
-            .unwrap_or_else(|| "latest".into()),
-        workload_name: canonical,
-        workload_type: pb::WorkloadType::Pod as i32,
+        canonical_name: names.canonical_name,
+        canonical_revision: names.canonical_revision,
+        workload_name: names.name,
+        workload_type: match names.kind {
+            WorkloadKind::Deployment => pb::WorkloadType::Deployment,
+            WorkloadKind::CronJob => pb::WorkloadType::Cronjob,
+            WorkloadKind::Job => pb::WorkloadType::Job,
+            WorkloadKind::Pod => pb::WorkloadType::Pod,
+        } as i32,
         status: if ready {
             pb::WorkloadStatus::Healthy
         } else {

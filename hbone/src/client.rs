@@ -81,7 +81,16 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct PooledStream {
     inner: H2Stream,
+    /// The headers of the peer's 200 (Istio's server describes itself in `baggage`).
+    response_headers: http::HeaderMap,
     active: Arc<AtomicUsize>,
+}
+
+impl PooledStream {
+    /// The headers the peer answered the CONNECT with.
+    pub fn response_headers(&self) -> &http::HeaderMap {
+        &self.response_headers
+    }
 }
 
 impl Pool {
@@ -147,9 +156,10 @@ impl Pool {
         // last used: if the request fails on it, it is retired and a fresh one dialed.
         if let Some(pooled) = self.checkout(key) {
             match request(pooled.send.clone(), authority, headers.clone()).await {
-                Ok(inner) => {
+                Ok((inner, response_headers)) => {
                     return Ok(PooledStream {
                         inner,
+                        response_headers,
                         active: pooled.active,
                     });
                 }
@@ -175,8 +185,9 @@ impl Pool {
         };
         self.lock_gates().remove(key);
         match request(pooled.send, authority, headers).await {
-            Ok(inner) => Ok(PooledStream {
+            Ok((inner, response_headers)) => Ok(PooledStream {
                 inner,
+                response_headers,
                 active: pooled.active,
             }),
             Err(e) => {
@@ -272,7 +283,7 @@ async fn request(
     send: SendRequest<Bytes>,
     authority: &str,
     headers: http::HeaderMap,
-) -> Result<H2Stream, HboneError> {
+) -> Result<(H2Stream, http::HeaderMap), HboneError> {
     let mut send = send.ready().await?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -284,7 +295,8 @@ async fn request(
     if response.status() != StatusCode::OK {
         return Err(HboneError::Status(response.status()));
     }
-    Ok(H2Stream::new(stream, response.into_body()))
+    let (parts, body) = response.into_parts();
+    Ok((H2Stream::new(stream, body), parts.headers))
 }
 
 /// Drives one pooled connection: its frames, keepalive PINGs, and closing when idle.

@@ -4,10 +4,12 @@
 //! - [`server::serve`] answers CONNECT streams on an accepted mTLS connection.
 //! - [`Pool`] opens CONNECT streams, multiplexed over pooled mTLS connections.
 //! - [`H2Stream`] is one tunnel as an `AsyncRead + AsyncWrite` byte stream.
+//! - [`metadata`]: the `baggage` and `traceparent` headers Istio sends beside a CONNECT.
 #![forbid(unsafe_code)]
 
 mod client;
 mod keepalive;
+pub mod metadata;
 pub mod server;
 mod settings;
 mod stream;

@@ -67,11 +67,18 @@ impl IncomingConnect {
     }
 
     /// Answers 200 and returns the tunnel.
-    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
-        let resp = Response::builder()
+    pub fn accept(self) -> Result<H2Stream, HboneError> {
+        self.accept_with(http::HeaderMap::new())
+    }
+
+    /// Answers 200 with `headers` (Istio's server describes itself in `baggage`) and returns
+    /// the tunnel.
+    pub fn accept_with(mut self, headers: http::HeaderMap) -> Result<H2Stream, HboneError> {
+        let mut resp = Response::builder()
             .status(StatusCode::OK)
             .body(())
             .unwrap_or_default();
+        *resp.headers_mut() = headers;
         let send = self.respond.send_response(resp, false)?;
         Ok(H2Stream::new(send, self.body))
     }

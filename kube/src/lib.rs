@@ -4,11 +4,13 @@
 //! - [`source`]: Kubernetes YAML parsed into the objects the mesh reads;
 //! - [`dir_source`]: a watched directory of such YAML, file by file, keeping last good state;
 //! - [`yaml_guard`]: the linear pre-check that keeps pathological YAML from the parser;
-//! - [`driver`]: drives a kube-rs reflector stream, poking a `Notify` on every change.
+//! - [`driver`]: drives a kube-rs reflector stream, poking a `Notify` on every change;
+//! - [`workload_name`]: the owning workload and canonical names istiod gives a pod.
 #![forbid(unsafe_code)]
 
 pub mod dir_source;
 pub mod driver;
 pub mod enrollment;
 pub mod source;
+pub mod workload_name;
 pub mod yaml_guard;

@@ -704,6 +704,13 @@ fn config_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
             s.namespace,
             s.service_account
         );
+        // Telemetry names as the control plane derives them for these pods (their own
+        // workload, `app: <name>`), with a revision, in the control plane's default cluster.
+        let _ = writeln!(
+            y,
+            "  workloadName: {0}\n  workloadType: pod\n  canonicalName: {0}\n  canonicalRevision: v1\n  clusterId: Kubernetes",
+            s.name
+        );
         let _ = writeln!(
             y,
             "  addresses: [{}, \"{}\"]\n  node: {node}",

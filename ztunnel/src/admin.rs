@@ -137,7 +137,8 @@ fn route(role: Role, method: &Method, path: &str, query: &str, e: &Endpoints) ->
             Response::text(StatusCode::OK, "draining and exiting\n")
         }
         (Role::Readiness, "GET", "/healthz/ready") => readiness(e),
-        (Role::Metrics, "GET", "/metrics") => {
+        // `/stats/prometheus` is where Istio's proxies (and so many scrape configs) look.
+        (Role::Metrics, "GET", "/metrics" | "/stats/prometheus") => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &e.registry) {
                 Ok(()) => Response::new(

@@ -4,7 +4,7 @@
 
 use crate::{
     drain::DrainWatch,
-    metrics::Listener,
+    metrics::{Listener, OpenSocket, Reporter},
     proxy::{self, PodCtx, PodNet, ProxyInputs},
     signal::{Raise, Stop},
 };
@@ -76,6 +76,7 @@ impl Listeners {
     fn serve(self, pod: &Arc<PodCtx>, inputs: &Arc<ProxyInputs>, stop: &Stop) {
         let spawn = |listener: TcpListener, kind: PodListener| {
             let (pod, inputs, stop) = (pod.clone(), inputs.clone(), stop.clone());
+            let sockets = inputs.metrics.listeners.sockets(kind.reporter());
             tokio::spawn(accept_loop(
                 listener,
                 crate::accept::counted(kind.metric(), &inputs.metrics.listeners),
@@ -83,7 +84,9 @@ impl Listeners {
                 inputs.drain.clone(),
                 move |conn, peer| {
                     let (pod, inputs) = (pod.clone(), inputs.clone());
+                    let open = OpenSocket::new(&sockets);
                     async move {
+                        let _open = open;
                         match kind {
                             PodListener::Outbound => {
                                 proxy::outbound::handle(inputs, pod, conn, peer).await
@@ -262,6 +265,14 @@ impl PodListener {
             Self::Outbound => Listener::Outbound,
             Self::Hbone => Listener::Hbone,
             Self::Plaintext => Listener::Plaintext,
+        }
+    }
+
+    /// Which side its sockets count for in `istio_tcp_sockets_open`.
+    fn reporter(self) -> Reporter {
+        match self {
+            Self::Outbound => Reporter::Source,
+            Self::Hbone | Self::Plaintext => Reporter::Destination,
         }
     }
 }

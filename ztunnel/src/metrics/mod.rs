@@ -1,6 +1,7 @@
 //! Prometheus metrics with Istio's names and labels, so existing dashboards and alerts work:
 //! `istio_tcp_connections_opened_total`, `..._closed_total`, `..._failed_total`,
-//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, plus amesh's own
+//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, `istio_tcp_sockets_open`,
+//! `istio_build{component,tag}`, plus amesh's own
 //! `amesh_hbone_tls_handshakes_total` (how well the HBONE pool reuses connections), and the
 //! xDS client's `istio_xds_connection_terminations_total`, `istio_xds_message_total` and
 //! `istio_xds_message_bytes_total`.
@@ -52,6 +53,63 @@ pub struct TcpLabels {
     pub request_protocol: &'static str,
     pub response_flags: ResponseFlag,
     pub connection_security_policy: SecurityPolicy,
+    /// Present once either side's workload is known, as in Istio's.
+    #[prometheus(flatten)]
+    pub locality: OptionalLocality,
+}
+
+/// Istio's locality labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalityLabels {
+    pub source_region: String,
+    pub source_zone: String,
+    pub destination_region: String,
+    pub destination_zone: String,
+}
+
+impl Default for LocalityLabels {
+    fn default() -> Self {
+        Self {
+            source_region: UNKNOWN.into(),
+            source_zone: UNKNOWN.into(),
+            destination_region: UNKNOWN.into(),
+            destination_zone: UNKNOWN.into(),
+        }
+    }
+}
+
+/// Locality labels that are left out entirely while neither side's workload is known: Istio's
+/// ztunnel adds them only then, so a series for an unknown peer has the same label set there
+/// and here.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct OptionalLocality(pub Option<LocalityLabels>);
+
+impl OptionalLocality {
+    /// The labels, created ("unknown" on both sides) on first use.
+    pub fn get(&mut self) -> &mut LocalityLabels {
+        self.0.get_or_insert_with(LocalityLabels::default)
+    }
+}
+
+impl EncodeLabelSet for OptionalLocality {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(l) => l.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `value`, or "unknown" when empty (Istio's `DefaultedUnknown`).
+pub fn or_unknown(value: &str) -> String {
+    if value.is_empty() {
+        UNKNOWN.to_string()
+    } else {
+        value.to_string()
+    }
 }
 
 pub const UNKNOWN: &str = "unknown";
@@ -83,6 +141,7 @@ impl TcpLabels {
             request_protocol: "tcp",
             response_flags: ResponseFlag::None,
             connection_security_policy: SecurityPolicy::Unknown,
+            locality: OptionalLocality::default(),
         }
     }
 }
@@ -118,11 +177,43 @@ pub struct DryRunLabels {
     pub action: PolicyAction,
 }
 
-/// The listeners: accept errors and connections closed before any policy decision.
+/// The listeners: accept errors, connections closed before any policy decision, and the
+/// sockets the pods' listeners hold open.
 #[derive(Debug, Default, Clone)]
 pub struct ListenerMetrics {
     pub accept_errors: Family<ListenerLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    pub sockets_open: Family<SocketLabels, Gauge>,
+}
+
+/// `istio_build`: which component, at which version (amesh's own: it has no Istio version).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub component: &'static str,
+    pub tag: &'static str,
+}
+
+/// Istio's `istio_tcp_sockets_open` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SocketLabels {
+    pub reporter: Reporter,
+}
+
+/// One accepted socket in `istio_tcp_sockets_open`, until dropped.
+#[derive(Debug)]
+pub struct OpenSocket(Gauge);
+
+impl OpenSocket {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +228,14 @@ pub struct RefusedLabels {
 }
 
 impl ListenerMetrics {
+    /// The gauge of the sockets open for `reporter`'s side (fetched once per listener, not
+    /// per connection).
+    pub fn sockets(&self, reporter: Reporter) -> Gauge {
+        self.sockets_open
+            .get_or_create(&SocketLabels { reporter })
+            .clone()
+    }
+
     /// Counts a connection refused on `listener` for `reason`.
     pub fn refuse(&self, listener: Listener, reason: RefuseReason) {
         self.refused
@@ -238,6 +337,20 @@ impl Metrics {
             "istio_xds_message_bytes",
             "Bytes of xDS responses received, by type URL",
             m.xds.message_bytes.clone(),
+        );
+        // Istio's dashboards read the data plane's version from `istio_build`.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "ztunnel",
+                tag: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("istio_build", "Istio component build info", build);
+        registry.register(
+            "istio_tcp_sockets_open",
+            "TCP sockets the pods' listeners hold open, by reporter",
+            m.listeners.sockets_open.clone(),
         );
         registry.register(
             "amesh_accept_errors",

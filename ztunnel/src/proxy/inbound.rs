@@ -7,17 +7,22 @@ use super::{
     authz::{Facts, LiveGuard, authorize},
     error::InboundError,
     inputs::CERT_WAIT,
-    record::ConnRecord,
+    record::{ConnRecord, baggage_of},
     relay,
 };
 use crate::{
     metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
     signal::Stop,
+    state::Workload,
 };
-use amesh_hbone::server::{self, IncomingConnect, Target};
+use amesh_hbone::{
+    metadata::Baggage,
+    server::{self, IncomingConnect, Target},
+};
 use amesh_identity::{identity_of, tls};
 use amesh_policy::Decision;
 use amesh_ratelimit::{Throttle, WARN_EVERY};
+use http::HeaderMap;
 use prometheus_client::metrics::gauge::Gauge;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -241,9 +246,21 @@ async fn serve_connect(
         peer,
         target,
     );
-    let source_workload = req.peer_identity.service_account.clone();
-    record.source(&req.peer_identity, &source_workload);
-    record.destination(&pod.identity, &pod.name);
+    // As Istio's ztunnel: what the caller's baggage says, overridden by the workload the
+    // state has at its address; the principal only ever from its certificate.
+    let state = inputs.state.snapshot();
+    record.source_baggage(&Baggage::parse(&req.headers));
+    if let Some(w) = state.workload_by_ip(peer.ip()) {
+        record.source_workload(w);
+    }
+    record.source_principal(&req.peer_identity);
+    let me = state.workload_by_name(&pod.namespace, &pod.name);
+    label_destination(&mut record, &pod, me);
+    let mut answer = HeaderMap::new();
+    if let Some(w) = me {
+        baggage_of(w).insert_into(&mut answer);
+    }
+    drop(state);
     record.labels.connection_security_policy = SecurityPolicy::MutualTls;
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
@@ -259,7 +276,7 @@ async fn serve_connect(
             record.fail(e.response_flag(), &e);
             req.refuse(status);
         }
-        Ok((mut app, _live, kill)) => match req.accept() {
+        Ok((mut app, _live, kill)) => match req.accept_with(answer) {
             Ok(mut stream) => relay(record, &mut stream, &mut app, Some(kill)).await,
             Err(e) => {
                 let e = InboundError::Answer(e);
@@ -336,7 +353,16 @@ async fn serve_plaintext(
         peer,
         target,
     );
-    record.destination(&pod.identity, &pod.name);
+    let state = inputs.state.snapshot();
+    if let Some(w) = state.workload_by_ip(peer.ip()) {
+        record.source_workload(w);
+    }
+    label_destination(
+        &mut record,
+        &pod,
+        state.workload_by_name(&pod.namespace, &pod.name),
+    );
+    drop(state);
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
@@ -349,5 +375,17 @@ async fn serve_plaintext(
     match admit(&inputs, &pod, facts, &mut record).await {
         Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail(e.response_flag(), &e),
+    }
+}
+
+/// The destination side of the labels: the pod's workload, or (not in the state yet) its
+/// identity and name.
+fn label_destination(record: &mut ConnRecord, pod: &PodCtx, me: Option<&Arc<Workload>>) {
+    match me {
+        Some(w) => record.destination_workload(w),
+        None => {
+            record.destination_principal(&pod.identity);
+            record.labels.destination_workload = pod.name.clone();
+        }
     }
 }

@@ -3,13 +3,20 @@
 //! the mesh, as plain TCP otherwise.
 
 use super::{
-    PodCtx, ProxyInputs, error::OutboundError, inputs::CERT_WAIT, record::ConnRecord, relay,
+    PodCtx, ProxyInputs,
+    error::OutboundError,
+    inputs::CERT_WAIT,
+    record::{ConnRecord, baggage_of},
+    relay,
 };
 use crate::{
     metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
     state::{Route, Service},
 };
-use amesh_hbone::{HBONE_PORT, PoolKey};
+use amesh_hbone::{
+    HBONE_PORT, PoolKey,
+    metadata::{self, Baggage},
+};
 use amesh_identity::{Identity, tls};
 use amesh_ratelimit::{Throttle, WARN_EVERY};
 use http::HeaderMap;
@@ -57,7 +64,11 @@ async fn forward(
     let src = src_ip.map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
     let labels = TcpLabels::new(Reporter::Source);
     let mut record = ConnRecord::new(inputs.metrics.tcp.clone(), labels, src, orig);
-    record.source(&pod.identity, &pod.name);
+    match me {
+        Some(w) => record.source_workload(w),
+        None => record.labels.source_workload = pod.name.clone(),
+    }
+    record.source_principal(&pod.identity);
     if !inputs.state.is_loaded() {
         return fail(record, OutboundError::NotConfigured);
     }
@@ -73,10 +84,11 @@ async fn forward(
             target,
         } => {
             record.dst = target;
-            record.destination(&workload.identity(), &workload.name);
+            record.destination_workload(&workload);
             label_service(&mut record, service.as_deref());
             record.labels.connection_security_policy = SecurityPolicy::MutualTls;
-            let headers = hbone_headers(&pod, src, service.as_deref());
+            let baggage = me.map_or_else(|| pod_baggage(&pod), |w| baggage_of(w));
+            let headers = hbone_headers(&baggage, src, service.as_deref());
             match tunnel(&inputs, &pod, &workload.identity(), target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err(e) => fail(record, e),
@@ -89,7 +101,8 @@ async fn forward(
         } => {
             record.dst = dst;
             if let Some(w) = &workload {
-                record.destination(&w.identity(), &w.name);
+                record.destination_workload(w);
+                // Plain TCP proves no identity.
                 record.labels.destination_principal = crate::metrics::UNKNOWN.into();
             }
             label_service(&mut record, service.as_deref());
@@ -119,8 +132,9 @@ fn label_service(record: &mut ConnRecord, service: Option<&Service>) {
 }
 
 /// Istio's CONNECT request headers: `forwarded` (the client's address, and the service
-/// hostname when a service was targeted) and `baggage` (telemetry about the source).
-fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> HeaderMap {
+/// hostname when a service was targeted), `baggage` (who the source is, for the peer's
+/// telemetry) and a fresh `traceparent`.
+fn hbone_headers(baggage: &Baggage, src: SocketAddr, service: Option<&Service>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let host = service
         .map(|s| format!(";host={}", s.hostname))
@@ -128,14 +142,19 @@ fn hbone_headers(pod: &PodCtx, src: SocketAddr, service: Option<&Service>) -> He
     if let Ok(v) = format!("for=\"{src}\"{host}").parse() {
         headers.insert("forwarded", v);
     }
-    let baggage = format!(
-        "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version=latest",
-        pod.namespace, pod.name, pod.name
-    );
-    if let Ok(v) = baggage.parse() {
-        headers.insert("baggage", v);
-    }
+    baggage.insert_into(&mut headers);
+    headers.insert(metadata::TRACEPARENT, metadata::new_traceparent());
     headers
+}
+
+/// The baggage of a pod the state has no workload for yet: its namespace and name.
+fn pod_baggage(pod: &PodCtx) -> Baggage {
+    Baggage {
+        namespace: pod.namespace.clone(),
+        workload_kind: "pod".into(),
+        workload_name: pod.name.clone(),
+        ..Default::default()
+    }
 }
 
 /// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
@@ -184,4 +203,55 @@ async fn tunnel(
             addr: hbone_addr,
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::LoadBalancing;
+
+    #[test]
+    fn connect_headers_are_istios() {
+        let svc = Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            hostname: "web.shop.svc.cluster.local".into(),
+            vips: vec![],
+            ports: Default::default(),
+            load_balancing: LoadBalancing::default(),
+        };
+        let baggage = Baggage {
+            cluster: "Kubernetes".into(),
+            namespace: "shop".into(),
+            workload_kind: "deployment".into(),
+            workload_name: "cart".into(),
+            service_name: "cart".into(),
+            service_version: "v2".into(),
+            ..Default::default()
+        };
+        let src: SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        let h = hbone_headers(&baggage, src, Some(&svc));
+        assert_eq!(
+            h["forwarded"],
+            "for=\"10.0.0.5:40000\";host=web.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            h[metadata::BAGGAGE],
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=cart,\
+             service.name=cart,service.version=v2"
+        );
+        assert!(
+            h[metadata::TRACEPARENT]
+                .to_str()
+                .unwrap()
+                .starts_with("00-")
+        );
+        let direct = hbone_headers(&baggage, src, None);
+        assert_eq!(direct["forwarded"], "for=\"10.0.0.5:40000\"");
+        assert_ne!(
+            direct[metadata::TRACEPARENT],
+            h[metadata::TRACEPARENT],
+            "a trace per CONNECT"
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //! `finish` or `fail` closes it, and dropping it unfinished (the pod was removed, ztunnel
 //! stopped) still counts it closed and logs why, so nothing leaks.
 
-use crate::metrics::{ResponseFlag, TcpLabels, TcpMetrics};
+use crate::metrics::{ResponseFlag, TcpLabels, TcpMetrics, UNKNOWN, or_unknown};
+use crate::state::Workload;
+use amesh_hbone::metadata::Baggage;
 use amesh_identity::Identity;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tracing::info;
@@ -43,19 +45,68 @@ impl ConnRecord {
         }
     }
 
-    /// Fills the source side of the labels from a workload identity.
-    pub fn source(&mut self, identity: &Identity, workload: &str) {
-        self.labels.source_principal = identity.to_string();
-        self.labels.source_workload = workload.to_string();
-        self.labels.source_canonical_service = workload.to_string();
-        self.labels.source_workload_namespace = identity.namespace.clone();
+    /// The source workload as the state knows it (Istio's `with_source`): names, canonical
+    /// service and revision, cluster and locality. Not its principal: that comes from the
+    /// certificate ([`Self::source_principal`]).
+    pub fn source_workload(&mut self, w: &Workload) {
+        let l = &mut self.labels;
+        let t = &w.telemetry;
+        l.source_workload = or_unknown(&t.workload_name);
+        l.source_canonical_service = or_unknown(&t.canonical_name);
+        l.source_canonical_revision = or_unknown(&t.canonical_revision);
+        l.source_workload_namespace = or_unknown(&w.namespace);
+        l.source_app = or_unknown(&t.canonical_name);
+        l.source_version = or_unknown(&t.canonical_revision);
+        l.source_cluster = or_unknown(&t.cluster_id);
+        let loc = l.locality.get();
+        loc.source_region = or_unknown(&w.locality.region);
+        loc.source_zone = or_unknown(&w.locality.zone);
     }
 
-    /// Fills the destination side of the labels from a workload identity.
-    pub fn destination(&mut self, identity: &Identity, workload: &str) {
+    /// What the caller said about itself in its CONNECT's `baggage` (Istio's derived
+    /// source), for a caller the state does not know. [`Self::source_workload`] overrides it.
+    pub fn source_baggage(&mut self, b: &Baggage) {
+        let l = &mut self.labels;
+        l.source_workload = or_unknown(&b.workload_name);
+        l.source_canonical_service = or_unknown(&b.service_name);
+        l.source_canonical_revision = or_unknown(&b.service_version);
+        l.source_workload_namespace = or_unknown(&b.namespace);
+        l.source_app = or_unknown(&b.workload_name);
+        l.source_version = or_unknown(&b.service_version);
+        l.source_cluster = or_unknown(&b.cluster);
+        let loc = l.locality.get();
+        loc.source_region = or_unknown(&b.region);
+        loc.source_zone = or_unknown(&b.zone);
+    }
+
+    /// The source's identity: the peer certificate's inbound, the pod's own outbound.
+    pub fn source_principal(&mut self, identity: &Identity) {
+        self.labels.source_principal = identity.to_string();
+        if self.labels.source_workload_namespace == UNKNOWN {
+            self.labels.source_workload_namespace = identity.namespace.clone();
+        }
+    }
+
+    /// The destination workload (Istio's `with_destination`), its principal included.
+    pub fn destination_workload(&mut self, w: &Workload) {
+        let l = &mut self.labels;
+        let t = &w.telemetry;
+        l.destination_workload = or_unknown(&t.workload_name);
+        l.destination_canonical_service = or_unknown(&t.canonical_name);
+        l.destination_canonical_revision = or_unknown(&t.canonical_revision);
+        l.destination_workload_namespace = or_unknown(&w.namespace);
+        l.destination_principal = w.identity().to_string();
+        l.destination_app = or_unknown(&t.canonical_name);
+        l.destination_version = or_unknown(&t.canonical_revision);
+        l.destination_cluster = or_unknown(&t.cluster_id);
+        let loc = l.locality.get();
+        loc.destination_region = or_unknown(&w.locality.region);
+        loc.destination_zone = or_unknown(&w.locality.zone);
+    }
+
+    /// A destination pod the state has no workload for (yet): its identity and namespace.
+    pub fn destination_principal(&mut self, identity: &Identity) {
         self.labels.destination_principal = identity.to_string();
-        self.labels.destination_workload = workload.to_string();
-        self.labels.destination_canonical_service = workload.to_string();
         self.labels.destination_workload_namespace = identity.namespace.clone();
     }
 
@@ -142,5 +193,20 @@ impl Drop for ConnRecord {
             self.metrics.failed.get_or_create(&self.labels).inc();
             self.log(0, 0, "abandoned before it was established");
         }
+    }
+}
+
+/// What `w` says about itself in HBONE `baggage`, as Istio's ztunnel fills it.
+pub fn baggage_of(w: &Workload) -> Baggage {
+    let t = &w.telemetry;
+    Baggage {
+        cluster: t.cluster_id.clone(),
+        namespace: w.namespace.clone(),
+        workload_kind: t.workload_kind.clone(),
+        workload_name: t.workload_name.clone(),
+        service_name: t.canonical_name.clone(),
+        service_version: t.canonical_revision.clone(),
+        region: w.locality.region.clone(),
+        zone: w.locality.zone.clone(),
     }
 }

@@ -3,7 +3,9 @@
 //! the xDS feed ([`super::xds`]) and the local file ([`super::local`]) both produce the wire
 //! types and hand them here, so both accept and refuse the same things.
 
-use super::{Invalid, LoadBalancing, Locality, LocalityScope, Protocol, Service, Workload};
+use super::{
+    Invalid, LoadBalancing, Locality, LocalityScope, Protocol, Service, Telemetry, Workload,
+};
 use amesh_policy::{Authorization, wire};
 use amesh_proto::{security as pb_sec, workload as pb};
 use std::{collections::BTreeMap, net::IpAddr};
@@ -72,6 +74,21 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
     let or_default = |v: String, default: &str| {
         if v.is_empty() { default.to_string() } else { v }
     };
+    let workload_kind = match pb::WorkloadType::try_from(w.workload_type) {
+        // The wire's default (0), so unset means a Deployment, as in Istio's ztunnel.
+        Ok(pb::WorkloadType::Deployment) => "deployment",
+        Ok(pb::WorkloadType::Cronjob) => "cronjob",
+        Ok(pb::WorkloadType::Job) => "job",
+        // An unknown kind from a newer control plane is named by the pod's name alone.
+        Ok(pb::WorkloadType::Pod) | Err(_) => "pod",
+    };
+    let telemetry = Telemetry {
+        workload_name: w.workload_name,
+        workload_kind: workload_kind.to_string(),
+        canonical_name: w.canonical_name,
+        canonical_revision: w.canonical_revision,
+        cluster_id: w.cluster_id,
+    };
     let workload = Workload {
         uid: w.uid,
         name: w.name,
@@ -85,6 +102,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         services,
         authorization_policies: w.authorization_policies,
         locality,
+        telemetry,
     };
     validated(workload, Workload::validate)
 }

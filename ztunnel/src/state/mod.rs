@@ -85,6 +85,23 @@ pub struct Workload {
     /// `WorkloadSelector` policies that apply to it (`namespace/name`).
     pub authorization_policies: Vec<String>,
     pub locality: Locality,
+    /// What telemetry and HBONE baggage say about it.
+    pub telemetry: Telemetry,
+}
+
+/// A workload's names for metrics and baggage, as Istio's `Workload` carries them: empty when
+/// the source did not say (metrics then report "unknown", as Istio's do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Telemetry {
+    /// The owning workload (a Deployment's name, not the pod's).
+    pub workload_name: String,
+    /// Its kind in lower case: `deployment`, `cronjob`, `job` or `pod`.
+    pub workload_kind: String,
+    /// `service.istio.io/canonical-name` (or what istiod derives it from).
+    pub canonical_name: String,
+    /// `service.istio.io/canonical-revision` (or what istiod derives it from).
+    pub canonical_revision: String,
+    pub cluster_id: String,
 }
 
 /// A resource that cannot be used: the field (as the local file names it, relative to the

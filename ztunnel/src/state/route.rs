@@ -160,6 +160,7 @@ mod tests {
                 zone: zone.into(),
                 subzone: String::new(),
             },
+            telemetry: Default::default(),
         }
     }
 

@@ -21,7 +21,8 @@ fn undecodable(e: prost::DecodeError) -> Invalid {
 /// One decoded `istio.workload.Address`.
 #[derive(Debug)]
 pub enum Address {
-    Workload(Workload),
+    /// Boxed: a workload is several times the size of a service.
+    Workload(Box<Workload>),
     Service(Service),
 }
 
@@ -36,7 +37,9 @@ impl Handler for AddressHandler {
     fn decode(&self, _name: &str, bytes: &[u8]) -> Result<Address, Invalid> {
         let address = pb::Address::decode(bytes).map_err(undecodable)?;
         match address.r#type {
-            Some(pb::address::Type::Workload(w)) => convert::workload(w).map(Address::Workload),
+            Some(pb::address::Type::Workload(w)) => {
+                convert::workload(w).map(|w| Address::Workload(Box::new(w)))
+            }
             Some(pb::address::Type::Service(s)) => convert::service(s).map(Address::Service),
             None => Err(Invalid::new(
                 "(resource)",
@@ -49,7 +52,7 @@ impl Handler for AddressHandler {
         let mut r = lock(&self.0);
         for (name, address) in changes.updated {
             match address {
-                Address::Workload(w) => r.insert_workload(name, w),
+                Address::Workload(w) => r.insert_workload(name, *w),
                 Address::Service(s) => r.insert_service(name, s),
             }
         }

@@ -219,3 +219,144 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
         .expect("ztunnel exits after the last connection");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn metrics_name_workloads_as_istio_does_and_hbone_carries_istios_metadata() {
+    use amesh_hbone::metadata::{BAGGAGE, Baggage};
+    let mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("c", "ns-c", "node2"),
+        outside("d"),
+    ]);
+    let _apps = mesh.apps(&["c"]);
+    let (n1, n2) = (&mesh.node("node1").ztunnel, &mesh.node("node2").ztunnel);
+    assert_eq!(
+        mesh.connect_one("a", mesh.v4("c", APP_PORT)).served_by(),
+        "c-app"
+    );
+    // Both sides are known workloads: every name comes from the state, on both nodes.
+    let known = [
+        "source_workload=\"a\"",
+        "source_canonical_service=\"a\"",
+        "source_canonical_revision=\"v1\"",
+        "source_workload_namespace=\"ns-a\"",
+        "source_app=\"a\"",
+        "source_version=\"v1\"",
+        "source_cluster=\"Kubernetes\"",
+        "destination_workload=\"c\"",
+        "destination_canonical_service=\"c\"",
+        "destination_canonical_revision=\"v1\"",
+        "destination_app=\"c\"",
+        "destination_version=\"v1\"",
+        "destination_cluster=\"Kubernetes\"",
+        "source_region=\"unknown\"",
+        "destination_zone=\"unknown\"",
+    ];
+    for (z, reporter) in [
+        (n1, "reporter=\"source\""),
+        (n2, "reporter=\"destination\""),
+    ] {
+        let mut want = known.to_vec();
+        want.push(reporter);
+        wait_for(
+            &format!("{reporter} counting the connection closed with Istio's names"),
+            Duration::from_secs(10),
+            || match metric(z, "istio_tcp_connections_closed_total", &want) {
+                1 => Ok(()),
+                _ => Err(z.http("Metrics", "GET", "/metrics").1),
+            },
+        );
+    }
+
+    // A caller the state does not know is named from its baggage; its principal still
+    // comes from its certificate. The answer describes the destination in baggage.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        BAGGAGE,
+        "k8s.cluster.name=east,k8s.namespace.name=ns-d,k8s.deployment.name=dapp,\
+         service.name=dsvc,service.version=v7,cloud.region=eu"
+            .parse()
+            .unwrap(),
+    );
+    let (reply, answer) = hbone_exchange(
+        &mesh,
+        "d",
+        mesh.v4("c", 15008),
+        amesh_identity::Identity::new("cluster.local", "ns-c", "c"),
+        &mesh.v4("c", APP_PORT).to_string(),
+        headers,
+    )
+    .unwrap();
+    assert!(reply.starts_with("served-by=c-app"), "{reply}");
+    assert_eq!(
+        Baggage::parse(&answer),
+        Baggage {
+            cluster: "Kubernetes".into(),
+            namespace: "ns-c".into(),
+            workload_kind: "pod".into(),
+            workload_name: "c".into(),
+            service_name: "c".into(),
+            service_version: "v1".into(),
+            region: String::new(),
+            zone: String::new(),
+        },
+        "{answer:?}"
+    );
+    let derived = [
+        "reporter=\"destination\"",
+        "source_workload=\"dapp\"",
+        "source_canonical_service=\"dsvc\"",
+        "source_canonical_revision=\"v7\"",
+        "source_workload_namespace=\"ns-d\"",
+        "source_cluster=\"east\"",
+        "source_region=\"eu\"",
+        "source_principal=\"spiffe://cluster.local/ns/outside/sa/d\"",
+        "destination_workload=\"c\"",
+    ];
+    assert_eq!(
+        metric(n2, "istio_tcp_connections_opened_total", &derived),
+        1,
+        "{}",
+        n2.http("Metrics", "GET", "/metrics").1
+    );
+
+    // Sockets are counted while open: an app connection held open on node1's outbound
+    // listener, then closed.
+    let sockets = |z: &ZtunnelProcess, want: u64| {
+        wait_for(
+            &format!("{want} outbound socket(s) open on node1"),
+            Duration::from_secs(10),
+            || {
+                let (_, m) = z.http("Metrics", "GET", "/metrics");
+                match metric_value(&m, "istio_tcp_sockets_open", &["reporter=\"source\""]) {
+                    Some(n) if n == want => Ok(()),
+                    _ => Err(m),
+                }
+            },
+        )
+    };
+    let held =
+        amesh_testbed::probe::pipe(&mesh.probe, mesh.pod("a"), mesh.v4("c", APP_PORT)).unwrap();
+    sockets(n1, 1);
+    drop(held);
+    sockets(n1, 0);
+    // Istio's build gauge, and its scrape path as an alias of /metrics.
+    let (status, stats) = n2.http("Metrics", "GET", "/stats/prometheus");
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        metric_value(
+            &stats,
+            "istio_build",
+            &[
+                "component=\"ztunnel\"",
+                &format!("tag=\"{}\"", env!("CARGO_PKG_VERSION"))
+            ]
+        ),
+        Some(1),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("istio_tcp_connections_opened_total"),
+        "{stats}"
+    );
+}

@@ -184,6 +184,18 @@ pub fn hbone_line(
     server: amesh_identity::Identity,
     authority: &str,
 ) -> Result<String, String> {
+    hbone_exchange(mesh, from, hbone, server, authority, http::HeaderMap::new()).map(|(l, _)| l)
+}
+
+/// [`hbone_line`] with `headers` on the CONNECT; the reply line and the headers of the 200.
+pub fn hbone_exchange(
+    mesh: &Mesh,
+    from: &str,
+    hbone: SocketAddr,
+    server: amesh_identity::Identity,
+    authority: &str,
+    headers: http::HeaderMap,
+) -> Result<(String, http::HeaderMap), String> {
     let me = amesh_identity::Identity::new("cluster.local", "outside", from);
     let config = client_tls(mesh, &me, &server);
     let tcp = connect_from(mesh, from, hbone);
@@ -208,10 +220,11 @@ pub fn hbone_line(
     runtime.block_on(async move {
         let pool = amesh_hbone::Pool::new(amesh_hbone::PoolConfig::default());
         let stream = pool
-            .connect(&key, authority, http::HeaderMap::new(), dial)
+            .connect(&key, authority, headers, dial)
             .await
             .map_err(|e| format!("CONNECT {authority}: {e}"))?;
-        exchange_line(stream).await
+        let answer = stream.response_headers().clone();
+        Ok((exchange_line(stream).await?, answer))
     })
 }
 

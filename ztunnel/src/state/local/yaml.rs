@@ -48,6 +48,17 @@ pub struct RawWorkload {
     authorization_policies: Vec<String>,
     #[serde(default)]
     locality: RawLocality,
+    /// Telemetry names, as Istio's `Workload` has them (empty: "unknown" in metrics).
+    #[serde(default)]
+    workload_name: String,
+    #[serde(default)]
+    workload_type: Option<String>,
+    #[serde(default)]
+    canonical_name: String,
+    #[serde(default)]
+    canonical_revision: String,
+    #[serde(default)]
+    cluster_id: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +227,16 @@ pub fn workload(w: RawWorkload, at: &str) -> Result<pb::Workload, FieldError> {
         ],
         &format!("{at}.status"),
     )?;
+    let workload_type = one_of(
+        w.workload_type.as_deref().unwrap_or("deployment"),
+        &[
+            ("deployment", pb::WorkloadType::Deployment),
+            ("cronjob", pb::WorkloadType::Cronjob),
+            ("job", pb::WorkloadType::Job),
+            ("pod", pb::WorkloadType::Pod),
+        ],
+        &format!("{at}.workloadType"),
+    )?;
     Ok(pb::Workload {
         addresses: ips(&w.addresses, &format!("{at}.addresses"))?
             .into_iter()
@@ -240,6 +261,11 @@ pub fn workload(w: RawWorkload, at: &str) -> Result<pb::Workload, FieldError> {
             zone: w.locality.zone,
             subzone: w.locality.subzone,
         }),
+        workload_name: w.workload_name,
+        workload_type: workload_type as i32,
+        canonical_name: w.canonical_name,
+        canonical_revision: w.canonical_revision,
+        cluster_id: w.cluster_id,
         ..Default::default()
     })
 }
