@@ -81,7 +81,7 @@ pub fn control_plane(mesh: &Mesh) -> Result<String> {
             let workloads = v["workloads"].as_array().cloned().unwrap_or_default();
             let in_mesh = workloads
                 .iter()
-                .filter(|w| w["protocol"] == "Hbone")
+                .filter(|w| w["protocol"] == "HBONE")
                 .count();
             ensure!(
                 workloads.len() == 4 && in_mesh == 3,

@@ -46,6 +46,8 @@ pub struct CertInfo {
     pub not_after: Option<SystemTime>,
     pub renew_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// The certificate held, if any (valid or not).
+    pub cert: Option<Arc<WorkloadCert>>,
 }
 
 pub struct CertManager {
@@ -183,6 +185,7 @@ impl CertManager {
                     not_after: slot.cert.as_ref().map(|c| c.not_after),
                     renew_at: slot.cert.as_ref().map(|c| c.renew_at()),
                     last_error: slot.last_error.clone(),
+                    cert: slot.cert.clone(),
                 }
             })
             .collect();

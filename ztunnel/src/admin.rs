@@ -18,17 +18,15 @@ use crate::{
     metrics::{Listener, ListenerMetrics},
     state::StateReader,
 };
-use amesh_identity::{CertManager, CertState};
+use amesh_identity::CertManager;
 use amesh_serve::{MAX_BODY, read_body, serve_http1};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use std::{
     convert::Infallible,
     sync::{Arc, atomic::AtomicBool},
-    time::UNIX_EPOCH,
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tracing::{info, warn};
@@ -225,34 +223,8 @@ fn log_level(e: &Endpoints) -> Response {
     )
 }
 
-fn secs(t: Option<std::time::SystemTime>) -> Option<u64> {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-}
-
 fn config_dump(e: &Endpoints) -> String {
     let state = e.state.snapshot();
-    let certificates: Vec<_> = e
-        .certs
-        .dump()
-        .into_iter()
-        .map(|c| {
-            json!({
-                "identity": c.identity.to_string(),
-                "state": match c.state { CertState::Pending => "Pending", CertState::Ready => "Ready", CertState::Expired => "Expired" },
-                "expiry": secs(c.not_after),
-                "renewAt": secs(c.renew_at),
-                "lastError": c.last_error,
-            })
-        })
-        .collect();
-    let dump = json!({
-        "node": e.node,
-        "workloads": state.workloads().map(|w| w.as_ref()).collect::<Vec<_>>(),
-        "services": state.services().map(|s| s.as_ref()).collect::<Vec<_>>(),
-        "policies": state.policies().map(|p| p.as_ref()).collect::<Vec<_>>(),
-        "pods": e.pods.uids(),
-        "certificates": certificates,
-    });
+    let dump = crate::dump::config_dump(&e.node, &state, e.certs.dump(), &e.pods.served());
     serde_json::to_string_pretty(&dump).unwrap_or_else(|_| "{}".into())
 }

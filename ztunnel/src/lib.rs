@@ -10,9 +10,11 @@ pub mod state;
 
 pub mod accept;
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod control_runtime;
 pub mod drain;
+pub mod dump;
 pub mod inpod;
 pub mod logging;
 pub mod metrics;

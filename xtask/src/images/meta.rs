@@ -24,7 +24,8 @@ pub const IMAGES: &[ImageSpec] = &[
     },
     ImageSpec {
         name: "ztunnel",
-        binaries: &["ztunnel"],
+        // `amesh ztunnel-config` beside it: `kubectl exec` into the pod reads its views.
+        binaries: &["ztunnel", "amesh"],
         description: "amesh's per-node L4 proxy (HBONE)",
     },
     ImageSpec {

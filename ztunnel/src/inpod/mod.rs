@@ -41,6 +41,7 @@ pub enum InPodError {
 #[derive(Debug)]
 struct Running {
     stop: Raise,
+    name: String,
     identity: Identity,
     netns_cookie: u64,
 }
@@ -191,6 +192,7 @@ impl InPod {
             info.uid,
             Running {
                 stop: raise,
+                name: info.name,
                 identity,
                 netns_cookie: cookie,
             },
@@ -240,6 +242,23 @@ impl InPod {
     pub fn uids(&self) -> Vec<String> {
         let mut v: Vec<String> = self.pods().keys().cloned().collect();
         v.sort();
+        v
+    }
+
+    /// The pods served, for the config dump's `workloadState`, by uid.
+    pub fn served(&self) -> Vec<crate::dump::ServedPod> {
+        let mut v: Vec<_> = self
+            .pods()
+            .iter()
+            .map(|(uid, r)| crate::dump::ServedPod {
+                uid: uid.clone(),
+                name: r.name.clone(),
+                namespace: r.identity.namespace.clone(),
+                trust_domain: r.identity.trust_domain.clone(),
+                service_account: r.identity.service_account.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.uid.cmp(&b.uid));
         v
     }
 

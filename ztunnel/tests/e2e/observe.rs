@@ -90,7 +90,7 @@ fn metrics_config_dump_and_readiness_after_traffic() {
     assert_eq!(names.len(), 2, "{dump}");
     let cert = &dump["certificates"][0];
     assert_eq!(cert["identity"], "spiffe://cluster.local/ns/ns-a/sa/a");
-    assert_eq!(cert["state"], "Ready");
+    assert_eq!(cert["state"], "Available");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -98,6 +98,119 @@ fn metrics_config_dump_and_readiness_after_traffic() {
     assert!(cert["expiry"].as_u64().unwrap() > now + 3600, "{cert}");
     assert_eq!(dump["pods"][0], uid(mesh.spec("a")));
     assert_eq!(n1.http("Readiness", "GET", "/healthz/ready").0, 200);
+    assert_istio_shaped_dump(&mesh, &dump);
+
+    // The same views from `amesh ztunnel-config`, for users without istioctl.
+    let admin = n1.try_endpoint("Admin").unwrap().to_string();
+    let amesh = |view: &str| {
+        let out = std::process::Command::new(amesh_testbed::probe::sibling_binary("amesh"))
+            .args(["ztunnel-config", view, "--admin", &admin])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let workloads = amesh("workloads");
+    let a_row = format!("ns-a        a          {},", mesh.pod("a").ipv4());
+    assert!(
+        workloads.starts_with("NAMESPACE   POD NAME") && workloads.contains(&a_row),
+        "{workloads}"
+    );
+    assert!(workloads.contains("HBONE"), "{workloads}");
+    let certs = amesh("certificates");
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/ns-a/sa/a   Leaf   Available   true"),
+        "{certs}"
+    );
+    // A ztunnel that is not there is named, with the reason.
+    let out = std::process::Command::new(amesh_testbed::probe::sibling_binary("amesh"))
+        .args(["ztunnel-config", "all", "--admin", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("connecting to ztunnel's admin endpoint 127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+/// What `istioctl ztunnel-config` reads from Istio's ztunnel, read from ours.
+fn assert_istio_shaped_dump(mesh: &Mesh, dump: &serde_json::Value) {
+    use base64::Engine as _;
+    let a_uid = uid(mesh.spec("a"));
+    let a = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["uid"] == a_uid.as_str())
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(
+        a["workloadIps"],
+        serde_json::json!([
+            mesh.pod("a").ipv4().to_string(),
+            mesh.pod("a").ipv6().to_string()
+        ]),
+        "{a}"
+    );
+    for (key, want) in [
+        ("protocol", "HBONE"),
+        ("name", "a"),
+        ("namespace", "ns-a"),
+        ("serviceAccount", "a"),
+        ("workloadName", "a"),
+        ("workloadType", "pod"),
+        ("canonicalName", "a"),
+        ("canonicalRevision", "v1"),
+        ("clusterId", "Kubernetes"),
+        ("trustDomain", "cluster.local"),
+        ("node", "node1"),
+        ("status", "Healthy"),
+    ] {
+        assert_eq!(a[key], want, "{key} in {a}");
+    }
+    let cert = &dump["certificates"][0];
+    let leaf = &cert["certChain"][0];
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(leaf["pem"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8(pem)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----\n"),
+        "{leaf}"
+    );
+    let expires = leaf["expirationTime"].as_str().unwrap();
+    assert!(
+        expires.len() == 20 && expires.ends_with('Z') && expires.as_bytes()[10] == b'T',
+        "RFC 3339: {leaf}"
+    );
+    assert!(
+        leaf["serialNumber"]
+            .as_str()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_digit()),
+        "{leaf}"
+    );
+    assert_eq!(
+        cert["rootCerts"].as_array().map(Vec::len),
+        Some(1),
+        "the mesh root, apart from the chain: {cert}"
+    );
+    let state = &dump["workloadState"][a_uid.as_str()];
+    assert_eq!(state["state"], "Up", "{dump}");
+    assert_eq!(state["info"]["serviceAccount"], "a", "{state}");
+    assert_eq!(state["info"]["trustDomain"], "cluster.local", "{state}");
+    let web = &dump["services"][0];
+    assert_eq!(web["hostname"], "web.shop.svc.cluster.local", "{web}");
+    assert_eq!(web["vips"], serde_json::json!([format!("/{VIP}")]), "{web}");
+    assert_eq!(web["ports"], serde_json::json!({"80": 8080}), "{web}");
+    assert_eq!(web["ipFamilies"], "IPv4", "{web}");
+    assert!(web["endpoints"].is_object(), "{web}");
 }
 
 #[test]
