@@ -1,15 +1,11 @@
 //! Istio's ztunnel fed by amesh's control plane (xDS), configured only through the
 //! environment Istio's DaemonSet gives it.
 
-use amesh_testbed::mesh::{Mesh, ZtunnelProcess, pod};
+use crate::istio::{self, config_dump, tail};
+use amesh_testbed::mesh::{Mesh, pod};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use std::{process::Command, time::Duration};
-
-/// Istio's admin port moved off 15000 (and stats off 15020) through its `PROXY_CONFIG`, so
-/// that it never meets a ztunnel of amesh's on this machine.
-const ADMIN_PORT: u16 = 15400;
-const STATS_PORT: u16 = 15420;
+use std::time::Duration;
 
 /// Policies that need HTTP, and STRICT mTLS, in the namespace of `c`.
 const POLICIES: &str = "---
@@ -36,47 +32,11 @@ spec: {mtls: {mode: STRICT}}
 pub fn run(istio: &std::path::Path) -> Result<String> {
     let mut mesh = Mesh::try_build(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")])
         .context("building the test bed")?;
-    let xds = mesh
-        .try_start_control_plane()
+    mesh.try_start_control_plane()
         .context("starting amesh's control plane")?;
     mesh.try_update_source(&[], |t| format!("{t}{POLICIES}"))
         .context("adding the policies")?;
-    // Istio's ztunnel sends the token file's bytes as they are (a trailing newline makes
-    // an invalid header and it never connects), as Kubernetes projects tokens: without one.
-    // amesh's control plane trims what it compares, so the same token works both ways.
-    let raw = std::fs::read(mesh.node_token_path()).context("the node token")?;
-    let token = mesh.dir.join("istio-token");
-    std::fs::write(&token, raw.trim_ascii_end()).context("writing Istio's token file")?;
-    // Istio's ztunnel logs to stdout; the test bed keeps a daemon's stderr.
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", "exec \"$0\" 1>&2"])
-        .arg(istio)
-        .env_clear()
-        .env("XDS_ADDRESS", format!("https://{xds}"))
-        .env("CA_ADDRESS", format!("https://{xds}"))
-        .env("ALT_XDS_HOSTNAME", "istiod.istio-system.svc")
-        .env("ALT_CA_HOSTNAME", "istiod.istio-system.svc")
-        .env("XDS_ROOT_CA", mesh.ca_root_path())
-        .env("CA_ROOT_CA", mesh.ca_root_path())
-        .env("AUTH_TOKEN", &token)
-        .env("CLUSTER_ID", "Kubernetes")
-        .env("NODE_NAME", "node2")
-        .env("POD_NAME", "ztunnel-interop")
-        .env("POD_NAMESPACE", "istio-system")
-        .env("INSTANCE_IP", "127.0.0.1")
-        .env("INPOD_UDS", mesh.dir.join("istio-zds.sock"))
-        .env(
-            "PROXY_CONFIG",
-            format!(r#"{{"proxyAdminPort": {ADMIN_PORT}, "statsPort": {STATS_PORT}, "proxyMetadata": {{}}}}"#),
-        )
-        .env("RUST_LOG", "info");
-    let ztunnel = ZtunnelProcess::spawn(
-        command,
-        mesh.dir.join("istio-ztunnel.log"),
-        "Istio's ztunnel",
-    )
-    .context("starting Istio's ztunnel")?;
+    let ztunnel = istio::spawn(istio, &mesh, "node2", &mesh.dir.join("istio-zds.sock"))?;
     let dump = amesh_testbed::eventually(
         "Istio's ztunnel holding the mesh's workloads and policies",
         Duration::from_secs(30),
@@ -144,25 +104,6 @@ pub fn run(istio: &std::path::Path) -> Result<String> {
         policies.as_array().map_or(0, Vec::len),
         strict["name"]
     ))
-}
-
-/// Istio's ztunnel's `/config_dump` (curl: its admin answers with keep-alive and chunks).
-fn config_dump() -> Result<Value, String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{ADMIN_PORT}/config_dump"))
-        .output()
-        .map_err(|e| format!("curl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("admin not answering yet ({})", out.status));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("config dump: {e}"))
-}
-
-/// The last lines of a log.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// The `name` of each object in an array.

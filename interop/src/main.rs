@@ -8,9 +8,15 @@
 //!   control plane over xDS: it accepts every resource (no NACK), holds the mesh's workloads,
 //!   and reads the policies as amesh means them (an ALLOW rule that needs HTTP allows nothing,
 //!   a DENY rule keeps its L4 part, STRICT is a DENY for peers without an identity).
+//! - `mixed`: amesh's ztunnel (eBPF capture) on one node and Istio's (istio-cni's in-pod
+//!   iptables, the pod handed over ZDS) on the other, both fed by amesh: HBONE both ways,
+//!   each side counting the other's identity and workload, the Istio side's certificate
+//!   issued by amesh's CA.
 #![forbid(unsafe_code)]
 
 mod fed;
+mod istio;
+mod mixed;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -46,7 +52,10 @@ fn run() -> Result<()> {
     }
     amesh_testbed::require_root();
     let mut failed = 0;
-    for (name, outcome) in [("fed-by-amesh", fed::run(&istio))] {
+    let scenarios: [(&str, fn(&std::path::Path) -> Result<String>); 2] =
+        [("fed-by-amesh", fed::run), ("mixed", mixed::run)];
+    for (name, scenario) in scenarios {
+        let outcome = scenario(&istio);
         match outcome {
             Ok(report) => println!("ok   {name}: {report}"),
             Err(e) => {

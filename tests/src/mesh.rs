@@ -256,9 +256,17 @@ impl Mesh {
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map_or(&[][..], |(_, a)| *a);
-            let node = self.start_node(name, args)?;
-            self.nodes.push(node);
+            self.try_start_node(name, args)?;
         }
+        Ok(())
+    }
+
+    /// Starts one node (capture programs, enrolment of its pods, node agent, an amesh
+    /// ztunnel with `args`), leaving the others to the caller: a mixed mesh runs another
+    /// data plane there.
+    pub fn try_start_node(&mut self, name: &'static str, args: &[&str]) -> Result<(), BedError> {
+        let node = self.start_node(name, args)?;
+        self.nodes.push(node);
         Ok(())
     }
 
@@ -426,7 +434,7 @@ impl Mesh {
 
     /// ztunnel's arguments for taking its pods' certificates from the running control plane
     /// (its xDS address comes with [`Mesh::spawn_ztunnel`]), presenting `token` (a file).
-    pub(crate) fn fed_by_control_plane_args(&self, token: &Path) -> Result<Vec<String>, BedError> {
+    pub fn fed_by_control_plane_args(&self, token: &Path) -> Result<Vec<String>, BedError> {
         let xds = self
             .xds
             .ok_or_else(|| failed("starting the nodes", "no control plane was started"))?;

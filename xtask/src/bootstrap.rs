@@ -23,6 +23,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
     ("nghttp2-client", "/usr/bin/h2load"),
     ("curl", "/usr/bin/curl"),
+    // The interop scenarios put istio-cni's in-pod REDIRECT rules in front of Istio's ztunnel.
+    ("iptables", "/usr/sbin/iptables"),
     // `cargo xtask images`: umoci writes OCI layouts, skopeo copies them (no container
     // engine), strip drops the binaries' debug info, and the images carry the CA bundle.
     ("umoci", "/usr/bin/umoci"),
