@@ -1,6 +1,6 @@
 //! One mesh, two data planes: amesh's ztunnel on node1 (eBPF capture) serving `a`, Istio's
-//! ztunnel on node2 serving `c` the way istio-cni sets a pod up (its in-pod REDIRECT rules,
-//! the pod handed over ZDS), both fed by amesh's control plane and holding certificates of
+//! ztunnel on node2 serving `c` the way istio-cni sets a pod up (its in-pod rules from
+//! `amesh_testbed::istio_cni`, the pod handed over ZDS), both fed by amesh's control plane and holding certificates of
 //! its CA. HBONE must work both ways, each side must see the other's identity, and Istio's
 //! ztunnel must hold a certificate for `c` that amesh's CA issued.
 
@@ -10,56 +10,7 @@ use amesh_testbed::{
     zds_agent::FakeAgent,
 };
 use anyhow::{Context, Result, bail, ensure};
-use std::{os::fd::AsFd, process::Command, time::Duration};
-
-/// istio-cni's in-pod setup, as far as these scenarios need it. Istio's ztunnel marks its
-/// own sockets 0x539 (1337): those pass, every other outbound TCP connection of the pod is
-/// redirected to 15001. Inbound, Istio's ztunnel connects to the app from the caller's own
-/// address (transparent): its packets get the connection mark 0x111, replies carry it back,
-/// and a policy route delivers them locally to ztunnel's socket instead of sending them out.
-const ISTIO_CNI_IPTABLES: &[&str] = &[
-    "-t nat -N ISTIO_OUTPUT",
-    "-t nat -A OUTPUT -p tcp -j ISTIO_OUTPUT",
-    "-t nat -A ISTIO_OUTPUT -m mark --mark 0x539/0xfff -j RETURN",
-    "-t nat -A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN",
-    "-t nat -A ISTIO_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-    "-t mangle -N ISTIO_PRERT",
-    "-t mangle -A PREROUTING -j ISTIO_PRERT",
-    "-t mangle -A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff",
-    "-t mangle -N ISTIO_OUTPUT",
-    "-t mangle -A OUTPUT -j ISTIO_OUTPUT",
-    "-t mangle -A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
-];
-const ISTIO_CNI_ROUTES: &[&str] = &[
-    "rule add fwmark 0x111/0xfff pref 32764 lookup 133",
-    "route add local 0.0.0.0/0 dev lo table 133",
-];
-
-fn in_pod(mesh: &Mesh, name: &str, tool: &str, args: &str) -> Result<()> {
-    let netns = mesh.pod(name).netns_path();
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg(tool)
-        .args(args.split_whitespace())
-        .output()
-        .with_context(|| format!("running {tool} in {name}'s network namespace"))?;
-    ensure!(
-        out.status.success(),
-        "{tool} {args} in {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-fn istio_cni_setup(mesh: &Mesh, name: &str) -> Result<()> {
-    for rule in ISTIO_CNI_IPTABLES {
-        in_pod(mesh, name, "iptables", rule)?;
-    }
-    for route in ISTIO_CNI_ROUTES {
-        in_pod(mesh, name, "ip", route)?;
-    }
-    Ok(())
-}
+use std::{os::fd::AsFd, time::Duration};
 
 /// The sum of the samples of `name` whose line holds every one of `must`.
 fn metric(text: &str, name: &str, must: &[&str]) -> u64 {
@@ -98,7 +49,7 @@ pub fn run(istio: &std::path::Path) -> Result<String> {
         .snapshot_sent()
         .context("ZDS snapshot")?
         .map_err(|nack| anyhow::anyhow!("Istio's ztunnel refused the snapshot: {nack}"))?;
-    istio_cni_setup(&mesh, "c")?;
+    amesh_testbed::istio_cni::set_up(mesh.pod("c")).context("istio-cni's rules in c")?;
     let _apps = mesh.try_apps(&["a", "c"]).context("starting the apps")?;
 
     let reach = |from: &str, to: &str| {

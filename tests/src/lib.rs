@@ -21,6 +21,7 @@ mod cgroup;
 pub mod cni;
 pub mod daemon;
 pub mod ip;
+pub mod istio_cni;
 pub mod kube_api;
 pub mod mesh;
 pub mod mesh_agents;

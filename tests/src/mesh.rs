@@ -72,12 +72,25 @@ pub fn uid(s: &PodSpec) -> String {
     format!("Kubernetes//v1/Pod/{}/{}", s.namespace, s.name)
 }
 
-/// A node: its capture programs, its node agent and its ztunnel.
+/// A node: its capture programs (none when istio-cni's iptables rules capture), its node
+/// agent and its ztunnel.
 pub struct Node {
     pub name: &'static str,
     pub ztunnel: ZtunnelProcess,
     pub agent: FakeAgent,
-    pub capture: Capture,
+    pub capture: Option<Capture>,
+}
+
+impl Node {
+    /// The node's capture programs; a node started under istio-cni has none.
+    pub fn ebpf(&self) -> &Capture {
+        self.capture.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{} runs under istio-cni: it has no capture programs",
+                self.name
+            )
+        })
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -265,40 +278,49 @@ impl Mesh {
     /// ztunnel with `args`), leaving the others to the caller: a mixed mesh runs another
     /// data plane there.
     pub fn try_start_node(&mut self, name: &'static str, args: &[&str]) -> Result<(), BedError> {
-        let node = self.start_node(name, args)?;
+        let node = self.start_node(name, args, false)?;
         self.nodes.push(node);
         Ok(())
     }
 
-    fn start_node(&self, name: &'static str, args: &[&str]) -> Result<Node, BedError> {
+    /// Starts one node as istio-cni runs one: no capture programs; istio-cni's rules in each
+    /// of its pods ([`crate::istio_cni`]); amesh's ztunnel with `--capture iptables` and
+    /// `args`, handed the pods over ZDS.
+    pub fn try_start_node_under_istio_cni(
+        &mut self,
+        name: &'static str,
+        args: &[&str],
+    ) -> Result<(), BedError> {
+        let node = self.start_node(name, args, true)?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    fn start_node(
+        &self,
+        name: &'static str,
+        args: &[&str],
+        istio_cni: bool,
+    ) -> Result<Node, BedError> {
         let pin_root = self.bed.pin_root().join(name);
-        let config = CaptureConfig {
-            pin_root: pin_root.clone(),
-            cgroup: self.bed.cgroup_path().to_path_buf(),
-            debug_logs: false,
-        };
-        let mut capture = Capture::load_or_adopt(&config)
-            .map_err(|e| failed("loading the capture programs", e))?;
         let members: Vec<usize> = (0..self.specs.len())
             .filter(|&i| self.specs[i].node == Some(name) && !self.specs[i].tcp)
             .collect();
-        for &i in &members {
-            let (path, addrs) = (self.pods[i].netns_path(), self.pods[i].addresses());
-            let req = EnrollRequest {
-                netns: &path,
-                addresses: &addrs,
-                excluded_outbound_ports: &[],
-                excluded_inbound_ports: &[],
-                bypass_inbound: false,
-                listeners: None,
-            };
-            capture
-                .enroll(&req)
-                .map_err(|e| failed(format!("enrolling {}", self.specs[i].name), e))?;
-        }
+        let capture = if istio_cni {
+            for &i in &members {
+                crate::istio_cni::set_up(&self.pods[i])?;
+            }
+            None
+        } else {
+            Some(self.enrol(&pin_root, &members)?)
+        };
         let mut agent = FakeAgent::listen(&self.dir.join(format!("{name}.sock")))
             .map_err(BedError::io("node agent socket"))?;
-        let ztunnel = self.spawn_ztunnel(name, &self.config_path(), &pin_root, args)?;
+        let mut args = args.to_vec();
+        if istio_cni {
+            args.extend(["--capture", "iptables"]);
+        }
+        let ztunnel = self.spawn_ztunnel(name, &self.config_path(), &pin_root, &args)?;
         agent
             .accept()
             .map_err(BedError::io(format!("waiting for {name}'s ztunnel")))?;
@@ -326,6 +348,33 @@ impl Mesh {
             agent,
             capture,
         })
+    }
+
+    /// Loads (or adopts) the capture programs pinned under `pin_root` and enrols the pods
+    /// `members`.
+    fn enrol(&self, pin_root: &Path, members: &[usize]) -> Result<Capture, BedError> {
+        let config = CaptureConfig {
+            pin_root: pin_root.to_path_buf(),
+            cgroup: self.bed.cgroup_path().to_path_buf(),
+            debug_logs: false,
+        };
+        let mut capture = Capture::load_or_adopt(&config)
+            .map_err(|e| failed("loading the capture programs", e))?;
+        for &i in members {
+            let (path, addrs) = (self.pods[i].netns_path(), self.pods[i].addresses());
+            let req = EnrollRequest {
+                netns: &path,
+                addresses: &addrs,
+                excluded_outbound_ports: &[],
+                excluded_inbound_ports: &[],
+                bypass_inbound: false,
+                listeners: None,
+            };
+            capture
+                .enroll(&req)
+                .map_err(|e| failed(format!("enrolling {}", self.specs[i].name), e))?;
+        }
+        Ok(capture)
     }
 
     /// Starts a ztunnel for `node` (its agent socket is `<dir>/<node>.sock`).

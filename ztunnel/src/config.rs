@@ -58,6 +58,11 @@ pub struct Args {
     /// Where the capture programs' maps are pinned.
     #[arg(long, default_value = amesh_ebpf_loader::DEFAULT_PIN_ROOT)]
     pub capture_pins: PathBuf,
+    /// Who redirects the pods' traffic here: amesh's eBPF programs (the node agent pins
+    /// their maps), or istio-cni's in-pod iptables rules (Istio's node agent drives ZDS; the
+    /// original destination comes from `SO_ORIGINAL_DST`).
+    #[arg(long, env = "AMESH_CAPTURE", value_enum, default_value = "ebpf")]
+    pub capture: CaptureMode,
     /// Directory of the in-process CA's root (created if missing; share it between ztunnels
     /// that must trust each other).
     #[arg(long, required_unless_present_any = ["ca_address", "xds_address"])]
@@ -263,4 +268,14 @@ mod tests {
             "a source is required"
         );
     }
+}
+
+/// How pods' traffic reaches ztunnel's in-pod listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// amesh's cgroup and sk_lookup programs (`cargo xtask build-ebpf`, the amesh node agent).
+    Ebpf,
+    /// istio-cni's in-pod REDIRECT rules: outbound to 15001, inbound plaintext to 15006,
+    /// ztunnel's own sockets exempt by the 0x539 mark.
+    Iptables,
 }

@@ -87,8 +87,18 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
         }
         (None, None) => anyhow::bail!("either --config or --xds-address is required"),
     }
-    let enrolment_maps = open_capture_maps(&args.capture_pins).await;
-    let orig_dst_maps = open_capture_maps(&args.capture_pins).await;
+    let (enrolment_maps, orig_dst) = match args.capture {
+        config::CaptureMode::Ebpf => (
+            Some(open_capture_maps(&args.capture_pins).await),
+            OriginalDestinations::new(open_capture_maps(&args.capture_pins).await),
+        ),
+        config::CaptureMode::Iptables => {
+            info!(
+                "capture: istio-cni's in-pod iptables rules (original destinations from SO_ORIGINAL_DST)"
+            );
+            (None, OriginalDestinations::Iptables)
+        }
+    };
     let inputs = ProxyInputs::new(Parts {
         id: NodeIdentity {
             node: args.node.clone(),
@@ -101,7 +111,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
             provider: tls::provider(),
         },
         pool: Pool::new(PoolConfig::default()),
-        orig_dst: OriginalDestinations::new(orig_dst_maps),
+        orig_dst,
         home: Arc::new(Netns::open("/proc/self/ns/net")?),
         drain: drain_watch,
         metrics: metrics.clone(),

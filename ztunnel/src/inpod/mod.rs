@@ -116,8 +116,12 @@ impl Listeners {
 #[derive(Debug)]
 pub struct InPod {
     inputs: Arc<ProxyInputs>,
-    /// The capture maps' handle for enrolment: pod ids and listener registrations.
-    maps: Mutex<CaptureMaps>,
+    /// The capture maps' handle for enrolment: pod ids and listener registrations. `None`
+    /// under istio-cni, whose iptables rules need nothing from ztunnel.
+    maps: Option<Mutex<CaptureMaps>>,
+    /// Pod ids under istio-cni (ztunnel's own numbering; the eBPF capture assigns them
+    /// otherwise).
+    next_pod_id: std::sync::atomic::AtomicU32,
     pods: Mutex<HashMap<String, Running>>,
 }
 
@@ -131,16 +135,20 @@ pub struct PodInfo {
 }
 
 impl InPod {
-    pub fn new(inputs: Arc<ProxyInputs>, maps: CaptureMaps) -> Self {
+    /// Serving pods the eBPF capture enrolled (`Some(maps)`), or pods istio-cni set up.
+    pub fn new(inputs: Arc<ProxyInputs>, maps: Option<CaptureMaps>) -> Self {
         Self {
             inputs,
-            maps: Mutex::new(maps),
+            maps: maps.map(Mutex::new),
+            next_pod_id: std::sync::atomic::AtomicU32::new(1),
             pods: Mutex::default(),
         }
     }
 
-    fn maps(&self) -> std::sync::MutexGuard<'_, CaptureMaps> {
-        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    fn maps(&self) -> Option<std::sync::MutexGuard<'_, CaptureMaps>> {
+        self.maps
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -168,11 +176,9 @@ impl InPod {
         let identity = Identity::new(&self.inputs.id.trust_domain, &info.namespace, sa);
         let net = PodNet::new(netns, self.inputs.home.clone());
         let listeners = Listeners::open(&net)?;
-        self.maps().register_listeners(
-            pod_id,
-            listeners.hbone.as_fd(),
-            listeners.plaintext.as_fd(),
-        )?;
+        if let Some(mut maps) = self.maps() {
+            maps.register_listeners(pod_id, listeners.hbone.as_fd(), listeners.plaintext.as_fd())?;
+        }
         // Take the identity before releasing the old one so a replacement keeps its certificate.
         self.inputs.trust.certs.acquire(&identity);
         self.del(&info.uid);
@@ -202,10 +208,15 @@ impl InPod {
 
     /// The capture's pod id for a network namespace; a pod the node agent did not enroll in
     /// the capture programs cannot be served (its traffic would not reach ztunnel).
+    /// The pod's id in the capture maps: a pod the eBPF capture did not enroll is refused
+    /// (its traffic would not reach ztunnel). Under istio-cni, a number of ztunnel's own.
     fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, InPodError> {
-        self.maps()
-            .pod_of_netns(cookie)?
-            .ok_or(InPodError::NotEnrolled)
+        match self.maps() {
+            Some(maps) => maps.pod_of_netns(cookie)?.ok_or(InPodError::NotEnrolled),
+            None => Ok(self
+                .next_pod_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        }
     }
 
     /// Stops serving a pod: listeners and all its connections close now, its pooled HBONE

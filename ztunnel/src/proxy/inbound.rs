@@ -320,9 +320,14 @@ pub async fn handle_plaintext(
     conn: TcpStream,
     peer: SocketAddr,
 ) {
-    let Ok(local) = conn.local_addr() else { return };
-    // The capture kept the original destination as the local address.
-    let (target, peer) = (canonical(local), canonical(peer));
+    let Some(original) = inputs.orig_dst.inbound_target(&conn) else {
+        inputs
+            .metrics
+            .listeners
+            .refuse(Listener::Plaintext, RefuseReason::NoOriginalDestination);
+        return;
+    };
+    let (target, peer) = (canonical(original), canonical(peer));
     if is_ztunnel_port(target.port()) {
         // Anyone outside the mesh can do this: counted every time, logged now and then.
         inputs

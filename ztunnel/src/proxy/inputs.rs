@@ -15,6 +15,7 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Duration,
 };
+use tokio::net::TcpStream;
 
 /// How long a connection waits for its pod's certificate before it is refused.
 pub const CERT_WAIT: Duration = Duration::from_secs(5);
@@ -34,22 +35,68 @@ pub struct Trust {
     pub provider: Arc<CryptoProvider>,
 }
 
-/// Original destinations the capture recorded. Its own handle on the pinned maps: every
-/// outbound connection asks, and it must not wait behind a pod's enrolment.
+/// Where an outbound connection was going before the capture redirected it to 15001.
+// Built once and never moved (it lives in `ProxyInputs`): the size difference costs nothing,
+// a box would cost a pointer chase on every outbound connection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub struct OriginalDestinations(Mutex<CaptureMaps>);
+pub enum OriginalDestinations {
+    /// The eBPF capture recorded it in a map, keyed by pod and the client's address. Its own
+    /// handle on the pinned maps: every outbound connection asks, and it must not wait behind
+    /// a pod's enrolment.
+    Ebpf(Mutex<CaptureMaps>),
+    /// istio-cni's REDIRECT: the kernel keeps it on the socket (`SO_ORIGINAL_DST`).
+    Iptables,
+}
 
 impl OriginalDestinations {
     pub fn new(maps: CaptureMaps) -> Self {
-        Self(Mutex::new(maps))
+        Self::Ebpf(Mutex::new(maps))
     }
 
-    /// The original destination of a connection the outbound listener accepted from `peer`.
-    pub fn take(&self, pod_id: u32, peer: SocketAddr) -> Option<SocketAddr> {
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let mut maps = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        maps.take_original_dst(pod_id, peer).ok().flatten()
+    /// The original destination of `conn`, which the outbound listener accepted from `peer`.
+    pub fn take(&self, pod_id: u32, peer: SocketAddr, conn: &TcpStream) -> Option<SocketAddr> {
+        match self {
+            Self::Ebpf(maps) => {
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
+                maps.take_original_dst(pod_id, peer).ok().flatten()
+            }
+            // A connection made to 15001 itself is "redirected" to where it already was:
+            // it has no destination to go on to (routing it there would loop).
+            Self::Iptables => nat_original_dst(conn).filter(|dst| Some(*dst) != local_of(conn)),
+        }
     }
+
+    /// Where a plaintext connection accepted on 15006 was going: the eBPF capture hands it
+    /// over with its original destination as the local address; iptables rewrote it.
+    pub fn inbound_target(&self, conn: &TcpStream) -> Option<SocketAddr> {
+        match self {
+            Self::Ebpf(_) => conn.local_addr().ok(),
+            Self::Iptables => nat_original_dst(conn),
+        }
+    }
+}
+
+fn local_of(conn: &TcpStream) -> Option<SocketAddr> {
+    let local = conn.local_addr().ok()?;
+    Some(SocketAddr::new(local.ip().to_canonical(), local.port()))
+}
+
+/// The destination iptables' NAT rewrote on `conn` (`SO_ORIGINAL_DST`, or its IPv6 twin for
+/// an IPv6 socket), canonical; `None` when the kernel has none (not NATed), which callers
+/// refuse. A connection aimed at the listener's own port comes back as that port, for the
+/// caller to refuse as one of ztunnel's.
+pub fn nat_original_dst(conn: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(conn);
+    let local = local_of(conn)?;
+    let dst = if local.is_ipv6() {
+        sock.original_dst_v6()
+    } else {
+        sock.original_dst_v4()
+    };
+    let dst = dst.ok()?.as_socket()?;
+    Some(SocketAddr::new(dst.ip().to_canonical(), dst.port()))
 }
 
 #[derive(Debug)]

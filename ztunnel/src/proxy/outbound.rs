@@ -33,7 +33,7 @@ static NO_ORIGINAL_DST_WARNING: Throttle = Throttle::new(WARN_EVERY);
 
 pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<PodCtx>, conn: TcpStream, peer: SocketAddr) {
     // Without the original destination there is nowhere safe to send it: refuse.
-    let Some(orig) = inputs.orig_dst.take(pod.pod_id, peer) else {
+    let Some(orig) = inputs.orig_dst.take(pod.pod_id, peer, &conn) else {
         inputs
             .metrics
             .listeners

@@ -42,17 +42,17 @@ fn traffic_between_pods_goes_over_hbone_on_one_node_and_across_nodes() {
     // The capture programs on each node saw it: out of a on node1, into c on node2.
     let a_id = mesh
         .node("node1")
-        .capture
+        .ebpf()
         .pods()
         .unwrap()
         .iter()
         .find(|p| p.addresses.contains(&mesh.v4("a", 0).ip()))
         .unwrap()
         .pod_id;
-    let c_id = mesh.node("node2").capture.pods().unwrap()[0].pod_id;
+    let c_id = mesh.node("node2").ebpf().pods().unwrap()[0].pod_id;
     assert_eq!(
         mesh.node("node1")
-            .capture
+            .ebpf()
             .counters(a_id)
             .unwrap()
             .outbound_captured,
@@ -62,7 +62,7 @@ fn traffic_between_pods_goes_over_hbone_on_one_node_and_across_nodes() {
     // address (v4, v6); the third rode the pooled HBONE connection.
     assert_eq!(
         mesh.node("node2")
-            .capture
+            .ebpf()
             .counters(c_id)
             .unwrap()
             .inbound_hbone,

@@ -6,6 +6,7 @@ mod admin_limits;
 mod control_plane_input;
 mod dataplane;
 mod input;
+mod istio_cni;
 mod istio_env;
 mod observe;
 mod overload;
