@@ -21,6 +21,9 @@ mod mixed;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
+/// A scenario: given Istio's ztunnel, what it proved, or why it failed.
+type Scenario = fn(&std::path::Path) -> Result<String>;
+
 const USAGE: &str = "usage: amesh-interop --istio-ztunnel PATH";
 
 fn main() -> std::process::ExitCode {
@@ -52,8 +55,7 @@ fn run() -> Result<()> {
     }
     amesh_testbed::require_root();
     let mut failed = 0;
-    let scenarios: [(&str, fn(&std::path::Path) -> Result<String>); 2] =
-        [("fed-by-amesh", fed::run), ("mixed", mixed::run)];
+    let scenarios: [(&str, Scenario); 2] = [("fed-by-amesh", fed::run), ("mixed", mixed::run)];
     for (name, scenario) in scenarios {
         let outcome = scenario(&istio);
         match outcome {

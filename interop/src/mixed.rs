@@ -54,7 +54,7 @@ pub fn run(istio: &std::path::Path) -> Result<String> {
 
     let reach = |from: &str, to: &str| {
         amesh_testbed::eventually(
-            &format!("{from} reaching {to} across the two data planes"),
+            format!("{from} reaching {to} across the two data planes"),
             Duration::from_secs(30),
             || match mesh.try_connect_one(from, mesh.v4(to, APP_PORT)) {
                 Ok(c) if c.served_by() == format!("{to}-app") => Ok(()),
