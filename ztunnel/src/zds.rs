@@ -75,7 +75,7 @@ async fn session(fd: OwnedFd, pods: &InPod, snapshot_received: &AtomicBool) -> i
         },
     )
     .await?;
-    let mut mentioned = HashSet::new();
+    let mut snapshot = Snapshot::default();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let packet = sock
@@ -88,7 +88,7 @@ async fn session(fd: OwnedFd, pods: &InPod, snapshot_received: &AtomicBool) -> i
             pods,
             &buf[..packet.len],
             packet,
-            &mut mentioned,
+            &mut snapshot,
             snapshot_received,
         ) {
             Ok(()) => String::new(),
@@ -119,17 +119,27 @@ pub enum ZdsError {
     UnexpectedFds(usize),
     #[error("add without uid or workload_info")]
     IncompleteAdd,
+    /// Istio's ztunnel stops on this; amesh's refuses the message and carries on.
+    #[error("keep after the snapshot (a keep only marks a pod of the snapshot to retain)")]
+    KeepAfterSnapshot,
     #[error(transparent)]
     NotNetns(#[from] amesh_sys::netns::NetnsError),
     #[error(transparent)]
     Pod(#[from] crate::inpod::InPodError),
 }
 
+/// One connection's snapshot: the pods it named so far, and whether it ended.
+#[derive(Debug, Default)]
+struct Snapshot {
+    mentioned: HashSet<String>,
+    done: bool,
+}
+
 fn handle(
     pods: &InPod,
     bytes: &[u8],
     packet: seqpacket::Received,
-    mentioned: &mut HashSet<String>,
+    snapshot: &mut Snapshot,
     snapshot_received: &AtomicBool,
 ) -> Result<(), ZdsError> {
     if packet.truncated || packet.fds_truncated {
@@ -162,17 +172,22 @@ fn handle(
                 service_account: info.service_account,
             };
             pods.add(info, netns)?;
-            mentioned.insert(uid);
+            snapshot.mentioned.insert(uid);
             Ok(())
         }
         Payload::Keep(keep) => {
             no_fds(&fds)?;
+            // A keep only means something within a snapshot (retain this pod); after it,
+            // Istio's ztunnel treats one as a protocol error.
+            if snapshot.done {
+                return Err(ZdsError::KeepAfterSnapshot);
+            }
             // As Istio: a keep for a pod ztunnel does not have is acknowledged (the agent has
             // no fd to give it); the pod simply stays unserved until an add.
             if !pods.has(&keep.uid) {
                 warn!(uid = %keep.uid, "keep for a pod this ztunnel does not serve");
             }
-            mentioned.insert(keep.uid);
+            snapshot.mentioned.insert(keep.uid);
             Ok(())
         }
         Payload::Del(del) => {
@@ -182,7 +197,8 @@ fn handle(
         }
         Payload::SnapshotSent(_) => {
             no_fds(&fds)?;
-            pods.retain(mentioned);
+            pods.retain(&snapshot.mentioned);
+            snapshot.done = true;
             snapshot_received.store(true, Ordering::Release);
             Ok(())
         }

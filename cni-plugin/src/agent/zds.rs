@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long ztunnel has to say hello and to answer each request (Istio's deadline).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -253,11 +253,15 @@ impl ZdsServer {
     /// out with the next snapshot) unless [`ZdsServer::forget`] removes it.
     pub async fn add(&self, uid: &str, pod: ZdsPod) -> Result<(), ZdsError> {
         self.pods().insert(uid.to_string(), pod.clone());
-        let fd = pod.netns.clone();
-        let payload = match &fd {
-            Some(_) => add_payload(uid, &pod),
-            None => Payload::Keep(KeepWorkload { uid: uid.into() }),
+        let Some(fd) = pod.netns.clone() else {
+            // Without its namespace there is nothing to add, and a keep outside a snapshot
+            // is a protocol error to ztunnel (Istio's stops on it): it goes out as a keep
+            // with the next snapshot.
+            debug!(%uid, "pod registered without its network namespace; sent with the next snapshot");
+            return Ok(());
         };
+        let payload = add_payload(uid, &pod);
+        let fd = Some(fd);
         // The caller learns of the ACK from the result; only snapshot ACKs (nobody waits on
         // them) go to the acked channel.
         self.send(payload, fd.as_ref().map(|f| f.as_fd())).await

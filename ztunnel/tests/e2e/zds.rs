@@ -1,5 +1,6 @@
-//! ZDS from the node agent's side: bad messages are NACKed and change nothing; removing a pod
-//! closes its connections; a snapshot drops pods it does not mention.
+//! ZDS from the node agent's side: bad messages (and a keep after the snapshot, a protocol
+//! error to Istio's ztunnel) are NACKed and change nothing; removing a pod closes its
+//! connections; a snapshot keeps the pods it mentions (added or kept) and drops the rest.
 
 use crate::support::*;
 use prost::Message;
@@ -44,8 +45,11 @@ fn bad_messages_are_nacked_and_change_nothing() {
     // Only an unknown field (6): decodes, but asks for nothing. (A zero-length packet cannot
     // be sent: on SEQPACKET it reads as the peer hanging up.)
     nack(agent.send_raw(&[0x30, 0x01], &[]).unwrap(), "empty");
-    // A keep for a pod ztunnel does not have is acknowledged, as in Istio.
-    assert_eq!(agent.keep("no-such-pod").unwrap(), Ok(()));
+    // A keep after the snapshot is a protocol error (Istio's ztunnel stops on it): refused.
+    nack(
+        agent.keep("no-such-pod").unwrap(),
+        "keep after the snapshot",
+    );
     let del = amesh_proto::zds::WorkloadRequest {
         payload: Some(amesh_proto::zds::workload_request::Payload::Del(
             amesh_proto::zds::DelWorkload { uid: "x".into() },
@@ -56,7 +60,10 @@ fn bad_messages_are_nacked_and_change_nothing() {
         "descriptor",
     );
     // Nothing changed: the mesh still works.
-    assert_eq!(agent.keep(&uid(mesh.spec("a"))).unwrap(), Ok(()));
+    nack(
+        agent.keep(&uid(mesh.spec("a"))).unwrap(),
+        "keep after the snapshot",
+    );
     assert_eq!(
         mesh.connect_one("a", mesh.v4("b", APP_PORT)).served_by(),
         "b-app"
@@ -148,4 +155,35 @@ fn a_snapshot_drops_pods_it_does_not_mention_and_re_adding_a_pod_keeps_its_conne
         .connect("a", &["--timeout-ms", "2000"], &[mesh.v4("b", APP_PORT)])
         .remove(0);
     assert!(r.outcome.is_err(), "a is no longer served: {r:?}");
+}
+
+#[test]
+fn after_a_reconnect_the_snapshot_keeps_the_pods_it_mentions_and_drops_the_rest() {
+    let mut mesh = Mesh::new(&[
+        pod("a", "ns-a", "node1"),
+        pod("b", "ns-b", "node1"),
+        pod("c", "ns-c", "node2"),
+    ]);
+    let _apps = mesh.apps(&["c"]);
+    let (a, b) = (uid(mesh.spec("a")), uid(mesh.spec("b")));
+    let node = mesh.nodes.iter_mut().find(|n| n.name == "node1").unwrap();
+    // The agent goes away and comes back (as after its restart): ztunnel reconnects, and the
+    // new snapshot has only `a`, as a keep (the agent lost its namespace, not the pod).
+    node.agent.hang_up();
+    node.agent.accept().unwrap();
+    assert_eq!(node.agent.keep(&a).unwrap(), Ok(()));
+    assert_eq!(node.agent.snapshot_sent().unwrap(), Ok(()));
+    // The snapshot's ACK comes once the rest are dropped.
+    let (_, dump) = node.ztunnel.http("Admin", "GET", "/config_dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["pods"],
+        serde_json::json!([a]),
+        "only a is served now (b, {b}, was not mentioned)"
+    );
+    // `a` kept its proxy all along.
+    assert_eq!(
+        mesh.connect_one("a", mesh.v4("c", APP_PORT)).served_by(),
+        "c-app"
+    );
 }
