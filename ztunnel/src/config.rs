@@ -82,6 +82,10 @@ pub struct Args {
     pub token_file: Option<PathBuf>,
     #[arg(long, env = "TRUST_DOMAIN", default_value = amesh_identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// This node's network, as Istio's `NETWORK` (empty: the default one). Workloads on
+    /// other networks are refused: they need a network gateway.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
     /// Lifetime of workload certificates, in seconds (renewed at half life).
     #[arg(long, default_value_t = 86400)]
     pub cert_validity_secs: u64,

@@ -93,6 +93,7 @@ fn workload(w: &Workload) -> Value {
     put(&mut m, "canonicalName", &t.canonical_name);
     put(&mut m, "canonicalRevision", &t.canonical_revision);
     put(&mut m, "node", &w.node);
+    put(&mut m, "network", &w.network);
     if !w.authorization_policies.is_empty() {
         m.insert(
             "authorizationPolicies".into(),
@@ -167,15 +168,20 @@ fn service(s: &Service, workloads: &[&Workload]) -> Value {
         "vips": s.vips.iter().map(|v| format!("/{v}")).collect::<Vec<_>>(),
         "ports": ports,
         "endpoints": endpoints,
-        "subjectAltNames": [],
+        "subjectAltNames": s.subject_alt_names.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         "ipFamilies": families,
     });
     let lb = &s.load_balancing;
-    if !lb.prefer.is_empty() || lb.strict {
+    if !lb.prefer.is_empty() || lb.strict || lb.passthrough || lb.allow_unhealthy {
+        let mode = match (lb.passthrough, lb.strict) {
+            (true, _) => "Passthrough",
+            (false, true) => "Strict",
+            (false, false) => "Failover",
+        };
         m["loadBalancer"] = json!({
             "routingPreferences": lb.prefer.iter().map(|p| scope(*p)).collect::<Vec<_>>(),
-            "mode": if lb.strict { "Strict" } else { "Failover" },
-            "healthPolicy": "OnlyHealthy",
+            "mode": mode,
+            "healthPolicy": if lb.allow_unhealthy { "AllowAll" } else { "OnlyHealthy" },
         });
     }
     m

@@ -103,6 +103,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
         id: NodeIdentity {
             node: args.node.clone(),
             trust_domain: args.trust_domain.clone(),
+            network: args.network.clone(),
         },
         state: state.clone(),
         trust: Trust {

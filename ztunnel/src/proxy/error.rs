@@ -71,12 +71,19 @@ pub enum OutboundError {
     Direct(std::io::Error),
     #[error("no healthy endpoint for service {service}")]
     NoHealthyUpstream { service: String },
+    /// Istio would go through the network's gateway; amesh has no multi-network support yet.
+    #[error(
+        "{workload} is on network {network:?}, reachable only through a network gateway, which amesh does not support yet"
+    )]
+    OtherNetwork { workload: String, network: String },
 }
 
 impl OutboundError {
     pub fn response_flag(&self) -> ResponseFlag {
         match self {
-            Self::NotConfigured | Self::Direct(_) => ResponseFlag::Connect,
+            Self::NotConfigured | Self::Direct(_) | Self::OtherNetwork { .. } => {
+                ResponseFlag::Connect
+            }
             Self::NoCertificate(_) => ResponseFlag::IdentityError,
             Self::NoHealthyUpstream { .. } => ResponseFlag::NoHealthyUpstream,
             Self::Hbone { source, .. } => hbone_flag(source),
@@ -140,5 +147,11 @@ mod tests {
             service: "s".into(),
         };
         assert_eq!(none.response_flag().as_str(), "NO_HEALTHY_UPSTREAM");
+        let far = OutboundError::OtherNetwork {
+            workload: "ns/w".into(),
+            network: "west".into(),
+        };
+        assert_eq!(far.response_flag(), ResponseFlag::Connect);
+        assert!(far.to_string().contains("network gateway"), "{far}");
     }
 }

@@ -25,6 +25,8 @@ pub const CERT_WAIT: Duration = Duration::from_secs(5);
 pub struct NodeIdentity {
     pub node: String,
     pub trust_domain: String,
+    /// Istio's network of this node (empty: the default one).
+    pub network: String,
 }
 
 /// Certificates and what peers are checked against.

@@ -76,6 +76,7 @@ async fn forward(
     let client = crate::state::Client {
         node: &inputs.id.node,
         locality: me.map_or(&nowhere, |w| &w.locality),
+        network: &inputs.id.network,
     };
     match state.route(orig, &client, pick) {
         Route::Hbone {
@@ -89,7 +90,12 @@ async fn forward(
             record.labels.connection_security_policy = SecurityPolicy::MutualTls;
             let baggage = me.map_or_else(|| pod_baggage(&pod), |w| baggage_of(w));
             let headers = hbone_headers(&baggage, src, service.as_deref());
-            match tunnel(&inputs, &pod, &workload.identity(), target, headers).await {
+            // The endpoint may present its own identity or one the service names.
+            let mut expected = vec![workload.identity()];
+            if let Some(s) = &service {
+                expected.extend(s.subject_alt_names.iter().cloned());
+            }
+            match tunnel(&inputs, &pod, expected, target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err(e) => fail(record, e),
             }
@@ -110,6 +116,15 @@ async fn forward(
                 Ok(mut upstream) => relay(record, &mut conn, &mut upstream, None).await,
                 Err(e) => fail(record, OutboundError::Direct(e)),
             }
+        }
+        Route::OtherNetwork { workload, service } => {
+            record.destination_workload(&workload);
+            label_service(&mut record, service.as_deref());
+            let e = OutboundError::OtherNetwork {
+                workload: format!("{}/{}", workload.namespace, workload.name),
+                network: workload.network.clone(),
+            };
+            fail(record, e);
         }
         Route::NoEndpoint { service } => {
             label_service(&mut record, Some(&service));
@@ -161,7 +176,7 @@ fn pod_baggage(pod: &PodCtx) -> Baggage {
 async fn tunnel(
     inputs: &ProxyInputs,
     pod: &PodCtx,
-    dst_identity: &Identity,
+    expected: Vec<Identity>,
     target: SocketAddr,
     headers: HeaderMap,
 ) -> Result<amesh_hbone::PooledStream, OutboundError> {
@@ -173,7 +188,6 @@ async fn tunnel(
         .await
         .ok_or_else(|| OutboundError::NoCertificate(pod.identity.clone()))?;
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
-    let expected = vec![dst_identity.clone()];
     let key = PoolKey {
         src_pod: pod.uid.clone(),
         src: pod.identity.clone(),
@@ -219,6 +233,7 @@ mod tests {
             vips: vec![],
             ports: Default::default(),
             load_balancing: LoadBalancing::default(),
+            subject_alt_names: vec![],
         };
         let baggage = Baggage {
             cluster: "Kubernetes".into(),

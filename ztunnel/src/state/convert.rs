@@ -74,6 +74,10 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
     let or_default = |v: String, default: &str| {
         if v.is_empty() { default.to_string() } else { v }
     };
+    if w.network_gateway.is_some() && !w.network.is_empty() {
+        // Accepted: only a connection that needs the gateway fails (the route refuses it).
+        tracing::debug!(uid = %w.uid, network = %w.network, "workload behind a network gateway");
+    }
     let workload_kind = match pb::WorkloadType::try_from(w.workload_type) {
         // The wire's default (0), so unset means a Deployment, as in Istio's ztunnel.
         Ok(pb::WorkloadType::Deployment) => "deployment",
@@ -103,6 +107,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         authorization_policies: w.authorization_policies,
         locality,
         telemetry,
+        network: w.network,
     };
     validated(workload, Workload::validate)
 }
@@ -120,6 +125,19 @@ pub fn service(s: pb::Service) -> Result<Service, Invalid> {
         .map(load_balancing)
         .transpose()?
         .unwrap_or_default();
+    let subject_alt_names = s
+        .subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, san)| {
+            san.parse::<amesh_identity::Identity>().map_err(|e| {
+                Invalid::new(
+                    format!("subjectAltNames[{i}]"),
+                    format!("{san:?} is not a SPIFFE identity: {e}"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let service = Service {
         name: s.name,
         namespace: s.namespace,
@@ -127,6 +145,7 @@ pub fn service(s: pb::Service) -> Result<Service, Invalid> {
         vips,
         ports,
         load_balancing,
+        subject_alt_names,
     };
     validated(service, Service::validate)
 }
@@ -150,8 +169,28 @@ fn load_balancing(lb: pb::LoadBalancing) -> Result<LoadBalancing, Invalid> {
             }
         });
     }
-    let strict = lb.mode == Mode::Strict as i32;
-    Ok(LoadBalancing { prefer, strict })
+    let mode = Mode::try_from(lb.mode).map_err(|_| {
+        Invalid::new(
+            "loadBalancing.mode",
+            format!("unknown load-balancing mode {}", lb.mode),
+        )
+    })?;
+    let allow_unhealthy = match pb::load_balancing::HealthPolicy::try_from(lb.health_policy) {
+        Ok(pb::load_balancing::HealthPolicy::AllowAll) => true,
+        Ok(pb::load_balancing::HealthPolicy::OnlyHealthy) => false,
+        Err(_) => {
+            return Err(Invalid::new(
+                "loadBalancing.healthPolicy",
+                format!("unknown health policy {}", lb.health_policy),
+            ));
+        }
+    };
+    Ok(LoadBalancing {
+        prefer,
+        strict: mode == Mode::Strict,
+        passthrough: mode == Mode::Passthrough,
+        allow_unhealthy,
+    })
 }
 
 pub fn authorization(a: pb_sec::Authorization) -> Result<Authorization, Invalid> {

@@ -59,6 +59,11 @@ pub enum LocalityScope {
 pub struct LoadBalancing {
     pub prefer: Vec<LocalityScope>,
     pub strict: bool,
+    /// Istio's `PASSTHROUGH` mode: no endpoint is picked, the connection goes to the address
+    /// the client dialled, as plain TCP.
+    pub passthrough: bool,
+    /// Istio's `ALLOW_ALL` health policy: unhealthy endpoints are picked too.
+    pub allow_unhealthy: bool,
 }
 
 /// Who makes a connection, for locality preferences.
@@ -66,6 +71,8 @@ pub struct LoadBalancing {
 pub struct Client<'a> {
     pub node: &'a str,
     pub locality: &'a Locality,
+    /// The client's network (Istio's `NETWORK`; empty: the default one).
+    pub network: &'a str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +94,9 @@ pub struct Workload {
     pub locality: Locality,
     /// What telemetry and HBONE baggage say about it.
     pub telemetry: Telemetry,
+    /// Istio's network (empty: the default one). Reaching another network needs a network
+    /// gateway, which amesh does not have yet: such workloads are refused, not guessed at.
+    pub network: String,
 }
 
 /// A workload's names for metrics and baggage, as Istio's `Workload` carries them: empty when
@@ -160,6 +170,10 @@ pub struct Service {
     /// Service port → target port (0 = use the workload's own mapping).
     pub ports: BTreeMap<u16, u16>,
     pub load_balancing: LoadBalancing,
+    /// Identities an endpoint of the service may present besides its own workload's
+    /// (Istio's `subject_alt_names`, e.g. a service run by several service accounts).
+    #[serde(skip)]
+    pub subject_alt_names: Vec<Identity>,
 }
 
 impl Service {

@@ -20,6 +20,11 @@ pub enum Route {
     },
     /// A service VIP with no usable endpoint for this port.
     NoEndpoint { service: Arc<Service> },
+    /// A workload on another network: it needs a network gateway (not supported yet).
+    OtherNetwork {
+        workload: Arc<Workload>,
+        service: Option<Arc<Service>>,
+    },
 }
 
 impl State {
@@ -30,6 +35,10 @@ impl State {
             return self.route_service(service, orig, client, pick);
         }
         match self.by_ip.get(&orig.ip()) {
+            Some(w) if w.network != client.network => Route::OtherNetwork {
+                workload: w.clone(),
+                service: None,
+            },
             Some(w) if w.protocol == Protocol::Hbone => Route::Hbone {
                 workload: w.clone(),
                 service: None,
@@ -56,15 +65,31 @@ impl State {
         pick: usize,
     ) -> Route {
         let key = service.key();
-        let mut candidates: Vec<(Arc<Workload>, SocketAddr)> = self
+        let lb = &service.load_balancing;
+        if lb.passthrough {
+            return Route::Direct {
+                dst: orig,
+                workload: None,
+                service: Some(service.clone()),
+            };
+        }
+        let endpoints: Vec<&Arc<Workload>> = self
             .endpoints
             .get(&key)
             .into_iter()
             .flatten()
-            .filter(|w| w.healthy)
+            .filter(|w| w.healthy || lb.allow_unhealthy)
+            .collect();
+        // Endpoints on other networks are only reachable through a network gateway.
+        let elsewhere = endpoints
+            .iter()
+            .find(|w| w.network != client.network)
+            .copied();
+        let mut candidates: Vec<(Arc<Workload>, SocketAddr)> = endpoints
+            .into_iter()
+            .filter(|w| w.network == client.network)
             .filter_map(|w| endpoint(w, service, &key, orig).map(|addr| (w.clone(), addr)))
             .collect();
-        let lb = &service.load_balancing;
         if !lb.prefer.is_empty() {
             let rank = |w: &Workload| {
                 lb.prefer
@@ -80,8 +105,14 @@ impl State {
             candidates.retain(|c| rank(&c.0) == wanted);
         }
         if candidates.is_empty() {
-            return Route::NoEndpoint {
-                service: service.clone(),
+            return match elsewhere {
+                Some(w) => Route::OtherNetwork {
+                    workload: w.clone(),
+                    service: Some(service.clone()),
+                },
+                None => Route::NoEndpoint {
+                    service: service.clone(),
+                },
             };
         }
         let (workload, target) = candidates.swap_remove(pick % candidates.len());
@@ -161,6 +192,7 @@ mod tests {
                 subzone: String::new(),
             },
             telemetry: Default::default(),
+            network: String::new(),
         }
     }
 
@@ -171,7 +203,12 @@ mod tests {
             hostname: "svc.ns".into(),
             vips: vec!["10.96.0.1".parse().unwrap()],
             ports: BTreeMap::from([(80, 8080)]),
-            load_balancing: LoadBalancing { prefer, strict },
+            load_balancing: LoadBalancing {
+                prefer,
+                strict,
+                ..Default::default()
+            },
+            subject_alt_names: vec![],
         }
     }
 
@@ -180,11 +217,79 @@ mod tests {
             Route::Hbone { target, .. } => format!("hbone {target}"),
             Route::Direct { dst, .. } => format!("direct {dst}"),
             Route::NoEndpoint { .. } => "none".into(),
+            Route::OtherNetwork { workload, .. } => format!("network {}", workload.network),
         }
     }
 
     fn client<'a>(node: &'a str, locality: &'a Locality) -> Client<'a> {
-        Client { node, locality }
+        Client {
+            node,
+            locality,
+            network: "",
+        }
+    }
+
+    #[test]
+    fn passthrough_and_allow_all_as_istio_defines_them() {
+        let ws = vec![
+            wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone),
+            wl("c", "10.0.0.3", "n2", "z1", false, Protocol::Hbone),
+        ];
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let here = Locality::default();
+        let c = client("n1", &here);
+        let mut passthrough = svc(vec![], false);
+        passthrough.load_balancing.passthrough = true;
+        let state = State::new(ws.clone(), vec![passthrough]);
+        assert_eq!(
+            target(&state.route(vip, &c, 0)),
+            "direct 10.96.0.1:80",
+            "PASSTHROUGH picks no endpoint: the dialled address, as plain TCP"
+        );
+        let mut all = svc(vec![], false);
+        all.load_balancing.allow_unhealthy = true;
+        let state = State::new(ws, vec![all]);
+        let picked: std::collections::BTreeSet<String> =
+            (0..4).map(|i| target(&state.route(vip, &c, i))).collect();
+        assert_eq!(
+            picked.into_iter().collect::<Vec<_>>(),
+            ["hbone 10.0.0.1:8080", "hbone 10.0.0.3:8080"],
+            "ALLOW_ALL picks the unhealthy endpoint too"
+        );
+    }
+
+    #[test]
+    fn other_networks_are_refused_not_guessed_at() {
+        let mut far = wl("f", "10.9.0.1", "n9", "z1", true, Protocol::Hbone);
+        far.network = "west".into();
+        let near = wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone);
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let here = Locality::default();
+        let c = client("n1", &here);
+        let both = State::new(vec![far.clone(), near], vec![svc(vec![], false)]);
+        assert_eq!(
+            target(&both.route("10.9.0.1:8080".parse().unwrap(), &c, 0)),
+            "network west",
+            "a workload on another network needs a gateway"
+        );
+        let picked: std::collections::BTreeSet<String> =
+            (0..4).map(|i| target(&both.route(vip, &c, i))).collect();
+        assert_eq!(
+            picked.into_iter().collect::<Vec<_>>(),
+            ["hbone 10.0.0.1:8080"],
+            "a service's endpoints on this network only"
+        );
+        let only_far = State::new(vec![far], vec![svc(vec![], false)]);
+        assert_eq!(target(&only_far.route(vip, &c, 0)), "network west");
+        let west = Client {
+            network: "west",
+            ..c
+        };
+        assert_eq!(
+            target(&only_far.route(vip, &west, 0)),
+            "hbone 10.9.0.1:8080",
+            "on its own network it is an ordinary endpoint"
+        );
     }
 
     #[test]

@@ -268,7 +268,9 @@ mod tests {
             s.load_balancing,
             LoadBalancing {
                 prefer: vec![LocalityScope::Zone, LocalityScope::Node],
-                strict: true
+                strict: true,
+                passthrough: false,
+                allow_unhealthy: false,
             }
         );
         assert!(

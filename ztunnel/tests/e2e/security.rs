@@ -23,6 +23,68 @@ fn a_server_with_the_wrong_identity_is_refused() {
 }
 
 #[test]
+fn a_service_may_name_more_identities_for_its_endpoints() {
+    let impostor = PodSpec {
+        zds_service_account: Some("impostor"),
+        in_service: true,
+        ..pod("c", "ns-c", "node2")
+    };
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), impostor]);
+    let _apps = mesh.apps(&["c"]);
+    let vip = || format!("{VIP}:80").parse().unwrap();
+    let attempt = |to| {
+        mesh.connect("a", &["--timeout-ms", "5000"], &[to])
+            .remove(0)
+            .outcome
+    };
+    let n1 = &mesh.node("node1").ztunnel;
+    let tls_failures = || {
+        metric(
+            n1,
+            "istio_tcp_connections_failed_total",
+            &["reporter=\"source\"", "response_flags=\"TLS_FAILURE\""],
+        )
+    };
+    assert!(
+        attempt(vip()).is_err(),
+        "c presents sa/impostor and the service names no other identity"
+    );
+    assert_eq!(tls_failures(), 1, "refused for its certificate");
+    // Istio's subject_alt_names on the service: its endpoints may present that identity.
+    let san = "spiffe://cluster.local/ns/ns-c/sa/impostor";
+    mesh.try_update_config(&[], |t| {
+        t.replace(
+            "ports: {80: 8080}}",
+            &format!("ports: {{80: 8080}}, subjectAltNames: [\"{san}\"]}}"),
+        )
+    })
+    .unwrap();
+    wait_for(
+        "node1 holding the service's SAN",
+        Duration::from_secs(10),
+        || {
+            let (_, dump) = n1.http("Admin", "GET", "/config_dump");
+            if dump.contains(san) {
+                Ok(())
+            } else {
+                Err(dump)
+            }
+        },
+    );
+    let served = attempt(vip()).map(|c| c.served_by().to_string());
+    assert_eq!(
+        served.as_deref(),
+        Ok("c-app"),
+        "through the service, sa/impostor is accepted"
+    );
+    assert!(
+        attempt(mesh.v4("c", APP_PORT)).is_err(),
+        "straight to c's address no service applies: its own identity is still required"
+    );
+    assert_eq!(tls_failures(), 2, "refused for its certificate again");
+}
+
+#[test]
 fn another_trust_domain_is_refused_both_ways() {
     let mesh = Mesh::with_args(
         &[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")],

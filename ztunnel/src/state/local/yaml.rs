@@ -59,6 +59,9 @@ pub struct RawWorkload {
     canonical_revision: String,
     #[serde(default)]
     cluster_id: String,
+    /// Istio's network (empty: the default one).
+    #[serde(default)]
+    network: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -84,6 +87,9 @@ pub struct RawService {
     ports: BTreeMap<u16, u16>,
     #[serde(default)]
     load_balancing: Option<RawLoadBalancing>,
+    /// SPIFFE identities the service's endpoints may present besides their own.
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +99,9 @@ struct RawLoadBalancing {
     routing_preference: Vec<String>,
     #[serde(default)]
     mode: Option<String>,
+    /// `OnlyHealthy` (the default) or `AllowAll`.
+    #[serde(default)]
+    health_policy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +275,7 @@ pub fn workload(w: RawWorkload, at: &str) -> Result<pb::Workload, FieldError> {
         canonical_name: w.canonical_name,
         canonical_revision: w.canonical_revision,
         cluster_id: w.cluster_id,
+        network: w.network,
         ..Default::default()
     })
 }
@@ -290,6 +300,7 @@ pub fn service(s: RawService, at: &str) -> Result<pb::Service, FieldError> {
         namespace: s.namespace,
         hostname: s.hostname,
         load_balancing,
+        subject_alt_names: s.subject_alt_names,
         ..Default::default()
     })
 }
@@ -315,15 +326,34 @@ fn load_balancing(lb: &RawLoadBalancing, at: &str) -> Result<pb::LoadBalancing, 
         None => Mode::Failover,
         Some(m) => one_of(
             &m.to_ascii_uppercase(),
-            &[("FAILOVER", Mode::Failover), ("STRICT", Mode::Strict)],
+            &[
+                ("FAILOVER", Mode::Failover),
+                ("STRICT", Mode::Strict),
+                ("PASSTHROUGH", Mode::Passthrough),
+            ],
             &format!("{at}.mode"),
         )
-        .map_err(|(f, _)| (f, format!("{m:?} is not Strict or Failover")))?,
+        .map_err(|(f, _)| (f, format!("{m:?} is not Strict, Failover or Passthrough")))?,
+    };
+    use pb::load_balancing::HealthPolicy;
+    let health = match lb.health_policy.as_deref() {
+        None => HealthPolicy::OnlyHealthy,
+        Some(h) => one_of(
+            &h.to_ascii_uppercase(),
+            &[
+                ("ONLYHEALTHY", HealthPolicy::OnlyHealthy),
+                ("ONLY_HEALTHY", HealthPolicy::OnlyHealthy),
+                ("ALLOWALL", HealthPolicy::AllowAll),
+                ("ALLOW_ALL", HealthPolicy::AllowAll),
+            ],
+            &format!("{at}.healthPolicy"),
+        )
+        .map_err(|(f, _)| (f, format!("{h:?} is not OnlyHealthy or AllowAll")))?,
     };
     Ok(pb::LoadBalancing {
         routing_preference,
         mode: mode as i32,
-        health_policy: 0,
+        health_policy: health as i32,
     })
 }
 
