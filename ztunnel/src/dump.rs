@@ -100,6 +100,13 @@ fn workload(w: &Workload) -> Value {
             w.authorization_policies.clone().into(),
         );
     }
+    if let Some(t) = w.proxy_protocol {
+        let mut tunnel = json!({ "protocol": "PROXY" });
+        if let Some(port) = t.port {
+            tunnel["port"] = port.into();
+        }
+        m.insert("applicationTunnel".into(), tunnel);
+    }
     m.insert("status".into(), health(w.healthy).into());
     m.insert("clusterId".into(), t.cluster_id.clone().into());
     let l = &w.locality;

@@ -260,6 +260,7 @@ async fn serve_connect(
     if let Some(w) = me {
         baggage_of(w).insert_into(&mut answer);
     }
+    let tunnel = me.and_then(|w| w.proxy_protocol);
     drop(state);
     record.labels.connection_security_policy = SecurityPolicy::MutualTls;
     let facts = Facts {
@@ -270,7 +271,19 @@ async fn serve_connect(
         destination_ip: target.ip(),
         destination_port: target.port(),
     };
-    match admit(&inputs, &pod, facts, &mut record).await {
+    let app_port = tunnel.and_then(|t| t.port);
+    let admitted = match admit(&inputs, &pod, facts, &mut record, app_port).await {
+        // The app asked for the PROXY protocol: the original addresses and the caller's
+        // identity first, as Istio's ztunnel writes them.
+        Ok((mut app, live, kill)) if tunnel.is_some() => {
+            match write_proxy_header(&mut app, peer, target, &req.peer_identity).await {
+                Ok(()) => Ok((app, live, kill)),
+                Err(e) => Err(InboundError::AppUnreachable(e)),
+            }
+        }
+        other => other,
+    };
+    match admitted {
         Err(e) => {
             let status = e.status();
             record.fail(e.response_flag(), &e);
@@ -295,6 +308,7 @@ async fn admit(
     pod: &PodCtx,
     facts: Facts,
     record: &mut ConnRecord,
+    app_port: Option<u16>,
 ) -> Result<(TcpStream, LiveGuard, Stop), InboundError> {
     if !inputs.state.is_loaded() {
         return Err(InboundError::NotConfigured);
@@ -304,7 +318,8 @@ async fn admit(
         Decision::Deny { by } => return Err(InboundError::Denied { by }),
         Decision::Allow { by } => record.policy = by,
     }
-    let target = SocketAddr::new(facts.destination_ip, facts.destination_port);
+    let port = app_port.unwrap_or(facts.destination_port);
+    let target = SocketAddr::new(facts.destination_ip, port);
     let (live, kill) = inputs.live.register(facts);
     let app = pod
         .net
@@ -377,7 +392,7 @@ async fn serve_plaintext(
         destination_port: target.port(),
     };
     // Refused plaintext is closed unanswered.
-    match admit(&inputs, &pod, facts, &mut record).await {
+    match admit(&inputs, &pod, facts, &mut record, None).await {
         Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail(e.response_flag(), &e),
     }
@@ -393,4 +408,36 @@ fn label_destination(record: &mut ConnRecord, pod: &PodCtx, me: Option<&Arc<Work
             record.labels.destination_workload = pod.name.clone();
         }
     }
+}
+
+/// Istio's TLV type for the caller's identity in a PROXY v2 header.
+const PROXY_AUTHORITY_TLV: u8 = 0xD0;
+
+/// A PROXY protocol v2 header (the caller `src`, the original destination `dst`, the caller's
+/// SPIFFE identity as TLV 0xD0), written before any byte of the tunnel.
+async fn write_proxy_header(
+    app: &mut TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+    identity: &amesh_identity::Identity,
+) -> std::io::Result<()> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    use tokio::io::AsyncWriteExt;
+    // v4 and v6 cannot be mixed in one header: an IPv4 caller of an IPv6 target is mapped.
+    let (src, dst) = match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V6(_)) => (
+            SocketAddr::new(s.ip().to_ipv6_mapped().into(), s.port()),
+            dst,
+        ),
+        (SocketAddr::V6(_), SocketAddr::V4(d)) => (
+            src,
+            SocketAddr::new(d.ip().to_ipv6_mapped().into(), d.port()),
+        ),
+        pair => pair,
+    };
+    let header =
+        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst))
+            .write_tlv(PROXY_AUTHORITY_TLV, identity.to_string().as_bytes())?
+            .build()?;
+    app.write_all(&header).await
 }

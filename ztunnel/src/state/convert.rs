@@ -4,7 +4,8 @@
 //! types and hand them here, so both accept and refuse the same things.
 
 use super::{
-    Invalid, LoadBalancing, Locality, LocalityScope, Protocol, Service, Telemetry, Workload,
+    Invalid, LoadBalancing, Locality, LocalityScope, Protocol, ProxyProtocolTunnel, Service,
+    Telemetry, Workload,
 };
 use amesh_policy::{Authorization, wire};
 use amesh_proto::{security as pb_sec, workload as pb};
@@ -78,6 +79,24 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         // Accepted: only a connection that needs the gateway fails (the route refuses it).
         tracing::debug!(uid = %w.uid, network = %w.network, "workload behind a network gateway");
     }
+    let proxy_protocol = match w.application_tunnel {
+        None => None,
+        Some(t) => match pb::application_tunnel::Protocol::try_from(t.protocol) {
+            Ok(pb::application_tunnel::Protocol::None) => None,
+            Ok(pb::application_tunnel::Protocol::Proxy) => Some(ProxyProtocolTunnel {
+                port: match t.port {
+                    0 => None,
+                    p => Some(port(p, "applicationTunnel.port")?),
+                },
+            }),
+            Err(_) => {
+                return Err(Invalid::new(
+                    "applicationTunnel.protocol",
+                    format!("unknown application tunnel protocol {}", t.protocol),
+                ));
+            }
+        },
+    };
     let workload_kind = match pb::WorkloadType::try_from(w.workload_type) {
         // The wire's default (0), so unset means a Deployment, as in Istio's ztunnel.
         Ok(pb::WorkloadType::Deployment) => "deployment",
@@ -108,6 +127,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         locality,
         telemetry,
         network: w.network,
+        proxy_protocol,
     };
     validated(workload, Workload::validate)
 }

@@ -97,6 +97,16 @@ pub struct Workload {
     /// Istio's network (empty: the default one). Reaching another network needs a network
     /// gateway, which amesh does not have yet: such workloads are refused, not guessed at.
     pub network: String,
+    /// Istio's `application_tunnel` with the PROXY protocol: inbound HBONE connections reach
+    /// the app on `port` (the original port when `None`) behind a PROXY v2 header that
+    /// carries the original addresses and the caller's identity.
+    pub proxy_protocol: Option<ProxyProtocolTunnel>,
+}
+
+/// Where a workload wants its PROXY-protocol traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyProtocolTunnel {
+    pub port: Option<u16>,
 }
 
 /// A workload's names for metrics and baggage, as Istio's `Workload` carries them: empty when

@@ -193,6 +193,7 @@ mod tests {
             },
             telemetry: Default::default(),
             network: String::new(),
+            proxy_protocol: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use amesh_testbed::{probe, sniff};
+use std::time::Duration;
 
 #[test]
 fn traffic_between_pods_goes_over_hbone_on_one_node_and_across_nodes() {
@@ -165,5 +166,83 @@ fn a_service_vip_spreads_over_healthy_endpoints() {
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
         ["b-app", "c-app", "e-app"]
+    );
+}
+
+#[test]
+fn an_application_tunnel_gets_a_proxy_v2_header_with_the_callers_identity() {
+    use std::io::{BufRead, Read, Write};
+    let mesh = Mesh::new(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")]);
+    // Istio's application_tunnel: c takes the PROXY protocol, on 15088.
+    let c_uid = uid(mesh.spec("c"));
+    mesh.try_update_config(&[], |t| {
+        t.replace(
+            &format!("- uid: {c_uid}\n"),
+            &format!("- uid: {c_uid}\n  applicationTunnel: {{protocol: PROXY, port: 15088}}\n"),
+        )
+    })
+    .unwrap();
+    let n2 = &mesh.node("node2").ztunnel;
+    wait_for("node2 holding c's tunnel", Duration::from_secs(10), || {
+        let (_, dump) = n2.http("Admin", "GET", "/config_dump");
+        if dump.contains("applicationTunnel") {
+            Ok(())
+        } else {
+            Err(dump)
+        }
+    });
+    let listener = mesh
+        .pod("c")
+        .run(|| std::net::TcpListener::bind("[::]:15088"))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The fixed 16 bytes carry the length of the rest.
+        let mut header = vec![0u8; 16];
+        s.read_exact(&mut header).unwrap();
+        let len = u16::from_be_bytes([header[14], header[15]]) as usize;
+        let mut rest = vec![0u8; len];
+        s.read_exact(&mut rest).unwrap();
+        header.extend(rest);
+        let parsed = ppp::v2::Header::try_from(&header[..]).unwrap();
+        let addresses = match parsed.addresses {
+            ppp::v2::Addresses::IPv4(a) => (
+                std::net::SocketAddr::from((a.source_address, a.source_port)),
+                std::net::SocketAddr::from((a.destination_address, a.destination_port)),
+            ),
+            other => panic!("not IPv4 addresses: {other:?}"),
+        };
+        let identity: Vec<String> = parsed
+            .tlvs()
+            .filter_map(Result::ok)
+            .filter(|t| t.kind == 0xD0)
+            .map(|t| String::from_utf8_lossy(&t.value).into_owned())
+            .collect();
+        // Then the tunnel itself: the probe's line, answered.
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        s.write_all(b"served-by=proxied\n").unwrap();
+        (addresses, identity, line)
+    });
+    let connected = mesh.connect_one("a", mesh.v4("c", APP_PORT));
+    assert_eq!(connected.served_by(), "proxied");
+    let ((src, dst), identity, line) = server.join().unwrap();
+    assert_eq!(
+        src.ip(),
+        std::net::IpAddr::V4(mesh.pod("a").ipv4()),
+        "the caller"
+    );
+    assert_eq!(
+        dst,
+        mesh.v4("c", APP_PORT),
+        "the original destination, not 15088"
+    );
+    assert_eq!(identity, ["spiffe://cluster.local/ns/ns-a/sa/a"]);
+    assert_eq!(
+        line.trim_end(),
+        mesh.v4("c", APP_PORT).to_string(),
+        "then the tunnel's bytes"
     );
 }

@@ -62,6 +62,17 @@ pub struct RawWorkload {
     /// Istio's network (empty: the default one).
     #[serde(default)]
     network: String,
+    /// `{protocol: PROXY, port: 15088}`: the app takes PROXY v2 (on that port).
+    #[serde(default)]
+    application_tunnel: Option<RawApplicationTunnel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplicationTunnel {
+    protocol: String,
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -246,7 +257,25 @@ pub fn workload(w: RawWorkload, at: &str) -> Result<pb::Workload, FieldError> {
         ],
         &format!("{at}.workloadType"),
     )?;
+    let application_tunnel = w
+        .application_tunnel
+        .as_ref()
+        .map(|t| {
+            use pb::application_tunnel::Protocol;
+            let protocol = one_of(
+                &t.protocol.to_ascii_uppercase(),
+                &[("PROXY", Protocol::Proxy), ("NONE", Protocol::None)],
+                &format!("{at}.applicationTunnel.protocol"),
+            )
+            .map_err(|(f, _)| (f, format!("{:?} is not PROXY or NONE", t.protocol)))?;
+            Ok::<_, FieldError>(pb::ApplicationTunnel {
+                protocol: protocol as i32,
+                port: t.port.map_or(0, u32::from),
+            })
+        })
+        .transpose()?;
     Ok(pb::Workload {
+        application_tunnel,
         addresses: ips(&w.addresses, &format!("{at}.addresses"))?
             .into_iter()
             .map(wire::ip_bytes)
