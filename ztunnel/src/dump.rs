@@ -211,10 +211,11 @@ fn accounts(v: &[ServiceAccountMatch]) -> Value {
         .collect()
 }
 
+/// One match as Istio's `RbacMatch` serializes: camelCase keys, empty lists left out.
 fn one_match(m: &Match) -> Value {
     let mut out = Map::new();
-    let mut list = |key: &str, value: Value, empty: bool| {
-        if !empty {
+    let mut put_list = |key: &str, value: Value| {
+        if value.as_array().is_some_and(|a| !a.is_empty()) {
             out.insert(key.to_string(), value);
         }
     };
@@ -223,62 +224,34 @@ fn one_match(m: &Match) -> Value {
             .map(|n| format!("{}/{}", n.addr, n.prefix))
             .collect()
     };
-    list(
-        "namespaces",
-        string_matches(&m.namespaces),
-        m.namespaces.is_empty(),
-    );
-    list(
-        "notNamespaces",
-        string_matches(&m.not_namespaces),
-        m.not_namespaces.is_empty(),
-    );
-    list(
-        "serviceAccounts",
-        accounts(&m.service_accounts),
-        m.service_accounts.is_empty(),
-    );
-    list(
-        "notServiceAccounts",
-        accounts(&m.not_service_accounts),
-        m.not_service_accounts.is_empty(),
-    );
-    list(
-        "principals",
-        string_matches(&m.principals),
-        m.principals.is_empty(),
-    );
-    list(
-        "notPrincipals",
-        string_matches(&m.not_principals),
-        m.not_principals.is_empty(),
-    );
-    list("sourceIps", nets(&m.source_ips), m.source_ips.is_empty());
-    list(
-        "notSourceIps",
-        nets(&m.not_source_ips),
-        m.not_source_ips.is_empty(),
-    );
-    list(
-        "destinationIps",
-        nets(&m.destination_ips),
-        m.destination_ips.is_empty(),
-    );
-    list(
-        "notDestinationIps",
-        nets(&m.not_destination_ips),
-        m.not_destination_ips.is_empty(),
-    );
-    list(
-        "destinationPorts",
-        m.destination_ports.clone().into(),
-        m.destination_ports.is_empty(),
-    );
-    list(
-        "notDestinationPorts",
-        m.not_destination_ports.clone().into(),
-        m.not_destination_ports.is_empty(),
-    );
+    for (key, v) in [
+        ("namespaces", &m.namespaces),
+        ("notNamespaces", &m.not_namespaces),
+        ("principals", &m.principals),
+        ("notPrincipals", &m.not_principals),
+    ] {
+        put_list(key, string_matches(v));
+    }
+    for (key, v) in [
+        ("serviceAccounts", &m.service_accounts),
+        ("notServiceAccounts", &m.not_service_accounts),
+    ] {
+        put_list(key, accounts(v));
+    }
+    for (key, v) in [
+        ("sourceIps", &m.source_ips),
+        ("notSourceIps", &m.not_source_ips),
+        ("destinationIps", &m.destination_ips),
+        ("notDestinationIps", &m.not_destination_ips),
+    ] {
+        put_list(key, nets(v));
+    }
+    for (key, v) in [
+        ("destinationPorts", &m.destination_ports),
+        ("notDestinationPorts", &m.not_destination_ports),
+    ] {
+        put_list(key, v.clone().into());
+    }
     out.into()
 }
 

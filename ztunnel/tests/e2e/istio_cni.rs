@@ -21,6 +21,10 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
     }
     let _apps = mesh.apps(&["a", "c", "d"]);
     let (n1, n2) = (&mesh.node("node1").ztunnel, &mesh.node("node2").ztunnel);
+    let opened = |z: &ZtunnelProcess, labels: &[&str]| {
+        let n = metric(z, "istio_tcp_connections_opened_total", labels);
+        (n, z.http("Metrics", "GET", "/metrics").1)
+    };
 
     // a's connection, REDIRECTed to 15001 by iptables, goes over HBONE as a.
     assert_eq!(
@@ -45,40 +49,30 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
         mesh.connect_one("c", mesh.v4("a", APP_PORT)).served_by(),
         "a-app"
     );
-    assert_eq!(
-        metric(
-            n1,
-            "istio_tcp_connections_opened_total",
-            &[
-                "reporter=\"destination\"",
-                "source_principal=\"spiffe://cluster.local/ns/ns-c/sa/c\"",
-                "connection_security_policy=\"mutual_tls\"",
-            ],
-        ),
-        1,
-        "{}",
-        n1.http("Metrics", "GET", "/metrics").1
+    let (n, all) = opened(
+        n1,
+        &[
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/ns-c/sa/c\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ],
     );
+    assert_eq!(n, 1, "{all}");
     // Plaintext from outside the mesh, REDIRECTed to 15006: served at its original
     // destination.
     assert_eq!(
         mesh.connect_one("d", mesh.v4("a", APP_PORT)).served_by(),
         "a-app"
     );
-    assert_eq!(
-        metric(
-            n1,
-            "istio_tcp_connections_opened_total",
-            &[
-                "reporter=\"destination\"",
-                "destination_workload=\"a\"",
-                "connection_security_policy=\"unknown\"",
-            ],
-        ),
-        1,
-        "{}",
-        n1.http("Metrics", "GET", "/metrics").1
+    let (n, all) = opened(
+        n1,
+        &[
+            "reporter=\"destination\"",
+            "destination_workload=\"a\"",
+            "connection_security_policy=\"unknown\"",
+        ],
     );
+    assert_eq!(n, 1, "{all}");
     // Out of the mesh: plain TCP from a's ztunnel, whose marked socket istio-cni's rules let
     // through (unmarked, it would loop back into 15001).
     assert_eq!(
