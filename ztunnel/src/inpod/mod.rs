@@ -194,7 +194,8 @@ impl InPod {
         });
         listeners.serve(&pod, &self.inputs, &stop);
         info!(uid = %info.uid, pod = %info.name, namespace = %info.namespace, %identity, pod_id, "proxying for pod");
-        self.pods().insert(
+        let mut pods = self.pods();
+        pods.insert(
             info.uid,
             Running {
                 stop: raise,
@@ -203,6 +204,9 @@ impl InPod {
                 netns_cookie: cookie,
             },
         );
+        let w = &self.inputs.metrics.workloads;
+        w.started.inc();
+        w.active.set(pods.len() as i64);
         Ok(())
     }
 
@@ -222,9 +226,16 @@ impl InPod {
     /// Stops serving a pod: listeners and all its connections close now, its pooled HBONE
     /// connections are dropped, and its identity released.
     pub fn del(&self, uid: &str) -> bool {
-        let Some(running) = self.pods().remove(uid) else {
+        let (running, left) = {
+            let mut pods = self.pods();
+            (pods.remove(uid), pods.len())
+        };
+        let Some(running) = running else {
             return false;
         };
+        let w = &self.inputs.metrics.workloads;
+        w.stopped.inc();
+        w.active.set(left as i64);
         running.stop.raise();
         self.inputs.pool.evict(uid);
         self.inputs.trust.certs.release(&running.identity);

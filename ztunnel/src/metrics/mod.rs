@@ -1,7 +1,9 @@
 //! Prometheus metrics with Istio's names and labels, so existing dashboards and alerts work:
 //! `istio_tcp_connections_opened_total`, `..._closed_total`, `..._failed_total`,
 //! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`, `istio_tcp_sockets_open`,
-//! `istio_build{component,tag}`, plus amesh's own
+//! `istio_build{component,tag}`, the workload manager's `istio_active_proxy_count`,
+//! `istio_pending_proxy_count`, `istio_proxies_started_total`, `istio_proxies_stopped_total`,
+//! plus amesh's own
 //! `amesh_hbone_tls_handshakes_total` (how well the HBONE pool reuses connections), and the
 //! xDS client's `istio_xds_connection_terminations_total`, `istio_xds_message_total` and
 //! `istio_xds_message_bytes_total`.
@@ -244,6 +246,18 @@ impl ListenerMetrics {
     }
 }
 
+/// Istio's workload-manager metrics: the pods ztunnel proxies for.
+#[derive(Debug, Default, Clone)]
+pub struct WorkloadMetrics {
+    /// Pods proxied now.
+    pub active: Gauge,
+    /// Pods received but not yet proxied. A pod's proxy starts while its ZDS add is handled
+    /// (or the add is refused), so this stays 0; registered because Istio's dashboards read it.
+    pub pending: Gauge,
+    pub started: Counter,
+    pub stopped: Counter,
+}
+
 /// Istio's xDS client metrics.
 #[derive(Debug, Default, Clone)]
 pub struct XdsMetrics {
@@ -276,6 +290,7 @@ pub struct Metrics {
     pub policy: PolicyMetrics,
     pub listeners: ListenerMetrics,
     pub xds: XdsMetrics,
+    pub workloads: WorkloadMetrics,
 }
 
 impl Metrics {
@@ -351,6 +366,27 @@ impl Metrics {
             "istio_tcp_sockets_open",
             "TCP sockets the pods' listeners hold open, by reporter",
             m.listeners.sockets_open.clone(),
+        );
+        let w = &m.workloads;
+        registry.register(
+            "istio_active_proxy_count",
+            "Pods ztunnel proxies for now",
+            w.active.clone(),
+        );
+        registry.register(
+            "istio_pending_proxy_count",
+            "Pods received but not yet proxied",
+            w.pending.clone(),
+        );
+        registry.register(
+            "istio_proxies_started",
+            "Pod proxies started",
+            w.started.clone(),
+        );
+        registry.register(
+            "istio_proxies_stopped",
+            "Pod proxies stopped",
+            w.stopped.clone(),
         );
         registry.register(
             "amesh_accept_errors",

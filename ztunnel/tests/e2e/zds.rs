@@ -181,6 +181,16 @@ fn after_a_reconnect_the_snapshot_keeps_the_pods_it_mentions_and_drops_the_rest(
         serde_json::json!([a]),
         "only a is served now (b, {b}, was not mentioned)"
     );
+    // Istio's workload-manager metrics tell the same: two started, b stopped, one active.
+    let (_, metrics) = node.ztunnel.http("Metrics", "GET", "/metrics");
+    for (name, want) in [
+        ("istio_proxies_started_total", 2),
+        ("istio_proxies_stopped_total", 1),
+        ("istio_active_proxy_count", 1),
+        ("istio_pending_proxy_count", 0),
+    ] {
+        assert_eq!(metric_value(&metrics, name, &[]), Some(want), "{name}");
+    }
     // `a` kept its proxy all along.
     assert_eq!(
         mesh.connect_one("a", mesh.v4("c", APP_PORT)).served_by(),
