@@ -4,7 +4,7 @@
 //! istio-cni runs them.
 //!
 //! - Outbound TCP is REDIRECTed to 15001, except ztunnel's own sockets (mark 0x539) and
-//!   loopback.
+//!   loopback; DNS (UDP and TCP port 53) to 15053.
 //! - Inbound TCP is REDIRECTed to 15006, except HBONE (15008) and ztunnel's own.
 //! - Packets of ztunnel's sockets get the connection mark 0x111, replies carry it back, and a
 //!   policy route (table 133) delivers them locally: Istio's ztunnel connects to the app from
@@ -16,8 +16,11 @@ use std::process::Command;
 const IPTABLES: &[&str] = &[
     "-t nat -N ISTIO_OUTPUT",
     "-t nat -A OUTPUT -p tcp -j ISTIO_OUTPUT",
+    "-t nat -A OUTPUT -p udp --dport 53 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15053",
     "-t nat -A ISTIO_OUTPUT -m mark --mark 0x539/0xfff -j RETURN",
     "-t nat -A ISTIO_OUTPUT -d 127.0.0.0/8 -j RETURN",
+    // DNS capture (istio-cni's default in ambient): to ztunnel's DNS port.
+    "-t nat -A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
     "-t nat -A ISTIO_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
     "-t nat -N ISTIO_PRERT",
     "-t nat -A PREROUTING -j ISTIO_PRERT",

@@ -79,6 +79,44 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
         mesh.connect_one("a", mesh.v4("d", APP_PORT)).served_by(),
         "d-app"
     );
+    // DNS that istio-cni redirects to 15053 finds no listener until the DNS proxy exists:
+    // refused at once (ICMP port unreachable, TCP reset), never left hanging or leaked.
+    // d listens on 53 (UDP and TCP): a query that reached it would not be refused.
+    let d = mesh.pod("d").ipv4();
+    let _d53 = mesh
+        .pod("d")
+        .run(|| {
+            Ok::<_, std::io::Error>((
+                std::net::UdpSocket::bind("0.0.0.0:53")?,
+                std::net::TcpListener::bind("0.0.0.0:53")?,
+            ))
+        })
+        .unwrap()
+        .unwrap();
+    let dns = mesh
+        .pod("a")
+        .run(move || {
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            udp.set_read_timeout(Some(Duration::from_secs(5)))?;
+            udp.connect((d, 53))?;
+            udp.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")?;
+            let mut buf = [0u8; 512];
+            let udp_answer = udp.recv(&mut buf).map_err(|e| e.kind());
+            let tcp = std::net::TcpStream::connect_timeout(&(d, 53).into(), Duration::from_secs(5))
+                .map(drop)
+                .map_err(|e| e.kind());
+            Ok::<_, std::io::Error>((udp_answer, tcp))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dns,
+        (
+            Err(std::io::ErrorKind::ConnectionRefused),
+            Err(std::io::ErrorKind::ConnectionRefused)
+        ),
+        "DNS is redirected to 15053 and refused there, UDP and TCP (d's own port 53 is open)"
+    );
     // Aimed at ztunnel's own plaintext port: refused, with the reason counted.
     let r = mesh
         .connect("d", &["--timeout-ms", "2000"], &[mesh.v4("a", 15006)])
