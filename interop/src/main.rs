@@ -12,6 +12,8 @@
 //!   iptables, the pod handed over ZDS) on the other, both fed by amesh: HBONE both ways,
 //!   each side counting the other's identity and workload, the Istio side's certificate
 //!   issued by amesh's CA.
+//! - `mixed-istio-cni`: the same with amesh's ztunnel under istio-cni's rules too
+//!   (`--capture iptables`), as when only Istio's ztunnel DaemonSet is swapped for amesh's.
 #![forbid(unsafe_code)]
 
 mod fed;
@@ -55,7 +57,11 @@ fn run() -> Result<()> {
     }
     amesh_testbed::require_root();
     let mut failed = 0;
-    let scenarios: [(&str, Scenario); 2] = [("fed-by-amesh", fed::run), ("mixed", mixed::run)];
+    let scenarios: [(&str, Scenario); 3] = [
+        ("fed-by-amesh", fed::run),
+        ("mixed", mixed::run),
+        ("mixed-istio-cni", mixed::run_under_istio_cni),
+    ];
     for (name, scenario) in scenarios {
         let outcome = scenario(&istio);
         match outcome {

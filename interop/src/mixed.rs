@@ -21,15 +21,35 @@ fn metric(text: &str, name: &str, must: &[&str]) -> u64 {
         .sum()
 }
 
+/// amesh's ztunnel on node1 with its eBPF capture.
 pub fn run(istio: &std::path::Path) -> Result<String> {
+    run_with(istio, Capture::Ebpf)
+}
+
+/// The same, amesh's ztunnel under istio-cni's rules too (`--capture iptables`): the cluster
+/// that swaps only Istio's ztunnel DaemonSet for amesh's, on some nodes.
+pub fn run_under_istio_cni(istio: &std::path::Path) -> Result<String> {
+    run_with(istio, Capture::IstioCni)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    Ebpf,
+    IstioCni,
+}
+
+fn run_with(istio: &std::path::Path, capture: Capture) -> Result<String> {
     let mut mesh = Mesh::try_build(&[pod("a", "ns-a", "node1"), pod("c", "ns-c", "node2")])
         .context("building the test bed")?;
     mesh.try_start_control_plane()
         .context("starting amesh's control plane")?;
     let args = mesh.fed_by_control_plane_args(&mesh.node_token_path())?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    mesh.try_start_node("node1", &args)
-        .context("starting node1 with amesh's ztunnel")?;
+    match capture {
+        Capture::Ebpf => mesh.try_start_node("node1", &args),
+        Capture::IstioCni => mesh.try_start_node_under_istio_cni("node1", &args),
+    }
+    .context("starting node1 with amesh's ztunnel")?;
 
     let mut agent = FakeAgent::listen(&mesh.dir.join("istio-zds.sock"))
         .context("the ZDS socket for Istio's ztunnel")?;
@@ -141,8 +161,12 @@ pub fn run(istio: &std::path::Path) -> Result<String> {
     drop(ztunnel);
     let left = mesh.close();
     ensure!(left.is_empty(), "left behind: {left:?}");
+    let ours = match capture {
+        Capture::Ebpf => "eBPF",
+        Capture::IstioCni => "istio-cni iptables",
+    };
     Ok(format!(
-        "a (amesh, eBPF) <-> c (Istio, istio-cni iptables) over HBONE both ways; \
+        "a (amesh, {ours}) <-> c (Istio, istio-cni iptables) over HBONE both ways; \
          Istio counted a as {from_a} connection(s) from spiffe://cluster.local/ns/ns-a/sa/a, \
          amesh counted c as {from_c} from .../ns-c/sa/c; c's certificate from amesh's CA"
     ))
