@@ -62,16 +62,15 @@ impl Baggage {
         .join(",")
     }
 
-    /// Adds the header to `headers` unless there is nothing to say (or a value could not be
-    /// a header, which the workload's names, being Kubernetes names, never are).
-    pub fn insert_into(&self, headers: &mut HeaderMap) {
+    /// The header, unless there is nothing to say (or a value could not be a header, which
+    /// the workload's names, being Kubernetes names, never are). Built once per workload by
+    /// its holder, it is then only cloned (a reference count) per CONNECT.
+    pub fn to_header(&self) -> Option<HeaderValue> {
         let value = self.header_value();
         if value.is_empty() {
-            return;
+            return None;
         }
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(BAGGAGE, v);
-        }
+        HeaderValue::from_str(&value).ok()
     }
 
     /// Reads every `baggage` header in `headers`. Unknown keys, members without `=` and
@@ -152,15 +151,17 @@ mod tests {
             b.header_value(),
             "k8s.namespace.name=shop,k8s.pod.name=cart-abc"
         );
-        let mut h = HeaderMap::new();
-        Baggage::default().insert_into(&mut h);
-        assert!(h.is_empty(), "nothing to say, no header");
+        assert_eq!(
+            Baggage::default().to_header(),
+            None,
+            "nothing to say, no header"
+        );
     }
 
     #[test]
     fn parse_reads_what_header_value_writes() {
         let mut h = HeaderMap::new();
-        full().insert_into(&mut h);
+        h.insert(BAGGAGE, full().to_header().unwrap());
         assert_eq!(Baggage::parse(&h), full());
     }
 

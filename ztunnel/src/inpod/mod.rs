@@ -210,8 +210,6 @@ impl InPod {
         Ok(())
     }
 
-    /// The capture's pod id for a network namespace; a pod the node agent did not enroll in
-    /// the capture programs cannot be served (its traffic would not reach ztunnel).
     /// The pod's id in the capture maps: a pod the eBPF capture did not enroll is refused
     /// (its traffic would not reach ztunnel). Under istio-cni, a number of ztunnel's own.
     fn enrolled_pod_id(&self, cookie: u64) -> Result<u32, InPodError> {
@@ -259,12 +257,6 @@ impl InPod {
             warn!(%uid, "pod not in the node agent's snapshot; stopping");
             self.del(&uid);
         }
-    }
-
-    pub fn uids(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.pods().keys().cloned().collect();
-        v.sort();
-        v
     }
 
     /// The pods served, for the config dump's `workloadState`, by uid.

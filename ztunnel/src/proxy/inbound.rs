@@ -7,13 +7,13 @@ use super::{
     authz::{Facts, LiveGuard, authorize},
     error::InboundError,
     inputs::CERT_WAIT,
-    record::{ConnRecord, baggage_of},
+    record::ConnRecord,
     relay,
 };
 use crate::{
     metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
     signal::Stop,
-    state::Workload,
+    state::{State, Workload},
 };
 use amesh_hbone::{
     metadata::Baggage,
@@ -257,11 +257,10 @@ async fn serve_connect(
     let me = state.workload_by_name(&pod.namespace, &pod.name);
     label_destination(&mut record, &pod, me);
     let mut answer = HeaderMap::new();
-    if let Some(w) = me {
-        baggage_of(w).insert_into(&mut answer);
+    if let Some(v) = me.and_then(|w| w.telemetry.baggage_header.clone()) {
+        answer.insert(amesh_hbone::metadata::BAGGAGE, v);
     }
     let tunnel = me.and_then(|w| w.proxy_protocol);
-    drop(state);
     record.labels.connection_security_policy = SecurityPolicy::MutualTls;
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
@@ -272,7 +271,7 @@ async fn serve_connect(
         destination_port: target.port(),
     };
     let app_port = tunnel.and_then(|t| t.port);
-    let admitted = match admit(&inputs, &pod, facts, &mut record, app_port).await {
+    let admitted = match admit(&inputs, state, &pod, facts, &mut record, app_port).await {
         // The app asked for the PROXY protocol: the original addresses and the caller's
         // identity first, as Istio's ztunnel writes them.
         Ok((mut app, live, kill)) if tunnel.is_some() => {
@@ -303,8 +302,11 @@ async fn serve_connect(
 /// authorization (STRICT peer authentication arrives as a DENY policy for peers without an
 /// identity, so plaintext is judged there too); then the connection to the app, registered
 /// for re-checks when policies change.
+/// `state` is the snapshot the caller labelled the connection from; it is let go before the
+/// app is dialled, so a long connection never pins an old state.
 async fn admit(
     inputs: &Arc<ProxyInputs>,
+    state: Arc<State>,
     pod: &PodCtx,
     facts: Facts,
     record: &mut ConnRecord,
@@ -313,8 +315,9 @@ async fn admit(
     if !inputs.state.is_loaded() {
         return Err(InboundError::NotConfigured);
     }
-    let state = inputs.state.snapshot();
-    match authorize(&state, &facts, &inputs.metrics.policy) {
+    let decision = authorize(&state, &facts, &inputs.metrics.policy);
+    drop(state);
+    match decision {
         Decision::Deny { by } => return Err(InboundError::Denied { by }),
         Decision::Allow { by } => record.policy = by,
     }
@@ -382,7 +385,6 @@ async fn serve_plaintext(
         &pod,
         state.workload_by_name(&pod.namespace, &pod.name),
     );
-    drop(state);
     let facts = Facts {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
@@ -392,7 +394,7 @@ async fn serve_plaintext(
         destination_port: target.port(),
     };
     // Refused plaintext is closed unanswered.
-    match admit(&inputs, &pod, facts, &mut record, None).await {
+    match admit(&inputs, state, &pod, facts, &mut record, None).await {
         Ok((mut app, _live, kill)) => relay(record, &mut conn, &mut app, Some(kill)).await,
         Err(e) => record.fail(e.response_flag(), &e),
     }

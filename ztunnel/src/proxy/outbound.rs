@@ -3,11 +3,7 @@
 //! the mesh, as plain TCP otherwise.
 
 use super::{
-    PodCtx, ProxyInputs,
-    error::OutboundError,
-    inputs::CERT_WAIT,
-    record::{ConnRecord, baggage_of},
-    relay,
+    PodCtx, ProxyInputs, error::OutboundError, inputs::CERT_WAIT, record::ConnRecord, relay,
 };
 use crate::{
     metrics::{Listener, RefuseReason, Reporter, SecurityPolicy, TcpLabels},
@@ -88,8 +84,11 @@ async fn forward(
             record.destination_workload(&workload);
             label_service(&mut record, service.as_deref());
             record.labels.connection_security_policy = SecurityPolicy::MutualTls;
-            let baggage = me.map_or_else(|| pod_baggage(&pod), |w| baggage_of(w));
-            let headers = hbone_headers(&baggage, src, service.as_deref());
+            let baggage = match me {
+                Some(w) => w.telemetry.baggage_header.clone(),
+                None => pod_baggage(&pod).to_header(),
+            };
+            let headers = hbone_headers(baggage, src, service.as_deref());
             // The endpoint may present its own identity or one the service names.
             let mut expected = vec![workload.identity()];
             if let Some(s) = &service {
@@ -149,7 +148,11 @@ fn label_service(record: &mut ConnRecord, service: Option<&Service>) {
 /// Istio's CONNECT request headers: `forwarded` (the client's address, and the service
 /// hostname when a service was targeted), `baggage` (who the source is, for the peer's
 /// telemetry) and a fresh `traceparent`.
-fn hbone_headers(baggage: &Baggage, src: SocketAddr, service: Option<&Service>) -> HeaderMap {
+fn hbone_headers(
+    baggage: Option<http::HeaderValue>,
+    src: SocketAddr,
+    service: Option<&Service>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let host = service
         .map(|s| format!(";host={}", s.hostname))
@@ -157,7 +160,9 @@ fn hbone_headers(baggage: &Baggage, src: SocketAddr, service: Option<&Service>) 
     if let Ok(v) = format!("for=\"{src}\"{host}").parse() {
         headers.insert("forwarded", v);
     }
-    baggage.insert_into(&mut headers);
+    if let Some(v) = baggage {
+        headers.insert(metadata::BAGGAGE, v);
+    }
     headers.insert(metadata::TRACEPARENT, metadata::new_traceparent());
     headers
 }
@@ -245,7 +250,7 @@ mod tests {
             ..Default::default()
         };
         let src: SocketAddr = "10.0.0.5:40000".parse().unwrap();
-        let h = hbone_headers(&baggage, src, Some(&svc));
+        let h = hbone_headers(baggage.to_header(), src, Some(&svc));
         assert_eq!(
             h["forwarded"],
             "for=\"10.0.0.5:40000\";host=web.shop.svc.cluster.local"
@@ -261,7 +266,7 @@ mod tests {
                 .unwrap()
                 .starts_with("00-")
         );
-        let direct = hbone_headers(&baggage, src, None);
+        let direct = hbone_headers(baggage.to_header(), src, None);
         assert_eq!(direct["forwarded"], "for=\"10.0.0.5:40000\"");
         assert_ne!(
             direct[metadata::TRACEPARENT],

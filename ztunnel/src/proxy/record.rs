@@ -195,18 +195,3 @@ impl Drop for ConnRecord {
         }
     }
 }
-
-/// What `w` says about itself in HBONE `baggage`, as Istio's ztunnel fills it.
-pub fn baggage_of(w: &Workload) -> Baggage {
-    let t = &w.telemetry;
-    Baggage {
-        cluster: t.cluster_id.clone(),
-        namespace: w.namespace.clone(),
-        workload_kind: t.workload_kind.clone(),
-        workload_name: t.workload_name.clone(),
-        service_name: t.canonical_name.clone(),
-        service_version: t.canonical_revision.clone(),
-        region: w.locality.region.clone(),
-        zone: w.locality.zone.clone(),
-    }
-}

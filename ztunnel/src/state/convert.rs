@@ -75,10 +75,6 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
     let or_default = |v: String, default: &str| {
         if v.is_empty() { default.to_string() } else { v }
     };
-    if w.network_gateway.is_some() && !w.network.is_empty() {
-        // Accepted: only a connection that needs the gateway fails (the route refuses it).
-        tracing::debug!(uid = %w.uid, network = %w.network, "workload behind a network gateway");
-    }
     let proxy_protocol = match w.application_tunnel {
         None => None,
         Some(t) => match pb::application_tunnel::Protocol::try_from(t.protocol) {
@@ -111,6 +107,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         canonical_name: w.canonical_name,
         canonical_revision: w.canonical_revision,
         cluster_id: w.cluster_id,
+        baggage_header: None,
     };
     let workload = Workload {
         uid: w.uid,
@@ -129,7 +126,9 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         network: w.network,
         proxy_protocol,
     };
-    validated(workload, Workload::validate)
+    let mut workload = validated(workload, Workload::validate)?;
+    workload.telemetry.baggage_header = workload.baggage().to_header();
+    Ok(workload)
 }
 
 pub fn service(s: pb::Service) -> Result<Service, Invalid> {

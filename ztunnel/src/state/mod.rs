@@ -122,6 +122,10 @@ pub struct Telemetry {
     /// `service.istio.io/canonical-revision` (or what istiod derives it from).
     pub canonical_revision: String,
     pub cluster_id: String,
+    /// The `baggage` header describing the workload ([`Workload::baggage`]), built once
+    /// when the workload arrives rather than on every connection.
+    #[serde(skip)]
+    pub baggage_header: Option<http::HeaderValue>,
 }
 
 /// A resource that cannot be used: the field (as the local file names it, relative to the
@@ -154,6 +158,21 @@ fn non_empty(value: &str, field: &'static str) -> Result<(), Invalid> {
 impl Workload {
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// What the workload says about itself in HBONE `baggage`, as Istio's ztunnel fills it.
+    pub fn baggage(&self) -> amesh_hbone::metadata::Baggage {
+        let t = &self.telemetry;
+        amesh_hbone::metadata::Baggage {
+            cluster: t.cluster_id.clone(),
+            namespace: self.namespace.clone(),
+            workload_kind: t.workload_kind.clone(),
+            workload_name: t.workload_name.clone(),
+            service_name: t.canonical_name.clone(),
+            service_version: t.canonical_revision.clone(),
+            region: self.locality.region.clone(),
+            zone: self.locality.zone.clone(),
+        }
     }
 
     /// The invariants every source must meet.
