@@ -163,7 +163,7 @@ fn endpoint(w: &Workload, service: &Service, key: &str, orig: SocketAddr) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{LoadBalancing, Locality};
+    use crate::{LoadBalancing, Locality};
     use std::collections::BTreeMap;
 
     fn wl(

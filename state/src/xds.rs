@@ -90,7 +90,7 @@ impl Handler for AuthorizationHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{
+    use crate::{
         LoadBalancing, LocalityScope, State,
         convert::{authorization, service, workload},
     };
