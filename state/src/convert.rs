@@ -5,7 +5,7 @@
 
 use super::{
     Invalid, LoadBalancing, Locality, LocalityScope, Protocol, ProxyProtocolTunnel, Service,
-    Telemetry, Workload,
+    Telemetry, Waypoint, WaypointDestination, Workload,
 };
 use amesh_policy::{Authorization, wire};
 use amesh_proto::{security as pb_sec, workload as pb};
@@ -125,6 +125,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         telemetry,
         network: w.network,
         proxy_protocol,
+        waypoint: w.waypoint.map(waypoint).transpose()?,
     };
     let mut workload = validated(workload, Workload::validate)?;
     workload.telemetry.baggage_header = workload.baggage().to_header();
@@ -165,8 +166,36 @@ pub fn service(s: pb::Service) -> Result<Service, Invalid> {
         ports,
         load_balancing,
         subject_alt_names,
+        waypoint: s.waypoint.map(waypoint).transpose()?,
     };
     validated(service, Service::validate)
+}
+
+fn waypoint(g: pb::GatewayAddress) -> Result<Waypoint, Invalid> {
+    use pb::gateway_address::Destination;
+    let destination = match g.destination {
+        Some(Destination::Hostname(h)) => {
+            if h.hostname.is_empty() || h.namespace.is_empty() {
+                return Err(Invalid::new(
+                    "waypoint.hostname",
+                    "needs both a namespace and a host name",
+                ));
+            }
+            WaypointDestination::Hostname {
+                namespace: h.namespace,
+                hostname: h.hostname,
+            }
+        }
+        Some(Destination::Address(a)) => {
+            WaypointDestination::Address(ip(&a.address, "waypoint.address")?)
+        }
+        None => return Err(Invalid::new("waypoint", "has no destination")),
+    };
+    let port = match g.hbone_mtls_port {
+        0 => return Err(Invalid::new("waypoint.hboneMtlsPort", "must be set")),
+        p => port(p, "waypoint.hboneMtlsPort")?,
+    };
+    Ok(Waypoint { destination, port })
 }
 
 fn load_balancing(lb: pb::LoadBalancing) -> Result<LoadBalancing, Invalid> {

@@ -19,7 +19,7 @@ use amesh_identity::Identity;
 use amesh_policy::{Authorization, Scope};
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 use tokio::sync::watch;
@@ -71,6 +71,10 @@ pub struct Client<'a> {
     pub locality: &'a Locality,
     /// The client's network (Istio's `NETWORK`; empty: the default one).
     pub network: &'a str,
+    /// The client's identity and address, to tell a waypoint's own traffic (which goes
+    /// direct to the workloads behind it) from everyone else's.
+    pub identity: Option<&'a Identity>,
+    pub ip: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -99,6 +103,36 @@ pub struct Workload {
     /// the app on `port` (the original port when `None`) behind a PROXY v2 header that
     /// carries the original addresses and the caller's identity.
     pub proxy_protocol: Option<ProxyProtocolTunnel>,
+    /// The waypoint that pod-addressed traffic to this workload goes through.
+    pub waypoint: Option<Waypoint>,
+}
+
+/// How a waypoint is reached (Istio's `GatewayAddress`): its Service's host name (the usual
+/// form) or an address, and the port it terminates HBONE on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Waypoint {
+    pub destination: WaypointDestination,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum WaypointDestination {
+    /// A Service by `namespace` and host name: its endpoints are the waypoint's pods.
+    Hostname { namespace: String, hostname: String },
+    /// A service VIP or a workload's address.
+    Address(IpAddr),
+}
+
+impl std::fmt::Display for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.destination {
+            WaypointDestination::Hostname {
+                namespace,
+                hostname,
+            } => write!(f, "{namespace}/{hostname}:{}", self.port),
+            WaypointDestination::Address(ip) => write!(f, "{}", SocketAddr::new(*ip, self.port)),
+        }
+    }
 }
 
 /// Where a workload wants its PROXY-protocol traffic.
@@ -201,6 +235,8 @@ pub struct Service {
     /// (Istio's `subject_alt_names`, e.g. a service run by several service accounts).
     #[serde(skip)]
     pub subject_alt_names: Vec<Identity>,
+    /// The waypoint that traffic addressed to the service goes through.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -326,6 +362,20 @@ impl State {
 
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
+    }
+
+    /// A service by `namespace/hostname`.
+    pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&ip)
+    }
+
+    /// The workloads backing a service (`namespace/hostname`), healthy or not.
+    pub fn endpoints(&self, key: &str) -> &[Arc<Workload>] {
+        self.endpoints.get(key).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -1,7 +1,12 @@
 //! Where an outbound connection goes: a workload by IP, or a service VIP spread over its
-//! healthy endpoints; HBONE for workloads in the mesh, plain TCP otherwise.
+//! healthy endpoints; HBONE for workloads in the mesh, plain TCP otherwise; through a
+//! waypoint when the service (service-addressed) or the workload (pod-addressed) has one, as
+//! Istio's ztunnel decides it.
 
-use super::{Client, LocalityScope, Protocol, Service, State, Workload};
+use super::{
+    Client, LocalityScope, Protocol, Service, State, Waypoint, WaypointDestination, Workload,
+};
+use amesh_identity::Identity;
 use std::{net::SocketAddr, sync::Arc};
 
 #[derive(Clone, Debug)]
@@ -25,6 +30,24 @@ pub enum Route {
         workload: Arc<Workload>,
         service: Option<Arc<Service>>,
     },
+    /// Through a waypoint: HBONE to one of its pods at `hbone` (its 15008), `:authority` =
+    /// the address the client dialled (`target`), expecting one of `expected` there.
+    Waypoint {
+        waypoint: Arc<Workload>,
+        hbone: SocketAddr,
+        target: SocketAddr,
+        expected: Vec<Identity>,
+        /// What the client addressed: a service, or a workload by its address.
+        service: Option<Arc<Service>>,
+        workload: Option<Arc<Workload>>,
+    },
+    /// The destination has a waypoint that cannot be reached (unknown, or no ready pod):
+    /// the connection is refused, never sent around it.
+    NoWaypoint {
+        waypoint: Waypoint,
+        service: Option<Arc<Service>>,
+        workload: Option<Arc<Workload>>,
+    },
 }
 
 impl State {
@@ -32,6 +55,9 @@ impl State {
     /// connections over a service's endpoints (callers pass a rotating counter).
     pub fn route(&self, orig: SocketAddr, client: &Client<'_>, pick: usize) -> Route {
         if let Some(service) = self.by_vip.get(&orig.ip()) {
+            if let Some(waypoint) = &service.waypoint {
+                return self.via_waypoint(waypoint, orig, pick, Some(service.clone()), None);
+            }
             return self.route_service(service, orig, client, pick);
         }
         match self.by_ip.get(&orig.ip()) {
@@ -39,6 +65,16 @@ impl State {
                 workload: w.clone(),
                 service: None,
             },
+            // Pod-addressed traffic to a workload with a waypoint, unless the waypoint itself
+            // is sending (it has done its work and goes direct).
+            Some(w)
+                if w.waypoint
+                    .as_ref()
+                    .is_some_and(|wp| !self.is_waypoint(wp, client)) =>
+            {
+                let waypoint = w.waypoint.as_ref().expect("checked just above");
+                self.via_waypoint(waypoint, orig, pick, None, Some(w.clone()))
+            }
             Some(w) if w.protocol == Protocol::Hbone => Route::Hbone {
                 workload: w.clone(),
                 service: None,
@@ -131,6 +167,86 @@ impl State {
     }
 }
 
+impl State {
+    /// The pods a waypoint runs as, with the identities a dial to them may find (their own,
+    /// and the SANs of the waypoint's Service).
+    pub fn waypoint_instances(&self, waypoint: &Waypoint) -> (Vec<Arc<Workload>>, Vec<Identity>) {
+        let service = match &waypoint.destination {
+            WaypointDestination::Hostname {
+                namespace,
+                hostname,
+            } => self.services.get(&format!("{namespace}/{hostname}")),
+            WaypointDestination::Address(ip) => self.by_vip.get(ip),
+        };
+        let instances: Vec<Arc<Workload>> = match (service, &waypoint.destination) {
+            (Some(s), _) => self.endpoints(&s.key()).to_vec(),
+            (None, WaypointDestination::Address(ip)) => {
+                self.by_ip.get(ip).cloned().into_iter().collect()
+            }
+            (None, WaypointDestination::Hostname { .. }) => Vec::new(),
+        };
+        let mut expected: Vec<Identity> = instances.iter().map(|w| w.identity()).collect();
+        if let Some(s) = service {
+            expected.extend(s.subject_alt_names.iter().cloned());
+        }
+        expected.sort_by_key(|i| i.to_string());
+        expected.dedup();
+        (instances, expected)
+    }
+
+    /// Whether the client is one of the waypoint's pods: its identity and its address.
+    fn is_waypoint(&self, waypoint: &Waypoint, client: &Client<'_>) -> bool {
+        let (Some(identity), Some(ip)) = (client.identity, client.ip) else {
+            return false;
+        };
+        self.waypoint_instances(waypoint)
+            .0
+            .iter()
+            .any(|w| w.identity() == *identity && w.addresses.contains(&ip))
+    }
+
+    fn via_waypoint(
+        &self,
+        waypoint: &Waypoint,
+        orig: SocketAddr,
+        pick: usize,
+        service: Option<Arc<Service>>,
+        workload: Option<Arc<Workload>>,
+    ) -> Route {
+        let (instances, expected) = self.waypoint_instances(waypoint);
+        // A waypoint terminates HBONE itself: only its ready pods can take the traffic.
+        let ready: Vec<(Arc<Workload>, SocketAddr)> = instances
+            .into_iter()
+            .filter(|w| w.healthy && w.protocol == Protocol::Hbone)
+            .filter_map(|w| {
+                let ip = w
+                    .addresses
+                    .iter()
+                    .find(|a| a.is_ipv4() == orig.is_ipv4())
+                    .or_else(|| w.addresses.first())
+                    .copied()?;
+                Some((w, SocketAddr::new(ip, waypoint.port)))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Route::NoWaypoint {
+                waypoint: waypoint.clone(),
+                service,
+                workload,
+            };
+        }
+        let (instance, hbone) = ready[pick % ready.len()].clone();
+        Route::Waypoint {
+            waypoint: instance,
+            hbone,
+            target: orig,
+            expected,
+            service,
+            workload,
+        }
+    }
+}
+
 /// Whether workload `w` shares `scope` of locality with the client.
 fn shares(w: &Workload, client: &Client<'_>, scope: LocalityScope) -> bool {
     let (a, b) = (&w.locality, client.locality);
@@ -194,6 +310,7 @@ mod tests {
             telemetry: Default::default(),
             network: String::new(),
             proxy_protocol: None,
+            waypoint: None,
         }
     }
 
@@ -210,6 +327,7 @@ mod tests {
                 ..Default::default()
             },
             subject_alt_names: vec![],
+            waypoint: None,
         }
     }
 
@@ -219,6 +337,8 @@ mod tests {
             Route::Direct { dst, .. } => format!("direct {dst}"),
             Route::NoEndpoint { .. } => "none".into(),
             Route::OtherNetwork { workload, .. } => format!("network {}", workload.network),
+            Route::Waypoint { hbone, target, .. } => format!("waypoint {hbone} for {target}"),
+            Route::NoWaypoint { waypoint, .. } => format!("no waypoint {waypoint}"),
         }
     }
 
@@ -227,6 +347,8 @@ mod tests {
             node,
             locality,
             network: "",
+            identity: None,
+            ip: None,
         }
     }
 
@@ -387,6 +509,128 @@ mod tests {
         assert_eq!(
             all(&strict, &client("n9", &z3)),
             ["none".to_string()].into()
+        );
+    }
+
+    /// A waypoint `wp` (Service `wp.ns` on 15008, pod 10.0.0.9 as `ns/waypoint-sa`), a service
+    /// `svc.ns` (VIP 10.96.0.1) backed by `a`, and the binding given by the arguments.
+    fn waypoint_mesh(service_bound: bool, workload_bound: bool, waypoint_ready: bool) -> State {
+        let bound = || Waypoint {
+            destination: WaypointDestination::Hostname {
+                namespace: "ns".into(),
+                hostname: "wp.ns".into(),
+            },
+            port: 15008,
+        };
+        let mut a = wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone);
+        a.waypoint = workload_bound.then(bound);
+        let mut wp = wl(
+            "wp",
+            "10.0.0.9",
+            "n2",
+            "z1",
+            waypoint_ready,
+            Protocol::Hbone,
+        );
+        wp.service_account = "waypoint-sa".into();
+        wp.services = BTreeMap::from([("ns/wp.ns".to_string(), BTreeMap::from([(15008, 15008)]))]);
+        let mut service = svc(vec![], false);
+        service.waypoint = service_bound.then(bound);
+        let mut wp_svc = svc(vec![], false);
+        wp_svc.name = "wp".into();
+        wp_svc.hostname = "wp.ns".into();
+        wp_svc.vips = vec!["10.96.0.9".parse().unwrap()];
+        wp_svc.ports = BTreeMap::from([(15008, 15008)]);
+        State::new(vec![a, wp], vec![service, wp_svc])
+    }
+
+    #[test]
+    fn waypoints_are_used_as_istios_ztunnel_uses_them() {
+        let here = Locality::default();
+        let c = client("n1", &here);
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let pod: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let cases = [
+            // (service bound, workload bound, waypoint ready, dialled, expected)
+            (
+                true,
+                false,
+                true,
+                vip,
+                "waypoint 10.0.0.9:15008 for 10.96.0.1:80",
+            ),
+            (true, false, true, pod, "hbone 10.0.0.1:8080"),
+            (
+                false,
+                true,
+                true,
+                pod,
+                "waypoint 10.0.0.9:15008 for 10.0.0.1:8080",
+            ),
+            // Service-addressed traffic never takes the workload's waypoint.
+            (false, true, true, vip, "hbone 10.0.0.1:8080"),
+            (
+                true,
+                true,
+                true,
+                pod,
+                "waypoint 10.0.0.9:15008 for 10.0.0.1:8080",
+            ),
+            (false, false, true, vip, "hbone 10.0.0.1:8080"),
+            // A waypoint with no ready pod refuses; it is never gone around.
+            (true, false, false, vip, "no waypoint ns/wp.ns:15008"),
+            (false, true, false, pod, "no waypoint ns/wp.ns:15008"),
+        ];
+        for (svc_bound, wl_bound, ready, dialled, want) in cases {
+            let state = waypoint_mesh(svc_bound, wl_bound, ready);
+            assert_eq!(
+                target(&state.route(dialled, &c, 0)),
+                want,
+                "service bound {svc_bound}, workload bound {wl_bound}, ready {ready}, to {dialled}"
+            );
+        }
+        let state = waypoint_mesh(true, false, true);
+        let Route::Waypoint { expected, .. } = state.route(vip, &c, 0) else {
+            panic!("through the waypoint");
+        };
+        assert_eq!(
+            expected,
+            [Identity::new("cluster.local", "ns", "waypoint-sa")],
+            "the waypoint's identity is what the dial must find"
+        );
+    }
+
+    #[test]
+    fn the_waypoint_itself_goes_direct_and_an_unknown_one_refuses() {
+        let state = waypoint_mesh(false, true, true);
+        let here = Locality::default();
+        let pod: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let wp_identity = Identity::new("cluster.local", "ns", "waypoint-sa");
+        let mut from_waypoint = client("n2", &here);
+        from_waypoint.identity = Some(&wp_identity);
+        from_waypoint.ip = Some("10.0.0.9".parse().unwrap());
+        assert_eq!(
+            target(&state.route(pod, &from_waypoint, 0)),
+            "hbone 10.0.0.1:8080"
+        );
+        // The waypoint's identity from another address is not the waypoint.
+        from_waypoint.ip = Some("10.0.0.7".parse().unwrap());
+        assert_eq!(
+            target(&state.route(pod, &from_waypoint, 0)),
+            "waypoint 10.0.0.9:15008 for 10.0.0.1:8080"
+        );
+        let mut a = wl("a", "10.0.0.1", "n1", "z1", true, Protocol::Hbone);
+        a.waypoint = Some(Waypoint {
+            destination: WaypointDestination::Hostname {
+                namespace: "ns".into(),
+                hostname: "missing.ns".into(),
+            },
+            port: 15008,
+        });
+        let state = State::new(vec![a], vec![]);
+        assert_eq!(
+            target(&state.route(pod, &client("n1", &here), 0)),
+            "no waypoint ns/missing.ns:15008"
         );
     }
 }

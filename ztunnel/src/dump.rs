@@ -5,7 +5,9 @@
 //! certificates with `certChain`/`rootCerts` (base64 of the PEM, decimal serial, RFC 3339
 //! times). `workloadState` lists the pods this ztunnel serves. amesh adds `node` and `pods`.
 
-use crate::state::{LocalityScope, Protocol, Service, State, Workload};
+use crate::state::{
+    LocalityScope, Protocol, Service, State, Waypoint, WaypointDestination, Workload,
+};
 use amesh_identity::{CertInfo, CertState, WorkloadCert};
 use amesh_policy::{Action, Authorization, Match, Scope, ServiceAccountMatch, StringMatch};
 use serde_json::{Map, Value, json};
@@ -75,6 +77,18 @@ fn put(map: &mut Map<String, Value>, key: &str, value: &str) {
     }
 }
 
+/// Istio's `GatewayAddress` as its dump writes it: `namespace/hostname` or `network/ip`.
+fn waypoint(wp: &Waypoint, network: &str) -> Value {
+    let destination = match &wp.destination {
+        WaypointDestination::Hostname {
+            namespace,
+            hostname,
+        } => format!("{namespace}/{hostname}"),
+        WaypointDestination::Address(ip) => format!("{network}/{ip}"),
+    };
+    json!({ "destination": destination, "hboneMtlsPort": wp.port })
+}
+
 fn workload(w: &Workload) -> Value {
     let t = &w.telemetry;
     let mut m = Map::new();
@@ -106,6 +120,9 @@ fn workload(w: &Workload) -> Value {
             tunnel["port"] = port.into();
         }
         m.insert("applicationTunnel".into(), tunnel);
+    }
+    if let Some(wp) = &w.waypoint {
+        m.insert("waypoint".into(), waypoint(wp, &w.network));
     }
     m.insert("status".into(), health(w.healthy).into());
     m.insert("clusterId".into(), t.cluster_id.clone().into());
@@ -178,6 +195,9 @@ fn service(s: &Service, workloads: &[&Workload]) -> Value {
         "subjectAltNames": s.subject_alt_names.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         "ipFamilies": families,
     });
+    if let Some(wp) = &s.waypoint {
+        m["waypoint"] = waypoint(wp, "");
+    }
     let lb = &s.load_balancing;
     if !lb.prefer.is_empty() || lb.strict || lb.passthrough || lb.allow_unhealthy {
         let mode = match (lb.passthrough, lb.strict) {

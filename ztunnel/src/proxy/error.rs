@@ -76,6 +76,15 @@ pub enum OutboundError {
         "{workload} is on network {network:?}, reachable only through a network gateway, which amesh does not support yet"
     )]
     OtherNetwork { workload: String, network: String },
+    /// The destination is bound to a waypoint that has no ready pod (or is unknown): Istio's
+    /// ztunnel fails such connections too, never sending around the waypoint.
+    #[error(
+        "waypoint {waypoint} for {destination} has no ready instance: refused, not sent around it"
+    )]
+    NoWaypoint {
+        waypoint: String,
+        destination: String,
+    },
 }
 
 impl OutboundError {
@@ -84,6 +93,7 @@ impl OutboundError {
             Self::NotConfigured | Self::Direct(_) | Self::OtherNetwork { .. } => {
                 ResponseFlag::Connect
             }
+            Self::NoWaypoint { .. } => ResponseFlag::NoHealthyUpstream,
             Self::NoCertificate(_) => ResponseFlag::IdentityError,
             Self::NoHealthyUpstream { .. } => ResponseFlag::NoHealthyUpstream,
             Self::Hbone { source, .. } => hbone_flag(source),

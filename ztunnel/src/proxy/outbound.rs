@@ -73,6 +73,8 @@ async fn forward(
         node: &inputs.id.node,
         locality: me.map_or(&nowhere, |w| &w.locality),
         network: &inputs.id.network,
+        identity: Some(&pod.identity),
+        ip: src_ip,
     };
     match state.route(orig, &client, pick) {
         Route::Hbone {
@@ -94,10 +96,55 @@ async fn forward(
             if let Some(s) = &service {
                 expected.extend(s.subject_alt_names.iter().cloned());
             }
-            match tunnel(&inputs, &pod, expected, target, headers).await {
+            let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
+            match tunnel(&inputs, &pod, expected, hbone, target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err(e) => fail(record, e),
             }
+        }
+        Route::Waypoint {
+            waypoint,
+            hbone,
+            target,
+            expected,
+            service,
+            workload,
+        } => {
+            // Istio labels such connections with the waypoint as the destination workload.
+            record.dst = hbone;
+            record.destination_workload(&waypoint);
+            label_service(&mut record, service.as_deref());
+            record.labels.connection_security_policy = SecurityPolicy::MutualTls;
+            let baggage = match me {
+                Some(w) => w.telemetry.baggage_header.clone(),
+                None => pod_baggage(&pod).to_header(),
+            };
+            let headers = hbone_headers(baggage, src, service.as_deref());
+            tracing::debug!(waypoint = %hbone, authority = %target, to = ?workload.as_ref().map(|w| &w.name), "through the waypoint");
+            match tunnel(&inputs, &pod, expected, hbone, target, headers).await {
+                Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
+                Err(e) => fail(record, e),
+            }
+        }
+        Route::NoWaypoint {
+            waypoint,
+            service,
+            workload,
+        } => {
+            if let Some(w) = &workload {
+                record.destination_workload(w);
+            }
+            label_service(&mut record, service.as_deref());
+            let destination = match (&service, &workload) {
+                (Some(s), _) => s.hostname.clone(),
+                (None, Some(w)) => format!("{}/{}", w.namespace, w.name),
+                (None, None) => orig.to_string(),
+            };
+            let e = OutboundError::NoWaypoint {
+                waypoint: waypoint.to_string(),
+                destination,
+            };
+            fail(record, e);
         }
         Route::Direct {
             dst,
@@ -177,11 +224,13 @@ fn pod_baggage(pod: &PodCtx) -> Baggage {
     }
 }
 
-/// Opens an HBONE stream to `target` as the pod, expecting the destination's identity.
+/// Opens an HBONE stream as the pod to `hbone` (an endpoint's or a waypoint's 15008) for
+/// `target` (the `:authority`), expecting one of `expected` there.
 async fn tunnel(
     inputs: &ProxyInputs,
     pod: &PodCtx,
     expected: Vec<Identity>,
+    hbone_addr: SocketAddr,
     target: SocketAddr,
     headers: HeaderMap,
 ) -> Result<amesh_hbone::PooledStream, OutboundError> {
@@ -192,7 +241,6 @@ async fn tunnel(
         .wait_ready(&pod.identity, CERT_WAIT)
         .await
         .ok_or_else(|| OutboundError::NoCertificate(pod.identity.clone()))?;
-    let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let key = PoolKey {
         src_pod: pod.uid.clone(),
         src: pod.identity.clone(),
@@ -239,6 +287,7 @@ mod tests {
             ports: Default::default(),
             load_balancing: LoadBalancing::default(),
             subject_alt_names: vec![],
+            waypoint: None,
         };
         let baggage = Baggage {
             cluster: "Kubernetes".into(),
