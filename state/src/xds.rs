@@ -21,9 +21,9 @@ fn undecodable(e: prost::DecodeError) -> Invalid {
 /// One decoded `istio.workload.Address`.
 #[derive(Debug)]
 pub enum Address {
-    /// Boxed: a workload is several times the size of a service.
+    /// Boxed, both: they differ much in size.
     Workload(Box<Workload>),
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Handles `istio.workload.Address` (workloads and services).
@@ -40,7 +40,7 @@ impl Handler for AddressHandler {
             Some(pb::address::Type::Workload(w)) => {
                 convert::workload(w).map(|w| Address::Workload(Box::new(w)))
             }
-            Some(pb::address::Type::Service(s)) => convert::service(s).map(Address::Service),
+            Some(pb::address::Type::Service(s)) => convert::service(s).map(|s| Address::Service(Box::new(s))),
             None => Err(Invalid::new(
                 "(resource)",
                 "address is neither a workload nor a service",
@@ -53,7 +53,7 @@ impl Handler for AddressHandler {
         for (name, address) in changes.updated {
             match address {
                 Address::Workload(w) => r.insert_workload(name, *w),
-                Address::Service(s) => r.insert_service(name, s),
+                Address::Service(s) => r.insert_service(name, *s),
             }
         }
         for name in &changes.removed {
