@@ -41,6 +41,10 @@ pub enum KubeSourceError {
     Translate,
 }
 
+/// How long the first list of the Gateway API's kinds may take before the control plane
+/// serves without them.
+const GATEWAY_API_WAIT: Duration = Duration::from_secs(10);
+
 /// The reflector caches translation reads.
 #[derive(Clone)]
 struct Caches {
@@ -50,11 +54,20 @@ struct Caches {
     endpoint_slices: Store<EndpointSlice>,
     authorization_policies: Store<DynamicObject>,
     peer_authentications: Store<DynamicObject>,
+    gateways: Store<DynamicObject>,
+    gateway_classes: Store<DynamicObject>,
 }
 
 fn istio_security(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("security.istio.io", "v1", kind),
+        plural,
+    )
+}
+
+fn gateway_api(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind),
         plural,
     )
 }
@@ -138,6 +151,8 @@ impl Caches {
                 "PeerAuthentication",
                 &mut rejected,
             ),
+            gateways: convert(self.gateways.state(), "Gateway", &mut rejected),
+            gateway_classes: convert(self.gateway_classes.state(), "GatewayClass", &mut rejected),
         };
         (snapshot, rejected)
     }
@@ -170,6 +185,22 @@ impl Caches {
             .wait_until_ready()
             .await
             .map_err(fail("PeerAuthentication"))?;
+        // The Gateway API is optional for an L4-only mesh: a cluster without its CRDs never
+        // lists Gateways, and must not keep the control plane from serving. Where it is
+        // installed, the lists come in long before this bound, so no first push goes out
+        // without the waypoints.
+        for (store, kind) in [
+            (&self.gateways, "Gateway"),
+            (&self.gateway_classes, "GatewayClass"),
+        ] {
+            match tokio::time::timeout(GATEWAY_API_WAIT, store.wait_until_ready()).await {
+                Ok(r) => r.map_err(fail(kind))?,
+                Err(_) => warn!(
+                    kind,
+                    "the Gateway API is not served (CRDs not installed?): no waypoints until it is"
+                ),
+            }
+        }
         Ok(())
     }
 }
@@ -269,6 +300,12 @@ pub async fn publish_kube(
         peer_authentications: dynamic(
             &client,
             istio_security("PeerAuthentication", "peerauthentications"),
+            &changed,
+        ),
+        gateways: dynamic(&client, gateway_api("Gateway", "gateways"), &changed),
+        gateway_classes: dynamic(
+            &client,
+            gateway_api("GatewayClass", "gatewayclasses"),
             &changed,
         ),
     };

@@ -15,7 +15,10 @@ pub mod root_configmap;
 pub mod serve;
 pub mod serving_cert;
 pub mod translate;
+pub mod waypoints;
 pub mod watch;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waypoint_tests;

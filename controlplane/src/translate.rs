@@ -6,7 +6,8 @@
 //! - every Service becomes a `Service` (resource name `<ns>/<hostname>`), and each pod it
 //!   selects lists it with the port map, named target ports resolved from the pod's
 //!   containers;
-//! - waypoints come from `istio.io/use-waypoint` (pod, then namespace);
+//! - waypoints are bound as istiod binds them ([`crate::waypoints`]); a waypoint's pods are
+//!   HBONE workloads (they terminate HBONE themselves) without a waypoint of their own;
 //! - AuthorizationPolicies become `Authorization`s (workload-scoped ones listed on the pods
 //!   their selector matches); STRICT PeerAuthentications become DENY policies for peers
 //!   without an identity, with port-level PERMISSIVE ports excepted.
@@ -18,6 +19,7 @@ use amesh_kube::{
     source::Snapshot,
     workload_name::{self, WorkloadKind},
 };
+use crate::waypoints::{Binding, Target, Waypoints};
 use amesh_policy::{
     Authorization, Scope,
     crd::{self, CrdError},
@@ -121,8 +123,8 @@ impl Rejected {
     }
 }
 
-const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Istio's label for pods that terminate HBONE themselves (waypoints, gateways).
+const TUNNEL: &str = "networking.istio.io/tunnel";
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -143,8 +145,23 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         .collect();
     let policies = authorizations(snap, mesh, &mut out);
     let peer_auths = peer_authentications(snap, mesh, &mut out);
+    let waypoints = Waypoints::new(snap);
+    let empty = BTreeMap::new();
     for svc in &snap.services {
-        if let Some((name, s)) = service(svc, mesh) {
+        if let Some((name, mut s)) = service(svc, mesh) {
+            let labels = svc.metadata.labels.clone().unwrap_or_default();
+            let ns = ns_labels.get(&s.namespace).unwrap_or(&empty);
+            if !waypoints.is_waypoint_service(&s.namespace, &s.name, &labels) {
+                s.waypoint = bind(
+                    &waypoints,
+                    Target::Service,
+                    ("Service", &s.namespace, &s.name),
+                    &labels,
+                    ns,
+                    mesh,
+                    &mut out,
+                );
+            }
             out.addresses.insert(
                 name,
                 pb::Address {
@@ -162,7 +179,6 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         );
     }
     for pod in &snap.pods {
-        let empty = BTreeMap::new();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let spec = pod.spec.as_ref();
         if let (Some(node), Some(name)) = (
@@ -181,6 +197,20 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         let namespace_labels = ns_labels.get(ns).unwrap_or(&empty);
         if let Some(mut w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
+            if waypoints.is_instance(pod) || labels.get(TUNNEL).is_some_and(|t| t == "http") {
+                // It terminates HBONE itself, and is never sent through a waypoint.
+                w.tunnel_protocol = pb::TunnelProtocol::Hbone as i32;
+            } else {
+                w.waypoint = bind(
+                    &waypoints,
+                    Target::Workload,
+                    ("Pod", &w.namespace, &w.name),
+                    &labels,
+                    namespace_labels,
+                    mesh,
+                    &mut out,
+                );
+            }
             if let Some(p) = peer_policy(&peer_auths, &w.namespace, &labels, mesh) {
                 w.authorization_policies.push(p.key());
                 out.authorizations
@@ -304,18 +334,12 @@ fn service(svc: &Service, mesh: &Mesh) -> Option<(String, pb::Service)> {
             app_protocol: 0,
         })
         .collect();
-    let waypoint = svc
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| waypoint_of(l, &namespace, mesh));
     let resource = pb::Service {
         name,
         namespace: namespace.clone(),
         hostname: hostname.clone(),
         addresses,
         ports,
-        waypoint,
         ..Default::default()
     };
     Some((format!("{namespace}/{hostname}"), resource))
@@ -426,24 +450,30 @@ fn endpoint_slice_workloads(snap: &Snapshot, mesh: &Mesh) -> Vec<pb::Workload> {
     out
 }
 
-fn waypoint_of(
+/// One object's waypoint; a binding that cannot be made is reported.
+fn bind(
+    waypoints: &Waypoints,
+    target: Target,
+    (kind, namespace, name): (&'static str, &str, &str),
     labels: &BTreeMap<String, String>,
-    namespace: &str,
+    ns_labels: &BTreeMap<String, String>,
     mesh: &Mesh,
+    out: &mut Resources,
 ) -> Option<pb::GatewayAddress> {
-    let name = labels.get(USE_WAYPOINT).filter(|w| *w != "none")?;
-    let ns = labels
-        .get(USE_WAYPOINT_NAMESPACE)
-        .map_or(namespace, String::as_str);
-    Some(pb::GatewayAddress {
-        destination: Some(pb::gateway_address::Destination::Hostname(
-            pb::NamespacedHostname {
-                namespace: ns.into(),
-                hostname: format!("{name}.{ns}.svc.{}", mesh.domain_suffix),
-            },
-        )),
-        hbone_mtls_port: 15008,
-    })
+    match waypoints.bind(target, namespace, labels, ns_labels, mesh) {
+        Binding::Bound(address) => Some(address),
+        Binding::None => None,
+        Binding::Refused(reason) => {
+            out.errors.push(Rejected {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                reason,
+                partial: true,
+            });
+            None
+        }
+    }
 }
 
 fn workload(
@@ -517,8 +547,6 @@ fn workload(
             pb::WorkloadStatus::Unhealthy
         } as i32,
         cluster_id: mesh.cluster_id.clone(),
-        waypoint: waypoint_of(&labels, &namespace, mesh)
-            .or_else(|| waypoint_of(ns_labels, &namespace, mesh)),
         ..Default::default()
     };
     for svc in services

@@ -5,6 +5,7 @@
 
 use crate::yaml_guard;
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
+use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway};
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -58,6 +59,9 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthenticationResource>),
+    /// Gateway API objects (`gateway.networking.k8s.io`): waypoints are Gateways.
+    Gateway(Box<Gateway>),
+    GatewayClass(Box<GatewayClass>),
 }
 
 /// Everything the translation reads.
@@ -70,6 +74,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthenticationResource>,
+    pub gateways: Vec<Gateway>,
+    pub gateway_classes: Vec<GatewayClass>,
 }
 
 impl Snapshot {
@@ -81,6 +87,8 @@ impl Snapshot {
             Object::EndpointSlice(o) => self.endpoint_slices.push(*o),
             Object::AuthorizationPolicy(o) => self.authorization_policies.push(*o),
             Object::PeerAuthentication(o) => self.peer_authentications.push(*o),
+            Object::Gateway(o) => self.gateways.push(*o),
+            Object::GatewayClass(o) => self.gateway_classes.push(*o),
         }
     }
 }
@@ -250,6 +258,12 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
         }
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
             Object::PeerAuthentication(serde_json::from_value(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "Gateway") => {
+            Object::Gateway(serde_json::from_value(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "GatewayClass") => {
+            Object::GatewayClass(serde_json::from_value(value).map_err(err)?)
         }
         // Other kinds (Deployments, ConfigMaps...) are not the control plane's business.
         (_, kind) if !kind.is_empty() => return Ok(None),

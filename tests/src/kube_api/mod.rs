@@ -85,6 +85,7 @@ fn collection_of(object: &Value) -> Result<String, String> {
     let lower = kind.to_lowercase();
     let plural = match lower.strip_suffix('y') {
         Some(stem) => format!("{stem}ies"),
+        None if lower.ends_with('s') => format!("{lower}es"),
         None => format!("{lower}s"),
     };
     Ok(if api_version.contains('/') {
