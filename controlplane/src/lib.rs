@@ -15,8 +15,8 @@ pub mod root_configmap;
 pub mod serve;
 pub mod serving_cert;
 pub mod translate;
-pub mod waypoints;
 pub mod watch;
+pub mod waypoints;
 
 #[cfg(test)]
 mod tests;

@@ -14,12 +14,12 @@
 //!
 //! An object that cannot be translated is reported and skipped; the rest translate.
 
+use crate::waypoints::{Binding, Target, Waypoints};
 use amesh_kube::{
     enrollment::enrolled,
     source::Snapshot,
     workload_name::{self, WorkloadKind},
 };
-use crate::waypoints::{Binding, Target, Waypoints};
 use amesh_policy::{
     Authorization, Scope,
     crd::{self, CrdError},

@@ -96,7 +96,14 @@ status: {{phase: Running, conditions: [{{type: Ready, status: "True"}}], podIPs:
         pod = c.pod,
     );
     yaml += &waypoint("shop", "wp", c.gw, "", c.ready, "10.200.0.9");
-    yaml += &waypoint("shop", "wp2", "istio.io/waypoint-for: all", "", true, "10.200.0.8");
+    yaml += &waypoint(
+        "shop",
+        "wp2",
+        "istio.io/waypoint-for: all",
+        "",
+        true,
+        "10.200.0.8",
+    );
     yaml += &waypoint("other", "far", "", c.far_allowed, true, "10.200.0.7");
     let mut snap = source::Snapshot::default();
     let mut errors = Vec::new();
@@ -147,18 +154,38 @@ fn binding_follows_istiods_rules() {
     let cases: Vec<(&str, Case<'_>, &str, &str, &str, &str)> = vec![
         (
             "namespace label, service-only waypoint: the pod's mismatch is silent",
-            Case { ns: "istio.io/use-waypoint: wp", ..BASE },
-            WP, "-", "", "",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                ..BASE
+            },
+            WP,
+            "-",
+            "",
+            "",
         ),
         (
             "waypoint-for: all binds both",
-            Case { ns: "istio.io/use-waypoint: wp", gw: "istio.io/waypoint-for: all", ..BASE },
-            WP, WP, "", "",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                gw: "istio.io/waypoint-for: all",
+                ..BASE
+            },
+            WP,
+            WP,
+            "",
+            "",
         ),
         (
             "the GatewayClass's waypoint-for applies when the Gateway says nothing",
-            Case { ns: "istio.io/use-waypoint: wp", class: "istio.io/waypoint-for: workload", ..BASE },
-            "-", WP, "", "",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                class: "istio.io/waypoint-for: workload",
+                ..BASE
+            },
+            "-",
+            WP,
+            "",
+            "",
         ),
         (
             "the Gateway's waypoint-for wins over its class's",
@@ -168,43 +195,93 @@ fn binding_follows_istiods_rules() {
                 gw: "istio.io/waypoint-for: service",
                 ..BASE
             },
-            WP, "-", "", "",
+            WP,
+            "-",
+            "",
+            "",
         ),
         (
             "none on the object blocks the namespace's waypoint",
-            Case { ns: "istio.io/use-waypoint: wp", svc: "istio.io/use-waypoint: none", ..BASE },
-            "-", "-", "", "",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                svc: "istio.io/use-waypoint: none",
+                ..BASE
+            },
+            "-",
+            "-",
+            "",
+            "",
         ),
         (
             "the object's own label wins over the namespace's",
-            Case { ns: "istio.io/use-waypoint: wp", svc: "istio.io/use-waypoint: wp2", pod: "istio.io/use-waypoint: wp2", ..BASE },
-            WP2, WP2, "", "",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                svc: "istio.io/use-waypoint: wp2",
+                pod: "istio.io/use-waypoint: wp2",
+                ..BASE
+            },
+            WP2,
+            WP2,
+            "",
+            "",
         ),
         (
             "a mismatch asked for on the object is reported",
-            Case { pod: "istio.io/use-waypoint: wp", ..BASE },
-            "-", "-", "", "is for service traffic (istio.io/waypoint-for), not workload",
+            Case {
+                pod: "istio.io/use-waypoint: wp",
+                ..BASE
+            },
+            "-",
+            "-",
+            "",
+            "is for service traffic (istio.io/waypoint-for), not workload",
         ),
         (
             "waypoint-for: none binds nothing",
-            Case { svc: "istio.io/use-waypoint: wp", gw: "istio.io/waypoint-for: none", ..BASE },
-            "-", "-", "is for none traffic", "",
+            Case {
+                svc: "istio.io/use-waypoint: wp",
+                gw: "istio.io/waypoint-for: none",
+                ..BASE
+            },
+            "-",
+            "-",
+            "is for none traffic",
+            "",
         ),
         (
             "a waypoint that does not exist binds nothing, and says so",
-            Case { svc: "istio.io/use-waypoint: nope", ..BASE },
-            "-", "-", "waypoint shop/nope does not exist: traffic stays direct", "",
+            Case {
+                svc: "istio.io/use-waypoint: nope",
+                ..BASE
+            },
+            "-",
+            "-",
+            "waypoint shop/nope does not exist: traffic stays direct",
+            "",
         ),
         (
             // Readiness is judged before the traffic type, as istiod does: both hear of it.
             "a waypoint with no ready pod binds nothing, and says so",
-            Case { ns: "istio.io/use-waypoint: wp", ready: false, ..BASE },
-            "-", "-", "waypoint shop/wp has no ready pod yet", "waypoint shop/wp has no ready pod yet",
+            Case {
+                ns: "istio.io/use-waypoint: wp",
+                ready: false,
+                ..BASE
+            },
+            "-",
+            "-",
+            "waypoint shop/wp has no ready pod yet",
+            "waypoint shop/wp has no ready pod yet",
         ),
         (
             "another namespace's waypoint, its listener allowing only its own namespace",
-            Case { svc: "istio.io/use-waypoint: far, istio.io/use-waypoint-namespace: other", ..BASE },
-            "-", "-", "does not allow namespace shop", "",
+            Case {
+                svc: "istio.io/use-waypoint: far, istio.io/use-waypoint-namespace: other",
+                ..BASE
+            },
+            "-",
+            "-",
+            "does not allow namespace shop",
+            "",
         ),
         (
             "another namespace's waypoint that allows all namespaces",
@@ -213,7 +290,10 @@ fn binding_follows_istiods_rules() {
                 far_allowed: ", allowedRoutes: {namespaces: {from: All}}",
                 ..BASE
             },
-            "other/far.other.svc.cluster.local", "-", "", "",
+            "other/far.other.svc.cluster.local",
+            "-",
+            "",
+            "",
         ),
         (
             "a namespace selector on the waypoint's listener",
@@ -223,7 +303,10 @@ fn binding_follows_istiods_rules() {
                 far_allowed: ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: near}}}}",
                 ..BASE
             },
-            "other/far.other.svc.cluster.local", "-", "", "",
+            "other/far.other.svc.cluster.local",
+            "-",
+            "",
+            "",
         ),
     ];
     for (what, case, want_svc, want_pod, svc_report, pod_report) in cases {
@@ -256,7 +339,11 @@ fn waypoints_themselves_are_hbone_workloads_without_a_waypoint() {
     let pb::address::Type::Workload(w) = address(&r, "Kubernetes//v1/Pod/shop/wp-0") else {
         panic!("the waypoint pod is a workload");
     };
-    assert_eq!(w.tunnel_protocol, pb::TunnelProtocol::Hbone as i32, "it terminates HBONE itself");
+    assert_eq!(
+        w.tunnel_protocol,
+        pb::TunnelProtocol::Hbone as i32,
+        "it terminates HBONE itself"
+    );
     assert_eq!(w.waypoint, None);
     assert_eq!(w.service_account, "wp");
     assert!(

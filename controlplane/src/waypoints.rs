@@ -109,7 +109,10 @@ pub enum Allowed {
 impl Waypoint {
     /// The Service host name the waypoint is reached by.
     pub fn hostname(&self, mesh: &Mesh) -> String {
-        format!("{}.{}.svc.{}", self.name, self.namespace, mesh.domain_suffix)
+        format!(
+            "{}.{}.svc.{}",
+            self.name, self.namespace, mesh.domain_suffix
+        )
     }
 
     pub fn address(&self, mesh: &Mesh) -> pb::GatewayAddress {
@@ -221,8 +224,14 @@ impl Waypoints {
 
     /// Whether a Service is a waypoint's own: istiod's managed label, or the Service named
     /// like a waypoint in its namespace (as the controller names it).
-    pub fn is_waypoint_service(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        labels.get(MANAGED).is_some_and(|v| v == MANAGED_BY_MESH) || self.get(namespace, name).is_some()
+    pub fn is_waypoint_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        labels.get(MANAGED).is_some_and(|v| v == MANAGED_BY_MESH)
+            || self.get(namespace, name).is_some()
     }
 
     /// istiod's `fetchWaypointForTarget` and the traffic-type check after it.
@@ -310,8 +319,7 @@ fn waypoint_of(
         .unwrap_or(TrafficType::Service);
     let ready = snap.pods.iter().any(|p| {
         p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-            && p
-                .metadata
+            && p.metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(GATEWAY_NAME))

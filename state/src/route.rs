@@ -58,6 +58,28 @@ impl State {
             if let Some(waypoint) = &service.waypoint {
                 return self.via_waypoint(waypoint, orig, pick, Some(service.clone()), None);
             }
+        } else if let Some(w) = self.by_ip.get(&orig.ip()) {
+            // Pod-addressed traffic to a workload with a waypoint, unless the waypoint itself
+            // is sending (it has done its work and goes direct).
+            if let Some(waypoint) = &w.waypoint
+                && w.network == client.network
+                && !self.is_waypoint(waypoint, client)
+            {
+                return self.via_waypoint(waypoint, orig, pick, None, Some(w.clone()));
+            }
+        }
+        self.route_past_waypoints(orig, client, pick)
+    }
+
+    /// Where a connection goes with waypoints left aside: what a waypoint does with the
+    /// traffic it has handled.
+    pub fn route_past_waypoints(
+        &self,
+        orig: SocketAddr,
+        client: &Client<'_>,
+        pick: usize,
+    ) -> Route {
+        if let Some(service) = self.by_vip.get(&orig.ip()) {
             return self.route_service(service, orig, client, pick);
         }
         match self.by_ip.get(&orig.ip()) {
@@ -65,16 +87,6 @@ impl State {
                 workload: w.clone(),
                 service: None,
             },
-            // Pod-addressed traffic to a workload with a waypoint, unless the waypoint itself
-            // is sending (it has done its work and goes direct).
-            Some(w)
-                if w.waypoint
-                    .as_ref()
-                    .is_some_and(|wp| !self.is_waypoint(wp, client)) =>
-            {
-                let waypoint = w.waypoint.as_ref().expect("checked just above");
-                self.via_waypoint(waypoint, orig, pick, None, Some(w.clone()))
-            }
             Some(w) if w.protocol == Protocol::Hbone => Route::Hbone {
                 workload: w.clone(),
                 service: None,

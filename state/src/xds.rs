@@ -40,7 +40,9 @@ impl Handler for AddressHandler {
             Some(pb::address::Type::Workload(w)) => {
                 convert::workload(w).map(|w| Address::Workload(Box::new(w)))
             }
-            Some(pb::address::Type::Service(s)) => convert::service(s).map(|s| Address::Service(Box::new(s))),
+            Some(pb::address::Type::Service(s)) => {
+                convert::service(s).map(|s| Address::Service(Box::new(s)))
+            }
             None => Err(Invalid::new(
                 "(resource)",
                 "address is neither a workload nor a service",

@@ -1,6 +1,13 @@
-//! The `waypoint` binary. Not implemented yet: it says so and fails.
+//! The `amesh-waypoint` binary.
 #![forbid(unsafe_code)]
-fn main() -> std::process::ExitCode {
-    eprintln!("waypoint: the L7 proxy is not implemented yet");
-    std::process::ExitCode::from(2)
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = amesh_waypoint::config::Args::parse();
+    amesh_waypoint::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(amesh_waypoint::run(args))
 }

@@ -161,16 +161,24 @@ fn answer(conn: TcpStream, name: &str) {
     let mut line = String::new();
     let mut reader = BufReader::new(&conn);
     let _ = reader.read_line(&mut line);
-    let body = format!("served-by={name} local={local} line={}\n", line.trim_end());
+    let mut body = format!("served-by={name} local={local} line={}", line.trim_end());
     if !line.trim_end().ends_with("HTTP/1.1") && !line.trim_end().ends_with("HTTP/1.0") {
+        body.push('\n');
         let _ = (&conn).write_all(body.as_bytes());
         return;
     }
-    // Skip the headers up to the blank line.
+    // Read the headers up to the blank line; the ones a proxy adds are reported back.
     let mut header = String::new();
     while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        if let Some((k, v)) = header.trim_end().split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            if k == "x-request-id" || k == "traceparent" {
+                body.push_str(&format!(" {k}={}", v.trim()));
+            }
+        }
         header.clear();
     }
+    body.push('\n');
     let _ = (&conn).write_all(
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -14,6 +14,7 @@ mod policy;
 mod policy_xds;
 mod security;
 mod support;
+mod waypoint;
 mod xds;
 mod xds_kube;
 mod xds_nack;

@@ -1,0 +1,162 @@
+//! The waypoint's side of the far hop: the chosen endpoint, reached over HBONE with the
+//! waypoint's own identity (the destination's ztunnel authorizes that identity), or over plain
+//! TCP when the endpoint is not in the mesh.
+
+use crate::proxy::Inputs;
+use amesh_hbone::{HBONE_PORT, HboneError, PoolKey};
+use amesh_identity::{Identity, tls};
+use amesh_state::{Client, Locality, Route, Service, Workload};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+
+/// A byte stream to the endpoint.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where the traffic went.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub workload: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
+    /// Reached over HBONE (mutual TLS).
+    pub mtls: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no healthy endpoint for {0}")]
+    NoHealthyUpstream(String),
+    #[error("{0} is on another network (not supported)")]
+    OtherNetwork(String),
+    #[error("the waypoint's certificate is not ready")]
+    NoCertificate,
+    #[error("HBONE to {addr}: {source}")]
+    Hbone {
+        addr: SocketAddr,
+        source: HboneError,
+    },
+    #[error("connecting to {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's response flag for it, as Istio's waypoint reports it.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            Self::NoHealthyUpstream(_) | Self::OtherNetwork(_) => "UH",
+            Self::NoCertificate | Self::Hbone { .. } | Self::Tcp { .. } => "UF",
+        }
+    }
+}
+
+/// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port) and opens a
+/// stream to it.
+pub async fn connect(
+    inputs: &Inputs,
+    target: SocketAddr,
+    headers: http::HeaderMap,
+) -> Result<(Box<dyn Io>, Endpoint), UpstreamError> {
+    let route = {
+        let state = inputs.state.snapshot();
+        let nowhere = Locality::default();
+        let client = Client {
+            node: "",
+            locality: &nowhere,
+            network: "",
+            identity: Some(&inputs.me.identity),
+            ip: None,
+        };
+        let pick = inputs.next_pick.fetch_add(1, Ordering::Relaxed);
+        state.route_past_waypoints(target, &client, pick)
+    };
+    match route {
+        Route::Hbone {
+            workload,
+            service,
+            target,
+        } => {
+            let mut expected = vec![workload.identity()];
+            if let Some(s) = &service {
+                expected.extend(s.subject_alt_names.iter().cloned());
+            }
+            let stream = hbone(inputs, expected, target, headers).await?;
+            let endpoint = Endpoint {
+                addr: target,
+                workload: Some(workload),
+                service,
+                mtls: true,
+            };
+            Ok((Box::new(stream), endpoint))
+        }
+        Route::Direct {
+            dst,
+            workload,
+            service,
+        } => {
+            let stream = inputs
+                .net
+                .connect(dst)
+                .await
+                .map_err(|source| UpstreamError::Tcp { addr: dst, source })?;
+            let _ = stream.set_nodelay(true);
+            let endpoint = Endpoint {
+                addr: dst,
+                workload,
+                service,
+                mtls: false,
+            };
+            Ok((Box::new(stream), endpoint))
+        }
+        Route::NoEndpoint { service } => {
+            Err(UpstreamError::NoHealthyUpstream(service.hostname.clone()))
+        }
+        Route::OtherNetwork { workload, .. } => Err(UpstreamError::OtherNetwork(format!(
+            "{}/{}",
+            workload.namespace, workload.name
+        ))),
+        // `route_past_waypoints` never answers these.
+        Route::Waypoint { .. } | Route::NoWaypoint { .. } => {
+            Err(UpstreamError::NoHealthyUpstream(target.to_string()))
+        }
+    }
+}
+
+async fn hbone(
+    inputs: &Inputs,
+    expected: Vec<Identity>,
+    target: SocketAddr,
+    headers: http::HeaderMap,
+) -> Result<amesh_hbone::PooledStream, UpstreamError> {
+    let cert = inputs
+        .certs
+        .get(&inputs.me.identity)
+        .ok_or(UpstreamError::NoCertificate)?;
+    let addr = SocketAddr::new(target.ip(), HBONE_PORT);
+    let key = PoolKey {
+        src_pod: inputs.me.name.clone(),
+        src: inputs.me.identity.clone(),
+        dst: addr,
+        dst_identities: expected.clone(),
+    };
+    let (bundle, net) = (inputs.bundle.clone(), &inputs.net);
+    inputs
+        .pool
+        .connect(&key, &target.to_string(), headers, move || async move {
+            let config = tls::client_config(&cert, &bundle, expected, tls::provider())
+                .map_err(std::io::Error::other)?;
+            let tcp = net.connect(addr).await?;
+            TlsConnector::from(config)
+                .connect(tls::server_name(addr.ip()), tcp)
+                .await
+        })
+        .await
+        .map_err(|source| UpstreamError::Hbone { addr, source })
+}

@@ -1,0 +1,241 @@
+//! The waypoint in the test bed: the control plane binds namespace `shop` to waypoint `wp`
+//! (a Gateway of class istio-waypoint, its pod `wp` outside the capture), ztunnel sends `a`'s
+//! service-addressed and pod-addressed traffic to it over HBONE, and the waypoint serves the
+//! requests (real curl) and re-originates HBONE to `b` with its own identity; a CONNECT for
+//! something not bound to it is refused, and a waypoint that is gone fails connections
+//! closed, never sent around it.
+
+use crate::support::*;
+use amesh_testbed::{daemon::Daemon, mesh::PodSpec, probe::sibling_binary};
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+const WP: PodSpec = PodSpec {
+    tcp: true,
+    ..pod("wp", "shop", "node2")
+};
+
+fn specs() -> Vec<PodSpec> {
+    vec![
+        pod("a", "shop", "node1"),
+        PodSpec {
+            in_service: true,
+            ..pod("b", "shop", "node2")
+        },
+        WP,
+    ]
+}
+
+const GATEWAY: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: wp, namespace: shop}\nspec: {clusterIP: 10.96.0.20, selector: {gateway.networking.k8s.io/gateway-name: wp}, ports: [{name: mesh, port: 15008}]}\n";
+
+/// The mesh, its namespace bound to the waypoint, and the waypoint running in pod `wp`.
+fn waypoint_mesh() -> (Mesh, Daemon) {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    xds_edit(&mesh, |t| {
+        t.replace(
+            "labels: {app: wp, istio.io/dataplane-mode: none}",
+            "labels: {app: wp, istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: wp}",
+        )
+        .replace(
+            "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+            "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}",
+        ) + GATEWAY
+    });
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    (mesh, waypoint)
+}
+
+fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(mesh.source_path()).expect("read the source");
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit must change the source");
+    std::fs::write(mesh.source_path(), edited).expect("write the source");
+}
+
+fn start_waypoint(mesh: &Mesh) -> Daemon {
+    let xds = mesh.xds.expect("the control plane's address").to_string();
+    let mut cmd = Command::new(sibling_binary("amesh-waypoint"));
+    cmd.args(["--name", "wp", "--namespace", "shop", "--xds-address", &xds])
+        .args(["--ca-root-file", &mesh.ca_root_path().display().to_string()])
+        .args([
+            "--token-file",
+            &mesh.node_token_path().display().to_string(),
+        ])
+        .args([
+            "--netns",
+            &mesh.pod("wp").netns_path().display().to_string(),
+        ])
+        .args([
+            "--readiness",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info,amesh_waypoint=debug")
+        .env("NO_COLOR", "1");
+    let log = mesh.dir.join("waypoint.log");
+    let mut waypoint = Daemon::spawn(cmd, log, "amesh-waypoint").expect("start the waypoint");
+    waypoint
+        .wait_log("the waypoint starting", Duration::from_secs(10), |l| {
+            l.contains("amesh-waypoint starting").then_some(())
+        })
+        .expect("the waypoint starts");
+    let readiness = endpoint(&waypoint, "readiness");
+    amesh_testbed::eventually("the waypoint ready", Duration::from_secs(20), || {
+        match amesh_testbed::mesh::http_raw(
+            readiness,
+            b"GET /healthz/ready HTTP/1.1\r\nHost: w\r\n\r\n",
+        ) {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", waypoint.log())),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    waypoint
+}
+
+/// An endpoint's address from the waypoint's `listening` log line.
+fn endpoint(waypoint: &Daemon, name: &str) -> SocketAddr {
+    let log = waypoint.log();
+    log.lines()
+        .filter(|l| l.contains("listening") && l.contains(&format!("endpoint=\"{name}\"")))
+        .find_map(|l| {
+            l.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} endpoint in the waypoint's log:\n{log}"))
+}
+
+/// `curl` from pod `from`: (status, body).
+fn curl(mesh: &Mesh, from: &str, url: &str) -> (u16, String) {
+    let out = mesh
+        .pod(from)
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+fn metrics(waypoint: &Daemon) -> String {
+    let (_, body) = amesh_testbed::mesh::http_raw(
+        endpoint(waypoint, "metrics"),
+        b"GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n",
+    )
+    .expect("metrics");
+    body
+}
+
+fn waypoint_requests(m: &str, needle: &[&str]) -> f64 {
+    m.lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && needle.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn service_and_pod_addressed_requests_go_through_the_waypoint() {
+    let (mesh, waypoint) = waypoint_mesh();
+    let _apps = mesh.apps(&["b"]);
+    // ztunnel sees the binding, as Istio's dump shows it.
+    crate::xds::wait_dump(&mesh, "node1", "web bound to the waypoint", |v| {
+        v["services"].as_array().into_iter().flatten().any(|s| {
+            s["hostname"] == "web.shop.svc.cluster.local"
+                && s["waypoint"]["destination"] == "shop/wp.shop.svc.cluster.local"
+                && s["waypoint"]["hboneMtlsPort"] == 15008
+        })
+    });
+
+    // Service-addressed: the waypoint answers with b's app behind it and adds its headers.
+    let (status, body) = curl(&mesh, "a", &format!("http://{VIP}/hello"));
+    assert_eq!(status, 200, "{body}\nwaypoint log:\n{}", waypoint.log());
+    assert!(body.contains("served-by=b-app"), "{body}");
+    assert!(body.contains("line=GET /hello HTTP/1.1"), "{body}");
+    assert!(
+        body.contains("x-request-id="),
+        "the waypoint adds a request id: {body}"
+    );
+    assert!(
+        body.contains("traceparent=00-"),
+        "and trace context: {body}"
+    );
+
+    // Pod-addressed: through the waypoint too (the namespace binds workloads as well).
+    let b = mesh.v4("b", APP_PORT);
+    let (status, body) = curl(&mesh, "a", &format!("http://{b}/direct"));
+    assert_eq!(status, 200, "{body}\nwaypoint log:\n{}", waypoint.log());
+    assert!(
+        body.contains("x-request-id="),
+        "pod-addressed went through the waypoint: {body}"
+    );
+
+    // The far hop carried the waypoint's identity: b's ztunnel logged it as the source.
+    let z2 = mesh.ztunnel("node2").log();
+    assert!(
+        z2.contains("spiffe://cluster.local/ns/shop/sa/wp"),
+        "b's ztunnel saw the waypoint's identity:\n{z2}"
+    );
+
+    // Istio's waypoint metrics count both requests.
+    let m = metrics(&waypoint);
+    let counted = waypoint_requests(
+        &m,
+        &[
+            "reporter=\"waypoint\"",
+            "response_code=\"200\"",
+            "source_principal=\"spiffe://cluster.local/ns/shop/sa/a\"",
+            "destination_principal=\"spiffe://cluster.local/ns/shop/sa/b\"",
+        ],
+    );
+    assert_eq!(counted, 2.0, "{m}");
+}
+
+#[test]
+fn an_unbound_authority_is_refused_and_a_dead_waypoint_fails_closed() {
+    let (mesh, mut waypoint) = waypoint_mesh();
+    let _apps = mesh.apps(&["b"]);
+    // The waypoint's own pod has no waypoint: a's connection to it goes direct, as HBONE to
+    // the waypoint's 15008, whose listener sees a CONNECT for an authority not bound to it.
+    let wp = mesh.v4("wp", 15008);
+    let _ = mesh.try_connect_one("a", SocketAddr::new(wp.ip(), APP_PORT));
+    amesh_testbed::eventually("the refusal counted", Duration::from_secs(10), || {
+        let m = metrics(&waypoint);
+        m.lines()
+            .any(|l| l.starts_with("amesh_waypoint_refused_total{reason=\"NotBound\"}"))
+            .then_some(())
+            .ok_or(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\nwaypoint log:\n{}", waypoint.log()));
+    assert!(
+        waypoint.log().contains("is not bound to this waypoint"),
+        "{}",
+        waypoint.log()
+    );
+
+    // The waypoint dies: connections to the service fail, and b's app sees none of them.
+    let _ = waypoint.child.kill();
+    let _ = waypoint.wait_exit(Duration::from_secs(5));
+    let (status, body) = curl(&mesh, "a", &format!("http://{VIP}/after"));
+    assert_eq!(status, 0, "no answer once the waypoint is gone: {body}");
+    let z1 = mesh.ztunnel("node1").log();
+    assert!(
+        z1.contains(&format!("hbone to {wp}")),
+        "node1's ztunnel failed the connection at the waypoint's address {wp}:\n{z1}"
+    );
+}
