@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorization.proto",
         "proto/discovery.proto",
         "proto/citadel.proto",
+        "proto/route.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -2,7 +2,7 @@
 //! derived from its bytes, so that a change anywhere pushes only the resources that changed.
 
 use crate::translate::Resources;
-use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, HTTP_ROUTE_TYPE_URL};
 use prost::Message;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -27,8 +27,13 @@ pub struct Catalog {
     pub pod_nodes: BTreeMap<(String, String), String>,
 }
 
-/// The types this control plane serves (ztunnel subscribes to both).
-pub const SERVED_TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// The types this control plane serves (ztunnel subscribes to the first two, waypoints to
+/// addresses and routes).
+pub const SERVED_TYPES: [&str; 3] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    HTTP_ROUTE_TYPE_URL,
+];
 
 /// FNV-1a, 64 bits: a content hash whose value is fixed by its definition, unlike std's
 /// `DefaultHasher` (which may change between Rust releases, and then every version would
@@ -62,6 +67,11 @@ impl Catalog {
             .iter()
             .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
             .collect();
+        let routes = r
+            .routes
+            .iter()
+            .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
+            .collect();
         let mut identities: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut pod_nodes = BTreeMap::new();
         for a in r.addresses.values() {
@@ -86,6 +96,7 @@ impl Catalog {
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),
+                (HTTP_ROUTE_TYPE_URL, routes),
             ]),
         }
     }

@@ -56,6 +56,7 @@ struct Caches {
     peer_authentications: Store<DynamicObject>,
     gateways: Store<DynamicObject>,
     gateway_classes: Store<DynamicObject>,
+    http_routes: Store<DynamicObject>,
 }
 
 fn istio_security(kind: &str, plural: &str) -> ApiResource {
@@ -153,6 +154,7 @@ impl Caches {
             ),
             gateways: convert(self.gateways.state(), "Gateway", &mut rejected),
             gateway_classes: convert(self.gateway_classes.state(), "GatewayClass", &mut rejected),
+            http_routes: convert(self.http_routes.state(), "HTTPRoute", &mut rejected),
         };
         (snapshot, rejected)
     }
@@ -192,6 +194,7 @@ impl Caches {
         for (store, kind) in [
             (&self.gateways, "Gateway"),
             (&self.gateway_classes, "GatewayClass"),
+            (&self.http_routes, "HTTPRoute"),
         ] {
             match tokio::time::timeout(GATEWAY_API_WAIT, store.wait_until_ready()).await {
                 Ok(r) => r.map_err(fail(kind))?,
@@ -308,6 +311,7 @@ pub async fn publish_kube(
             gateway_api("GatewayClass", "gatewayclasses"),
             &changed,
         ),
+        http_routes: dynamic(&client, gateway_api("HTTPRoute", "httproutes"), &changed),
     };
     caches.wait_until_ready().await?;
     let mut reporter = Reporter {

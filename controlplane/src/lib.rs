@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod fixtures;
 pub mod kube_source;
 pub mod root_configmap;
+pub mod routes;
 pub mod serve;
 pub mod serving_cert;
 pub mod translate;

@@ -25,7 +25,7 @@ use amesh_policy::{
     crd::{self, CrdError},
     wire::{ip_bytes, to_proto},
 };
-use amesh_proto::{security as sec, workload as pb};
+use amesh_proto::{route as rt, security as sec, workload as pb};
 use k8s_openapi::{
     api::core::v1::{Pod, Service},
     apimachinery::pkg::util::intstr::IntOrString,
@@ -61,6 +61,8 @@ impl Default for Mesh {
 pub struct Resources {
     pub addresses: BTreeMap<String, pb::Address>,
     pub authorizations: BTreeMap<String, sec::Authorization>,
+    /// HTTPRoute rules for waypoints (`<namespace>/<route>/<index>`).
+    pub routes: BTreeMap<String, rt::HttpRouteRule>,
     /// Every pod scheduled on a node, with or without an address yet: the CA signs for
     /// a node agent's pods as soon as they exist (ztunnel asks when the node agent hands a
     /// new pod over, before the kubelet has published its IP).
@@ -225,6 +227,7 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             );
         }
     }
+    crate::routes::translate(snap, mesh, &out.addresses, &mut out.routes, &mut out.errors);
     out
 }
 

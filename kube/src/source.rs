@@ -5,7 +5,9 @@
 
 use crate::yaml_guard;
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
-use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway};
+use gateway_api::{
+    experimental::httproutes::HttpRoute, gatewayclasses::GatewayClass, gateways::Gateway,
+};
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -62,6 +64,8 @@ pub enum Object {
     /// Gateway API objects (`gateway.networking.k8s.io`): waypoints are Gateways.
     Gateway(Box<Gateway>),
     GatewayClass(Box<GatewayClass>),
+    /// Read with the Gateway API's experimental fields (`retry`), a superset of v1's.
+    HttpRoute(Box<HttpRoute>),
 }
 
 /// Everything the translation reads.
@@ -76,6 +80,7 @@ pub struct Snapshot {
     pub peer_authentications: Vec<PeerAuthenticationResource>,
     pub gateways: Vec<Gateway>,
     pub gateway_classes: Vec<GatewayClass>,
+    pub http_routes: Vec<HttpRoute>,
 }
 
 impl Snapshot {
@@ -89,6 +94,7 @@ impl Snapshot {
             Object::PeerAuthentication(o) => self.peer_authentications.push(*o),
             Object::Gateway(o) => self.gateways.push(*o),
             Object::GatewayClass(o) => self.gateway_classes.push(*o),
+            Object::HttpRoute(o) => self.http_routes.push(*o),
         }
     }
 }
@@ -264,6 +270,9 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
         }
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "GatewayClass") => {
             Object::GatewayClass(serde_json::from_value(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
+            Object::HttpRoute(serde_json::from_value(value).map_err(err)?)
         }
         // Other kinds (Deployments, ConfigMaps...) are not the control plane's business.
         (_, kind) if !kind.is_empty() => return Ok(None),

@@ -32,6 +32,15 @@ pub mod ca {
     include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
 }
 
+/// amesh's route resources for waypoints (`proto/route.proto`).
+pub mod route {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/amesh.route.rs"));
+}
+
+/// Type URL of amesh's route rules for waypoints.
+pub const HTTP_ROUTE_TYPE_URL: &str = "type.googleapis.com/amesh.route.HttpRouteRule";
+
 /// Type URL of workload-discovery resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of authorization resources.

@@ -1,28 +1,38 @@
-//! The HTTP/1.1 proxy inside one CONNECT: each request gets an `x-request-id` and W3C trace
-//! context when it has none, goes to an endpoint chosen per request (over HBONE with the
-//! waypoint's identity), and is counted in Istio's request metrics. Bodies stream through in
-//! both directions; nothing is buffered whole.
+//! The HTTP/1.1 proxy inside one CONNECT. Each request gets an `x-request-id` and W3C trace
+//! context when it has none; a Service with HTTPRoutes has its rules applied (the first
+//! match in the Gateway API's precedence; none: 404), else the request goes to the Service
+//! itself; the chosen endpoint is reached over HBONE with the waypoint's identity; the
+//! request is counted in Istio's metrics and logged. Bodies stream through; only a request
+//! that a retry or a mirror must replay is held, and only when it is small.
 
 use crate::{
     bound::Destination,
     metrics::RequestLabels,
     proxy::{Caller, Inputs, Sniffed, forwarded},
+    routes::{Backend, Entry, Filter, HeaderModifier, PathMatch, PathModifier},
     upstream::{self, Endpoint, UpstreamError},
 };
 use amesh_hbone::metadata::TRACEPARENT;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tracing::{debug, info, warn};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Longest request head accepted (larger: 431).
 const MAX_HEAD: usize = 64 * 1024;
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body held for a retry or a mirror to replay; larger ones stream and
+/// are neither retried nor mirrored.
+const MAX_REPLAY: u64 = 64 * 1024;
 
 /// Serves HTTP/1.1 requests on one CONNECT stream until the client closes it.
 pub async fn serve(
@@ -104,54 +114,429 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
+/// How a request ended.
+struct Served {
+    resp: Response<Body>,
+    endpoint: Option<Endpoint>,
+    /// Envoy's response flag, as Istio's waypoint reports it.
+    flag: &'static str,
+}
+
+impl Served {
+    fn local(status: StatusCode, body: &'static str, flag: &'static str) -> Self {
+        Self {
+            resp: text(status, body),
+            endpoint: None,
+            flag,
+        }
+    }
+}
+
 async fn handle(
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     caller: &Caller,
     destination: &Destination,
     target: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let headers = req.headers_mut();
-    if !headers.contains_key("x-request-id") {
-        headers.insert("x-request-id", request_id());
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
     }
-    if !headers.contains_key(TRACEPARENT) {
-        headers.insert(TRACEPARENT, amesh_hbone::metadata::new_traceparent());
+    if !parts.headers.contains_key(TRACEPARENT) {
+        parts
+            .headers
+            .insert(TRACEPARENT, amesh_hbone::metadata::new_traceparent());
     }
-    strip_hop_by_hop(headers);
-    let request_id = headers.get("x-request-id").cloned();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let outcome = forward(inputs, caller, target, req).await;
-    let (resp, endpoint, flag) = match outcome {
-        Ok((resp, endpoint)) => (resp, Some(endpoint), "-"),
-        Err(e) => {
-            warn!(error = %e, "request failed upstream");
-            let flag = e.response_flag();
-            let resp = match e {
-                Forward::Upstream(UpstreamError::NoHealthyUpstream(_)) => {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+    strip_hop_by_hop(&mut parts.headers);
+    let request_id = parts.headers.get("x-request-id").cloned();
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
+    let service = match destination {
+        Destination::Service(s) => Some(s.key()),
+        Destination::Workload(_) => None,
+    };
+    let table = inputs.routes.borrow().clone();
+    let served = match service {
+        Some(key) if table.has_routes(&key, target.port()) => {
+            match table.find(&key, target.port(), &parts) {
+                Some(entry) => {
+                    let entry = entry.clone();
+                    apply_rule(inputs, caller, &entry, target, parts, body).await
                 }
-                _ => text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
-            };
-            (resp, None, flag)
+                None => Served::local(StatusCode::NOT_FOUND, "route not found", "NR"),
+            }
+        }
+        // No route for the service (or a workload addressed directly): to where it was sent.
+        _ => {
+            let body = body.boxed();
+            attempt(inputs, caller, target, parts, body, None).await
         }
     };
-    let labels = labels(caller, destination, endpoint.as_ref(), resp.status(), flag);
+    let labels = labels(
+        caller,
+        destination,
+        served.endpoint.as_ref(),
+        served.resp.status(),
+        served.flag,
+    );
     inputs.metrics.requests.get_or_create(&labels).inc();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     inputs.metrics.duration.get_or_create(&labels).observe(ms);
     info!(
         %method,
         path,
-        status = resp.status().as_u16(),
-        response_flags = flag,
-        upstream = ?endpoint.as_ref().map(|e| e.addr),
+        status = served.resp.status().as_u16(),
+        response_flags = served.flag,
+        upstream = ?served.endpoint.as_ref().map(|e| e.addr),
         request_id = ?request_id,
         duration_ms = ms,
         "request"
     );
-    resp
+    served.resp
+}
+
+/// A rule's filters, a backend by weight, its filters, then the request with the rule's
+/// timeouts and retries.
+async fn apply_rule(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    entry: &Entry,
+    target: SocketAddr,
+    mut parts: Parts,
+    body: Incoming,
+) -> Served {
+    let rule = &entry.rule;
+    let matched = &rule.matches[entry.matched].path;
+    let mut response_headers: Vec<HeaderModifier> = Vec::new();
+    let mut mirrors = Vec::new();
+    let pick = pick_backend(&rule.backends);
+    let backend_filters = pick.map(|b| b.filters.as_slice()).unwrap_or_default();
+    for f in rule.filters.iter().chain(backend_filters) {
+        match f {
+            Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
+            Filter::ResponseHeaders(m) => response_headers.push(m.clone()),
+            Filter::Redirect {
+                scheme,
+                hostname,
+                port,
+                path,
+                status,
+            } => {
+                let location = redirect_location(&parts, matched, scheme, hostname, *port, path);
+                let mut resp = text(*status, "");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                return Served {
+                    resp,
+                    endpoint: None,
+                    flag: "-",
+                };
+            }
+            Filter::Rewrite { hostname, path } => {
+                if let Some(h) = hostname {
+                    parts.headers.insert(header::HOST, h.clone());
+                }
+                if let Some(p) = path {
+                    rewrite_path(&mut parts, matched, p);
+                }
+            }
+            Filter::Mirror { backend, percent } => {
+                if fastrand::u32(0..100) < *percent {
+                    mirrors.push(backend.clone());
+                }
+            }
+        }
+    }
+    let Some(backend) = pick else {
+        return Served::local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no backend for this route",
+            "NC",
+        );
+    };
+    if let Some(why) = &backend.unresolved {
+        debug!(backend = %why, "unresolved backend: 500");
+        return Served::local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the route's backend could not be resolved",
+            "NC",
+        );
+    }
+    let Some(backend_target) = backend_address(inputs, backend, target) else {
+        return Served::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
+    };
+    // Hold a small body when a retry or a mirror must replay it; a larger one streams once,
+    // with neither.
+    let wants_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || !mirrors.is_empty();
+    let small = body.size_hint().upper().is_some_and(|n| n <= MAX_REPLAY);
+    let (replay, stream) = if wants_replay && small {
+        match body.collect().await {
+            Ok(b) => (Some(b.to_bytes()), None),
+            Err(e) => {
+                debug!(error = %e, "reading the request body");
+                return Served::local(StatusCode::BAD_REQUEST, "bad request body", "DPE");
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+    if let Some(b) = &replay {
+        for m in &mirrors {
+            if let Some(to) = backend_address(inputs, m, target) {
+                mirror(inputs, caller, &parts, b.clone(), to);
+            }
+        }
+    }
+    let exchange = exchange(inputs, caller, rule, backend_target, parts, replay, stream);
+    let mut served = match rule.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, exchange).await {
+            Ok(s) => s,
+            Err(_) => Served::local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                "UT",
+            ),
+        },
+        None => exchange.await,
+    };
+    for m in &response_headers {
+        m.apply(served.resp.headers_mut());
+    }
+    served
+}
+
+/// The request with the rule's retries: another attempt after a connection failure, a
+/// per-attempt timeout or a listed status, while attempts remain and the body can be replayed.
+async fn exchange(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    rule: &crate::routes::Rule,
+    target: SocketAddr,
+    parts: Parts,
+    replay: Option<Bytes>,
+    mut stream: Option<Incoming>,
+) -> Served {
+    let retry = rule
+        .retry
+        .as_ref()
+        .filter(|_| replay.is_some() || stream.is_none());
+    let attempts = 1 + retry.map_or(0, |r| r.attempts);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let body = match (&replay, stream.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s.boxed(),
+            (None, None) => full(Bytes::new()),
+        };
+        let served = attempt(
+            inputs,
+            caller,
+            target,
+            parts.clone(),
+            body,
+            rule.backend_timeout,
+        )
+        .await;
+        let again = retry.is_some_and(|r| {
+            let status = served.resp.status().as_u16();
+            served.endpoint.is_none() && served.flag != "-" || r.codes.contains(&status)
+        });
+        if !again || n >= attempts {
+            return served;
+        }
+        debug!(
+            attempt = n,
+            status = served.resp.status().as_u16(),
+            flag = served.flag,
+            "retrying"
+        );
+        if let Some(r) = retry {
+            tokio::time::sleep(r.backoff).await;
+        }
+    }
+}
+
+/// One request to an endpoint of `target`, within `limit` until its response head.
+async fn attempt(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    target: SocketAddr,
+    parts: Parts,
+    body: Body,
+    limit: Option<Duration>,
+) -> Served {
+    let fut = forward(inputs, caller, target, Request::from_parts(parts, body));
+    let outcome = match limit {
+        Some(l) => match tokio::time::timeout(l, fut).await {
+            Ok(o) => o,
+            Err(_) => {
+                return Served::local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    "UT",
+                );
+            }
+        },
+        None => fut.await,
+    };
+    match outcome {
+        Ok((resp, endpoint)) => Served {
+            resp,
+            endpoint: Some(endpoint),
+            flag: "-",
+        },
+        Err(e) => {
+            warn!(error = %e, "request failed upstream");
+            let flag = e.response_flag();
+            match e {
+                Forward::Upstream(UpstreamError::NoHealthyUpstream(_)) => {
+                    Served::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", flag)
+                }
+                _ => Served::local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error",
+                    flag,
+                ),
+            }
+        }
+    }
+}
+
+/// A copy of the request to `to`, answer ignored; the Host gets `-shadow` as Envoy's
+/// mirrors do.
+fn mirror(inputs: &Arc<Inputs>, caller: &Caller, parts: &Parts, body: Bytes, to: SocketAddr) {
+    let mut parts = parts.clone();
+    if let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let shadow = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{p}"),
+            _ => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let (inputs, caller) = (inputs.clone(), caller.clone());
+    tokio::spawn(async move {
+        let req = Request::from_parts(parts, full(body));
+        match forward(&inputs, &caller, to, req).await {
+            Ok((resp, e)) => debug!(to = %e.addr, status = resp.status().as_u16(), "mirrored"),
+            Err(e) => debug!(error = %e, "mirror failed"),
+        }
+    });
+}
+
+/// A backend Service's VIP (of the family the client used) and port.
+fn backend_address(inputs: &Inputs, backend: &Backend, target: SocketAddr) -> Option<SocketAddr> {
+    let state = inputs.state.snapshot();
+    let s = state.service(&backend.service)?;
+    let vip = s
+        .vips
+        .iter()
+        .find(|v| v.is_ipv4() == target.is_ipv4())
+        .or_else(|| s.vips.first())?;
+    Some(SocketAddr::new(*vip, backend.port))
+}
+
+/// A backend by weight; none when there are none or every weight is 0 (answered 500).
+fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
+    let total: u32 = backends.iter().map(|b| b.weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u32(0..total);
+    backends.iter().find(|b| {
+        if r < b.weight {
+            true
+        } else {
+            r -= b.weight;
+            false
+        }
+    })
+}
+
+/// The path with the matched prefix replaced (`ReplacePrefixMatch`), or whole.
+fn replaced_path(path: &str, matched: &PathMatch, m: &PathModifier) -> String {
+    let new = match (m, matched) {
+        (PathModifier::Full(v), _) => v.clone(),
+        (PathModifier::Prefix(v), PathMatch::Prefix(p)) if path.starts_with(p.as_str()) => {
+            format!("{}{}", v.trim_end_matches('/'), &path[p.len()..])
+        }
+        (PathModifier::Prefix(v), _) => v.clone(),
+    };
+    if new.starts_with('/') {
+        new
+    } else {
+        format!("/{new}")
+    }
+}
+
+fn rewrite_path(parts: &mut Parts, matched: &PathMatch, m: &PathModifier) {
+    let path = replaced_path(parts.uri.path(), matched, m);
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    match pq.parse() {
+        Ok(pq) => uri.path_and_query = Some(pq),
+        Err(e) => return debug!(error = %e, "rewritten path is not valid; left as it was"),
+    }
+    if let Ok(u) = http::Uri::from_parts(uri) {
+        parts.uri = u;
+    }
+}
+
+fn redirect_location(
+    parts: &Parts,
+    matched: &PathMatch,
+    scheme: &Option<String>,
+    hostname: &Option<String>,
+    port: Option<u16>,
+    path: &Option<PathModifier>,
+) -> String {
+    let host_header = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let (req_host, req_port) = match host_header.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, p.parse::<u16>().ok()),
+        _ => (host_header, None),
+    };
+    let scheme_out = scheme.as_deref().unwrap_or("http");
+    let host_out = hostname.as_deref().unwrap_or(req_host);
+    // A new scheme without a port means that scheme's default port.
+    let port_out = match (port, scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => req_port,
+    };
+    let port_text = match (scheme_out, port_out) {
+        (_, None) | ("http", Some(80)) | ("https", Some(443)) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
+    let path_out = match path {
+        None => parts.uri.path().to_string(),
+        Some(m) => replaced_path(parts.uri.path(), matched, m),
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme_out}://{host_out}{port_text}{path_out}{query}")
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +562,7 @@ async fn forward(
     inputs: &Inputs,
     caller: &Caller,
     target: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let (io, endpoint) = upstream::connect(inputs, target, forwarded(caller)).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
@@ -209,10 +594,13 @@ fn labels(
 ) -> RequestLabels {
     let b = &caller.baggage;
     let workload = endpoint.and_then(|e| e.workload.as_deref());
-    let service = match destination {
-        Destination::Service(s) => Some(s.as_ref()),
-        Destination::Workload(_) => endpoint.and_then(|e| e.service.as_deref()),
-    };
+    // The service the request reached (a route's backend), else the one addressed.
+    let service = endpoint
+        .and_then(|e| e.service.as_deref())
+        .or(match destination {
+            Destination::Service(s) => Some(s.as_ref()),
+            Destination::Workload(_) => None,
+        });
     let (dst_ns, dst_workload, dst_canonical, dst_revision, dst_cluster, dst_principal) =
         match workload {
             Some(w) => (
@@ -275,5 +663,77 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    fn backend(weight: u32) -> Backend {
+        Backend {
+            service: format!("ns/b{weight}"),
+            port: 80,
+            weight,
+            filters: vec![],
+            unresolved: None,
+        }
+    }
+
+    #[test]
+    fn backends_are_picked_by_weight_and_zero_weights_never() {
+        let bs = [backend(0), backend(1), backend(3)];
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            let b = pick_backend(&bs).unwrap();
+            counts[b.weight as usize] += 1;
+        }
+        assert_eq!(counts[0], 0, "weight 0 is never picked");
+        assert!((800..1200).contains(&counts[1]), "{counts:?}");
+        assert!((2800..3200).contains(&counts[3]), "{counts:?}");
+        assert!(
+            pick_backend(&[backend(0)]).is_none(),
+            "all zero: no backend (500)"
+        );
+        assert!(pick_backend(&[]).is_none());
+    }
+
+    #[test]
+    fn prefix_rewrites_and_redirects_follow_the_gateway_api() {
+        let p = |s: &str| PathMatch::Prefix(s.into());
+        let prefix = |s: &str| PathModifier::Prefix(s.into());
+        assert_eq!(
+            replaced_path("/foo/bar", &p("/foo"), &prefix("/baz")),
+            "/baz/bar"
+        );
+        assert_eq!(replaced_path("/foo/bar", &p("/foo"), &prefix("/")), "/bar");
+        assert_eq!(replaced_path("/foo", &p("/foo"), &prefix("/baz")), "/baz");
+        assert_eq!(
+            replaced_path("/foo/bar", &p("/foo"), &PathModifier::Full("/x".into())),
+            "/x"
+        );
+        let (parts, ()) = Request::get("/old/page?q=1")
+            .header(header::HOST, "web.shop:8080")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(
+            redirect_location(
+                &parts,
+                &p("/old"),
+                &None,
+                &None,
+                None,
+                &Some(prefix("/new"))
+            ),
+            "http://web.shop:8080/new/page?q=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &parts,
+                &p("/old"),
+                &Some("https".into()),
+                &Some("example.org".into()),
+                None,
+                &None
+            ),
+            "https://example.org/old/page?q=1",
+            "a new scheme without a port takes that scheme's default"
+        );
     }
 }

@@ -17,10 +17,11 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod routes;
 pub mod upstream;
 
 use amesh_identity::{CertManager, Identity, tls};
-use amesh_proto::ADDRESS_TYPE_URL;
+use amesh_proto::{ADDRESS_TYPE_URL, HTTP_ROUTE_TYPE_URL};
 use amesh_state::{
     StateReader, StateWriter,
     resources::{Resources, lock},
@@ -98,6 +99,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let registry_and_metrics = metrics::Metrics::new();
     let metrics = registry_and_metrics.metrics.clone();
     let (writer, state) = amesh_state::store();
+    let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(routes::Table::default()));
     let config = amesh_xds::Config {
         address: args.xds_address.clone(),
         server_name: None,
@@ -116,7 +118,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         .into(),
         credentials,
     };
-    tokio::spawn(xds_client(config, writer).run(move || Ok(control_tls.clone())));
+    tokio::spawn(xds_client(config, writer, routes_tx).run(move || Ok(control_tls.clone())));
 
     let inputs = Arc::new(proxy::Inputs {
         me: me.clone(),
@@ -127,6 +129,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         metrics,
         next_pick: Default::default(),
         net,
+        routes,
     });
     let listener = inputs
         .net
@@ -173,13 +176,25 @@ async fn shutdown_signal() {
     }
 }
 
-/// The waypoint's xDS client: Istio's `Address` type into the shared state store.
-fn xds_client(config: amesh_xds::Config, store: StateWriter) -> amesh_xds::Client {
+/// The waypoint's xDS client: Istio's `Address` type into the shared state store, amesh's
+/// route rules into the route table; both published once each has had its first response,
+/// and after every response since.
+fn xds_client(
+    config: amesh_xds::Config,
+    store: StateWriter,
+    routes_tx: tokio::sync::watch::Sender<Arc<routes::Table>>,
+) -> amesh_xds::Client {
     let resources = Arc::new(Mutex::new(Resources::default()));
     let published = resources.clone();
+    let rules = routes::Store::default();
+    let published_rules = rules.clone();
     amesh_xds::Client::new(config)
         .wildcard(ADDRESS_TYPE_URL, AddressHandler(resources))
-        .on_synced(move || store.replace(lock(&published).state()))
+        .wildcard(HTTP_ROUTE_TYPE_URL, routes::RouteHandler(rules))
+        .on_synced(move || {
+            routes_tx.send_replace(Arc::new(published_rules.table()));
+            store.replace(lock(&published).state());
+        })
 }
 
 /// Whether the waypoint can serve: configuration and its certificate are in.

@@ -40,6 +40,8 @@ pub struct Inputs {
     /// Spreads connections over a service's endpoints.
     pub next_pick: AtomicUsize,
     pub net: crate::net::Net,
+    /// The HTTP route table, replaced whole on every xDS update.
+    pub routes: watch::Receiver<Arc<crate::routes::Table>>,
 }
 
 /// Bound on the TLS handshake of a new connection.

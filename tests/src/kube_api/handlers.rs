@@ -300,7 +300,7 @@ pub(super) fn patch(shared: &Shared, request: &Request) -> Reply {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 10] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -310,4 +310,5 @@ const KNOWN: [&str; 9] = [
     "/apis/security.istio.io/v1/peerauthentications",
     "/apis/gateway.networking.k8s.io/v1/gateways",
     "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+    "/apis/gateway.networking.k8s.io/v1/httproutes",
 ];

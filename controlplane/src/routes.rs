@@ -1,0 +1,518 @@
+//! Gateway API `HTTPRoute`s attached to Services (GAMMA) or to a waypoint Gateway, turned
+//! into amesh's route resources for waypoints: one `amesh.route.HttpRouteRule` per rule,
+//! named `<namespace>/<route>/<index>`.
+//!
+//! - a `parentRef` to a Service (group `""`, kind `Service`) attaches the route to that
+//!   Service (on `port` when given); one to a waypoint Gateway (group
+//!   `gateway.networking.k8s.io`, kind `Gateway`) attaches it to every Service bound to that
+//!   waypoint. A parent in another namespace than the route (GAMMA's consumer routes) is not
+//!   supported yet and is reported;
+//! - a `backendRef` is a Service in the route's namespace, with a port; one that cannot be
+//!   resolved stays in the rule, marked, and the waypoint answers its share of requests 500
+//!   as the Gateway API asks (cross-namespace references need ReferenceGrant, not read yet);
+//! - a route that cannot be used (a bad regex or duration, no usable parent) is reported and
+//!   left out; the others apply.
+
+use crate::translate::{Mesh, Rejected};
+use amesh_kube::source::Snapshot;
+use amesh_proto::{route as pb, workload as wl};
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
+    HttpRouteRulesFiltersUrlRewritePathType as RewriteType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType as HeaderType, HttpRouteRulesMatchesPathType as PathType,
+    HttpRouteRulesMatchesQueryParamsType as QueryType,
+};
+use std::{collections::BTreeMap, str::FromStr};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Why a route was left out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RouteError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> RouteError {
+    RouteError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Translates every HTTPRoute; `addresses` are the translated services (to resolve
+/// references and find what a waypoint serves).
+pub fn translate(
+    snap: &Snapshot,
+    mesh: &Mesh,
+    addresses: &BTreeMap<String, wl::Address>,
+    out_routes: &mut BTreeMap<String, pb::HttpRouteRule>,
+    errors: &mut Vec<Rejected>,
+) {
+    let services: BTreeMap<&str, &wl::Service> = addresses
+        .iter()
+        .filter_map(|(k, a)| match &a.r#type {
+            Some(wl::address::Type::Service(s)) => Some((k.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    for route in &snap.http_routes {
+        let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+        let name = route.metadata.name.as_deref().unwrap_or_default();
+        match rules_of(route, namespace, mesh, &services) {
+            Ok(rules) => {
+                for r in rules {
+                    out_routes.insert(format!("{}/{}", r.route, r.index), r);
+                }
+            }
+            Err(e) => errors.push(Rejected {
+                kind: "HTTPRoute",
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                reason: e.to_string(),
+                partial: false,
+            }),
+        }
+    }
+}
+
+fn service_key(name: &str, namespace: &str, mesh: &Mesh) -> String {
+    format!("{namespace}/{name}.{namespace}.svc.{}", mesh.domain_suffix)
+}
+
+fn rules_of(
+    route: &HttpRoute,
+    namespace: &str,
+    mesh: &Mesh,
+    services: &BTreeMap<&str, &wl::Service>,
+) -> Result<Vec<pb::HttpRouteRule>, RouteError> {
+    let name = route.metadata.name.clone().unwrap_or_default();
+    let mut parents = Vec::new();
+    for (i, p) in route.spec.parent_refs.iter().flatten().enumerate() {
+        let field = format!("spec.parentRefs[{i}]");
+        let ns = p.namespace.as_deref().unwrap_or(namespace);
+        if ns != namespace {
+            return Err(err(
+                field,
+                "a parent in another namespace (a GAMMA consumer route) is not supported yet",
+            ));
+        }
+        let port = u32::try_from(p.port.unwrap_or(0)).map_err(|_| err(&field, "bad port"))?;
+        match (
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP),
+            p.kind.as_deref(),
+        ) {
+            ("" | "core", Some("Service")) => {
+                let key = service_key(&p.name, ns, mesh);
+                if !services.contains_key(key.as_str()) {
+                    return Err(err(
+                        field,
+                        format!("Service {ns}/{} does not exist", p.name),
+                    ));
+                }
+                parents.push(pb::Parent { service: key, port });
+            }
+            (GATEWAY_GROUP, None | Some("Gateway")) => {
+                let hostname = format!("{}.{ns}.svc.{}", p.name, mesh.domain_suffix);
+                let bound = services.iter().filter(|(_, s)| {
+                    matches!(
+                        s.waypoint.as_ref().and_then(|w| w.destination.as_ref()),
+                        Some(wl::gateway_address::Destination::Hostname(h)) if h.hostname == hostname
+                    )
+                });
+                parents.extend(bound.map(|(k, _)| pb::Parent {
+                    service: k.to_string(),
+                    port,
+                }));
+            }
+            (group, kind) => {
+                return Err(err(
+                    field,
+                    format!(
+                        "parent {group}/{} is not a Service or a Gateway",
+                        kind.unwrap_or("?")
+                    ),
+                ));
+            }
+        }
+    }
+    if parents.is_empty() {
+        return Err(err(
+            "spec.parentRefs",
+            "no Service or waypoint to attach to",
+        ));
+    }
+    let created = route
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let mut out = Vec::new();
+    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let at = |f: &str| format!("spec.rules[{i}].{f}");
+        let matches = rule
+            .matches
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, m)| match_of(m, &at(&format!("matches[{j}]"))))
+            .collect::<Result<_, _>>()?;
+        let filters = rule
+            .filters
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, f)| filter_of(f, namespace, mesh, services, &at(&format!("filters[{j}]"))))
+            .collect::<Result<_, _>>()?;
+        let backends = rule
+            .backend_refs
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, b)| {
+                backend_of(
+                    b,
+                    namespace,
+                    mesh,
+                    services,
+                    &at(&format!("backendRefs[{j}]")),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let duration = |v: Option<&String>, f: &str| -> Result<u64, RouteError> {
+            match v {
+                None => Ok(0),
+                Some(d) => gateway_api::Duration::from_str(d)
+                    .map(|d| d.as_millis() as u64)
+                    .map_err(|e| err(at(f), format!("{d:?}: {e}"))),
+            }
+        };
+        let t = rule.timeouts.as_ref();
+        let retry = match &rule.retry {
+            None => None,
+            Some(r) => Some(pb::Retry {
+                codes: r
+                    .codes
+                    .iter()
+                    .flatten()
+                    .map(|c| u32::try_from(*c).map_err(|_| err(at("retry.codes"), "bad code")))
+                    .collect::<Result<_, _>>()?,
+                attempts: u32::try_from(r.attempts.unwrap_or(0))
+                    .map_err(|_| err(at("retry.attempts"), "must not be negative"))?,
+                backoff_ms: duration(r.backoff.as_ref(), "retry.backoff")?,
+            }),
+        };
+        out.push(pb::HttpRouteRule {
+            route: format!("{namespace}/{name}"),
+            index: i as u32,
+            created,
+            parents: parents.clone(),
+            hostnames: route.spec.hostnames.clone().unwrap_or_default(),
+            matches,
+            filters,
+            backends,
+            request_timeout_ms: duration(t.and_then(|t| t.request.as_ref()), "timeouts.request")?,
+            backend_timeout_ms: duration(
+                t.and_then(|t| t.backend_request.as_ref()),
+                "timeouts.backendRequest",
+            )?,
+            retry,
+        });
+    }
+    Ok(out)
+}
+
+fn regex_ok(value: &str, field: &str) -> Result<(), RouteError> {
+    regex::Regex::new(value)
+        .map(|_| ())
+        .map_err(|e| err(field, format!("not a regular expression: {e}")))
+}
+
+fn match_of(m: &HttpRouteRulesMatches, field: &str) -> Result<pb::Match, RouteError> {
+    let path = match &m.path {
+        None => None,
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            let kind = match p.r#type.as_ref().unwrap_or(&PathType::PathPrefix) {
+                PathType::Exact => pb::path_match::Kind::Exact,
+                PathType::PathPrefix => pb::path_match::Kind::Prefix,
+                PathType::RegularExpression => {
+                    regex_ok(&value, &format!("{field}.path.value"))?;
+                    pb::path_match::Kind::Regex
+                }
+            };
+            if kind != pb::path_match::Kind::Regex && !value.starts_with('/') {
+                return Err(err(format!("{field}.path.value"), "must start with /"));
+            }
+            Some(pb::PathMatch {
+                kind: kind as i32,
+                value,
+            })
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .map(|h| {
+            let regex = matches!(h.r#type, Some(HeaderType::RegularExpression));
+            if regex {
+                regex_ok(&h.value, &format!("{field}.headers"))?;
+            }
+            Ok(pb::ValueMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+                regex,
+            })
+        })
+        .collect::<Result<_, RouteError>>()?;
+    let query_params = m
+        .query_params
+        .iter()
+        .flatten()
+        .map(|q| {
+            let regex = matches!(q.r#type, Some(QueryType::RegularExpression));
+            if regex {
+                regex_ok(&q.value, &format!("{field}.queryParams"))?;
+            }
+            Ok(pb::ValueMatch {
+                name: q.name.clone(),
+                value: q.value.clone(),
+                regex,
+            })
+        })
+        .collect::<Result<_, RouteError>>()?;
+    let method = match &m.method {
+        // The enum's serde names are the methods themselves.
+        Some(method) => serde_json::to_value(method)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok(pb::Match {
+        path,
+        headers,
+        query_params,
+        method,
+    })
+}
+
+fn header_modifier(
+    set: Vec<(String, String)>,
+    add: Vec<(String, String)>,
+    remove: Vec<String>,
+) -> pb::HeaderModifier {
+    let header = |(name, value): (String, String)| pb::Header { name, value };
+    pb::HeaderModifier {
+        set: set.into_iter().map(header).collect(),
+        add: add.into_iter().map(header).collect(),
+        remove,
+    }
+}
+
+fn filter_of(
+    f: &HttpRouteRulesFilters,
+    namespace: &str,
+    mesh: &Mesh,
+    services: &BTreeMap<&str, &wl::Service>,
+    field: &str,
+) -> Result<pb::Filter, RouteError> {
+    use pb::filter::Kind;
+    let kind = if let Some(m) = &f.request_header_modifier {
+        Kind::RequestHeaders(header_modifier(
+            m.set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            m.add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            m.remove.clone().unwrap_or_default(),
+        ))
+    } else if let Some(m) = &f.response_header_modifier {
+        Kind::ResponseHeaders(header_modifier(
+            m.set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            m.add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            m.remove.clone().unwrap_or_default(),
+        ))
+    } else if let Some(r) = &f.request_redirect {
+        let path = r.path.as_ref().map(|p| {
+            path_modifier(
+                p.replace_full_path.as_ref(),
+                p.replace_prefix_match.as_ref(),
+            )
+        });
+        Kind::Redirect(pb::Redirect {
+            scheme: match r.scheme {
+                Some(Scheme::Http) => "http".into(),
+                Some(Scheme::Https) => "https".into(),
+                None => String::new(),
+            },
+            hostname: r.hostname.clone().unwrap_or_default(),
+            port: u32::try_from(r.port.unwrap_or(0)).map_err(|_| err(field, "bad port"))?,
+            path,
+            status: match r.status_code.unwrap_or(302) {
+                c @ (301 | 302 | 303 | 307 | 308) => c as u32,
+                c => {
+                    return Err(err(
+                        format!("{field}.statusCode"),
+                        format!("{c} is not a redirect"),
+                    ));
+                }
+            },
+        })
+    } else if let Some(r) = &f.url_rewrite {
+        Kind::Rewrite(pb::Rewrite {
+            hostname: r.hostname.clone().unwrap_or_default(),
+            path: r.path.as_ref().map(|p| match p.r#type {
+                RewriteType::ReplaceFullPath => path_modifier(p.replace_full_path.as_ref(), None),
+                RewriteType::ReplacePrefixMatch => path_modifier(
+                    None,
+                    Some(p.replace_prefix_match.clone().unwrap_or_default()).as_ref(),
+                ),
+            }),
+        })
+    } else if let Some(m) = &f.request_mirror {
+        let b = &m.backend_ref;
+        let backend = resolve(
+            b.name.as_str(),
+            b.namespace.as_deref(),
+            b.group.as_deref(),
+            b.kind.as_deref(),
+            b.port,
+            1,
+            namespace,
+            mesh,
+            services,
+        );
+        let percent = match (&m.fraction, m.percent) {
+            (Some(fr), _) => {
+                let d = fr.denominator.unwrap_or(100).max(1);
+                (fr.numerator.max(0) * 100 / d).clamp(0, 100) as u32
+            }
+            (None, Some(p)) => p.clamp(0, 100) as u32,
+            (None, None) => 100,
+        };
+        Kind::Mirror(pb::Mirror {
+            backend: Some(backend),
+            percent,
+        })
+    } else {
+        return Err(err(
+            field,
+            "filter type not supported (CORS, ExtensionRef and ExternalAuth are not yet)",
+        ));
+    };
+    Ok(pb::Filter { kind: Some(kind) })
+}
+
+fn path_modifier(full: Option<&String>, prefix: Option<&String>) -> pb::PathModifier {
+    match (full, prefix) {
+        (Some(f), _) => pb::PathModifier {
+            kind: pb::path_modifier::Kind::Full as i32,
+            value: f.clone(),
+        },
+        (None, p) => pb::PathModifier {
+            kind: pb::path_modifier::Kind::Prefix as i32,
+            value: p.cloned().unwrap_or_default(),
+        },
+    }
+}
+
+fn backend_of(
+    b: &HttpRouteRulesBackendRefs,
+    namespace: &str,
+    mesh: &Mesh,
+    services: &BTreeMap<&str, &wl::Service>,
+    field: &str,
+) -> Result<pb::Backend, RouteError> {
+    let weight = u32::try_from(b.weight.unwrap_or(1))
+        .map_err(|_| err(format!("{field}.weight"), "must not be negative"))?;
+    let mut backend = resolve(
+        &b.name,
+        b.namespace.as_deref(),
+        b.group.as_deref(),
+        b.kind.as_deref(),
+        b.port,
+        weight,
+        namespace,
+        mesh,
+        services,
+    );
+    for (j, f) in b.filters.iter().flatten().enumerate() {
+        // The backend's filters have the same shape as the rule's.
+        let f: HttpRouteRulesFilters = serde_json::to_value(f)
+            .and_then(serde_json::from_value)
+            .map_err(|e| err(format!("{field}.filters[{j}]"), e.to_string()))?;
+        backend.filters.push(filter_of(
+            &f,
+            namespace,
+            mesh,
+            services,
+            &format!("{field}.filters[{j}]"),
+        )?);
+    }
+    Ok(backend)
+}
+
+/// A Service reference, resolved or marked unresolved with the reason.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of two reference types"
+)]
+fn resolve(
+    name: &str,
+    ref_namespace: Option<&str>,
+    group: Option<&str>,
+    kind: Option<&str>,
+    port: Option<i32>,
+    weight: u32,
+    namespace: &str,
+    mesh: &Mesh,
+    services: &BTreeMap<&str, &wl::Service>,
+) -> pb::Backend {
+    let unresolved = |why: String| pb::Backend {
+        weight,
+        unresolved: why,
+        ..Default::default()
+    };
+    if !matches!(group.unwrap_or(""), "" | "core") || kind.unwrap_or("Service") != "Service" {
+        return unresolved(format!("{name}: only Services are supported as backends"));
+    }
+    let ns = ref_namespace.unwrap_or(namespace);
+    if ns != namespace {
+        return unresolved(format!(
+            "{ns}/{name}: a backend in another namespace needs a ReferenceGrant, not supported yet"
+        ));
+    }
+    let Some(port) = port.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0) else {
+        return unresolved(format!("{ns}/{name}: a Service backend needs a port"));
+    };
+    let key = service_key(name, ns, mesh);
+    match services.get(key.as_str()) {
+        None => unresolved(format!("Service {ns}/{name} does not exist")),
+        Some(s) if !s.ports.iter().any(|p| p.service_port == port) => {
+            unresolved(format!("Service {ns}/{name} has no port {port}"))
+        }
+        Some(_) => pb::Backend {
+            service: key,
+            port,
+            weight,
+            ..Default::default()
+        },
+    }
+}

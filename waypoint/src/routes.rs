@@ -1,0 +1,512 @@
+//! The HTTP routes a waypoint applies: amesh's `HttpRouteRule` resources, checked and
+//! compiled one at a time (a bad one is NACKed by name, the rest apply), and indexed per
+//! Service in the Gateway API's order of precedence.
+
+use amesh_proto::route as pb;
+use amesh_xds::{Changes, Handler};
+use prost::Message;
+use regex::Regex;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// A resource that cannot be used: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// On path-segment boundaries, without its trailing slash.
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Self::Exact(e) => e == v,
+            // Whole-value, as the Gateway API's RE2 semantics are read by Envoy.
+            Self::Regex(r) => r
+                .find(v)
+                .is_some_and(|m| m.start() == 0 && m.end() == v.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub path: PathMatch,
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+    pub method: Option<http::Method>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderModifier {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderModifier {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (k, v) in &self.set {
+            headers.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.add {
+            headers.append(k.clone(), v.clone());
+        }
+        for k in &self.remove {
+            headers.remove(k);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PathModifier {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Filter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect {
+        scheme: Option<String>,
+        hostname: Option<String>,
+        port: Option<u16>,
+        path: Option<PathModifier>,
+        status: http::StatusCode,
+    },
+    Rewrite {
+        hostname: Option<http::HeaderValue>,
+        path: Option<PathModifier>,
+    },
+    Mirror {
+        backend: Backend,
+        percent: u32,
+    },
+}
+
+/// Where a share of a rule's requests goes: a Service's host name and port, or nowhere
+/// (`unresolved`: answered 500).
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub service: String,
+    pub port: u16,
+    pub weight: u32,
+    pub filters: Vec<Filter>,
+    pub unresolved: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub codes: Vec<u16>,
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The resource name, `<namespace>/<route>/<index>`.
+    pub name: String,
+    pub route: String,
+    pub index: u32,
+    pub created: i64,
+    pub parents: Vec<(String, u16)>,
+    /// Empty: one match for every request (`PathPrefix /`).
+    pub matches: Vec<Match>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<Backend>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+fn regex(v: &str, field: &str) -> Result<Regex, Invalid> {
+    Regex::new(v).map_err(|e| invalid(field, e.to_string()))
+}
+
+fn header_name(n: &str, field: &str) -> Result<http::HeaderName, Invalid> {
+    http::HeaderName::from_bytes(n.as_bytes()).map_err(|e| invalid(field, format!("{n:?}: {e}")))
+}
+
+fn header_value(v: &str, field: &str) -> Result<http::HeaderValue, Invalid> {
+    http::HeaderValue::from_str(v).map_err(|e| invalid(field, format!("{v:?}: {e}")))
+}
+
+fn port(p: u32, field: &str) -> Result<u16, Invalid> {
+    u16::try_from(p).map_err(|_| invalid(field, format!("{p} is not a port")))
+}
+
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+fn value_match(m: &pb::ValueMatch, field: &str) -> Result<ValueMatch, Invalid> {
+    Ok(if m.regex {
+        ValueMatch::Regex(regex(&m.value, field)?)
+    } else {
+        ValueMatch::Exact(m.value.clone())
+    })
+}
+
+fn modifier(m: &pb::HeaderModifier, field: &str) -> Result<HeaderModifier, Invalid> {
+    let pairs = |hs: &[pb::Header]| {
+        hs.iter()
+            .map(|h| Ok((header_name(&h.name, field)?, header_value(&h.value, field)?)))
+            .collect::<Result<Vec<_>, Invalid>>()
+    };
+    Ok(HeaderModifier {
+        set: pairs(&m.set)?,
+        add: pairs(&m.add)?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| header_name(n, field))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_modifier(p: &pb::PathModifier) -> PathModifier {
+    match pb::path_modifier::Kind::try_from(p.kind) {
+        Ok(pb::path_modifier::Kind::Prefix) => PathModifier::Prefix(p.value.clone()),
+        _ => PathModifier::Full(p.value.clone()),
+    }
+}
+
+fn backend(b: &pb::Backend, field: &str) -> Result<Backend, Invalid> {
+    Ok(Backend {
+        service: b.service.clone(),
+        port: port(b.port, &format!("{field}.port"))?,
+        weight: b.weight,
+        filters: b
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| filter(f, &format!("{field}.filters[{i}]")))
+            .collect::<Result<_, _>>()?,
+        unresolved: (!b.unresolved.is_empty() || b.service.is_empty()).then(|| {
+            if b.unresolved.is_empty() {
+                "no backend".to_string()
+            } else {
+                b.unresolved.clone()
+            }
+        }),
+    })
+}
+
+fn filter(f: &pb::Filter, field: &str) -> Result<Filter, Invalid> {
+    use pb::filter::Kind;
+    Ok(match &f.kind {
+        Some(Kind::RequestHeaders(m)) => Filter::RequestHeaders(modifier(m, field)?),
+        Some(Kind::ResponseHeaders(m)) => Filter::ResponseHeaders(modifier(m, field)?),
+        Some(Kind::Redirect(r)) => Filter::Redirect {
+            scheme: (!r.scheme.is_empty()).then(|| r.scheme.clone()),
+            hostname: (!r.hostname.is_empty()).then(|| r.hostname.clone()),
+            port: match r.port {
+                0 => None,
+                p => Some(port(p, &format!("{field}.port"))?),
+            },
+            path: r.path.as_ref().map(path_modifier),
+            status: match r.status {
+                0 => http::StatusCode::FOUND,
+                s @ (301 | 302 | 303 | 307 | 308) => http::StatusCode::from_u16(s as u16)
+                    .map_err(|e| invalid(field, e.to_string()))?,
+                s => {
+                    return Err(invalid(
+                        format!("{field}.status"),
+                        format!("{s} is not a redirect"),
+                    ));
+                }
+            },
+        },
+        Some(Kind::Rewrite(r)) => Filter::Rewrite {
+            hostname: match r.hostname.as_str() {
+                "" => None,
+                h => Some(header_value(h, &format!("{field}.hostname"))?),
+            },
+            path: r.path.as_ref().map(path_modifier),
+        },
+        Some(Kind::Mirror(m)) => Filter::Mirror {
+            backend: backend(
+                m.backend
+                    .as_ref()
+                    .ok_or_else(|| invalid(field, "mirror without a backend"))?,
+                &format!("{field}.backend"),
+            )?,
+            percent: m.percent.min(100),
+        },
+        None => return Err(invalid(field, "empty filter")),
+    })
+}
+
+/// Checks and compiles one resource.
+pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
+    let mut matches = Vec::new();
+    for (i, m) in r.matches.iter().enumerate() {
+        let field = format!("matches[{i}]");
+        let path = match &m.path {
+            None => PathMatch::Prefix(String::new()),
+            Some(p) => match pb::path_match::Kind::try_from(p.kind) {
+                Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(p.value.clone()),
+                Ok(pb::path_match::Kind::Prefix) => {
+                    PathMatch::Prefix(p.value.trim_end_matches('/').to_string())
+                }
+                Ok(pb::path_match::Kind::Regex) => {
+                    PathMatch::Regex(regex(&p.value, &format!("{field}.path"))?)
+                }
+                Err(_) => return Err(invalid(format!("{field}.path.kind"), "unknown")),
+            },
+        };
+        matches.push(Match {
+            path,
+            headers: m
+                .headers
+                .iter()
+                .map(|h| Ok((header_name(&h.name, &field)?, value_match(h, &field)?)))
+                .collect::<Result<_, Invalid>>()?,
+            query: m
+                .query_params
+                .iter()
+                .map(|q| Ok((q.name.clone(), value_match(q, &field)?)))
+                .collect::<Result<_, Invalid>>()?,
+            method: match m.method.as_str() {
+                "" => None,
+                v => Some(
+                    http::Method::from_bytes(v.as_bytes())
+                        .map_err(|e| invalid(format!("{field}.method"), e.to_string()))?,
+                ),
+            },
+        });
+    }
+    if matches.is_empty() {
+        matches.push(Match {
+            path: PathMatch::Prefix(String::new()),
+            headers: vec![],
+            query: vec![],
+            method: None,
+        });
+    }
+    Ok(Rule {
+        name: name.to_string(),
+        route: r.route.clone(),
+        index: r.index,
+        created: r.created,
+        parents: r
+            .parents
+            .iter()
+            .map(|p| Ok((p.service.clone(), port(p.port, "parents.port")?)))
+            .collect::<Result<_, Invalid>>()?,
+        matches,
+        filters: r
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| filter(f, &format!("filters[{i}]")))
+            .collect::<Result<_, _>>()?,
+        backends: r
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| backend(b, &format!("backends[{i}]")))
+            .collect::<Result<_, _>>()?,
+        request_timeout: millis(r.request_timeout_ms),
+        backend_timeout: millis(r.backend_timeout_ms),
+        retry: r.retry.map(|r| Retry {
+            codes: r
+                .codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+            attempts: r.attempts,
+            backoff: Duration::from_millis(r.backoff_ms),
+        }),
+    })
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => p == path,
+            Self::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/' || p.is_empty())
+            }
+            Self::Regex(r) => r
+                .find(path)
+                .is_some_and(|m| m.start() == 0 && m.end() == path.len()),
+        }
+    }
+
+    /// The Gateway API's precedence: exact, then the longest prefix; regexes after them.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            Self::Exact(p) => (3, p.len()),
+            Self::Prefix(p) => (2, p.len()),
+            Self::Regex(_) => (1, 0),
+        }
+    }
+}
+
+impl Match {
+    pub fn matches(&self, parts: &http::request::Parts) -> bool {
+        if !self.path.matches(parts.uri.path()) {
+            return false;
+        }
+        if self.method.as_ref().is_some_and(|m| *m != parts.method) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|(name, m)| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| m.matches(v))
+        });
+        if !headers_ok {
+            return false;
+        }
+        let query: Vec<(&str, &str)> = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .collect();
+        self.query.iter().all(|(name, m)| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .is_some_and(|(_, v)| m.matches(v))
+        })
+    }
+}
+
+/// One candidate: a rule and one of its matches.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub rule: Arc<Rule>,
+    pub matched: usize,
+}
+
+/// The rules per Service (`namespace/hostname`), in precedence order.
+#[derive(Debug, Default)]
+pub struct Table {
+    by_service: HashMap<String, Vec<(u16, Entry)>>,
+}
+
+impl Table {
+    pub fn new(rules: impl IntoIterator<Item = Arc<Rule>>) -> Self {
+        let mut by_service: HashMap<String, Vec<(u16, Entry)>> = HashMap::new();
+        for rule in rules {
+            for (service, port) in &rule.parents {
+                for matched in 0..rule.matches.len() {
+                    by_service.entry(service.clone()).or_default().push((
+                        *port,
+                        Entry {
+                            rule: rule.clone(),
+                            matched,
+                        },
+                    ));
+                }
+            }
+        }
+        for entries in by_service.values_mut() {
+            entries.sort_by(|(_, a), (_, b)| {
+                let key = |e: &Entry| {
+                    let m = &e.rule.matches[e.matched];
+                    let (kind, len) = m.path.rank();
+                    (
+                        kind,
+                        len,
+                        m.method.is_some(),
+                        m.headers.len(),
+                        m.query.len(),
+                    )
+                };
+                key(b)
+                    .cmp(&key(a))
+                    .then(a.rule.created.cmp(&b.rule.created))
+                    .then(a.rule.route.cmp(&b.rule.route))
+                    .then(a.rule.index.cmp(&b.rule.index))
+                    .then(a.matched.cmp(&b.matched))
+            });
+        }
+        Self { by_service }
+    }
+
+    /// Whether any rule is attached to the service on this port.
+    pub fn has_routes(&self, service: &str, port: u16) -> bool {
+        self.by_service
+            .get(service)
+            .is_some_and(|v| v.iter().any(|(p, _)| *p == 0 || *p == port))
+    }
+
+    /// The first rule, in precedence order, that matches the request.
+    pub fn find(&self, service: &str, port: u16, parts: &http::request::Parts) -> Option<&Entry> {
+        self.by_service
+            .get(service)?
+            .iter()
+            .filter(|(p, _)| *p == 0 || *p == port)
+            .map(|(_, e)| e)
+            .find(|e| e.rule.matches[e.matched].matches(parts))
+    }
+}
+
+/// The resources received so far, and the table published from them.
+#[derive(Debug, Clone, Default)]
+pub struct Store(pub Arc<Mutex<BTreeMap<String, Arc<Rule>>>>);
+
+impl Store {
+    pub fn table(&self) -> Table {
+        let rules = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Table::new(rules.values().cloned())
+    }
+}
+
+/// Handles `amesh.route.HttpRouteRule` for the xDS client.
+#[derive(Debug, Clone, Default)]
+pub struct RouteHandler(pub Store);
+
+impl Handler for RouteHandler {
+    type Resource = Rule;
+    type Error = Invalid;
+
+    fn decode(&self, name: &str, bytes: &[u8]) -> Result<Rule, Invalid> {
+        let r = pb::HttpRouteRule::decode(bytes)
+            .map_err(|e| invalid("(resource)", format!("does not decode: {e}")))?;
+        rule(name, r)
+    }
+
+    fn apply(&mut self, changes: Changes<Rule>) {
+        let mut rules = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, r) in changes.updated {
+            rules.insert(name, Arc::new(r));
+        }
+        for name in &changes.removed {
+            rules.remove(name);
+        }
+    }
+}
