@@ -72,8 +72,20 @@ pub fn serve(
     name: &str,
     addrs: &[SocketAddr],
 ) -> Result<PodProcess, BedError> {
+    serve_with(probe, pod, name, &[], addrs)
+}
+
+/// The same with more of `serve`'s options (`--status N`, `--delay-ms MS`).
+pub fn serve_with(
+    probe: &Path,
+    pod: &Pod,
+    name: &str,
+    extra: &[&str],
+    addrs: &[SocketAddr],
+) -> Result<PodProcess, BedError> {
     let mut cmd = pod.command(probe);
     cmd.args(["serve", "--name", name])
+        .args(extra)
         .args(addrs.iter().map(|a| a.to_string()));
     let p = pod.spawn(cmd)?;
     match p.next_line(Duration::from_secs(10)).as_deref() {

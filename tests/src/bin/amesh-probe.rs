@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("bulk") => bulk(&args[1..]),
         Some("pipe") => pipe(&args[1..]),
-        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve [--echo] --name NAME ADDR... | bulk --bytes N TARGET".into()),
+        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve [--echo] [--status N] [--delay-ms MS] --name NAME ADDR... | bulk --bytes N TARGET".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -123,12 +123,25 @@ fn one_connection(target: SocketAddr, opts: &ConnectOptions) -> Result<String, S
 fn serve(args: &[String]) -> Result<bool, String> {
     let mut name = "server".to_string();
     let mut echo = false;
+    let mut http = HttpAnswer::default();
     let mut listeners = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => name = it.next().ok_or("--name needs a value")?.clone(),
             "--echo" => echo = true,
+            "--status" => {
+                http.status = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--status needs a number")?;
+            }
+            "--delay-ms" => {
+                http.delay_ms = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--delay-ms needs a number")?;
+            }
             addr => {
                 let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
                 listeners.push(TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?);
@@ -145,7 +158,7 @@ fn serve(args: &[String]) -> Result<bool, String> {
                     if echo {
                         std::thread::spawn(move || echo_back(conn));
                     } else {
-                        std::thread::spawn(move || answer(conn, &name));
+                        std::thread::spawn(move || answer(conn, &name, http));
                     }
                 }
             });
@@ -154,9 +167,26 @@ fn serve(args: &[String]) -> Result<bool, String> {
     Ok(true)
 }
 
+/// How an HTTP request is answered: its status (200 unless `--status`), after a delay.
+#[derive(Clone, Copy, Debug)]
+struct HttpAnswer {
+    status: u16,
+    delay_ms: u64,
+}
+
+impl Default for HttpAnswer {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            delay_ms: 0,
+        }
+    }
+}
+
 /// Answers one line with who served it; an HTTP/1.x request (e.g. from curl) gets the same
-/// line as the body of a `200 OK`.
-fn answer(conn: TcpStream, name: &str) {
+/// line as the body of its answer, with the `x-*` and `traceparent` headers it carried and
+/// its `host`.
+fn answer(conn: TcpStream, name: &str, http: HttpAnswer) {
     let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut line = String::new();
     let mut reader = BufReader::new(&conn);
@@ -172,16 +202,19 @@ fn answer(conn: TcpStream, name: &str) {
     while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
         if let Some((k, v)) = header.trim_end().split_once(':') {
             let k = k.trim().to_ascii_lowercase();
-            if k == "x-request-id" || k == "traceparent" {
+            if k.starts_with("x-") || k == "traceparent" || k == "host" {
                 body.push_str(&format!(" {k}={}", v.trim()));
             }
         }
         header.clear();
     }
     body.push('\n');
+    std::thread::sleep(std::time::Duration::from_millis(http.delay_ms));
     let _ = (&conn).write_all(
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            http.status,
+            if http.status == 200 { "OK" } else { "Answer" },
             body.len()
         )
         .as_bytes(),

@@ -9,7 +9,7 @@ use crate::support::*;
 use amesh_testbed::{daemon::Daemon, mesh::PodSpec, probe::sibling_binary};
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-const WP: PodSpec = PodSpec {
+pub const WP: PodSpec = PodSpec {
     tcp: true,
     ..pod("wp", "shop", "node2")
 };
@@ -31,16 +31,7 @@ const GATEWAY: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gate
 fn waypoint_mesh() -> (Mesh, Daemon) {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
-    xds_edit(&mesh, |t| {
-        t.replace(
-            "labels: {app: wp, istio.io/dataplane-mode: none}",
-            "labels: {app: wp, istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: wp}",
-        )
-        .replace(
-            "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
-            "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}",
-        ) + GATEWAY
-    });
+    xds_edit(&mesh, bind_shop);
     mesh.try_start_control_plane().expect("control plane");
     mesh.try_start(&[]).expect("start the nodes");
     for node in ["node1", "node2"] {
@@ -50,14 +41,27 @@ fn waypoint_mesh() -> (Mesh, Daemon) {
     (mesh, waypoint)
 }
 
-fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
+/// The source with `wp` as a waypoint (pod label, Gateway, Service) and namespace `shop`
+/// bound to it.
+pub fn bind_shop(t: String) -> String {
+    t.replace(
+        "labels: {app: wp, istio.io/dataplane-mode: none}",
+        "labels: {app: wp, istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: wp}",
+    )
+    .replace(
+        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}",
+    ) + GATEWAY
+}
+
+pub fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(mesh.source_path()).expect("read the source");
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit must change the source");
     std::fs::write(mesh.source_path(), edited).expect("write the source");
 }
 
-fn start_waypoint(mesh: &Mesh) -> Daemon {
+pub fn start_waypoint(mesh: &Mesh) -> Daemon {
     let xds = mesh.xds.expect("the control plane's address").to_string();
     let mut cmd = Command::new(sibling_binary("amesh-waypoint"));
     cmd.args(["--name", "wp", "--namespace", "shop", "--xds-address", &xds])
@@ -118,7 +122,7 @@ fn endpoint(waypoint: &Daemon, name: &str) -> SocketAddr {
 }
 
 /// `curl` from pod `from`: (status, body).
-fn curl(mesh: &Mesh, from: &str, url: &str) -> (u16, String) {
+pub fn curl(mesh: &Mesh, from: &str, url: &str) -> (u16, String) {
     let out = mesh
         .pod(from)
         .command("curl")
@@ -133,7 +137,7 @@ fn curl(mesh: &Mesh, from: &str, url: &str) -> (u16, String) {
     )
 }
 
-fn metrics(waypoint: &Daemon) -> String {
+pub fn metrics(waypoint: &Daemon) -> String {
     let (_, body) = amesh_testbed::mesh::http_raw(
         endpoint(waypoint, "metrics"),
         b"GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n",
@@ -142,7 +146,7 @@ fn metrics(waypoint: &Daemon) -> String {
     body
 }
 
-fn waypoint_requests(m: &str, needle: &[&str]) -> f64 {
+pub fn waypoint_requests(m: &str, needle: &[&str]) -> f64 {
     m.lines()
         .filter(|l| l.starts_with("istio_requests_total{") && needle.iter().all(|n| l.contains(n)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
