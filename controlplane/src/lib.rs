@@ -20,6 +20,8 @@ pub mod watch;
 pub mod waypoints;
 
 #[cfg(test)]
+mod route_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod waypoint_tests;

@@ -360,12 +360,13 @@ impl PathMatch {
         }
     }
 
-    /// The Gateway API's precedence: exact, then the longest prefix; regexes after them.
+    /// The Gateway API's precedence as Istio orders it: exact, then prefix, then regex, each
+    /// longest first.
     fn rank(&self) -> (u8, usize) {
         match self {
             Self::Exact(p) => (3, p.len()),
             Self::Prefix(p) => (2, p.len()),
-            Self::Regex(_) => (1, 0),
+            Self::Regex(r) => (1, r.as_str().len()),
         }
     }
 }
@@ -437,7 +438,13 @@ impl Table {
             entries.sort_by(|(_, a), (_, b)| {
                 let key = |e: &Entry| {
                     let m = &e.rule.matches[e.matched];
-                    let (kind, len) = m.path.rank();
+                    // A match on nothing (no match given, or `PathPrefix /` alone) comes
+                    // last, as Istio puts rules without matches last.
+                    let everything = matches!(&m.path, PathMatch::Prefix(p) if p.is_empty())
+                        && m.method.is_none()
+                        && m.headers.is_empty()
+                        && m.query.is_empty();
+                    let (kind, len) = if everything { (0, 0) } else { m.path.rank() };
                     (
                         kind,
                         len,
@@ -508,5 +515,180 @@ impl Handler for RouteHandler {
         for name in &changes.removed {
             rules.remove(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(kind: pb::path_match::Kind, value: &str) -> pb::Match {
+        pb::Match {
+            path: Some(pb::PathMatch {
+                kind: kind as i32,
+                value: value.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn rule_of(route: &str, created: i64, matches: Vec<pb::Match>) -> Arc<Rule> {
+        let r = pb::HttpRouteRule {
+            route: route.into(),
+            created,
+            parents: vec![pb::Parent {
+                service: "ns/web".into(),
+                port: 0,
+            }],
+            matches,
+            backends: vec![pb::Backend {
+                service: format!("ns/{route}"),
+                port: 80,
+                weight: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Arc::new(rule(&format!("{route}/0"), r).unwrap())
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn winner(t: &Table, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        t.find("ns/web", 80, &request(uri, headers))
+            .map(|e| e.rule.route.clone())
+    }
+
+    #[test]
+    fn precedence_is_the_gateway_apis() {
+        use pb::path_match::Kind::*;
+        let with_header = pb::Match {
+            headers: vec![pb::ValueMatch {
+                name: "x-v".into(),
+                value: "2".into(),
+                regex: false,
+            }],
+            ..path(Prefix, "/api")
+        };
+        let t = Table::new([
+            rule_of("catch-all", 1, vec![]),
+            rule_of("prefix-api", 5, vec![path(Prefix, "/api")]),
+            rule_of("prefix-api-v1", 5, vec![path(Prefix, "/api/v1")]),
+            rule_of("exact", 9, vec![path(Exact, "/api/v1/users")]),
+            rule_of("header", 9, vec![with_header]),
+            rule_of("regex", 0, vec![path(Regex, "/r/[0-9]+")]),
+            // Same match as prefix-api but older: it wins the tie.
+            rule_of("older-api", 2, vec![path(Prefix, "/api")]),
+        ]);
+        let cases = [
+            ("/api/v1/users", &[][..], "exact"),
+            ("/api/v1/x", &[][..], "prefix-api-v1"),
+            ("/api/x", &[][..], "older-api"),
+            ("/api/x", &[("x-v", "2")][..], "header"),
+            // Prefixes match on path segments: /apix is not under /api.
+            ("/apix", &[][..], "catch-all"),
+            ("/r/42", &[][..], "regex"),
+            ("/r/42x", &[][..], "catch-all"),
+        ];
+        for (uri, headers, want) in cases {
+            assert_eq!(
+                winner(&t, uri, headers).as_deref(),
+                Some(want),
+                "{uri} {headers:?}"
+            );
+        }
+        assert!(t.has_routes("ns/web", 80));
+        assert!(!t.has_routes("ns/other", 80));
+    }
+
+    #[test]
+    fn query_method_and_port_matches() {
+        let m = pb::Match {
+            query_params: vec![pb::ValueMatch {
+                name: "debug".into(),
+                value: "1".into(),
+                regex: false,
+            }],
+            method: "POST".into(),
+            ..Default::default()
+        };
+        let mut r = pb::HttpRouteRule {
+            route: "q".into(),
+            parents: vec![pb::Parent {
+                service: "ns/web".into(),
+                port: 8080,
+            }],
+            matches: vec![m],
+            ..Default::default()
+        };
+        r.backends.push(pb::Backend::default());
+        let t = Table::new([Arc::new(rule("q/0", r).unwrap())]);
+        let post = |uri: &str| {
+            let mut p = request(uri, &[]);
+            p.method = http::Method::POST;
+            p
+        };
+        assert!(t.find("ns/web", 8080, &post("/x?debug=1")).is_some());
+        assert!(t.find("ns/web", 8080, &post("/x?debug=2")).is_none());
+        assert!(
+            t.find("ns/web", 8080, &request("/x?debug=1", &[]))
+                .is_none(),
+            "GET"
+        );
+        assert!(!t.has_routes("ns/web", 80), "attached to port 8080 only");
+        // An empty backend is kept, marked: its requests are answered 500.
+        let e = t.find("ns/web", 8080, &post("/x?debug=1")).unwrap();
+        assert!(e.rule.backends[0].unresolved.is_some());
+    }
+
+    #[test]
+    fn a_bad_rule_is_refused_with_its_field() {
+        let bad = pb::HttpRouteRule {
+            matches: vec![path(pb::path_match::Kind::Regex, "(")],
+            ..Default::default()
+        };
+        let e = rule("r/0", bad).unwrap_err();
+        assert_eq!(e.field, "matches[0].path", "{e}");
+        let bad_header = pb::HttpRouteRule {
+            filters: vec![pb::Filter {
+                kind: Some(pb::filter::Kind::RequestHeaders(pb::HeaderModifier {
+                    set: vec![pb::Header {
+                        name: "bad header".into(),
+                        value: "v".into(),
+                    }],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert!(
+            rule("r/0", bad_header)
+                .unwrap_err()
+                .reason
+                .contains("bad header")
+        );
+        // Through the xDS handler: the bad resource is NACKed alone, the good one applies.
+        let store = Store::default();
+        let good = pb::HttpRouteRule {
+            route: "ns/good".into(),
+            ..Default::default()
+        };
+        let rejected = amesh_xds::handler::process(
+            &mut RouteHandler(store.clone()),
+            vec![
+                ("ns/good/0".into(), good.encode_to_vec()),
+                ("ns/bad/0".into(), vec![0xff, 0xff]),
+            ],
+            vec![],
+        );
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].name, "ns/bad/0");
+        assert_eq!(store.0.lock().unwrap().len(), 1);
     }
 }
