@@ -243,3 +243,51 @@ fn an_unbound_authority_is_refused_and_a_dead_waypoint_fails_closed() {
         "node1's ztunnel failed the connection at the waypoint's address {wp}:\n{z1}"
     );
 }
+
+/// Raw bytes to `target` from pod `from` through its capture (bash's /dev/tcp); the answer.
+fn raw(mesh: &Mesh, from: &str, target: SocketAddr, bytes: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{}; printf '{bytes}' >&3; timeout 5 cat <&3",
+        target.ip(),
+        target.port()
+    );
+    let out = mesh
+        .pod(from)
+        .command("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("run bash");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_their_status_and_nothing_else_is_affected() {
+    let (mesh, waypoint) = waypoint_mesh();
+    let _apps = mesh.apps(&["b"]);
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("VIP");
+    let bad = raw(&mesh, "a", vip, "GET / HTTP/1.1\\r\\nthis is not a header\\r\\n\\r\\n");
+    assert!(bad.starts_with("HTTP/1.1 400"), "a malformed head is answered 400: {bad:?}");
+    let huge = "x".repeat(70 * 1024);
+    let big = raw(
+        &mesh,
+        "a",
+        vip,
+        &format!("GET / HTTP/1.1\\r\\nHost: web\\r\\nx-big: {huge}\\r\\n\\r\\n"),
+    );
+    assert!(
+        big.starts_with("HTTP/1.1 431"),
+        "a head over 64 KiB is answered 431: {:?}",
+        big.get(..80)
+    );
+    // A server-first or binary protocol is relayed as opaque TCP, not broken.
+    let tls_like = raw(&mesh, "a", vip, "\\x16\\x03\\x01\\x00\\x05hello\\n");
+    assert!(tls_like.contains("served-by=b-app"), "opaque bytes reach the app: {tls_like:?}");
+    // The waypoint still serves everyone else.
+    let (status, body) = curl(&mesh, "a", &format!("http://{VIP}/after"));
+    assert_eq!(status, 200, "{body}\n{}", waypoint.log());
+    let m = metrics(&waypoint);
+    assert!(
+        m.lines().any(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"waypoint\"")),
+        "the opaque connection was counted as TCP: {m}"
+    );
+}
