@@ -265,8 +265,16 @@ fn malformed_and_oversized_requests_get_their_status_and_nothing_else_is_affecte
     let (mesh, waypoint) = waypoint_mesh();
     let _apps = mesh.apps(&["b"]);
     let vip: SocketAddr = format!("{VIP}:80").parse().expect("VIP");
-    let bad = raw(&mesh, "a", vip, "GET / HTTP/1.1\\r\\nthis is not a header\\r\\n\\r\\n");
-    assert!(bad.starts_with("HTTP/1.1 400"), "a malformed head is answered 400: {bad:?}");
+    let bad = raw(
+        &mesh,
+        "a",
+        vip,
+        "GET / HTTP/1.1\\r\\nthis is not a header\\r\\n\\r\\n",
+    );
+    assert!(
+        bad.starts_with("HTTP/1.1 400"),
+        "a malformed head is answered 400: {bad:?}"
+    );
     let huge = "x".repeat(70 * 1024);
     let big = raw(
         &mesh,
@@ -281,13 +289,17 @@ fn malformed_and_oversized_requests_get_their_status_and_nothing_else_is_affecte
     );
     // A server-first or binary protocol is relayed as opaque TCP, not broken.
     let tls_like = raw(&mesh, "a", vip, "\\x16\\x03\\x01\\x00\\x05hello\\n");
-    assert!(tls_like.contains("served-by=b-app"), "opaque bytes reach the app: {tls_like:?}");
+    assert!(
+        tls_like.contains("served-by=b-app"),
+        "opaque bytes reach the app: {tls_like:?}"
+    );
     // The waypoint still serves everyone else.
     let (status, body) = curl(&mesh, "a", &format!("http://{VIP}/after"));
     assert_eq!(status, 200, "{body}\n{}", waypoint.log());
     let m = metrics(&waypoint);
     assert!(
-        m.lines().any(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"waypoint\"")),
+        m.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"waypoint\"")),
         "the opaque connection was counted as TCP: {m}"
     );
 }

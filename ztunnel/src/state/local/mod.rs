@@ -275,6 +275,26 @@ mod tests {
     }
 
     #[test]
+    fn waypoints_are_read_as_istios_dump_writes_them() {
+        let p = write(
+            "waypoint",
+            "workloads:\n- {uid: u1, name: a, namespace: ns, addresses: [10.0.0.1], waypoint: 10.0.0.9}\nservices:\n- {name: s, namespace: ns, hostname: s.ns, vips: [10.96.0.1], waypoint: ns/wp.ns.svc.cluster.local}\n",
+        );
+        let s = load_file(&p).unwrap();
+        std::fs::remove_file(p).unwrap();
+        let w = s.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            w.waypoint.as_ref().map(|w| w.to_string()).as_deref(),
+            Some("10.0.0.9:15008")
+        );
+        let svc = s.services().next().unwrap();
+        assert_eq!(
+            svc.waypoint.as_ref().map(|w| w.to_string()).as_deref(),
+            Some("ns/wp.ns.svc.cluster.local:15008")
+        );
+    }
+
+    #[test]
     fn errors_name_the_file_the_field_and_the_reason() {
         let cases = [
             (
@@ -286,6 +306,11 @@ mod tests {
                 "workloads:\n- {uid: u1, name: a, namespace: ns, protocol: UDP}\n",
                 "workloads[0].protocol",
                 "not HBONE or TCP",
+            ),
+            (
+                "workloads:\n- {uid: u1, name: a, namespace: ns, waypoint: nowhere}\n",
+                "workloads[0].waypoint",
+                "is not namespace/hostname or an address",
             ),
             (
                 "workloads:\n- {uid: u1, name: '', namespace: ns}\n",

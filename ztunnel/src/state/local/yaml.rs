@@ -65,6 +65,9 @@ pub struct RawWorkload {
     /// `{protocol: PROXY, port: 15088}`: the app takes PROXY v2 (on that port).
     #[serde(default)]
     application_tunnel: Option<RawApplicationTunnel>,
+    /// The waypoint pod-addressed traffic goes through (see [`waypoint`]).
+    #[serde(default)]
+    waypoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +104,9 @@ pub struct RawService {
     /// SPIFFE identities the service's endpoints may present besides their own.
     #[serde(default)]
     subject_alt_names: Vec<String>,
+    /// The waypoint service-addressed traffic goes through (see [`waypoint`]).
+    #[serde(default)]
+    waypoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +311,44 @@ pub fn workload(w: RawWorkload, at: &str) -> Result<pb::Workload, FieldError> {
         canonical_revision: w.canonical_revision,
         cluster_id: w.cluster_id,
         network: w.network,
+        waypoint: w
+            .waypoint
+            .as_deref()
+            .map(|v| waypoint(v, &format!("{at}.waypoint")))
+            .transpose()?,
         ..Default::default()
+    })
+}
+
+/// A waypoint as Istio's config dump writes one: `namespace/hostname` (its Service), or an
+/// address; HBONE on 15008.
+fn waypoint(v: &str, at: &str) -> Result<pb::GatewayAddress, FieldError> {
+    use pb::gateway_address::Destination;
+    let destination = if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+        Destination::Address(pb::NetworkAddress {
+            network: String::new(),
+            address: wire::ip_bytes(ip),
+            length: None,
+        })
+    } else {
+        match v.split_once('/') {
+            Some((ns, host)) if !ns.is_empty() && !host.is_empty() => {
+                Destination::Hostname(pb::NamespacedHostname {
+                    namespace: ns.to_string(),
+                    hostname: host.to_string(),
+                })
+            }
+            _ => {
+                return Err((
+                    at.to_string(),
+                    format!("{v:?} is not namespace/hostname or an address"),
+                ));
+            }
+        }
+    };
+    Ok(pb::GatewayAddress {
+        destination: Some(destination),
+        hbone_mtls_port: 15008,
     })
 }
 
@@ -330,6 +373,11 @@ pub fn service(s: RawService, at: &str) -> Result<pb::Service, FieldError> {
         hostname: s.hostname,
         load_balancing,
         subject_alt_names: s.subject_alt_names,
+        waypoint: s
+            .waypoint
+            .as_deref()
+            .map(|v| waypoint(v, &format!("{at}.waypoint")))
+            .transpose()?,
         ..Default::default()
     })
 }
