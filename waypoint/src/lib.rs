@@ -150,11 +150,16 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         "amesh-waypoint starting"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let served = tokio::spawn(proxy::serve(listener, inputs, stop_rx));
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(proxy::serve(listener, inputs, stop_rx, open));
     shutdown_signal().await;
     info!("draining: GOAWAY to every connection, in-flight requests finish");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN, served).await;
+    // `recv` ends once the accept loop and every connection have dropped their sender.
+    match tokio::time::timeout(DRAIN, all_closed.recv()).await {
+        Ok(_) => info!("drained"),
+        Err(_) => info!(after = ?DRAIN, "drain deadline passed; closing what is left"),
+    }
     Ok(())
 }
 

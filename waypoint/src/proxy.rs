@@ -53,7 +53,13 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
 static NOT_BOUND_WARNING: Throttle = Throttle::new(WARN_EVERY);
 
 /// Serves until `stop` turns true; connections then get GOAWAY and finish their streams.
-pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, stop: watch::Receiver<bool>) {
+/// Every connection holds a clone of `open`: once all are gone, the receiver's `recv` ends.
+pub async fn serve(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    stop: watch::Receiver<bool>,
+    open: tokio::sync::mpsc::Sender<()>,
+) {
     let mut acceptor = amesh_serve::Acceptor::new("waypoint HBONE");
     let mut stopping = stop.clone();
     loop {
@@ -63,8 +69,13 @@ pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, stop: watch::Rece
         };
         let inputs = inputs.clone();
         let stop = stop.clone();
+        let open = open.clone();
         tokio::spawn(
-            connection(inputs, conn, peer, stop).instrument(info_span!("waypoint", %peer)),
+            async move {
+                connection(inputs, conn, peer, stop).await;
+                drop(open);
+            }
+            .instrument(info_span!("waypoint", %peer)),
         );
     }
 }
