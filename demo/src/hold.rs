@@ -1,7 +1,10 @@
 //! `--hold`: the mesh stays up until Ctrl-C, described in `target/amesh-demo/mesh.json` for
 //! scripts and with a few commands to try printed for people.
 
-use amesh_testbed::mesh::{APP_PORT, Mesh};
+use amesh_testbed::{
+    mesh::{APP_PORT, Mesh, VIP},
+    waypoint::WaypointProcess,
+};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -27,8 +30,8 @@ pub fn check_free() -> Result<()> {
     }
 }
 
-/// What `mesh.json` says about the mesh.
-pub fn describe(mesh: &Mesh) -> Result<Value> {
+/// What `mesh.json` says about the mesh (and its waypoints).
+pub fn describe(mesh: &Mesh, waypoints: &[&WaypointProcess]) -> Result<Value> {
     let cp = mesh.control_plane.as_ref().context("no control plane")?;
     let mut nodes = Vec::new();
     for node in &mesh.agent_nodes {
@@ -87,17 +90,34 @@ pub fn describe(mesh: &Mesh) -> Result<Value> {
         },
         "nodes": nodes,
         "pods": pods,
+        "waypoints": waypoints
+            .iter()
+            .map(|w| {
+                let pod = mesh.pod(&w.pod);
+                Ok(json!({
+                    "gateway": w.name,
+                    "namespace": w.namespace,
+                    "pid": w.daemon.child.id(),
+                    "netns": pod.netns_name(),
+                    "ip": pod.ipv4().to_string(),
+                    "hbone": format!("{}:15008", pod.ipv4()),
+                    "admin": w.try_endpoint("admin")?.to_string(),
+                    "metrics": w.try_endpoint("metrics")?.to_string(),
+                    "readiness": w.try_endpoint("readiness")?.to_string(),
+                }))
+            })
+            .collect::<Result<Vec<Value>>>()?,
     }))
 }
 
 /// Writes `mesh.json`, prints how to reach the mesh, and waits for Ctrl-C (the test bed's
 /// handler then stops every process and removes every object, `mesh.json` included).
-pub fn hold(mesh: &Mesh) -> Result<()> {
+pub fn hold(mesh: &Mesh, waypoints: &[&WaypointProcess]) -> Result<()> {
     let path = PathBuf::from(MESH_JSON);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let description = describe(mesh)?;
+    let description = describe(mesh, waypoints)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&description)?)
         .with_context(|| format!("writing {}", path.display()))?;
     amesh_testbed::remove_on_terminate(&std::fs::canonicalize(&path)?);
@@ -120,6 +140,16 @@ pub fn hold(mesh: &Mesh) -> Result<()> {
             .as_str()
             .unwrap_or_default()
     );
+    if let Some(w) = description["waypoints"].get(0) {
+        println!(
+            "  {} curl -s -H 'x-canary: true' http://{VIP}/   # through the waypoint, to cart-1",
+            web["exec"].as_str().unwrap_or_default()
+        );
+        println!(
+            "  curl -s http://{}/metrics | grep istio_requests_total   # the waypoint's requests",
+            w["metrics"].as_str().unwrap_or_default()
+        );
+    }
     println!(
         "  drop an AuthorizationPolicy YAML into {} (it takes effect live)",
         mesh.source_dir().display()

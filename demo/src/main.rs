@@ -11,6 +11,7 @@
 
 mod hold;
 mod tour;
+mod waypoint;
 
 use amesh_testbed::mesh::{Mesh, PodSpec, pod};
 use anyhow::{Result, anyhow, ensure};
@@ -39,6 +40,13 @@ fn specs() -> Vec<PodSpec> {
         PodSpec {
             service_account: "default",
             ..pod("legacy", "outside", "node2")
+        },
+        // The waypoint's pod: never captured itself, an instance of Gateway `waypoint` once
+        // that exists.
+        PodSpec {
+            tcp: true,
+            labels: &[("gateway.networking.k8s.io/gateway-name", "waypoint")],
+            ..pod("waypoint", "shop", "node2")
         },
     ]
 }
@@ -195,10 +203,41 @@ fn run(hold: bool) -> Result<Vec<Step>> {
         "Istio metrics on the destination node",
         tour::metrics(&mesh),
     );
+    let waypoint = match waypoint::bind(&mesh) {
+        Ok((evidence, w)) => {
+            step(
+                &mut steps,
+                "a waypoint for shop: Gateway, namespace bound",
+                Ok(evidence),
+            );
+            Some(w)
+        }
+        Err(e) => {
+            step(
+                &mut steps,
+                "a waypoint for shop: Gateway, namespace bound",
+                Err(e),
+            );
+            None
+        }
+    };
+    if let Some(w) = &waypoint {
+        step(
+            &mut steps,
+            "an HTTPRoute: a header to cart-1, the rest split 3:1",
+            waypoint::route(&mesh),
+        );
+        step(
+            &mut steps,
+            "Istio request metrics at the waypoint",
+            waypoint::metrics(w),
+        );
+    }
     if hold {
         summary(&steps);
-        hold::hold(&mesh)?;
+        hold::hold(&mesh, &waypoint.iter().collect::<Vec<_>>())?;
     }
+    drop(waypoint);
     let left = mesh.close();
     let cleaned = if left.is_empty() {
         Ok("netns, veths, cgroup, pins, processes, CNI state all removed".into())

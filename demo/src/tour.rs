@@ -84,7 +84,7 @@ pub fn control_plane(mesh: &Mesh) -> Result<String> {
                 .filter(|w| w["protocol"] == "HBONE")
                 .count();
             ensure!(
-                workloads.len() == 4 && in_mesh == 3,
+                workloads.len() == 5 && in_mesh == 3,
                 "{node}: {} workloads, {in_mesh} HBONE",
                 workloads.len()
             );
@@ -111,7 +111,7 @@ pub fn control_plane(mesh: &Mesh) -> Result<String> {
         Ok(signed)
     })?;
     Ok(format!(
-        "4 workloads in each ztunnel from delta ADS (3 HBONE, legacy plain TCP); {signed} pod certificates signed (CreateCertificate)"
+        "5 workloads in each ztunnel from delta ADS (3 HBONE; legacy and the waypoint's pod plain TCP); {signed} pod certificates signed (CreateCertificate)"
     ))
 }
 

@@ -19,6 +19,7 @@
 mod fed;
 mod istio;
 mod mixed;
+mod waypoint;
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -57,10 +58,11 @@ fn run() -> Result<()> {
     }
     amesh_testbed::require_root();
     let mut failed = 0;
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         ("fed-by-amesh", fed::run),
         ("mixed", mixed::run),
         ("mixed-istio-cni", mixed::run_under_istio_cni),
+        ("istio-ztunnel-to-amesh-waypoint", waypoint::run),
     ];
     for (name, scenario) in scenarios {
         let outcome = scenario(&istio);

@@ -33,6 +33,7 @@ pub mod sniff;
 pub mod standin;
 pub mod tls_front;
 mod wait;
+pub mod waypoint;
 pub mod zds_agent;
 
 pub use bed::{Leftovers, TestBed, remove_on_terminate};

@@ -41,6 +41,8 @@ pub struct PodSpec {
     /// What the node agent says the pod's service account is, when it differs from the
     /// configuration (to test identity mismatches).
     pub zds_service_account: Option<&'static str>,
+    /// More labels on the pod in the source YAML (a waypoint's `gateway-name`).
+    pub labels: &'static [(&'static str, &'static str)],
 }
 
 /// A pod in the mesh on `node`, its service account named after it.
@@ -54,6 +56,7 @@ pub const fn pod(name: &'static str, namespace: &'static str, node: &'static str
         healthy: true,
         in_service: false,
         zds_service_account: None,
+        labels: &[],
     }
 }
 
@@ -698,11 +701,17 @@ fn source_yaml(specs: &[PodSpec], pods: &[Pod]) -> String {
 
 /// A Namespace, labelled ambient or not.
 pub(crate) fn namespace_yaml(ns: &str, ambient: bool) -> String {
-    let labels = if ambient {
-        "{istio.io/dataplane-mode: ambient}"
-    } else {
-        "{}"
-    };
+    namespace_yaml_with(ns, ambient, &[])
+}
+
+/// The same with more labels.
+pub(crate) fn namespace_yaml_with(ns: &str, ambient: bool, extra: &[(String, String)]) -> String {
+    let mut labels: Vec<String> = Vec::new();
+    if ambient {
+        labels.push("istio.io/dataplane-mode: ambient".into());
+    }
+    labels.extend(extra.iter().map(|(k, v)| format!("{k}: {v}")));
+    let labels = format!("{{{}}}", labels.join(", "));
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n---\n")
 }
 
@@ -717,6 +726,11 @@ pub(crate) fn pod_yaml(
         ""
     };
     let service = if s.in_service { ", svc: web" } else { "" };
+    let extra: String = s
+        .labels
+        .iter()
+        .map(|(k, v)| format!(", {k}: {v}"))
+        .collect();
     let ready = if s.healthy { "True" } else { "False" };
     let status = match addresses {
         Some((v4, v6)) => format!(
@@ -725,7 +739,7 @@ pub(crate) fn pod_yaml(
         None => "{phase: Pending}".to_string(),
     };
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: {uid}, labels: {{app: {name}{mode}{service}}}}}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: {uid}, labels: {{app: {name}{mode}{service}{extra}}}}}\n\
          spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app, ports: [{{name: http, containerPort: {APP_PORT}}}]}}]}}\n\
          status: {status}\n---\n",
         name = s.name,

@@ -10,7 +10,7 @@ use crate::{
     cni::{self, CniFailure, CniRuntime, PodRef},
     eventually,
     mesh::{
-        Mesh, PodSpec, ZtunnelProcess, failed, k8s_uid, namespace_yaml, pod_yaml, service_yaml,
+        Mesh, PodSpec, ZtunnelProcess, failed, k8s_uid, namespace_yaml_with, pod_yaml, service_yaml,
     },
     probe,
 };
@@ -109,14 +109,69 @@ impl Mesh {
         namespaces
     }
 
-    /// Labels exactly the `ambient` namespaces for the mesh.
+    /// Labels exactly the `ambient` namespaces for the mesh; other labels set with
+    /// [`Self::set_namespace_label`] stay.
     pub fn write_namespaces(&self, ambient: &BTreeSet<String>) -> Result<(), BedError> {
+        let extra = self.namespace_labels();
         let text: String = self
             .namespaces_of_specs()
             .into_iter()
-            .map(|ns| namespace_yaml(ns, ambient.contains(ns)))
+            .map(|ns| {
+                let labels = extra.get(ns).cloned().unwrap_or_default();
+                namespace_yaml_with(ns, ambient.contains(ns), &labels)
+            })
             .collect();
         self.write_source("namespaces.yaml", &text)
+    }
+
+    /// Sets (or with `None` removes) a label other than the dataplane mode on a namespace,
+    /// e.g. `istio.io/use-waypoint`.
+    pub fn set_namespace_label(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), BedError> {
+        let mut all = self.namespace_labels();
+        let labels = all.entry(namespace.to_string()).or_default();
+        labels.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            labels.push((key.to_string(), v.to_string()));
+        }
+        let ambient = self.ambient_namespaces();
+        let text: String = self
+            .namespaces_of_specs()
+            .into_iter()
+            .map(|ns| {
+                let labels = all.get(ns).cloned().unwrap_or_default();
+                namespace_yaml_with(ns, ambient.contains(ns), &labels)
+            })
+            .collect();
+        self.write_source("namespaces.yaml", &text)
+    }
+
+    /// The labels other than the dataplane mode of each namespace in the source now.
+    fn namespace_labels(&self) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+        let text =
+            std::fs::read_to_string(self.source_dir().join("namespaces.yaml")).unwrap_or_default();
+        let mut out = std::collections::BTreeMap::new();
+        for doc in text.split("---") {
+            let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(doc) else {
+                continue;
+            };
+            let Some(name) = v["metadata"]["name"].as_str() else {
+                continue;
+            };
+            let labels: Vec<(String, String)> = v["metadata"]["labels"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+                .filter(|(k, _)| k != "istio.io/dataplane-mode")
+                .collect();
+            out.insert(name.to_string(), labels);
+        }
+        out
     }
 
     /// Flips one namespace's `istio.io/dataplane-mode=ambient` label.

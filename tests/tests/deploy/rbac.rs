@@ -94,6 +94,12 @@ fn roles_grant_exactly_what_each_component_uses() {
             "get list watch",
             "",
         ),
+        (
+            "gateway.networking.k8s.io",
+            "gateways gatewayclasses httproutes",
+            "get list watch",
+            "",
+        ),
         ("authentication.k8s.io", "tokenreviews", "create", ""),
     ]);
     istiod.extend(expect(&events));

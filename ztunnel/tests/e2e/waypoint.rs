@@ -6,8 +6,11 @@
 //! closed, never sent around it.
 
 use crate::support::*;
-use amesh_testbed::{daemon::Daemon, mesh::PodSpec, probe::sibling_binary};
-use std::{net::SocketAddr, process::Command, time::Duration};
+use amesh_testbed::{
+    mesh::PodSpec,
+    waypoint::{self, WaypointProcess},
+};
+use std::{net::SocketAddr, time::Duration};
 
 pub const WP: PodSpec = PodSpec {
     tcp: true,
@@ -25,10 +28,8 @@ fn specs() -> Vec<PodSpec> {
     ]
 }
 
-const GATEWAY: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: wp, namespace: shop}\nspec: {clusterIP: 10.96.0.20, selector: {gateway.networking.k8s.io/gateway-name: wp}, ports: [{name: mesh, port: 15008}]}\n";
-
 /// The mesh, its namespace bound to the waypoint, and the waypoint running in pod `wp`.
-fn waypoint_mesh() -> (Mesh, Daemon) {
+fn waypoint_mesh() -> (Mesh, WaypointProcess) {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
     xds_edit(&mesh, bind_shop);
@@ -44,14 +45,7 @@ fn waypoint_mesh() -> (Mesh, Daemon) {
 /// The source with `wp` as a waypoint (pod label, Gateway, Service) and namespace `shop`
 /// bound to it.
 pub fn bind_shop(t: String) -> String {
-    t.replace(
-        "labels: {app: wp, istio.io/dataplane-mode: none}",
-        "labels: {app: wp, istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: wp}",
-    )
-    .replace(
-        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
-        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}",
-    ) + GATEWAY
+    waypoint::bind_namespace(&t, "shop", "wp", "10.96.0.20")
 }
 
 pub fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
@@ -61,64 +55,8 @@ pub fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
     std::fs::write(mesh.source_path(), edited).expect("write the source");
 }
 
-pub fn start_waypoint(mesh: &Mesh) -> Daemon {
-    let xds = mesh.xds.expect("the control plane's address").to_string();
-    let mut cmd = Command::new(sibling_binary("amesh-waypoint"));
-    cmd.args(["--name", "wp", "--namespace", "shop", "--xds-address", &xds])
-        .args(["--ca-root-file", &mesh.ca_root_path().display().to_string()])
-        .args([
-            "--token-file",
-            &mesh.node_token_path().display().to_string(),
-        ])
-        .args([
-            "--netns",
-            &mesh.pod("wp").netns_path().display().to_string(),
-        ])
-        .args([
-            "--readiness",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info,amesh_waypoint=debug")
-        .env("NO_COLOR", "1");
-    let log = mesh.dir.join("waypoint.log");
-    let mut waypoint = Daemon::spawn(cmd, log, "amesh-waypoint").expect("start the waypoint");
-    waypoint
-        .wait_log("the waypoint starting", Duration::from_secs(10), |l| {
-            l.contains("amesh-waypoint starting").then_some(())
-        })
-        .expect("the waypoint starts");
-    let readiness = endpoint(&waypoint, "readiness");
-    amesh_testbed::eventually("the waypoint ready", Duration::from_secs(20), || {
-        match amesh_testbed::mesh::http_raw(
-            readiness,
-            b"GET /healthz/ready HTTP/1.1\r\nHost: w\r\n\r\n",
-        ) {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}\n{}", waypoint.log())),
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    waypoint
-}
-
-/// An endpoint's address from the waypoint's `listening` log line.
-fn endpoint(waypoint: &Daemon, name: &str) -> SocketAddr {
-    let log = waypoint.log();
-    log.lines()
-        .filter(|l| l.contains("listening") && l.contains(&format!("endpoint=\"{name}\"")))
-        .find_map(|l| {
-            l.split("address=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} endpoint in the waypoint's log:\n{log}"))
+pub fn start_waypoint(mesh: &Mesh) -> WaypointProcess {
+    WaypointProcess::try_start(mesh, "wp", "shop", "wp").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `curl` from pod `from`: (status, body).
@@ -137,21 +75,11 @@ pub fn curl(mesh: &Mesh, from: &str, url: &str) -> (u16, String) {
     )
 }
 
-pub fn metrics(waypoint: &Daemon) -> String {
-    let (_, body) = amesh_testbed::mesh::http_raw(
-        endpoint(waypoint, "metrics"),
-        b"GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n",
-    )
-    .expect("metrics");
-    body
+pub fn metrics(waypoint: &WaypointProcess) -> String {
+    waypoint.try_metrics().expect("the waypoint's metrics")
 }
 
-pub fn waypoint_requests(m: &str, needle: &[&str]) -> f64 {
-    m.lines()
-        .filter(|l| l.starts_with("istio_requests_total{") && needle.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+pub use waypoint::requests as waypoint_requests;
 
 #[test]
 fn service_and_pod_addressed_requests_go_through_the_waypoint() {
@@ -233,8 +161,8 @@ fn an_unbound_authority_is_refused_and_a_dead_waypoint_fails_closed() {
     );
 
     // The waypoint dies: connections to the service fail, and b's app sees none of them.
-    let _ = waypoint.child.kill();
-    let _ = waypoint.wait_exit(Duration::from_secs(5));
+    let _ = waypoint.daemon.child.kill();
+    let _ = waypoint.daemon.wait_exit(Duration::from_secs(5));
     let (status, body) = curl(&mesh, "a", &format!("http://{VIP}/after"));
     assert_eq!(status, 0, "no answer once the waypoint is gone: {body}");
     let z1 = mesh.ztunnel("node1").log();
