@@ -284,10 +284,23 @@ fn event(r: &Rejected) -> Event {
     }
 }
 
+/// The waypoint controller's pass, when it is on (`--waypoint-image`).
+async fn control_waypoints(
+    client: &Client,
+    settings: Option<&crate::waypoint_controller::Settings>,
+    caches: &Caches,
+) {
+    let Some(settings) = settings else { return };
+    let (snapshot, _) = caches.snapshot();
+    crate::waypoint_controller::reconcile(client, settings, &snapshot.gateways, &snapshot.pods)
+        .await;
+}
+
 /// Watches the cluster and publishes its catalog: returns once every watch has listed.
 pub async fn publish_kube(
     client: Client,
     mesh: Mesh,
+    waypoints: Option<crate::waypoint_controller::Settings>,
 ) -> Result<watch::Receiver<Arc<Catalog>>, KubeSourceError> {
     let changed = Arc::new(Notify::new());
     let caches = Caches {
@@ -323,6 +336,7 @@ pub async fn publish_kube(
         .ok_or(KubeSourceError::Translate)?;
     reporter.report(rejected).await;
     info!(pods = caches.pods.state().len(), "Kubernetes source synced");
+    control_waypoints(&client, waypoints.as_ref(), &caches).await;
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
@@ -335,6 +349,7 @@ pub async fn publish_kube(
             if crate::catalog::publish(&tx, catalog) {
                 info!("cluster changed; pushing");
             }
+            control_waypoints(&client, waypoints.as_ref(), &caches).await;
             if tx.is_closed() {
                 return;
             }

@@ -17,6 +17,7 @@ pub mod serve;
 pub mod serving_cert;
 pub mod translate;
 pub mod watch;
+pub mod waypoint_controller;
 pub mod waypoints;
 
 #[cfg(test)]

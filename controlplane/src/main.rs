@@ -27,6 +27,13 @@ struct Args {
     /// Watch the API server at this URL without credentials (`kubectl proxy`, tests).
     #[arg(long)]
     kube_url: Option<String>,
+    /// In Kubernetes mode, be the controller of waypoint Gateways (class istio-waypoint or
+    /// amesh-waypoint), deploying this `amesh-waypoint` image for each.
+    #[arg(long, env = "WAYPOINT_IMAGE")]
+    waypoint_image: Option<String>,
+    /// Where the waypoints it deploys reach the control plane.
+    #[arg(long, default_value = "istiod.istio-system.svc:15012")]
+    waypoint_xds_address: String,
     /// The xDS port (Istio's is 15012).
     #[arg(long, default_value = "[::]:15012")]
     listen: SocketAddr,
@@ -183,7 +190,21 @@ async fn source(
     match (kube, &args.source_dir) {
         (Some(client), _) => {
             info!("waiting for the first list of every watched kind");
-            Ok(kube_source::publish_kube(client, mesh).await?)
+            let waypoints = args.waypoint_image.clone().map(|image| {
+                amesh_controlplane::waypoint_controller::Settings {
+                    image,
+                    xds_address: args.waypoint_xds_address.clone(),
+                    control_plane_dns_name: args
+                        .dns_names
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "istiod.istio-system.svc".into()),
+                    cluster_id: mesh.cluster_id.clone(),
+                    trust_domain: mesh.trust_domain.clone(),
+                    domain_suffix: mesh.domain_suffix.clone(),
+                }
+            });
+            Ok(kube_source::publish_kube(client, mesh, waypoints).await?)
         }
         (None, Some(dir)) => Ok(watch::publish_dir(dir.clone(), mesh)
             .await

@@ -77,7 +77,29 @@ fn hold_describes_a_live_mesh_and_ctrl_c_removes_it() {
             .exists()
     );
     let pods = mesh["pods"].as_array().expect("pods");
-    assert_eq!(pods.len(), 4);
+    assert_eq!(
+        pods.len(),
+        5,
+        "web, cart-0, cart-1, legacy and the waypoint's pod"
+    );
+    // The waypoint stays up with `shop` bound to it, and says where to reach it.
+    let waypoints = mesh["waypoints"].as_array().expect("waypoints");
+    assert_eq!(waypoints.len(), 1, "{waypoints:?}");
+    let w = &waypoints[0];
+    assert_eq!(
+        (w["gateway"].as_str(), w["namespace"].as_str()),
+        (Some("waypoint"), Some("shop"))
+    );
+    assert!(
+        Path::new("/run/netns")
+            .join(w["netns"].as_str().expect("netns"))
+            .exists()
+    );
+    let waypoint_metrics = http_get(w["metrics"].as_str().expect("metrics"), "/metrics");
+    assert!(
+        waypoint_metrics.contains("istio_requests_total{reporter=\"waypoint\""),
+        "{waypoint_metrics}"
+    );
     let enrolled: Vec<&str> = pods
         .iter()
         .filter(|p| p["enrolled"] == true)

@@ -36,6 +36,10 @@ pub struct Args {
     /// `<namespace>/<service account>` the control plane's certificate must name.
     #[arg(long, default_value = "istio-system/istiod")]
     pub xds_identity: String,
+    /// Verify the control plane's certificate by this host name instead of its SPIFFE
+    /// identity (`istiod.istio-system.svc`, as Istio's proxies check istiod).
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub control_plane_dns_name: Option<String>,
     /// PEM root(s) of the mesh (default: Istio's mount).
     #[arg(long, default_value = ISTIO_ROOT_CERT)]
     pub ca_root_file: PathBuf,

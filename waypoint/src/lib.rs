@@ -77,7 +77,19 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         .split_once('/')
         .context("--xds-identity: expected <namespace>/<service account>")?;
     let control_plane = Identity::new(&args.trust_domain, ns, sa);
-    let control_tls = tls::anonymous_client_config(&bundle, vec![control_plane], tls::provider())?;
+    let (control_tls, server_name) = match &args.control_plane_dns_name {
+        Some(name) => (
+            tls::dns_client_config(&bundle, None, tls::provider())?,
+            Some(
+                tokio_rustls::rustls::pki_types::ServerName::try_from(name.clone())
+                    .with_context(|| format!("--control-plane-dns-name {name}"))?,
+            ),
+        ),
+        None => (
+            tls::anonymous_client_config(&bundle, vec![control_plane], tls::provider())?,
+            None,
+        ),
+    };
     let ca_address = args
         .ca_address
         .clone()
@@ -86,7 +98,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         control::Connector {
             address: ca_address,
             tls: control_tls.clone(),
-            server_name: None,
+            server_name: server_name.clone(),
         },
         credentials.clone(),
         vec![root],
@@ -102,7 +114,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(routes::Table::default()));
     let config = amesh_xds::Config {
         address: args.xds_address.clone(),
-        server_name: None,
+        server_name,
         node_id: format!(
             "waypoint~{}~{}.{}~{}.svc.{}",
             std::env::var("INSTANCE_IP").unwrap_or_else(|_| "0.0.0.0".into()),

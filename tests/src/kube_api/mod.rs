@@ -83,10 +83,11 @@ fn collection_of(object: &Value) -> Result<String, String> {
         .ok_or("the object has no apiVersion")?;
     let kind = object["kind"].as_str().ok_or("the object has no kind")?;
     let lower = kind.to_lowercase();
+    // A consonant and y: `policy` → `policies`; a vowel and y: `gateway` → `gateways`.
     let plural = match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
         None if lower.ends_with('s') => format!("{lower}es"),
-        None => format!("{lower}s"),
+        _ => format!("{lower}s"),
     };
     Ok(if api_version.contains('/') {
         format!("/apis/{api_version}/{plural}")

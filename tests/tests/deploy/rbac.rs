@@ -100,6 +100,9 @@ fn roles_grant_exactly_what_each_component_uses() {
             "get list watch",
             "",
         ),
+        ("gateway.networking.k8s.io", "gateways/status", "patch", ""),
+        ("", "serviceaccounts services", "create patch", ""),
+        ("apps", "deployments", "create patch", ""),
         ("authentication.k8s.io", "tokenreviews", "create", ""),
     ]);
     istiod.extend(expect(&events));

@@ -14,6 +14,7 @@ const HELP: &[(&str, &str)] = &[
     ("amesh-node", "amesh's node agent"),
     ("ztunnel", "amesh's per-node L4 proxy"),
     ("amesh-controlplane", "amesh's control plane"),
+    ("amesh-waypoint", "amesh's waypoint"),
 ];
 
 const LOADER_ERROR: &str = "error while loading shared libraries";

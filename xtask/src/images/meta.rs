@@ -14,7 +14,7 @@ pub struct ImageSpec {
     pub description: &'static str,
 }
 
-/// Every image the chart runs. The waypoint is left out until it does more than exit 2.
+/// Every image the chart runs (the waypoint's through the control plane's Deployments).
 pub const IMAGES: &[ImageSpec] = &[
     ImageSpec {
         name: "amesh-node",
@@ -32,6 +32,11 @@ pub const IMAGES: &[ImageSpec] = &[
         name: "amesh-controlplane",
         binaries: &["amesh-controlplane"],
         description: "amesh control plane: delta ADS and Istio's CA protocol",
+    },
+    ImageSpec {
+        name: "amesh-waypoint",
+        binaries: &["amesh-waypoint"],
+        description: "amesh's waypoint: the L7 proxy of the services bound to it",
     },
 ];
 

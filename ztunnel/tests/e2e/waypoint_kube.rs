@@ -1,0 +1,145 @@
+//! In Kubernetes mode the control plane deploys waypoints: applying a Gateway of class
+//! istio-waypoint makes its ServiceAccount, Service and Deployment (owned by the Gateway),
+//! and the Gateway is reported Programmed, with its Service's host name as its address, only
+//! once a waypoint pod is ready. The API server is the list/watch emulator.
+
+use crate::support::*;
+use amesh_testbed::kube_api::KubeApi;
+use serde_json::Value;
+use std::time::Duration;
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop, generation: 1}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n";
+const WAYPOINT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: wp-7d4-x, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp, istio.io/dataplane-mode: none}}\nspec: {nodeName: node1, serviceAccountName: wp, containers: [{name: amesh-waypoint, image: w}]}\nstatus: {phase: Running, conditions: [{type: Ready, status: \"True\"}], podIPs: [{ip: 10.99.0.7}]}\n";
+
+fn named<'a>(objects: &'a [Value], ns: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["metadata"]["namespace"] == ns && o["metadata"]["name"] == name)
+}
+
+fn condition<'a>(gw: &'a Value, type_: &str) -> &'a Value {
+    gw["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn applying_a_gateway_deploys_a_waypoint_and_its_status_follows_its_pod() {
+    amesh_testbed::require_root();
+    let api = KubeApi::start().expect("API emulator");
+    let mut mesh = Mesh::try_build(&[pod("a", "shop", "node1")]).expect("build the mesh");
+    let objects = std::fs::read_to_string(mesh.source_path()).expect("objects");
+    api.apply_yaml(&objects).expect("objects into the API");
+    api.apply_yaml(GATEWAY).expect("the Gateway");
+    mesh.control_plane_source = vec![
+        "--kube-url".into(),
+        api.url(),
+        "--waypoint-image".into(),
+        "registry.example/amesh-waypoint:test".into(),
+    ];
+    mesh.try_start_control_plane().expect("control plane");
+    let log = || {
+        mesh.control_plane
+            .as_ref()
+            .map(|c| c.log())
+            .unwrap_or_default()
+    };
+    let deployment = amesh_testbed::eventually(
+        "the waypoint's Deployment, Service and ServiceAccount",
+        Duration::from_secs(20),
+        || {
+            let d = api.objects("/apis/apps/v1/deployments");
+            let s = api.objects("/api/v1/services");
+            let a = api.objects("/api/v1/serviceaccounts");
+            match (
+                named(&d, "shop", "wp"),
+                named(&s, "shop", "wp"),
+                named(&a, "shop", "wp"),
+            ) {
+                (Some(d), Some(s), Some(_)) => Ok((d.clone(), s.clone())),
+                _ => Err(log()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (d, s) = deployment;
+    let template = &d["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/amesh-waypoint:test");
+    assert_eq!(
+        template["metadata"]["labels"]["istio.io/dataplane-mode"], "none",
+        "the waypoint is never captured itself"
+    );
+    assert_eq!(
+        template["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "wp"
+    );
+    assert_eq!(template["spec"]["serviceAccountName"], "wp");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.windows(2).any(|w| w == ["--name", "wp"]), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--namespace", "shop"]),
+        "{args:?}"
+    );
+    let gateways = api.objects("/apis/gateway.networking.k8s.io/v1/gateways");
+    let uid = named(&gateways, "shop", "wp").expect("the Gateway")["metadata"]["uid"].clone();
+    for owned in [&d, &s] {
+        let owner = &owned["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (
+                owner["kind"].as_str(),
+                owner["name"].as_str(),
+                &owner["uid"]
+            ),
+            (Some("Gateway"), Some("wp"), &uid),
+            "owned by the Gateway: {owned}"
+        );
+    }
+    assert_eq!(s["spec"]["ports"][0]["port"], 15008);
+    assert_eq!(
+        s["metadata"]["labels"]["gateway.istio.io/managed"],
+        "istio.io-mesh-controller"
+    );
+
+    // No ready pod yet: Accepted, not Programmed, no address.
+    let gateway = || {
+        api.objects("/apis/gateway.networking.k8s.io/v1/gateways")
+            .into_iter()
+            .find(|g| g["metadata"]["name"] == "wp")
+            .unwrap_or_default()
+    };
+    amesh_testbed::eventually(
+        "the Gateway Accepted, not Programmed",
+        Duration::from_secs(20),
+        || {
+            let g = gateway();
+            (condition(&g, "Accepted")["status"] == "True"
+                && condition(&g, "Programmed")["status"] == "False"
+                && g["status"]["addresses"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty))
+            .then_some(())
+            .ok_or_else(|| format!("{g}\n{}", log()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Its pod is ready: Programmed, with the Service's host name.
+    api.apply_yaml(WAYPOINT_POD).expect("the waypoint's pod");
+    amesh_testbed::eventually("the Gateway Programmed", Duration::from_secs(20), || {
+        let g = gateway();
+        let address = &g["status"]["addresses"][0];
+        (condition(&g, "Programmed")["status"] == "True"
+            && address["type"] == "Hostname"
+            && address["value"] == "wp.shop.svc.cluster.local")
+            .then_some(())
+            .ok_or_else(|| format!("{g}\n{}", log()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
