@@ -59,7 +59,8 @@ fn curl(mesh: &Mesh, header: Option<&str>) -> Result<String> {
 pub fn bind(mesh: &Mesh) -> Result<(String, WaypointProcess)> {
     mesh.write_source(
         "waypoint.yaml",
-        &waypoint::gateway_yaml("shop", "waypoint", WAYPOINT_VIP),
+        // Istio's default: services bind, pod-addressed traffic stays direct.
+        &waypoint::gateway_yaml("shop", "waypoint", WAYPOINT_VIP, "service"),
     )?;
     let w = WaypointProcess::try_start(mesh, "waypoint", "shop", "waypoint")
         .context("starting amesh-waypoint in the waypoint pod")?;

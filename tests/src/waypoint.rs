@@ -10,16 +10,17 @@ use crate::{
 };
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-/// The YAML of waypoint `name` in namespace `ns`: a Gateway of class istio-waypoint for all
-/// traffic, and its Service on 15008 (at `vip`) selecting the waypoint's pods.
-pub fn gateway_yaml(ns: &str, name: &str, vip: &str) -> String {
+/// The YAML of waypoint `name` in namespace `ns`: a Gateway of class istio-waypoint for
+/// `waypoint_for` traffic (`service`, `workload`, `all`), and its Service on 15008 (at `vip`)
+/// selecting the waypoint's pods.
+pub fn gateway_yaml(ns: &str, name: &str, vip: &str, waypoint_for: &str) -> String {
     format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: all}}}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{clusterIP: {vip}, selector: {{gateway.networking.k8s.io/gateway-name: {name}}}, ports: [{{name: mesh, port: 15008}}]}}\n"
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}, labels: {{istio.io/waypoint-for: {waypoint_for}}}}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{clusterIP: {vip}, selector: {{gateway.networking.k8s.io/gateway-name: {name}}}, ports: [{{name: mesh, port: 15008}}]}}\n"
     )
 }
 
 /// The test bed's source YAML with pod `name` (a plain-TCP pod of namespace `ns`) made the
-/// waypoint `name`, and `ns` bound to it.
+/// waypoint `name` for all traffic, and `ns` bound to it.
 pub fn bind_namespace(source: &str, ns: &str, name: &str, vip: &str) -> String {
     source
         .replace(
@@ -34,7 +35,7 @@ pub fn bind_namespace(source: &str, ns: &str, name: &str, vip: &str) -> String {
                 "metadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: {name}}}}}"
             ),
         )
-        + &gateway_yaml(ns, name, vip)
+        + &gateway_yaml(ns, name, vip, "all")
 }
 
 /// A running `amesh-waypoint`.

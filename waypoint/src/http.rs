@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -34,13 +34,15 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// are neither retried nor mirrored.
 const MAX_REPLAY: u64 = 64 * 1024;
 
-/// Serves HTTP/1.1 requests on one CONNECT stream until the client closes it.
+/// Serves HTTP/1.1 (or, `h2`, HTTP/2 with prior knowledge) requests on one CONNECT stream
+/// until the client closes it.
 pub async fn serve(
     inputs: Arc<Inputs>,
     caller: Caller,
     destination: Destination,
     target: SocketAddr,
     stream: Sniffed,
+    h2: bool,
 ) {
     let caller = Arc::new(caller);
     let service = hyper::service::service_fn(move |req| {
@@ -51,6 +53,17 @@ pub async fn serve(
             )
         }
     });
+    if h2 {
+        // Each stream is a task of its own: a slow one holds only its own flow-control window.
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD as u32)
+            .serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = conn.await {
+            debug!(error = %e, "HTTP/2 connection ended");
+        }
+        return;
+    }
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -59,6 +72,14 @@ pub async fn serve(
     if let Err(e) = conn.await {
         debug!(error = %e, "HTTP/1.1 connection ended");
     }
+}
+
+/// Whether a request is gRPC: it must reach the endpoint over HTTP/2, trailers and all.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Removes the hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1).
@@ -74,15 +95,23 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for name in named {
         headers.remove(name.as_str());
     }
+    // `te: trailers` is the one value HTTP/2 allows, and gRPC needs it end to end.
+    let trailers = headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [
         "connection",
         "keep-alive",
         "proxy-connection",
         "te",
         "trailer",
+        "transfer-encoding",
         "upgrade",
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert("te", HeaderValue::from_static("trailers"));
     }
 }
 
@@ -151,6 +180,7 @@ async fn handle(
     }
     strip_hop_by_hop(&mut parts.headers);
     let request_id = parts.headers.get("x-request-id").cloned();
+    let grpc = is_grpc(&parts.headers);
     let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
     let service = match destination {
         Destination::Service(s) => Some(s.key()),
@@ -173,12 +203,21 @@ async fn handle(
             attempt(inputs, caller, target, parts, body, None).await
         }
     };
+    // A trailers-only gRPC answer (an error) has its status in the head.
+    let grpc_status = served
+        .resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let labels = labels(
         caller,
         destination,
         served.endpoint.as_ref(),
         served.resp.status(),
         served.flag,
+        grpc,
+        grpc_status,
     );
     inputs.metrics.requests.get_or_create(&labels).inc();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -565,13 +604,39 @@ async fn forward(
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let (io, endpoint) = upstream::connect(inputs, target, forwarded(caller)).await?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "upstream HTTP/1.1 connection ended");
+    let resp = if is_grpc(req.headers()) {
+        // gRPC goes on over HTTP/2 (an absolute URI, as the client sent it).
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let mut req = req;
+        *req.version_mut() = http::Version::HTTP_2;
+        send.send_request(req).await?
+    } else {
+        // Everything else as HTTP/1.1, whatever the client spoke: origin-form, with a Host.
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        let mut req = req;
+        if let Some(authority) = req.uri().authority().cloned()
+            && !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
         }
-    });
-    let resp = send.send_request(req).await?;
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        *req.version_mut() = http::Version::HTTP_11;
+        send.send_request(req).await?
+    };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok((Response::from_parts(parts, body.boxed()), endpoint))
@@ -591,6 +656,8 @@ fn labels(
     endpoint: Option<&Endpoint>,
     status: StatusCode,
     flag: &'static str,
+    grpc: bool,
+    grpc_status: Option<String>,
 ) -> RequestLabels {
     let b = &caller.baggage;
     let workload = endpoint.and_then(|e| e.workload.as_deref());
@@ -631,9 +698,9 @@ fn labels(
         destination_canonical_service: or_unknown(&dst_canonical),
         destination_canonical_revision: or_unknown(&dst_revision),
         destination_cluster: or_unknown(&dst_cluster),
-        request_protocol: "http",
+        request_protocol: if grpc { "grpc" } else { "http" },
         response_code: status.as_u16(),
-        grpc_response_status: String::new(),
+        grpc_response_status: grpc_status.unwrap_or_default(),
         response_flags: flag,
         connection_security_policy: "mutual_tls",
     }

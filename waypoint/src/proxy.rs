@@ -184,10 +184,14 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             Err(e) => return debug!(error = %e, "answering CONNECT"),
         };
         let mut stream = Sniffed::new(stream);
-        if stream.sniff().await.is_http1() {
-            crate::http::serve(inputs, caller, destination, target, stream).await;
-        } else {
-            relay_tcp(&inputs, &caller, target, stream).await;
+        match stream.sniff().await {
+            Sniff::Http1 => {
+                crate::http::serve(inputs, caller, destination, target, stream, false).await;
+            }
+            Sniff::Http2 => {
+                crate::http::serve(inputs, caller, destination, target, stream, true).await;
+            }
+            Sniff::Other => relay_tcp(&inputs, &caller, target, stream).await,
         }
     }
     .instrument(span)
@@ -253,10 +257,6 @@ pub enum Sniff {
 }
 
 impl Sniff {
-    pub fn is_http1(self) -> bool {
-        self == Self::Http1
-    }
-
     /// HTTP/1.x starts with a method token and a space; HTTP/2 with its preface.
     pub fn of(bytes: &[u8]) -> Self {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0";

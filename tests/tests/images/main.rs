@@ -222,6 +222,17 @@ fn chart_containers() -> Vec<(String, String)> {
                 let image = c["image"].as_str().expect("a container has an image");
                 let command = c["command"][0].as_str().expect("the chart sets command");
                 containers.push((image.to_string(), command.to_string()));
+                // The control plane deploys waypoints with the image its flag names; their
+                // command is the image's entrypoint.
+                let args: Vec<&str> = c["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                if let Some(w) = args.windows(2).find(|w| w[0] == "--waypoint-image") {
+                    containers.push((w[1].to_string(), "amesh-waypoint".to_string()));
+                }
             }
         }
     }

@@ -231,3 +231,54 @@ fn malformed_and_oversized_requests_get_their_status_and_nothing_else_is_affecte
         "the opaque connection was counted as TCP: {m}"
     );
 }
+
+#[test]
+fn http2_clients_are_served_and_sent_on_as_http1() {
+    let (mesh, waypoint) = waypoint_mesh();
+    let _apps = mesh.apps(&["b"]);
+    let url = format!("http://{VIP}/h2");
+    // curl with HTTP/2 prior knowledge: the app (HTTP/1.1 only) answers through the waypoint.
+    let out = mesh
+        .pod("a")
+        .command("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.ends_with("\n2"),
+        "the client spoke HTTP/2 end to end with the waypoint: {text}"
+    );
+    assert!(
+        text.contains("line=GET /h2 HTTP/1.1"),
+        "the app got HTTP/1.1: {text}\n{}",
+        waypoint.log()
+    );
+    assert!(text.contains("x-request-id="), "{text}");
+    // h2load: many streams on few connections.
+    let out = mesh
+        .pod("a")
+        .command("h2load")
+        .args(["-n", "60", "-c", "2", "-m", "4", &url])
+        .output()
+        .expect("h2load");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("60 succeeded") && report.contains("status codes: 60 2xx"),
+        "{report}\n{}",
+        waypoint.log()
+    );
+    let m = metrics(&waypoint);
+    assert!(
+        waypoint_requests(&m, &["response_code=\"200\"", "request_protocol=\"http\""]) >= 61.0,
+        "{m}"
+    );
+}
