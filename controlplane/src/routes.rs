@@ -252,20 +252,24 @@ fn match_of(m: &HttpRouteRulesMatches, field: &str) -> Result<pb::Match, RouteEr
             })
         }
     };
+    let value_match = |name: String, value: &str, regex: bool, at: &str| {
+        if regex {
+            regex_ok(value, &format!("{field}.{at}"))?;
+        }
+        Ok(pb::ValueMatch {
+            name,
+            value: value.to_string(),
+            regex,
+        })
+    };
     let headers = m
         .headers
         .iter()
         .flatten()
         .map(|h| {
             let regex = matches!(h.r#type, Some(HeaderType::RegularExpression));
-            if regex {
-                regex_ok(&h.value, &format!("{field}.headers"))?;
-            }
-            Ok(pb::ValueMatch {
-                name: h.name.to_ascii_lowercase(),
-                value: h.value.clone(),
-                regex,
-            })
+            // Header names are case-insensitive; query parameter names are not.
+            value_match(h.name.to_ascii_lowercase(), &h.value, regex, "headers")
         })
         .collect::<Result<_, RouteError>>()?;
     let query_params = m
@@ -274,14 +278,7 @@ fn match_of(m: &HttpRouteRulesMatches, field: &str) -> Result<pb::Match, RouteEr
         .flatten()
         .map(|q| {
             let regex = matches!(q.r#type, Some(QueryType::RegularExpression));
-            if regex {
-                regex_ok(&q.value, &format!("{field}.queryParams"))?;
-            }
-            Ok(pb::ValueMatch {
-                name: q.name.clone(),
-                value: q.value.clone(),
-                regex,
-            })
+            value_match(q.name.clone(), &q.value, regex, "queryParams")
         })
         .collect::<Result<_, RouteError>>()?;
     let method = match &m.method {

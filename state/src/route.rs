@@ -6,16 +6,21 @@
 use super::{
     Client, LocalityScope, Protocol, Service, State, Waypoint, WaypointDestination, Workload,
 };
+use amesh_hbone::HBONE_PORT;
 use amesh_identity::Identity;
 use std::{net::SocketAddr, sync::Arc};
 
 #[derive(Clone, Debug)]
 pub enum Route {
-    /// Tunnel to `workload` over HBONE; `target` is the `:authority` (endpoint ip:port).
+    /// Tunnel to `workload` over HBONE at `hbone` (its 15008); `target` is the `:authority`
+    /// (endpoint ip:port); the endpoint may present any of `expected` (its own identity, or
+    /// one the service names).
     Hbone {
         workload: Arc<Workload>,
         service: Option<Arc<Service>>,
         target: SocketAddr,
+        hbone: SocketAddr,
+        expected: Vec<Identity>,
     },
     /// Plain TCP to `dst`: the destination is outside the mesh, or a TCP-protocol workload.
     Direct {
@@ -91,6 +96,8 @@ impl State {
                 workload: w.clone(),
                 service: None,
                 target: orig,
+                hbone: SocketAddr::new(orig.ip(), HBONE_PORT),
+                expected: vec![w.identity()],
             },
             Some(w) => Route::Direct {
                 dst: orig,
@@ -166,9 +173,13 @@ impl State {
         let (workload, target) = candidates.swap_remove(pick % candidates.len());
         match workload.protocol {
             Protocol::Hbone => Route::Hbone {
+                expected: std::iter::once(workload.identity())
+                    .chain(service.subject_alt_names.iter().cloned())
+                    .collect(),
                 workload,
                 service: Some(service.clone()),
                 target,
+                hbone: SocketAddr::new(target.ip(), HBONE_PORT),
             },
             Protocol::Tcp => Route::Direct {
                 dst: target,

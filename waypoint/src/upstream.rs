@@ -3,7 +3,7 @@
 //! TCP when the endpoint is not in the mesh.
 
 use crate::proxy::Inputs;
-use amesh_hbone::{HBONE_PORT, HboneError, PoolKey};
+use amesh_hbone::{HboneError, PoolKey};
 use amesh_identity::{Identity, tls};
 use amesh_state::{Client, Locality, Route, Service, Workload};
 use std::{
@@ -82,12 +82,10 @@ pub async fn connect(
             workload,
             service,
             target,
+            hbone: addr,
+            expected,
         } => {
-            let mut expected = vec![workload.identity()];
-            if let Some(s) = &service {
-                expected.extend(s.subject_alt_names.iter().cloned());
-            }
-            let stream = hbone(inputs, expected, target, headers).await?;
+            let stream = hbone(inputs, expected, addr, target, headers).await?;
             let endpoint = Endpoint {
                 addr: target,
                 workload: Some(workload),
@@ -132,6 +130,7 @@ pub async fn connect(
 async fn hbone(
     inputs: &Inputs,
     expected: Vec<Identity>,
+    addr: SocketAddr,
     target: SocketAddr,
     headers: http::HeaderMap,
 ) -> Result<amesh_hbone::PooledStream, UpstreamError> {
@@ -139,7 +138,6 @@ async fn hbone(
         .certs
         .get(&inputs.me.identity)
         .ok_or(UpstreamError::NoCertificate)?;
-    let addr = SocketAddr::new(target.ip(), HBONE_PORT);
     let key = PoolKey {
         src_pod: inputs.me.name.clone(),
         src: inputs.me.identity.clone(),

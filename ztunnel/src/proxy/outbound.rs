@@ -10,7 +10,7 @@ use crate::{
     state::{Route, Service},
 };
 use amesh_hbone::{
-    HBONE_PORT, PoolKey,
+    PoolKey,
     metadata::{self, Baggage},
 };
 use amesh_identity::{Identity, tls};
@@ -78,12 +78,23 @@ async fn forward(
     };
     match state.route(orig, &client, pick) {
         Route::Hbone {
-            workload,
+            workload: peer,
             service,
             target,
+            hbone,
+            expected,
+        }
+        // Istio labels a connection through a waypoint with the waypoint as its destination.
+        | Route::Waypoint {
+            waypoint: peer,
+            service,
+            target,
+            hbone,
+            expected,
+            ..
         } => {
             record.dst = target;
-            record.destination_workload(&workload);
+            record.destination_workload(&peer);
             label_service(&mut record, service.as_deref());
             record.labels.connection_security_policy = SecurityPolicy::MutualTls;
             let baggage = match me {
@@ -91,36 +102,6 @@ async fn forward(
                 None => pod_baggage(&pod).to_header(),
             };
             let headers = hbone_headers(baggage, src, service.as_deref());
-            // The endpoint may present its own identity or one the service names.
-            let mut expected = vec![workload.identity()];
-            if let Some(s) = &service {
-                expected.extend(s.subject_alt_names.iter().cloned());
-            }
-            let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
-            match tunnel(&inputs, &pod, expected, hbone, target, headers).await {
-                Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
-                Err(e) => fail(record, e),
-            }
-        }
-        Route::Waypoint {
-            waypoint,
-            hbone,
-            target,
-            expected,
-            service,
-            workload,
-        } => {
-            // Istio labels such connections with the waypoint as the destination workload.
-            record.dst = hbone;
-            record.destination_workload(&waypoint);
-            label_service(&mut record, service.as_deref());
-            record.labels.connection_security_policy = SecurityPolicy::MutualTls;
-            let baggage = match me {
-                Some(w) => w.telemetry.baggage_header.clone(),
-                None => pod_baggage(&pod).to_header(),
-            };
-            let headers = hbone_headers(baggage, src, service.as_deref());
-            tracing::debug!(waypoint = %hbone, authority = %target, to = ?workload.as_ref().map(|w| &w.name), "through the waypoint");
             match tunnel(&inputs, &pod, expected, hbone, target, headers).await {
                 Ok(mut stream) => relay(record, &mut conn, &mut stream, None).await,
                 Err(e) => fail(record, e),
