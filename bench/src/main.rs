@@ -11,6 +11,7 @@
 
 mod bench;
 mod chart;
+mod l7;
 mod load;
 mod procfs;
 mod report;
@@ -107,13 +108,29 @@ fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
     let table = report::table(&results);
     println!("\n{table}");
     write_reports(&results, &out)?;
+    println!("\nL7: no mesh, the L4 mesh and amesh's waypoint, HTTP through h2load");
+    let l7 = l7::run(quick);
+    match &l7 {
+        Ok(l7) => {
+            println!("\n{}", l7.table());
+            std::fs::write(
+                out.join("l7.json"),
+                serde_json::to_vec_pretty(&l7.to_json())?,
+            )
+            .with_context(|| format!("writing {}", out.join("l7.json").display()))?;
+        }
+        Err(e) => println!("L7 run failed: {e:#}"),
+    }
     println!(
         "took {:.0} s; wrote {} and {}",
         results.elapsed.as_secs_f64(),
         out.join("report.json").display(),
         out.join("report.svg").display()
     );
-    let failures = results.failures();
+    let mut failures = results.failures();
+    if let Err(e) = &l7 {
+        failures.push(format!("L7: {e:#}"));
+    }
     if !failures.is_empty() {
         bail!(
             "{} measurement(s) failed:\n  {}",
