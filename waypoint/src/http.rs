@@ -17,10 +17,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
-    net::SocketAddr,
-    sync::Arc,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tracing::{debug, info, warn};
@@ -603,9 +605,9 @@ async fn forward(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (io, endpoint) = upstream::connect(inputs, target, forwarded(caller)).await?;
     let resp = if is_grpc(req.headers()) {
         // gRPC goes on over HTTP/2 (an absolute URI, as the client sent it).
+        let (io, endpoint) = upstream::connect(inputs, target, forwarded(caller)).await?;
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
         tokio::spawn(async move {
@@ -615,15 +617,9 @@ async fn forward(
         });
         let mut req = req;
         *req.version_mut() = http::Version::HTTP_2;
-        send.send_request(req).await?
+        (send.send_request(req).await?, endpoint)
     } else {
         // Everything else as HTTP/1.1, whatever the client spoke: origin-form, with a Host.
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
         let mut req = req;
         if let Some(authority) = req.uri().authority().cloned()
             && !req.headers().contains_key(header::HOST)
@@ -635,11 +631,94 @@ async fn forward(
             *req.uri_mut() = http::Uri::from(pq);
         }
         *req.version_mut() = http::Version::HTTP_11;
-        send.send_request(req).await?
+        return http1(inputs, caller, target, req).await;
     };
+    let (resp, endpoint) = resp;
+    Ok((finish(resp), endpoint))
+}
+
+fn finish(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok((Response::from_parts(parts, body.boxed()), endpoint))
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Idle upstream HTTP/1.1 connections, by endpoint and caller: the HBONE CONNECT that opened
+/// one names its caller (`forwarded`), so callers never share one.
+#[derive(Debug, Default)]
+pub struct H1Pool(Mutex<HashMap<PoolKey, Vec<SendRequest<Body>>>>);
+
+type PoolKey = (SocketAddr, IpAddr, String);
+
+/// Idle connections kept per endpoint and caller.
+const IDLE_PER_KEY: usize = 16;
+
+impl H1Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<SendRequest<Body>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection that can take a request now.
+    fn take(&self, key: &PoolKey) -> Option<SendRequest<Body>> {
+        let mut pool = self.lock();
+        let idle = pool.get_mut(key)?;
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Puts the connection back once its response has been read (never if it closes).
+    fn put_when_ready(self: &Arc<Self>, key: PoolKey, mut s: SendRequest<Body>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if s.ready().await.is_ok() {
+                let mut map = pool.lock();
+                let idle = map.entry(key).or_default();
+                if idle.len() < IDLE_PER_KEY {
+                    idle.push(s);
+                }
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 request to an endpoint of `target`: on an idle pooled connection to the
+/// endpoint picked, else on a new one (also when the pooled one turns out to be closed).
+async fn http1(
+    inputs: &Inputs,
+    caller: &Caller,
+    target: SocketAddr,
+    req: Request<Body>,
+) -> Result<(Response<Body>, Endpoint), Forward> {
+    let (picked, endpoint) = upstream::pick(inputs, target)?;
+    let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
+    let mut req = req;
+    if let Some(mut s) = inputs.h1_pool.take(&key) {
+        match s.try_send_request(req).await {
+            Ok(resp) => {
+                inputs.h1_pool.put_when_ready(key, s);
+                return Ok((finish(resp), endpoint));
+            }
+            // Not sent (the connection had just closed): a new connection takes it.
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(Forward::Http(e.into_error())),
+            },
+        }
+    }
+    let io = upstream::open(inputs, &picked, forwarded(caller)).await?;
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    let resp = s.send_request(req).await?;
+    inputs.h1_pool.put_when_ready(key, s);
+    Ok((finish(resp), endpoint))
 }
 
 fn or_unknown(s: &str) -> String {

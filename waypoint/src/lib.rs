@@ -142,6 +142,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         next_pick: Default::default(),
         net,
         routes,
+        h1_pool: Default::default(),
     });
     let listener = inputs
         .net

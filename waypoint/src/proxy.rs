@@ -42,6 +42,8 @@ pub struct Inputs {
     pub net: crate::net::Net,
     /// The HTTP route table, replaced whole on every xDS update.
     pub routes: watch::Receiver<Arc<crate::routes::Table>>,
+    /// Idle upstream HTTP/1.1 connections.
+    pub h1_pool: Arc<crate::http::H1Pool>,
 }
 
 /// Bound on the TLS handshake of a new connection.

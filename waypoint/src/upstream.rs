@@ -57,13 +57,21 @@ impl UpstreamError {
     }
 }
 
-/// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port) and opens a
-/// stream to it.
-pub async fn connect(
-    inputs: &Inputs,
-    target: SocketAddr,
-    headers: http::HeaderMap,
-) -> Result<(Box<dyn Io>, Endpoint), UpstreamError> {
+/// How a picked endpoint is reached.
+#[derive(Debug, Clone)]
+pub enum Picked {
+    /// HBONE to `addr` (its 15008) for `target`, expecting one of `expected` there.
+    Hbone {
+        addr: SocketAddr,
+        target: SocketAddr,
+        expected: Vec<Identity>,
+    },
+    /// Plain TCP: the endpoint is not in the mesh.
+    Tcp(SocketAddr),
+}
+
+/// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port).
+pub fn pick(inputs: &Inputs, target: SocketAddr) -> Result<(Picked, Endpoint), UpstreamError> {
     let route = {
         let state = inputs.state.snapshot();
         let nowhere = Locality::default();
@@ -84,35 +92,32 @@ pub async fn connect(
             target,
             hbone: addr,
             expected,
-        } => {
-            let stream = hbone(inputs, expected, addr, target, headers).await?;
-            let endpoint = Endpoint {
+        } => Ok((
+            Picked::Hbone {
+                addr,
+                target,
+                expected,
+            },
+            Endpoint {
                 addr: target,
                 workload: Some(workload),
                 service,
                 mtls: true,
-            };
-            Ok((Box::new(stream), endpoint))
-        }
+            },
+        )),
         Route::Direct {
             dst,
             workload,
             service,
-        } => {
-            let stream = inputs
-                .net
-                .connect(dst)
-                .await
-                .map_err(|source| UpstreamError::Tcp { addr: dst, source })?;
-            let _ = stream.set_nodelay(true);
-            let endpoint = Endpoint {
+        } => Ok((
+            Picked::Tcp(dst),
+            Endpoint {
                 addr: dst,
                 workload,
                 service,
                 mtls: false,
-            };
-            Ok((Box::new(stream), endpoint))
-        }
+            },
+        )),
         Route::NoEndpoint { service } => {
             Err(UpstreamError::NoHealthyUpstream(service.hostname.clone()))
         }
@@ -125,6 +130,41 @@ pub async fn connect(
             Err(UpstreamError::NoHealthyUpstream(target.to_string()))
         }
     }
+}
+
+/// Opens a stream to a picked endpoint; `headers` go on the HBONE CONNECT.
+pub async fn open(
+    inputs: &Inputs,
+    picked: &Picked,
+    headers: http::HeaderMap,
+) -> Result<Box<dyn Io>, UpstreamError> {
+    match picked {
+        Picked::Hbone {
+            addr,
+            target,
+            expected,
+        } => Ok(Box::new(
+            hbone(inputs, expected.clone(), *addr, *target, headers).await?,
+        )),
+        Picked::Tcp(dst) => {
+            let stream = inputs
+                .net
+                .connect(*dst)
+                .await
+                .map_err(|source| UpstreamError::Tcp { addr: *dst, source })?;
+            Ok(Box::new(stream))
+        }
+    }
+}
+
+/// Picks the endpoint for `target` and opens a stream to it.
+pub async fn connect(
+    inputs: &Inputs,
+    target: SocketAddr,
+    headers: http::HeaderMap,
+) -> Result<(Box<dyn Io>, Endpoint), UpstreamError> {
+    let (picked, endpoint) = pick(inputs, target)?;
+    Ok((open(inputs, &picked, headers).await?, endpoint))
 }
 
 async fn hbone(
