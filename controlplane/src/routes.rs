@@ -318,34 +318,29 @@ fn filter_of(
     field: &str,
 ) -> Result<pb::Filter, RouteError> {
     use pb::filter::Kind;
+    // The request and response modifiers have the same fields, in types of their own.
+    macro_rules! pairs {
+        ($list:expr) => {
+            $list
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect()
+        };
+    }
+    macro_rules! modifier {
+        ($m:expr) => {
+            header_modifier(
+                pairs!($m.set),
+                pairs!($m.add),
+                $m.remove.clone().unwrap_or_default(),
+            )
+        };
+    }
     let kind = if let Some(m) = &f.request_header_modifier {
-        Kind::RequestHeaders(header_modifier(
-            m.set
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            m.add
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            m.remove.clone().unwrap_or_default(),
-        ))
+        Kind::RequestHeaders(modifier!(m))
     } else if let Some(m) = &f.response_header_modifier {
-        Kind::ResponseHeaders(header_modifier(
-            m.set
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            m.add
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            m.remove.clone().unwrap_or_default(),
-        ))
+        Kind::ResponseHeaders(modifier!(m))
     } else if let Some(r) = &f.request_redirect {
         let path = r.path.as_ref().map(|p| {
             path_modifier(
