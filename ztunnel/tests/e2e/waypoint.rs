@@ -282,3 +282,69 @@ fn http2_clients_are_served_and_sent_on_as_http1() {
         "{m}"
     );
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_the_waypoint_exits() {
+    let (mesh, mut waypoint) = waypoint_mesh();
+    // b answers after 2 s, so the request is still in flight when the waypoint is told to stop.
+    let any = SocketAddr::from(([0u16; 8], APP_PORT));
+    let _app = amesh_testbed::probe::serve_with(
+        &mesh.probe,
+        mesh.pod("b"),
+        "b-app",
+        &["--delay-ms", "2000"],
+        &[any],
+    )
+    .expect("b's app");
+    let mut cmd = mesh.pod("a").command("curl");
+    cmd.args(["-sS", "--max-time", "15", "-w", "\n%{http_code}"])
+        .arg(format!("http://{VIP}/slow"));
+    let curl = mesh.pod("a").spawn(cmd).expect("curl");
+    // In flight once the waypoint holds an HBONE connection to b (none existed before).
+    let b = mesh.v4("b", 15008);
+    amesh_testbed::eventually(
+        "the request in flight at the waypoint",
+        Duration::from_secs(10),
+        || {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    mesh.pod("wp").netns_name(),
+                    "ss",
+                    "-Htn",
+                    "state",
+                    "established",
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains(&b.to_string()).then_some(()).ok_or(text)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = waypoint.daemon.child.id();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (_, lines) = curl.finish(Duration::from_secs(20)).expect("curl ends");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("200"),
+        "the in-flight request finished: {lines:?}\n{}",
+        waypoint.log()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("served-by=b-app")),
+        "{lines:?}"
+    );
+    let status = waypoint
+        .daemon
+        .wait_exit(Duration::from_secs(25))
+        .expect("the waypoint exits after draining");
+    assert!(status.success(), "exit status {status}");
+    let log = waypoint.log();
+    assert!(log.contains("draining") && log.contains("drained"), "{log}");
+}
