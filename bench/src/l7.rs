@@ -13,7 +13,6 @@ use amesh_testbed::{
 };
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// The service in front of the bench server, and where the waypoint's own Service sits.
 const SERVICE_VIP: &str = "10.96.0.40";
@@ -196,7 +195,12 @@ pub fn run(quick: bool) -> Result<L7> {
     .context("binding the namespace")?;
     let w = WaypointProcess::try_start(&mesh, "waypoint", "bench", "waypoint")
         .context("the waypoint")?;
-    wait_bound(&mesh)?;
+    waypoint::try_wait_bound(
+        &mesh,
+        "node1",
+        "bench-http.bench.svc.cluster.local",
+        "bench/waypoint.bench.svc.cluster.local",
+    )?;
     let pid = w.daemon.child.id();
     let tck = procfs::clock_ticks_per_second() as f64;
     procfs::reset_peak_rss(pid)?;
@@ -225,30 +229,6 @@ pub fn run(quick: bool) -> Result<L7> {
         waypoint_cpu_ms_per_1000: cpu_s * 1000.0 / counted * 1000.0,
         waypoint_peak_rss_kib: peak,
     })
-}
-
-/// Waits until node1's ztunnel sends the service through the waypoint.
-fn wait_bound(mesh: &Mesh) -> Result<()> {
-    let host = "bench-http.bench.svc.cluster.local";
-    amesh_testbed::eventually(
-        "the service bound to the waypoint",
-        Duration::from_secs(15),
-        || {
-            let (_, dump) = mesh
-                .ztunnel("node1")
-                .try_http("Admin", "GET", "/config_dump")
-                .map_err(|e| e.to_string())?;
-            let v: Value = serde_json::from_str(&dump).map_err(|e| e.to_string())?;
-            v["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["hostname"] == host && s["waypoint"].is_object())
-                .then_some(())
-                .ok_or_else(|| format!("{host} not bound yet"))
-        },
-    )?;
-    Ok(())
 }
 
 impl L7 {

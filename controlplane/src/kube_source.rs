@@ -284,16 +284,18 @@ fn event(r: &Rejected) -> Event {
     }
 }
 
-/// The waypoint controller's pass, when it is on (`--waypoint-image`).
+/// The waypoint controller's pass, when it is on (`--waypoint-image`): it reads only the
+/// Gateways and pods.
 async fn control_waypoints(
     client: &Client,
-    settings: Option<&crate::waypoint_controller::Settings>,
+    controller: Option<&mut crate::waypoint_controller::Controller>,
     caches: &Caches,
 ) {
-    let Some(settings) = settings else { return };
-    let (snapshot, _) = caches.snapshot();
-    crate::waypoint_controller::reconcile(client, settings, &snapshot.gateways, &snapshot.pods)
-        .await;
+    let Some(controller) = controller else { return };
+    // Gateways that do not parse were reported by the catalog's pass already.
+    let gateways = convert(caches.gateways.state(), "Gateway", &mut Vec::new());
+    let pods = owned(caches.pods.state());
+    controller.reconcile(client, &gateways, &pods).await;
 }
 
 /// Watches the cluster and publishes its catalog: returns once every watch has listed.
@@ -336,7 +338,8 @@ pub async fn publish_kube(
         .ok_or(KubeSourceError::Translate)?;
     reporter.report(rejected).await;
     info!(pods = caches.pods.state().len(), "Kubernetes source synced");
-    control_waypoints(&client, waypoints.as_ref(), &caches).await;
+    let mut waypoints = waypoints.map(crate::waypoint_controller::Controller::new);
+    control_waypoints(&client, waypoints.as_mut(), &caches).await;
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
@@ -349,7 +352,7 @@ pub async fn publish_kube(
             if crate::catalog::publish(&tx, catalog) {
                 info!("cluster changed; pushing");
             }
-            control_waypoints(&client, waypoints.as_ref(), &caches).await;
+            control_waypoints(&client, waypoints.as_mut(), &caches).await;
             if tx.is_closed() {
                 return;
             }

@@ -512,12 +512,7 @@ fn workload(
     }
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let spec = pod.spec.as_ref()?;
-    let ready = status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = crate::waypoints::pod_ready(status);
     let names = workload_name::of_pod(&pod.metadata);
     let mut w = pb::Workload {
         uid: format!("{}//v1/Pod/{namespace}/{name}", mesh.cluster_id),

@@ -176,16 +176,6 @@ async fn put(client: &Client, object: &Value) -> Result<(), kube::Error> {
     }
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Running")
-            && s.conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
 /// The status the Gateway should have: (Programmed, addresses).
 pub fn wanted_status(gw: &Gateway, pods: &[Pod], s: &Settings) -> Value {
     let name = gw.metadata.name.clone().unwrap_or_default();
@@ -194,15 +184,7 @@ pub fn wanted_status(gw: &Gateway, pods: &[Pod], s: &Settings) -> Value {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let ready = pods.iter().any(|p| {
-        p.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(GATEWAY_NAME))
-                .is_some_and(|g| *g == name)
-            && is_ready(p)
-    });
+    let ready = crate::waypoints::has_ready_instance(pods, &namespace, &name);
     let generation = gw.metadata.generation.unwrap_or(0);
     let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
         json!({
@@ -247,8 +229,37 @@ fn same_status(have: &Value, want: &Value) -> bool {
     strip(have) == strip(want)
 }
 
-/// One pass over the cluster's waypoint Gateways.
-pub async fn reconcile(client: &Client, settings: &Settings, gateways: &[Gateway], pods: &[Pod]) {
+/// The controller: its settings, and what it last put for each owned object, so that a pass
+/// after an unrelated change (a pod elsewhere) sends nothing.
+#[derive(Debug)]
+pub struct Controller {
+    pub settings: Settings,
+    applied: std::collections::HashMap<String, Value>,
+}
+
+impl Controller {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            applied: Default::default(),
+        }
+    }
+
+    /// One pass over the cluster's waypoint Gateways.
+    pub async fn reconcile(&mut self, client: &Client, gateways: &[Gateway], pods: &[Pod]) {
+        reconcile(client, &self.settings, &mut self.applied, gateways, pods).await;
+    }
+}
+
+/// One pass: each owned object put unless it is what was last put (a deleted one comes back
+/// when its Gateway changes or the control plane restarts), then the status when it differs.
+async fn reconcile(
+    client: &Client,
+    settings: &Settings,
+    applied: &mut std::collections::HashMap<String, Value>,
+    gateways: &[Gateway],
+    pods: &[Pod],
+) {
     let gateway_api = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"),
         "gateways",
@@ -273,8 +284,17 @@ pub async fn reconcile(client: &Client, settings: &Settings, gateways: &[Gateway
             continue;
         };
         for object in objects {
-            if let Err(e) = put(client, &object).await {
-                warn!(gateway = %format!("{ns}/{name}"), kind = %object["kind"], error = %e, "could not put the waypoint's object (retried on the next change)");
+            let key = format!("{}/{ns}/{name}", object["kind"]);
+            if applied.get(&key) == Some(&object) {
+                continue;
+            }
+            match put(client, &object).await {
+                Ok(()) => {
+                    applied.insert(key, object);
+                }
+                Err(e) => {
+                    warn!(gateway = %format!("{ns}/{name}"), kind = %object["kind"], error = %e, "could not put the waypoint's object (retried on the next change)");
+                }
             }
         }
         let mut want = wanted_status(gw, pods, settings);

@@ -158,13 +158,27 @@ fn selects(s: &Selector, labels: &BTreeMap<String, String>) -> bool {
     by_labels && by_expressions
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Running")
-            && s.conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+/// Kubernetes' readiness: Running, with the `Ready` condition true.
+pub fn pod_ready(status: &k8s_openapi::api::core::v1::PodStatus) -> bool {
+    status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Whether a pod of waypoint `namespace/name` is ready: only then can it take traffic (and
+/// only then does its Gateway get `Programmed`).
+pub fn has_ready_instance(pods: &[Pod], namespace: &str, name: &str) -> bool {
+    pods.iter().any(|p| {
+        p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+            && p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(GATEWAY_NAME))
+                .is_some_and(|g| g == name)
+            && p.status.as_ref().is_some_and(pod_ready)
     })
 }
 
@@ -317,15 +331,7 @@ fn waypoint_of(
         .and_then(|v| TrafficType::parse(v))
         .or_else(|| class_traffic.get(class).copied())
         .unwrap_or(TrafficType::Service);
-    let ready = snap.pods.iter().any(|p| {
-        p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-            && p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(GATEWAY_NAME))
-                .is_some_and(|g| *g == name)
-            && is_ready(p)
-    });
+    let ready = has_ready_instance(&snap.pods, &namespace, &name);
     let listener = gw
         .spec
         .listeners

@@ -65,23 +65,11 @@ pub fn bind(mesh: &Mesh) -> Result<(String, WaypointProcess)> {
     let w = WaypointProcess::try_start(mesh, "waypoint", "shop", "waypoint")
         .context("starting amesh-waypoint in the waypoint pod")?;
     mesh.set_namespace_label("shop", "istio.io/use-waypoint", Some("waypoint"))?;
-    amesh_testbed::eventually(
-        "node1's ztunnel sending web.shop through the waypoint",
-        Duration::from_secs(15),
-        || {
-            let (_, dump) = mesh
-                .ztunnel("node1")
-                .try_http("Admin", "GET", "/config_dump")
-                .map_err(|e| e.to_string())?;
-            let v: serde_json::Value = serde_json::from_str(&dump).map_err(|e| e.to_string())?;
-            let bound = v["services"].as_array().into_iter().flatten().any(|s| {
-                s["hostname"] == "web.shop.svc.cluster.local"
-                    && s["waypoint"]["destination"] == "shop/waypoint.shop.svc.cluster.local"
-            });
-            bound
-                .then_some(())
-                .ok_or_else(|| "not bound yet".to_string())
-        },
+    waypoint::try_wait_bound(
+        mesh,
+        "node1",
+        "web.shop.svc.cluster.local",
+        "shop/waypoint.shop.svc.cluster.local",
     )?;
     let via = curl(mesh, None)?;
     Ok((

@@ -191,30 +191,41 @@ impl State {
 }
 
 impl State {
-    /// The pods a waypoint runs as, with the identities a dial to them may find (their own,
-    /// and the SANs of the waypoint's Service).
-    pub fn waypoint_instances(&self, waypoint: &Waypoint) -> (Vec<Arc<Workload>>, Vec<Identity>) {
-        let service = match &waypoint.destination {
+    /// A waypoint's Service, when it is named by one (the usual case).
+    fn waypoint_service(&self, waypoint: &Waypoint) -> Option<&Arc<Service>> {
+        match &waypoint.destination {
             WaypointDestination::Hostname {
                 namespace,
                 hostname,
             } => self.services.get(&format!("{namespace}/{hostname}")),
             WaypointDestination::Address(ip) => self.by_vip.get(ip),
-        };
-        let instances: Vec<Arc<Workload>> = match (service, &waypoint.destination) {
-            (Some(s), _) => self.endpoints(&s.key()).to_vec(),
+        }
+    }
+
+    /// The pods a waypoint runs as: its Service's endpoints, or the workload at its address.
+    pub fn waypoint_instances(&self, waypoint: &Waypoint) -> &[Arc<Workload>] {
+        match (self.waypoint_service(waypoint), &waypoint.destination) {
+            (Some(s), _) => self.endpoints(&s.key()),
             (None, WaypointDestination::Address(ip)) => {
-                self.by_ip.get(ip).cloned().into_iter().collect()
+                self.by_ip.get(ip).map_or(&[], std::slice::from_ref)
             }
-            (None, WaypointDestination::Hostname { .. }) => Vec::new(),
-        };
-        let mut expected: Vec<Identity> = instances.iter().map(|w| w.identity()).collect();
-        if let Some(s) = service {
+            (None, WaypointDestination::Hostname { .. }) => &[],
+        }
+    }
+
+    /// The identities a dial to a waypoint may find: its pods' own, and its Service's SANs.
+    fn waypoint_identities(&self, waypoint: &Waypoint) -> Vec<Identity> {
+        let mut expected: Vec<Identity> = self
+            .waypoint_instances(waypoint)
+            .iter()
+            .map(|w| w.identity())
+            .collect();
+        if let Some(s) = self.waypoint_service(waypoint) {
             expected.extend(s.subject_alt_names.iter().cloned());
         }
-        expected.sort_by_key(|i| i.to_string());
+        expected.sort();
         expected.dedup();
-        (instances, expected)
+        expected
     }
 
     /// Whether the client is one of the waypoint's pods: its identity and its address.
@@ -223,7 +234,6 @@ impl State {
             return false;
         };
         self.waypoint_instances(waypoint)
-            .0
             .iter()
             .any(|w| w.identity() == *identity && w.addresses.contains(&ip))
     }
@@ -236,10 +246,10 @@ impl State {
         service: Option<Arc<Service>>,
         workload: Option<Arc<Workload>>,
     ) -> Route {
-        let (instances, expected) = self.waypoint_instances(waypoint);
+        let instances = self.waypoint_instances(waypoint);
         // A waypoint terminates HBONE itself: only its ready pods can take the traffic.
         let ready: Vec<(Arc<Workload>, SocketAddr)> = instances
-            .into_iter()
+            .iter()
             .filter(|w| w.healthy && w.protocol == Protocol::Hbone)
             .filter_map(|w| {
                 let ip = w
@@ -248,7 +258,7 @@ impl State {
                     .find(|a| a.is_ipv4() == orig.is_ipv4())
                     .or_else(|| w.addresses.first())
                     .copied()?;
-                Some((w, SocketAddr::new(ip, waypoint.port)))
+                Some((w.clone(), SocketAddr::new(ip, waypoint.port)))
             })
             .collect();
         if ready.is_empty() {
@@ -263,7 +273,7 @@ impl State {
             waypoint: instance,
             hbone,
             target: orig,
-            expected,
+            expected: self.waypoint_identities(waypoint),
             service,
             workload,
         }

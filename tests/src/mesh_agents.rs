@@ -152,6 +152,17 @@ impl Mesh {
 
     /// The labels other than the dataplane mode of each namespace in the source now.
     fn namespace_labels(&self) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+        let mut all = self.namespace_labels_with_mode();
+        for labels in all.values_mut() {
+            labels.retain(|(k, _)| k != "istio.io/dataplane-mode");
+        }
+        all
+    }
+
+    /// Every label of each namespace in the source now (`namespaces.yaml`).
+    fn namespace_labels_with_mode(
+        &self,
+    ) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
         let text =
             std::fs::read_to_string(self.source_dir().join("namespaces.yaml")).unwrap_or_default();
         let mut out = std::collections::BTreeMap::new();
@@ -167,7 +178,6 @@ impl Mesh {
                 .into_iter()
                 .flatten()
                 .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-                .filter(|(k, _)| k != "istio.io/dataplane-mode")
                 .collect();
             out.insert(name.to_string(), labels);
         }
@@ -187,14 +197,14 @@ impl Mesh {
 
     /// The namespaces labelled ambient in the source now.
     pub fn ambient_namespaces(&self) -> BTreeSet<String> {
-        let text =
-            std::fs::read_to_string(self.source_dir().join("namespaces.yaml")).unwrap_or_default();
-        text.split("---")
-            .filter(|doc| doc.contains("dataplane-mode: ambient"))
-            .filter_map(|doc| {
-                let name = doc.split("name: ").nth(1)?;
-                Some(name.split([',', '}']).next()?.trim().to_string())
+        self.namespace_labels_with_mode()
+            .into_iter()
+            .filter(|(_, labels)| {
+                labels
+                    .iter()
+                    .any(|(k, v)| k == "istio.io/dataplane-mode" && v == "ambient")
             })
+            .map(|(ns, _)| ns)
             .collect()
     }
 

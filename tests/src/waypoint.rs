@@ -38,6 +38,34 @@ pub fn bind_namespace(source: &str, ns: &str, name: &str, vip: &str) -> String {
         + &gateway_yaml(ns, name, vip, "all")
 }
 
+/// Waits until `node`'s ztunnel sends Service `hostname` through `waypoint` (the
+/// `namespace/hostname` of the waypoint's Service), as its config dump shows the binding.
+pub fn try_wait_bound(
+    mesh: &Mesh,
+    node: &str,
+    hostname: &str,
+    waypoint: &str,
+) -> Result<(), BedError> {
+    let z = mesh.ztunnel(node);
+    crate::eventually(
+        format!("{node}'s ztunnel sending {hostname} through {waypoint}"),
+        Duration::from_secs(15),
+        || {
+            let (_, dump) = z
+                .try_http("Admin", "GET", "/config_dump")
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&dump).map_err(|e| e.to_string())?;
+            v["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["hostname"] == hostname && s["waypoint"]["destination"] == waypoint)
+                .then_some(())
+                .ok_or_else(|| format!("not bound yet: {}", v["services"]))
+        },
+    )
+}
+
 /// A running `amesh-waypoint`.
 #[derive(Debug)]
 pub struct WaypointProcess {
