@@ -57,6 +57,8 @@ struct Caches {
     gateways: Store<DynamicObject>,
     gateway_classes: Store<DynamicObject>,
     http_routes: Store<DynamicObject>,
+    grpc_routes: Store<DynamicObject>,
+    tcp_routes: Store<DynamicObject>,
 }
 
 fn istio_security(kind: &str, plural: &str) -> ApiResource {
@@ -67,8 +69,12 @@ fn istio_security(kind: &str, plural: &str) -> ApiResource {
 }
 
 fn gateway_api(kind: &str, plural: &str) -> ApiResource {
+    gateway_api_version("v1", kind, plural)
+}
+
+fn gateway_api_version(version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind),
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", version, kind),
         plural,
     )
 }
@@ -155,6 +161,8 @@ impl Caches {
             gateways: convert(self.gateways.state(), "Gateway", &mut rejected),
             gateway_classes: convert(self.gateway_classes.state(), "GatewayClass", &mut rejected),
             http_routes: convert(self.http_routes.state(), "HTTPRoute", &mut rejected),
+            grpc_routes: convert(self.grpc_routes.state(), "GRPCRoute", &mut rejected),
+            tcp_routes: convert(self.tcp_routes.state(), "TCPRoute", &mut rejected),
         };
         (snapshot, rejected)
     }
@@ -191,12 +199,16 @@ impl Caches {
         // lists Gateways, and must not keep the control plane from serving. Where it is
         // installed, the lists come in long before this bound, so no first push goes out
         // without the waypoints.
+        let deadline = tokio::time::Instant::now() + GATEWAY_API_WAIT;
         for (store, kind) in [
             (&self.gateways, "Gateway"),
             (&self.gateway_classes, "GatewayClass"),
             (&self.http_routes, "HTTPRoute"),
+            (&self.grpc_routes, "GRPCRoute"),
+            (&self.tcp_routes, "TCPRoute"),
         ] {
-            match tokio::time::timeout(GATEWAY_API_WAIT, store.wait_until_ready()).await {
+            // One bound for all of them: a cluster without the CRDs waits it out once.
+            match tokio::time::timeout_at(deadline, store.wait_until_ready()).await {
                 Ok(r) => r.map_err(fail(kind))?,
                 Err(_) => warn!(
                     kind,
@@ -327,6 +339,13 @@ pub async fn publish_kube(
             &changed,
         ),
         http_routes: dynamic(&client, gateway_api("HTTPRoute", "httproutes"), &changed),
+        grpc_routes: dynamic(&client, gateway_api("GRPCRoute", "grpcroutes"), &changed),
+        // TCPRoute is still served only at v1alpha2.
+        tcp_routes: dynamic(
+            &client,
+            gateway_api_version("v1alpha2", "TCPRoute", "tcproutes"),
+            &changed,
+        ),
     };
     caches.wait_until_ready().await?;
     let mut reporter = Reporter {

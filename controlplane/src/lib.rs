@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ads;
+pub mod app_protocol;
 pub mod auth;
 pub mod ca;
 pub mod ca_secret;

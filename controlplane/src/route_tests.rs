@@ -216,3 +216,152 @@ spec:
         );
     }
 }
+
+#[test]
+fn grpc_routes_become_path_matches_as_istio_translates_them() {
+    let r = translated(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches:
+    - method: {service: pkg.Greeter, method: Hello}
+      headers: [{name: X-Version, value: v2}]
+    - method: {service: pkg.Greeter}
+    - method: {method: Hello}
+    - method: {type: RegularExpression, service: "pkg\\..*", method: "Get.*"}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-routed, value: grpc}]}
+    backendRefs: [{name: web-v2, port: 80}]
+"#,
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let rule = &r.routes["GRPCRoute/shop/greeter/0"];
+    assert_eq!(rule.kind, pb::RouteKind::GrpcRoute as i32);
+    assert_eq!(rule.route, "shop/greeter");
+    let paths: Vec<(i32, &str)> = rule
+        .matches
+        .iter()
+        .map(|m| {
+            let p = m.path.as_ref().unwrap();
+            (p.kind, p.value.as_str())
+        })
+        .collect();
+    use pb::path_match::Kind;
+    assert_eq!(
+        paths,
+        [
+            (Kind::Exact as i32, "/pkg.Greeter/Hello"),
+            (Kind::Prefix as i32, "/pkg.Greeter"),
+            (Kind::Regex as i32, "/[^/]+/Hello"),
+            (Kind::Regex as i32, "/(?:pkg\\..*)/(?:Get.*)"),
+        ]
+    );
+    assert_eq!(rule.matches[0].headers[0].name, "x-version");
+    assert_eq!(rule.backends[0].service, V2);
+    assert_eq!(rule.filters.len(), 1);
+}
+
+#[test]
+fn bad_grpc_and_tcp_routes_are_reported_and_good_ones_kept() {
+    let r = translated(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: empty-method, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{matches: [{method: {type: Exact}}], backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: bad-regex, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{matches: [{method: {type: RegularExpression, service: "(("}}], backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web-v2, port: 80, weight: 3}, {name: web, port: 80, weight: 1}]}]
+"#,
+    );
+    let reasons: Vec<(&str, &str, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.kind, e.name.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|(k, n, why)| *k == "GRPCRoute"
+            && *n == "empty-method"
+            && why.contains("spec.rules[0].matches[0].method")
+            && why.contains("needs a service or a method")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(k, n, why)| *k == "GRPCRoute"
+            && *n == "bad-regex"
+            && why.contains("not a regular expression")),
+        "{reasons:?}"
+    );
+    let tcp = &r.routes["TCPRoute/shop/db/0"];
+    assert_eq!(tcp.kind, pb::RouteKind::TcpRoute as i32);
+    assert!(tcp.matches.is_empty());
+    assert_eq!(
+        tcp.backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.weight))
+            .collect::<Vec<_>>(),
+        [(V2, 3), (WEB, 1)]
+    );
+    assert_eq!(tcp.parents[0].port, 80);
+}
+
+#[test]
+fn service_ports_carry_their_declared_protocol() {
+    use amesh_proto::workload as wl;
+    let r = translated(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  clusterIP: 10.96.0.12
+  selector: {app: api}
+  ports:
+  - {name: grpc-api, port: 9090}
+  - {name: web, port: 8080, appProtocol: kubernetes.io/h2c}
+  - {name: tcp-db, port: 5432}
+  - {port: 7000}
+"#,
+    );
+    let svc = r
+        .addresses
+        .values()
+        .find_map(|a| match &a.r#type {
+            Some(wl::address::Type::Service(s)) if s.name == "api" => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let declared: Vec<(u32, i32)> = svc
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.app_protocol))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            (9090, wl::AppProtocol::Grpc as i32),
+            (8080, wl::AppProtocol::Http2 as i32),
+            (5432, wl::AppProtocol::Tcp as i32),
+            (7000, wl::AppProtocol::Unknown as i32),
+        ]
+    );
+}

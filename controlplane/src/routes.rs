@@ -1,6 +1,8 @@
-//! Gateway API `HTTPRoute`s attached to Services (GAMMA) or to a waypoint Gateway, turned
-//! into amesh's route resources for waypoints: one `amesh.route.HttpRouteRule` per rule,
-//! named `<namespace>/<route>/<index>`.
+//! Gateway API `HTTPRoute`s, `GRPCRoute`s and `TCPRoute`s attached to Services (GAMMA) or
+//! to a waypoint Gateway, turned into amesh's route resources for waypoints: one
+//! `amesh.route.HttpRouteRule` per rule, named `<namespace>/<route>/<index>` (an HTTPRoute)
+//! or `<Kind>/<namespace>/<route>/<index>`. GRPCRoutes and TCPRoutes are read as the
+//! HTTPRoutes they amount to, so one translation checks all three.
 //!
 //! - a `parentRef` to a Service (group `""`, kind `Service`) attaches the route to that
 //!   Service (on `port` when given); one to a waypoint Gateway (group
@@ -16,6 +18,9 @@
 use crate::translate::{Mesh, Rejected};
 use amesh_kube::source::Snapshot;
 use amesh_proto::{route as pb, workload as wl};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteRulesMatchesMethod, GrpcRouteRulesMatchesMethodType as GrpcMethodType,
+};
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
     HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
@@ -23,6 +28,7 @@ use gateway_api::experimental::httproutes::{
     HttpRouteRulesMatchesHeadersType as HeaderType, HttpRouteRulesMatchesPathType as PathType,
     HttpRouteRulesMatchesQueryParamsType as QueryType,
 };
+use gateway_api::experimental::tcproutes::TcpRoute;
 use std::{collections::BTreeMap, str::FromStr};
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -58,24 +64,160 @@ pub fn translate(
             _ => None,
         })
         .collect();
-    for route in &snap.http_routes {
-        let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-        let name = route.metadata.name.as_deref().unwrap_or_default();
-        match rules_of(route, namespace, mesh, &services) {
+    let mut add = |kind: &'static str,
+                   route: Result<HttpRoute, RouteError>,
+                   (namespace, name): (Option<&str>, Option<&str>),
+                   route_kind: pb::RouteKind| {
+        let namespace = namespace.unwrap_or("default");
+        let name = name.unwrap_or_default();
+        let rules = route.and_then(|r| rules_of(&r, namespace, mesh, &services));
+        match rules {
             Ok(rules) => {
-                for r in rules {
-                    out_routes.insert(format!("{}/{}", r.route, r.index), r);
+                for mut r in rules {
+                    r.kind = route_kind as i32;
+                    let key = match route_kind {
+                        pb::RouteKind::HttpRoute => format!("{}/{}", r.route, r.index),
+                        _ => format!("{kind}/{}/{}", r.route, r.index),
+                    };
+                    out_routes.insert(key, r);
                 }
             }
             Err(e) => errors.push(Rejected {
-                kind: "HTTPRoute",
+                kind,
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 reason: e.to_string(),
                 partial: false,
             }),
         }
+    };
+    for route in &snap.http_routes {
+        add(
+            "HTTPRoute",
+            Ok(route.clone()),
+            (
+                route.metadata.namespace.as_deref(),
+                route.metadata.name.as_deref(),
+            ),
+            pb::RouteKind::HttpRoute,
+        );
     }
+    for route in &snap.grpc_routes {
+        add(
+            "GRPCRoute",
+            grpc_as_http(route),
+            (
+                route.metadata.namespace.as_deref(),
+                route.metadata.name.as_deref(),
+            ),
+            pb::RouteKind::GrpcRoute,
+        );
+    }
+    for route in &snap.tcp_routes {
+        add(
+            "TCPRoute",
+            tcp_as_http(route),
+            (
+                route.metadata.namespace.as_deref(),
+                route.metadata.name.as_deref(),
+            ),
+            pb::RouteKind::TcpRoute,
+        );
+    }
+}
+
+/// A GRPCRoute as the HTTPRoute it amounts to: each method match becomes the path match
+/// gRPC's `/<service>/<method>` paths make of it (as Istio translates them); headers,
+/// filters (header modifiers and mirrors, the ones GRPCRoute has) and backends keep their
+/// shape.
+fn grpc_as_http(route: &GrpcRoute) -> Result<HttpRoute, RouteError> {
+    let mut v = serde_json::to_value(route).map_err(|e| err("(object)", e.to_string()))?;
+    if let Some(rules) = v
+        .pointer_mut("/spec/rules")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for (i, rule) in rules.iter_mut().enumerate() {
+            let Some(rule) = rule.as_object_mut() else {
+                continue;
+            };
+            rule.remove("sessionPersistence");
+            let matches = rule
+                .get_mut("matches")
+                .and_then(serde_json::Value::as_array_mut);
+            for (j, m) in matches.into_iter().flatten().enumerate() {
+                let Some(m) = m.as_object_mut() else {
+                    continue;
+                };
+                if let Some(method) = m.remove("method") {
+                    let field = format!("spec.rules[{i}].matches[{j}].method");
+                    let method: GrpcRouteRulesMatchesMethod =
+                        serde_json::from_value(method).map_err(|e| err(&field, e.to_string()))?;
+                    m.insert("path".into(), grpc_path(&method, &field)?);
+                }
+            }
+        }
+    }
+    serde_json::from_value(v).map_err(|e| err("(object)", e.to_string()))
+}
+
+/// The path match for a gRPC method match.
+fn grpc_path(
+    m: &GrpcRouteRulesMatchesMethod,
+    field: &str,
+) -> Result<serde_json::Value, RouteError> {
+    let (service, method) = (
+        m.service.as_deref().filter(|s| !s.is_empty()),
+        m.method.as_deref().filter(|s| !s.is_empty()),
+    );
+    let regex = matches!(m.r#type, Some(GrpcMethodType::RegularExpression));
+    let (kind, value) = match (regex, service, method) {
+        (_, None, None) => return Err(err(field, "needs a service or a method")),
+        (false, Some(s), Some(me)) => ("Exact", format!("/{s}/{me}")),
+        (false, Some(s), None) => ("PathPrefix", format!("/{s}")),
+        (false, None, Some(me)) => ("RegularExpression", format!("/[^/]+/{}", regex::escape(me))),
+        (true, s, me) => {
+            let part = |p: Option<&str>, f: &str| -> Result<String, RouteError> {
+                match p {
+                    None => Ok("[^/]+".into()),
+                    Some(p) => {
+                        regex_ok(p, &format!("{field}.{f}"))?;
+                        Ok(format!("(?:{p})"))
+                    }
+                }
+            };
+            (
+                "RegularExpression",
+                format!("/{}/{}", part(s, "service")?, part(me, "method")?),
+            )
+        }
+    };
+    if !regex
+        && (service.is_some_and(|s| s.contains('/')) || method.is_some_and(|m| m.contains('/')))
+    {
+        return Err(err(field, "a service or method name cannot contain /"));
+    }
+    Ok(serde_json::json!({ "type": kind, "value": value }))
+}
+
+/// A TCPRoute as an HTTPRoute with its parents and weighted backends only (it has nothing
+/// else); the waypoint relays its port as TCP.
+fn tcp_as_http(route: &TcpRoute) -> Result<HttpRoute, RouteError> {
+    let rules: Vec<serde_json::Value> = route
+        .spec
+        .rules
+        .iter()
+        .map(|r| serde_json::json!({ "backendRefs": r.backend_refs }))
+        .collect();
+    let v = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": route.metadata,
+        "spec": {
+            "parentRefs": route.spec.parent_refs,
+            "rules": rules,
+        },
+    });
+    serde_json::from_value(v).map_err(|e| err("(object)", e.to_string()))
 }
 
 fn service_key(name: &str, namespace: &str, mesh: &Mesh) -> String {
@@ -219,6 +361,8 @@ fn rules_of(
                 "timeouts.backendRequest",
             )?,
             retry,
+            // Set by the caller, which knows the kind it read.
+            kind: 0,
         });
     }
     Ok(out)

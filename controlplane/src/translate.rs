@@ -334,7 +334,7 @@ fn service(svc: &Service, mesh: &Mesh) -> Option<(String, pb::Service)> {
                 // Named: resolved per pod, in the workload's own port map.
                 Some(IntOrString::String(_)) => 0,
             },
-            app_protocol: 0,
+            app_protocol: crate::app_protocol::of(p) as i32,
         })
         .collect();
     let resource = pb::Service {

@@ -6,7 +6,9 @@
 use crate::yaml_guard;
 use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
 use gateway_api::{
-    experimental::httproutes::HttpRoute, gatewayclasses::GatewayClass, gateways::Gateway,
+    experimental::{grpcroutes::GrpcRoute, httproutes::HttpRoute, tcproutes::TcpRoute},
+    gatewayclasses::GatewayClass,
+    gateways::Gateway,
 };
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
@@ -66,6 +68,8 @@ pub enum Object {
     GatewayClass(Box<GatewayClass>),
     /// Read with the Gateway API's experimental fields (`retry`), a superset of v1's.
     HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
+    TcpRoute(Box<TcpRoute>),
 }
 
 /// Everything the translation reads.
@@ -81,6 +85,8 @@ pub struct Snapshot {
     pub gateways: Vec<Gateway>,
     pub gateway_classes: Vec<GatewayClass>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
 }
 
 impl Snapshot {
@@ -95,6 +101,8 @@ impl Snapshot {
             Object::Gateway(o) => self.gateways.push(*o),
             Object::GatewayClass(o) => self.gateway_classes.push(*o),
             Object::HttpRoute(o) => self.http_routes.push(*o),
+            Object::GrpcRoute(o) => self.grpc_routes.push(*o),
+            Object::TcpRoute(o) => self.tcp_routes.push(*o),
         }
     }
 }
@@ -273,6 +281,12 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
         }
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
             Object::HttpRoute(serde_json::from_value(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            Object::GrpcRoute(serde_json::from_value(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => {
+            Object::TcpRoute(serde_json::from_value(value).map_err(err)?)
         }
         // Other kinds (Deployments, ConfigMaps...) are not the control plane's business.
         (_, kind) if !kind.is_empty() => return Ok(None),

@@ -4,8 +4,8 @@
 //! types and hand them here, so both accept and refuse the same things.
 
 use super::{
-    Invalid, LoadBalancing, Locality, LocalityScope, Protocol, ProxyProtocolTunnel, Service,
-    Telemetry, Waypoint, WaypointDestination, Workload,
+    AppProtocol, Invalid, LoadBalancing, Locality, LocalityScope, Protocol, ProxyProtocolTunnel,
+    Service, Telemetry, Waypoint, WaypointDestination, Workload,
 };
 use amesh_policy::{Authorization, wire};
 use amesh_proto::{security as pb_sec, workload as pb};
@@ -34,6 +34,25 @@ fn port_map(ports: &[pb::Port], field: &str) -> Result<BTreeMap<u16, u16>, Inval
         );
     }
     Ok(map)
+}
+
+/// The declared protocols of a service's ports (an unknown enum value: undeclared, as a
+/// newer control plane's value this build does not know must not refuse the service).
+fn app_protocols(ports: &[pb::Port]) -> BTreeMap<u16, AppProtocol> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let declared = match pb::AppProtocol::try_from(p.app_protocol).ok()? {
+                pb::AppProtocol::Unknown => return None,
+                pb::AppProtocol::Http11 => AppProtocol::Http11,
+                pb::AppProtocol::Http2 => AppProtocol::Http2,
+                pb::AppProtocol::Grpc => AppProtocol::Grpc,
+                pb::AppProtocol::Tcp => AppProtocol::Tcp,
+                pb::AppProtocol::Tls => AppProtocol::Tls,
+            };
+            Some((u16::try_from(p.service_port).ok()?, declared))
+        })
+        .collect()
 }
 
 pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
@@ -140,6 +159,7 @@ pub fn service(s: pb::Service) -> Result<Service, Invalid> {
         .map(|(i, a)| ip(&a.address, format!("vips[{i}]")))
         .collect::<Result<_, _>>()?;
     let ports = port_map(&s.ports, "ports")?;
+    let app_protocols = app_protocols(&s.ports);
     let load_balancing = s
         .load_balancing
         .map(load_balancing)
@@ -164,6 +184,7 @@ pub fn service(s: pb::Service) -> Result<Service, Invalid> {
         hostname: s.hostname,
         vips,
         ports,
+        app_protocols,
         load_balancing,
         subject_alt_names,
         waypoint: s.waypoint.map(waypoint).transpose()?,

@@ -135,6 +135,21 @@ impl std::fmt::Display for Waypoint {
     }
 }
 
+/// A service port's application protocol, as Istio's workload API declares it (from the
+/// port's `appProtocol`, else its name prefix). The waypoint serves a declared port without
+/// guessing: HTTP/1.1 or HTTP/2 (and gRPC) as declared, TCP and TLS relayed as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum AppProtocol {
+    /// Not declared: the waypoint detects HTTP from the first bytes.
+    #[default]
+    Unknown,
+    Http11,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+}
+
 /// Where a workload wants its PROXY-protocol traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyProtocolTunnel {
@@ -230,6 +245,8 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Service port → target port (0 = use the workload's own mapping).
     pub ports: BTreeMap<u16, u16>,
+    /// Service port → its declared protocol (ports left undeclared are absent).
+    pub app_protocols: BTreeMap<u16, AppProtocol>,
     pub load_balancing: LoadBalancing,
     /// Identities an endpoint of the service may present besides its own workload's
     /// (Istio's `subject_alt_names`, e.g. a service run by several service accounts).
@@ -243,6 +260,11 @@ impl Service {
     /// `namespace/hostname`, the resource name Istio uses.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    /// The protocol declared for service port `port` (Unknown when it is not declared).
+    pub fn app_protocol(&self, port: u16) -> AppProtocol {
+        self.app_protocols.get(&port).copied().unwrap_or_default()
     }
 
     /// The invariants every source must meet.

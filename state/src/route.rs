@@ -354,6 +354,7 @@ mod tests {
             hostname: "svc.ns".into(),
             vips: vec!["10.96.0.1".parse().unwrap()],
             ports: BTreeMap::from([(80, 8080)]),
+            app_protocols: BTreeMap::new(),
             load_balancing: LoadBalancing {
                 prefer,
                 strict,

@@ -20,6 +20,7 @@ mod bed;
 mod cgroup;
 pub mod cni;
 pub mod daemon;
+pub mod grpc;
 pub mod ip;
 pub mod istio_cni;
 pub mod kube_api;

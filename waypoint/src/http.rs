@@ -7,12 +7,14 @@
 
 use crate::{
     bound::Destination,
-    metrics::RequestLabels,
+    counted::{self, Counted},
+    metrics::{PeerLabels, RequestLabels},
     proxy::{Caller, Inputs, Sniffed, forwarded},
     routes::{Backend, Entry, Filter, HeaderModifier, PathMatch, PathModifier},
     upstream::{self, Endpoint, UpstreamError},
 };
 use amesh_hbone::metadata::TRACEPARENT;
+use amesh_state::AppProtocol;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -22,7 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tracing::{debug, info, warn};
@@ -172,6 +177,13 @@ async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    // The request's size: its head as received, and its body as it is read.
+    let request_head = counted::head_bytes(
+        &parts.headers,
+        parts.method.as_str().len() + parts.uri.to_string().len() + 11,
+    );
+    let request_body = Arc::new(AtomicU64::new(0));
+    let body: Body = Counted::new(body, request_body.clone()).boxed();
     if !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
@@ -200,19 +212,17 @@ async fn handle(
             }
         }
         // No route for the service (or a workload addressed directly): to where it was sent.
-        _ => {
-            let body = body.boxed();
-            attempt(inputs, caller, target, parts, body, None).await
-        }
+        _ => attempt(inputs, caller, target, parts, body, None).await,
     };
-    // A trailers-only gRPC answer (an error) has its status in the head.
+    // A trailers-only gRPC answer (an error) has its status in the head; otherwise it
+    // comes in the trailers, and the request is counted when the response ends.
     let grpc_status = served
         .resp
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let labels = labels(
+    let mut labels = labels(
         caller,
         destination,
         served.endpoint.as_ref(),
@@ -221,9 +231,6 @@ async fn handle(
         grpc,
         grpc_status,
     );
-    inputs.metrics.requests.get_or_create(&labels).inc();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    inputs.metrics.duration.get_or_create(&labels).observe(ms);
     info!(
         %method,
         path,
@@ -231,10 +238,29 @@ async fn handle(
         response_flags = served.flag,
         upstream = ?served.endpoint.as_ref().map(|e| e.addr),
         request_id = ?request_id,
-        duration_ms = ms,
+        head_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    served.resp
+    let response_head = counted::head_bytes(served.resp.headers(), 17);
+    let metrics = inputs.metrics.clone();
+    let report = Box::new(move |end: counted::Ended| {
+        if let Some(status) = end.grpc_status {
+            labels.grpc_response_status = status;
+        }
+        metrics.requests.get_or_create(&labels).inc();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics.duration.get_or_create(&labels).observe(ms);
+        let request = request_head + request_body.load(Ordering::Relaxed);
+        metrics
+            .request_bytes
+            .get_or_create(&labels)
+            .observe(request as f64);
+        metrics
+            .response_bytes
+            .get_or_create(&labels)
+            .observe((response_head + end.bytes) as f64);
+    });
+    served.resp.map(|b| Counted::reporting(b, report).boxed())
 }
 
 /// A rule's filters, a backend by weight, its filters, then the request with the rule's
@@ -245,7 +271,7 @@ async fn apply_rule(
     entry: &Entry,
     target: SocketAddr,
     mut parts: Parts,
-    body: Incoming,
+    body: Body,
 ) -> Served {
     let rule = &entry.rule;
     let matched = &rule.matches[entry.matched].path;
@@ -357,7 +383,7 @@ async fn exchange(
     target: SocketAddr,
     parts: Parts,
     replay: Option<Bytes>,
-    mut stream: Option<Incoming>,
+    mut stream: Option<Body>,
 ) -> Served {
     let retry = rule
         .retry
@@ -369,7 +395,7 @@ async fn exchange(
         n += 1;
         let body = match (&replay, stream.take()) {
             (Some(b), _) => full(b.clone()),
-            (None, Some(s)) => s.boxed(),
+            (None, Some(s)) => s,
             (None, None) => full(Bytes::new()),
         };
         let served = attempt(
@@ -474,7 +500,11 @@ fn mirror(inputs: &Arc<Inputs>, caller: &Caller, parts: &Parts, body: Bytes, to:
 }
 
 /// A backend Service's VIP (of the family the client used) and port.
-fn backend_address(inputs: &Inputs, backend: &Backend, target: SocketAddr) -> Option<SocketAddr> {
+pub(crate) fn backend_address(
+    inputs: &Inputs,
+    backend: &Backend,
+    target: SocketAddr,
+) -> Option<SocketAddr> {
     let state = inputs.state.snapshot();
     let s = state.service(&backend.service)?;
     let vip = s
@@ -486,7 +516,7 @@ fn backend_address(inputs: &Inputs, backend: &Backend, target: SocketAddr) -> Op
 }
 
 /// A backend by weight; none when there are none or every weight is 0 (answered 500).
-fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
+pub(crate) fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
     let total: u32 = backends.iter().map(|b| b.weight).sum();
     if total == 0 {
         return None;
@@ -598,43 +628,54 @@ impl Forward {
     }
 }
 
-/// One request to an endpoint of `target`, on a stream of its own.
+/// Whether requests to `target` go on as HTTP/2: its port is declared HTTP/2 or gRPC.
+/// An undeclared port gets HTTP/1.1 whatever the client spoke (gRPC aside), so that an
+/// HTTP/2 client still reaches an app that speaks only HTTP/1.1.
+fn declared_h2(inputs: &Inputs, target: SocketAddr) -> bool {
+    let state = inputs.state.snapshot();
+    state.service_by_vip(target.ip()).is_some_and(|s| {
+        matches!(
+            s.app_protocol(target.port()),
+            AppProtocol::Http2 | AppProtocol::Grpc
+        )
+    })
+}
+
+/// One request to an endpoint of `target`: HTTP/2 for gRPC and ports declared HTTP/2, else
+/// HTTP/1.1.
 async fn forward(
     inputs: &Inputs,
     caller: &Caller,
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let resp = if is_grpc(req.headers()) {
-        // gRPC goes on over HTTP/2 (an absolute URI, as the client sent it).
-        let (io, endpoint) = upstream::connect(inputs, target, forwarded(caller)).await?;
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        let mut req = req;
-        *req.version_mut() = http::Version::HTTP_2;
-        (send.send_request(req).await?, endpoint)
-    } else {
-        // Everything else as HTTP/1.1, whatever the client spoke: origin-form, with a Host.
-        let mut req = req;
-        if let Some(authority) = req.uri().authority().cloned()
-            && !req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    let mut req = req;
+    if is_grpc(req.headers()) || declared_h2(inputs, target) {
+        // An absolute URI, as an HTTP/2 client sends it.
+        if req.uri().authority().is_none()
+            && let Some(host) = req.headers().get(header::HOST).cloned()
+            && let Ok(host) = host.to_str()
+            && let Some(pq) = req.uri().path_and_query()
+            && let Ok(uri) = format!("http://{host}{pq}").parse()
         {
-            req.headers_mut().insert(header::HOST, v);
+            *req.uri_mut() = uri;
         }
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = http::Uri::from(pq);
-        }
-        *req.version_mut() = http::Version::HTTP_11;
-        return http1(inputs, caller, target, req).await;
-    };
-    let (resp, endpoint) = resp;
-    Ok((finish(resp), endpoint))
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = http::Version::HTTP_2;
+        return http2(inputs, caller, target, req).await;
+    }
+    // HTTP/1.1: origin-form, with a Host.
+    if let Some(authority) = req.uri().authority().cloned()
+        && !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = http::Uri::from(pq);
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    http1(inputs, caller, target, req).await
 }
 
 fn finish(resp: Response<Incoming>) -> Response<Body> {
@@ -721,6 +762,67 @@ async fn http1(
     Ok((finish(resp), endpoint))
 }
 
+/// Upstream HTTP/2 connections, one per endpoint and caller, shared by every request to
+/// that endpoint from that caller while it stays open.
+#[derive(Debug, Default)]
+pub struct H2Pool(Mutex<HashMap<PoolKey, H2Send>>);
+
+type H2Send = hyper::client::conn::http2::SendRequest<Body>;
+
+impl H2Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, H2Send>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open connection for `key`, if there is one (a closed one is dropped).
+    fn get(&self, key: &PoolKey) -> Option<H2Send> {
+        let mut pool = self.lock();
+        match pool.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                pool.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: PoolKey, s: H2Send) {
+        self.lock().insert(key, s);
+    }
+}
+
+/// One HTTP/2 request to an endpoint of `target`, on the connection to it this caller
+/// already has, else on a new one that later requests share.
+async fn http2(
+    inputs: &Inputs,
+    caller: &Caller,
+    target: SocketAddr,
+    req: Request<Body>,
+) -> Result<(Response<Body>, Endpoint), Forward> {
+    let (picked, endpoint) = upstream::pick(inputs, target)?;
+    let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
+    let mut send = match inputs.h2_pool.get(&key) {
+        Some(s) => s,
+        None => {
+            let io = upstream::open(inputs, &picked, forwarded(caller)).await?;
+            let (s, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            inputs.h2_pool.put(key, s.clone());
+            s
+        }
+    };
+    send.ready().await?;
+    let resp = send.send_request(req).await?;
+    Ok((finish(resp), endpoint))
+}
+
 fn or_unknown(s: &str) -> String {
     if s.is_empty() {
         "unknown".into()
@@ -738,15 +840,30 @@ fn labels(
     grpc: bool,
     grpc_status: Option<String>,
 ) -> RequestLabels {
+    let addressed = match destination {
+        Destination::Service(s) => Some(s.as_ref()),
+        Destination::Workload(_) => None,
+    };
+    RequestLabels {
+        peers: peer_labels(caller, addressed, endpoint),
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: status.as_u16(),
+        grpc_response_status: grpc_status.unwrap_or_default(),
+        response_flags: flag,
+        connection_security_policy: "mutual_tls",
+    }
+}
+
+/// The source (the caller's certificate and baggage) and the destination (the endpoint
+/// reached, and the service it belongs to, else the one `addressed`).
+pub fn peer_labels(
+    caller: &Caller,
+    addressed: Option<&amesh_state::Service>,
+    endpoint: Option<&Endpoint>,
+) -> PeerLabels {
     let b = &caller.baggage;
     let workload = endpoint.and_then(|e| e.workload.as_deref());
-    // The service the request reached (a route's backend), else the one addressed.
-    let service = endpoint
-        .and_then(|e| e.service.as_deref())
-        .or(match destination {
-            Destination::Service(s) => Some(s.as_ref()),
-            Destination::Workload(_) => None,
-        });
+    let service = endpoint.and_then(|e| e.service.as_deref()).or(addressed);
     let (dst_ns, dst_workload, dst_canonical, dst_revision, dst_cluster, dst_principal) =
         match workload {
             Some(w) => (
@@ -759,7 +876,7 @@ fn labels(
             ),
             None => Default::default(),
         };
-    RequestLabels {
+    PeerLabels {
         reporter: "waypoint",
         source_workload: or_unknown(&b.workload_name),
         source_workload_namespace: or_unknown(&caller.identity.namespace),
@@ -777,11 +894,6 @@ fn labels(
         destination_canonical_service: or_unknown(&dst_canonical),
         destination_canonical_revision: or_unknown(&dst_revision),
         destination_cluster: or_unknown(&dst_cluster),
-        request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: status.as_u16(),
-        grpc_response_status: grpc_status.unwrap_or_default(),
-        response_flags: flag,
-        connection_security_policy: "mutual_tls",
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod bound;
 pub mod config;
+pub mod counted;
 pub mod http;
 pub mod metrics;
 pub mod net;
@@ -143,6 +144,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         net,
         routes,
         h1_pool: Default::default(),
+        h2_pool: Default::default(),
     });
     let listener = inputs
         .net

@@ -1,6 +1,8 @@
-//! Istio's waypoint telemetry: `istio_requests_total`, `istio_request_duration_milliseconds`
-//! (Istio's buckets), `istio_request_bytes`/`istio_response_bytes` are left for later; TCP
-//! connections relayed; CONNECTs refused by reason.
+//! Istio's waypoint telemetry: `istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes` and `istio_response_bytes` (histograms, Envoy's default buckets as
+//! Istio's waypoint has them; bytes are the head plus the body), the four `istio_tcp_*`
+//! metrics for relayed TCP with the same source and destination labels; CONNECTs refused by
+//! reason.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -9,7 +11,7 @@ use prometheus_client::{
 };
 use std::sync::Arc;
 
-/// Istio's request duration buckets (milliseconds).
+/// Istio's request duration buckets (milliseconds), also its size buckets (bytes).
 pub const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
@@ -18,6 +20,18 @@ pub const DURATION_BUCKETS: [f64; 19] = [
 /// The labels of Istio's request metrics, as its waypoint reports them.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_response_status: String,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+/// Who called and what it reached: the labels Istio's request and TCP metrics share.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
     pub reporter: &'static str,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -34,11 +48,6 @@ pub struct RequestLabels {
     pub destination_canonical_service: String,
     pub destination_canonical_revision: String,
     pub destination_cluster: String,
-    pub request_protocol: &'static str,
-    pub response_code: u16,
-    pub grpc_response_status: String,
-    pub response_flags: &'static str,
-    pub connection_security_policy: &'static str,
 }
 
 /// Why a CONNECT (or a connection) was refused.
@@ -59,18 +68,27 @@ pub struct RefuseLabels {
     pub reason: RefuseReason,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The labels of Istio's TCP metrics (`request_protocol="tcp"`).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub reporter: &'static str,
-    pub destination_service: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    pub request_protocol: &'static str,
     pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
 }
 
 #[derive(Debug)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram>,
+    pub request_bytes: Family<RequestLabels, Histogram>,
+    pub response_bytes: Family<RequestLabels, Histogram>,
     pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    /// Bytes sent to the client (Istio's "sent" is the destination's answer).
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_received: Family<TcpLabels, Counter>,
     pub refused: Family<RefuseLabels, Counter>,
 }
 
@@ -89,7 +107,16 @@ impl Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(DURATION_BUCKETS.iter().copied())
             }),
+            request_bytes: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS.iter().copied())
+            }),
+            response_bytes: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS.iter().copied())
+            }),
             tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
             refused: Family::default(),
         });
         let mut registry = Registry::default();
@@ -104,9 +131,34 @@ impl Metrics {
             metrics.duration.clone(),
         );
         registry.register(
+            "istio_request_bytes",
+            "Request sizes (head and body)",
+            metrics.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response sizes (head and body)",
+            metrics.response_bytes.clone(),
+        );
+        registry.register(
             "istio_tcp_connections_opened",
             "TCP connections relayed",
             metrics.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections relayed and closed",
+            metrics.tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes relayed to the client",
+            metrics.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes relayed from the client",
+            metrics.tcp_received.clone(),
         );
         registry.register(
             "amesh_waypoint_refused",

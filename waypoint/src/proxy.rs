@@ -10,7 +10,7 @@ use crate::{
 use amesh_hbone::server::{IncomingConnect, Target};
 use amesh_identity::{CertManager, Identity, identity_of, tls};
 use amesh_ratelimit::{Throttle, WARN_EVERY};
-use amesh_state::StateReader;
+use amesh_state::{AppProtocol, StateReader};
 use bytes::Bytes;
 use http::StatusCode;
 use std::{
@@ -44,6 +44,8 @@ pub struct Inputs {
     pub routes: watch::Receiver<Arc<crate::routes::Table>>,
     /// Idle upstream HTTP/1.1 connections.
     pub h1_pool: Arc<crate::http::H1Pool>,
+    /// Open upstream HTTP/2 connections.
+    pub h2_pool: crate::http::H2Pool,
 }
 
 /// Bound on the TLS handshake of a new connection.
@@ -185,7 +187,39 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "answering CONNECT"),
         };
+        let declared = match &destination {
+            bound::Destination::Service(s) => s.app_protocol(target.port()),
+            bound::Destination::Workload(_) => AppProtocol::Unknown,
+        };
         let mut stream = Sniffed::new(stream);
+        // A port with a TCPRoute goes to the route's backends, as TCP.
+        if let bound::Destination::Service(s) = &destination {
+            let table = inputs.routes.borrow().clone();
+            if let Some(rule) = table.tcp_route(&s.key(), target.port()) {
+                let to = match crate::http::pick_backend(&rule.backends) {
+                    None => Err(("no backend for this route", "NC")),
+                    Some(b) if b.unresolved.is_some() => {
+                        Err(("the route's backend could not be resolved", "NC"))
+                    }
+                    Some(b) => crate::http::backend_address(&inputs, b, target)
+                        .ok_or(("no healthy upstream", "UH")),
+                };
+                return match to {
+                    Ok(to) => relay_tcp(&inputs, &caller, &destination, to, stream).await,
+                    Err((why, flag)) => {
+                        let labels = tcp_labels(&caller, &destination, None, flag);
+                        inputs.metrics.tcp_opened.get_or_create(&labels).inc();
+                        inputs.metrics.tcp_closed.get_or_create(&labels).inc();
+                        warn!(route = %rule.route, reason = why, "TCP connection closed");
+                    }
+                };
+            }
+        }
+        // A port declared TCP or TLS is relayed at once: a server-first protocol would
+        // otherwise wait out the detection.
+        if matches!(declared, AppProtocol::Tcp | AppProtocol::Tls) {
+            return relay_tcp(&inputs, &caller, &destination, target, stream).await;
+        }
         match stream.sniff().await {
             Sniff::Http1 => {
                 crate::http::serve(inputs, caller, destination, target, stream, false).await;
@@ -193,48 +227,66 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             Sniff::Http2 => {
                 crate::http::serve(inputs, caller, destination, target, stream, true).await;
             }
-            Sniff::Other => relay_tcp(&inputs, &caller, target, stream).await,
+            // A port declared HTTP gets HTTP's answer to what is not HTTP (400).
+            Sniff::Other if declared != AppProtocol::Unknown => {
+                crate::http::serve(inputs, caller, destination, target, stream, false).await;
+            }
+            Sniff::Other => relay_tcp(&inputs, &caller, &destination, target, stream).await,
         }
     }
     .instrument(span)
     .await
 }
 
-/// Opaque TCP: L4 only, relayed as is to the endpoint.
-async fn relay_tcp(inputs: &Inputs, caller: &Caller, target: SocketAddr, mut stream: Sniffed) {
+fn tcp_labels(
+    caller: &Caller,
+    destination: &bound::Destination,
+    endpoint: Option<&upstream::Endpoint>,
+    flag: &'static str,
+) -> TcpLabels {
+    let addressed = match destination {
+        bound::Destination::Service(s) => Some(s.as_ref()),
+        bound::Destination::Workload(_) => None,
+    };
+    TcpLabels {
+        peers: crate::http::peer_labels(caller, addressed, endpoint),
+        request_protocol: "tcp",
+        response_flags: flag,
+        connection_security_policy: "mutual_tls",
+    }
+}
+
+/// Opaque TCP: L4 only, relayed as is to an endpoint of `target`; counted in Istio's TCP
+/// metrics.
+async fn relay_tcp(
+    inputs: &Inputs,
+    caller: &Caller,
+    destination: &bound::Destination,
+    target: SocketAddr,
+    mut stream: Sniffed,
+) {
     let headers = forwarded(caller);
+    let m = &inputs.metrics;
     let (mut upstream, endpoint) = match upstream::connect(inputs, target, headers).await {
         Ok(u) => u,
         Err(e) => {
-            inputs
-                .metrics
-                .tcp_opened
-                .get_or_create(&TcpLabels {
-                    reporter: "waypoint",
-                    destination_service: String::new(),
-                    response_flags: e.response_flag(),
-                })
-                .inc();
+            let labels = tcp_labels(caller, destination, None, e.response_flag());
+            m.tcp_opened.get_or_create(&labels).inc();
+            m.tcp_closed.get_or_create(&labels).inc();
             return warn!(error = %e, "TCP upstream failed");
         }
     };
-    inputs
-        .metrics
-        .tcp_opened
-        .get_or_create(&TcpLabels {
-            reporter: "waypoint",
-            destination_service: endpoint
-                .service
-                .as_ref()
-                .map(|s| s.hostname.clone())
-                .unwrap_or_default(),
-            response_flags: "-",
-        })
-        .inc();
+    let labels = tcp_labels(caller, destination, Some(&endpoint), "-");
+    m.tcp_opened.get_or_create(&labels).inc();
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => debug!(endpoint = %endpoint.addr, up, down, "TCP relayed"),
+        Ok((received, sent)) => {
+            m.tcp_received.get_or_create(&labels).inc_by(received);
+            m.tcp_sent.get_or_create(&labels).inc_by(sent);
+            debug!(endpoint = %endpoint.addr, received, sent, "TCP relayed");
+        }
         Err(e) => debug!(endpoint = %endpoint.addr, error = %e, "TCP relay ended"),
     }
+    m.tcp_closed.get_or_create(&labels).inc();
 }
 
 /// The `forwarded` header sent on the far hop: the original client.

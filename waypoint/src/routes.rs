@@ -142,6 +142,8 @@ pub struct Rule {
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
     pub retry: Option<Retry>,
+    /// A TCPRoute's rule: its port is relayed as TCP to the backends.
+    pub tcp: bool,
 }
 
 fn regex(v: &str, field: &str) -> Result<Regex, Invalid> {
@@ -343,6 +345,7 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
             attempts: r.attempts,
             backoff: Duration::from_millis(r.backoff_ms),
         }),
+        tcp: r.kind == pb::RouteKind::TcpRoute as i32,
     })
 }
 
@@ -416,12 +419,24 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Table {
     by_service: HashMap<String, Vec<(u16, Entry)>>,
+    /// TCPRoute rules per Service, oldest first.
+    tcp_by_service: HashMap<String, Vec<(u16, Arc<Rule>)>>,
 }
 
 impl Table {
     pub fn new(rules: impl IntoIterator<Item = Arc<Rule>>) -> Self {
         let mut by_service: HashMap<String, Vec<(u16, Entry)>> = HashMap::new();
+        let mut tcp_by_service: HashMap<String, Vec<(u16, Arc<Rule>)>> = HashMap::new();
         for rule in rules {
+            if rule.tcp {
+                for (service, port) in &rule.parents {
+                    tcp_by_service
+                        .entry(service.clone())
+                        .or_default()
+                        .push((*port, rule.clone()));
+                }
+                continue;
+            }
             for (service, port) in &rule.parents {
                 for matched in 0..rule.matches.len() {
                     by_service.entry(service.clone()).or_default().push((
@@ -461,7 +476,25 @@ impl Table {
                     .then(a.matched.cmp(&b.matched))
             });
         }
-        Self { by_service }
+        for rules in tcp_by_service.values_mut() {
+            rules.sort_by(|(_, a), (_, b)| {
+                (a.created, &a.route, a.index).cmp(&(b.created, &b.route, b.index))
+            });
+        }
+        Self {
+            by_service,
+            tcp_by_service,
+        }
+    }
+
+    /// The TCPRoute rule for the service on this port (the oldest, as the Gateway API
+    /// breaks ties): the port is then relayed as TCP to its backends.
+    pub fn tcp_route(&self, service: &str, port: u16) -> Option<&Arc<Rule>> {
+        self.tcp_by_service
+            .get(service)?
+            .iter()
+            .find(|(p, _)| *p == 0 || *p == port)
+            .map(|(_, r)| r)
     }
 
     /// Whether any rule is attached to the service on this port.

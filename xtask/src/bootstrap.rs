@@ -23,6 +23,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
     ("nghttp2-client", "/usr/bin/h2load"),
     ("curl", "/usr/bin/curl"),
+    // gRPC's own Python implementation: the real gRPC client and server of the waypoint's
+    // gRPC tests.
+    (
+        "python3-grpcio",
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+    ),
     // The interop scenarios put istio-cni's in-pod REDIRECT rules in front of Istio's ztunnel.
     ("iptables", "/usr/sbin/iptables"),
     // `cargo xtask images`: umoci writes OCI layouts, skopeo copies them (no container

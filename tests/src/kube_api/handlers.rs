@@ -300,7 +300,7 @@ pub(super) fn patch(shared: &Shared, request: &Request) -> Reply {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 12] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -311,4 +311,6 @@ const KNOWN: [&str; 10] = [
     "/apis/gateway.networking.k8s.io/v1/gateways",
     "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
     "/apis/gateway.networking.k8s.io/v1/httproutes",
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+    "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
 ];

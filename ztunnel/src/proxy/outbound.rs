@@ -266,6 +266,7 @@ mod tests {
             hostname: "web.shop.svc.cluster.local".into(),
             vips: vec![],
             ports: Default::default(),
+            app_protocols: Default::default(),
             load_balancing: LoadBalancing::default(),
             subject_alt_names: vec![],
             waypoint: None,
