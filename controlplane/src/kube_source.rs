@@ -220,17 +220,21 @@ impl Caches {
     }
 }
 
-fn catalog_of(caches: &Caches, mesh: &Mesh) -> (Catalog, Vec<Rejected>) {
+/// A translation's outcome: the catalog, what was rejected, and the routes' status.
+type Translated = (Catalog, Vec<Rejected>, Vec<crate::routes::RouteStatus>);
+
+fn catalog_of(caches: &Caches, mesh: &Mesh) -> Translated {
     let (snapshot, mut rejected) = caches.snapshot();
-    let resources = translate::translate(&snapshot, mesh);
+    let mut resources = translate::translate(&snapshot, mesh);
     rejected.extend(resources.errors.iter().cloned());
-    (Catalog::from_resources(&resources), rejected)
+    let statuses = std::mem::take(&mut resources.route_status);
+    (Catalog::from_resources(&resources), rejected, statuses)
 }
 
 /// [`catalog_of`] on the blocking pool: a cluster's worth of objects is converted, translated
 /// and encoded there, not on a worker the ADS streams and CA requests need. `None` if the
 /// translation panicked (logged; the previous catalog stays published).
-async fn catalog_blocking(caches: &Caches, mesh: &Mesh) -> Option<(Catalog, Vec<Rejected>)> {
+async fn catalog_blocking(caches: &Caches, mesh: &Mesh) -> Option<Translated> {
     let (caches, mesh) = (caches.clone(), mesh.clone());
     match tokio::task::spawn_blocking(move || catalog_of(&caches, &mesh)).await {
         Ok(done) => Some(done),
@@ -352,19 +356,26 @@ pub async fn publish_kube(
         client: client.clone(),
         reported: HashSet::new(),
     };
-    let (first, rejected) = catalog_blocking(&caches, &mesh)
+    let (first, rejected, statuses) = catalog_blocking(&caches, &mesh)
         .await
         .ok_or(KubeSourceError::Translate)?;
     reporter.report(rejected).await;
     info!(pods = caches.pods.state().len(), "Kubernetes source synced");
+    // As the waypoints' controller it also owns their routes' status.
+    let mut route_status = waypoints
+        .is_some()
+        .then(|| crate::route_status::Writer::new(client.clone()));
     let mut waypoints = waypoints.map(crate::waypoint_controller::Controller::new);
     control_waypoints(&client, waypoints.as_mut(), &caches).await;
+    if let Some(w) = route_status.as_mut() {
+        w.write(&statuses).await;
+    }
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            let Some((catalog, rejected)) = catalog_blocking(&caches, &mesh).await else {
+            let Some((catalog, rejected, statuses)) = catalog_blocking(&caches, &mesh).await else {
                 continue;
             };
             reporter.report(rejected).await;
@@ -372,6 +383,9 @@ pub async fn publish_kube(
                 info!("cluster changed; pushing");
             }
             control_waypoints(&client, waypoints.as_mut(), &caches).await;
+            if let Some(w) = route_status.as_mut() {
+                w.write(&statuses).await;
+            }
             if tx.is_closed() {
                 return;
             }

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod fixtures;
 pub mod kube_source;
 pub mod root_configmap;
+pub mod route_status;
 pub mod routes;
 pub mod serve;
 pub mod serving_cert;

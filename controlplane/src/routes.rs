@@ -48,15 +48,120 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> RouteError {
     }
 }
 
-/// Translates every HTTPRoute; `addresses` are the translated services (to resolve
-/// references and find what a waypoint serves).
+/// The controller name route status is written under: istiod's, so that tools reading
+/// Istio's route status read amesh's.
+pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
+
+/// The status a route should have (`status.parents`, one entry per parent reference, with
+/// `Accepted` and `ResolvedRefs`; transition times are added when it is written), next to the
+/// status it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStatus {
+    /// `HTTPRoute`, `GRPCRoute` or `TCPRoute`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub want: serde_json::Value,
+    pub have: serde_json::Value,
+}
+
+/// A route's conditions for each of its parent references.
+fn route_status(
+    parent_refs: &serde_json::Value,
+    generation: i64,
+    outcome: Result<&[pb::HttpRouteRule], &RouteError>,
+) -> serde_json::Value {
+    let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
+        serde_json::json!({
+            "type": type_,
+            "status": if ok { "True" } else { "False" },
+            "reason": reason,
+            "message": message,
+            "observedGeneration": generation,
+        })
+    };
+    let conditions = match outcome {
+        Err(e) => {
+            let reason = if e.field.starts_with("spec.parentRefs") {
+                "NoMatchingParent"
+            } else {
+                "UnsupportedValue"
+            };
+            vec![
+                condition("Accepted", false, reason, &e.to_string()),
+                condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "Resolved all the Object references for the Route",
+                ),
+            ]
+        }
+        Ok(rules) => {
+            let mirrors = rules
+                .iter()
+                .flat_map(|r| &r.filters)
+                .filter_map(|f| match &f.kind {
+                    Some(pb::filter::Kind::Mirror(m)) => m.backend.as_ref(),
+                    _ => None,
+                });
+            let unresolved: Vec<&str> = rules
+                .iter()
+                .flat_map(|r| &r.backends)
+                .chain(mirrors)
+                .filter(|b| !b.unresolved.is_empty())
+                .map(|b| b.unresolved.as_str())
+                .collect();
+            let resolved = match unresolved.first() {
+                None => condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "Resolved all the Object references for the Route",
+                ),
+                Some(first) => {
+                    let reason = if first.contains("only Services") {
+                        "InvalidKind"
+                    } else if first.contains("ReferenceGrant") {
+                        "RefNotPermitted"
+                    } else {
+                        "BackendNotFound"
+                    };
+                    condition("ResolvedRefs", false, reason, &unresolved.join("; "))
+                }
+            };
+            vec![
+                condition("Accepted", true, "Accepted", "Route was valid"),
+                resolved,
+            ]
+        }
+    };
+    let parents: Vec<serde_json::Value> = parent_refs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            serde_json::json!({
+                "parentRef": p,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions,
+            })
+        })
+        .collect();
+    serde_json::json!({ "parents": parents })
+}
+
+/// Translates every HTTPRoute, GRPCRoute and TCPRoute; `addresses` are the translated
+/// services (to resolve references and find what a waypoint serves). Returns the status
+/// each route should have.
 pub fn translate(
     snap: &Snapshot,
     mesh: &Mesh,
     addresses: &BTreeMap<String, wl::Address>,
     out_routes: &mut BTreeMap<String, pb::HttpRouteRule>,
     errors: &mut Vec<Rejected>,
-) {
+) -> Vec<RouteStatus> {
+    let mut statuses = Vec::new();
     let services: BTreeMap<&str, &wl::Service> = addresses
         .iter()
         .filter_map(|(k, a)| match &a.r#type {
@@ -64,33 +169,42 @@ pub fn translate(
             _ => None,
         })
         .collect();
-    let mut add = |kind: &'static str,
-                   route: Result<HttpRoute, RouteError>,
-                   (namespace, name): (Option<&str>, Option<&str>),
-                   route_kind: pb::RouteKind| {
-        let namespace = namespace.unwrap_or("default");
-        let name = name.unwrap_or_default();
-        let rules = route.and_then(|r| rules_of(&r, namespace, mesh, &services));
-        match rules {
-            Ok(rules) => {
-                for mut r in rules {
-                    r.kind = route_kind as i32;
-                    let key = match route_kind {
-                        pb::RouteKind::HttpRoute => format!("{}/{}", r.route, r.index),
-                        _ => format!("{kind}/{}/{}", r.route, r.index),
-                    };
-                    out_routes.insert(key, r);
-                }
-            }
-            Err(e) => errors.push(Rejected {
+    let mut add =
+        |kind: &'static str,
+         route: Result<HttpRoute, RouteError>,
+         (namespace, name): (Option<&str>, Option<&str>),
+         (generation, parent_refs, have): (Option<i64>, serde_json::Value, serde_json::Value),
+         route_kind: pb::RouteKind| {
+            let namespace = namespace.unwrap_or("default");
+            let name = name.unwrap_or_default();
+            let rules = route.and_then(|r| rules_of(&r, namespace, mesh, &services));
+            statuses.push(RouteStatus {
                 kind,
                 namespace: namespace.to_string(),
                 name: name.to_string(),
-                reason: e.to_string(),
-                partial: false,
-            }),
-        }
-    };
+                want: route_status(&parent_refs, generation.unwrap_or(0), rules.as_deref()),
+                have,
+            });
+            match rules {
+                Ok(rules) => {
+                    for mut r in rules {
+                        r.kind = route_kind as i32;
+                        let key = match route_kind {
+                            pb::RouteKind::HttpRoute => format!("{}/{}", r.route, r.index),
+                            _ => format!("{kind}/{}/{}", r.route, r.index),
+                        };
+                        out_routes.insert(key, r);
+                    }
+                }
+                Err(e) => errors.push(Rejected {
+                    kind,
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                    partial: false,
+                }),
+            }
+        };
     for route in &snap.http_routes {
         add(
             "HTTPRoute",
@@ -98,6 +212,11 @@ pub fn translate(
             (
                 route.metadata.namespace.as_deref(),
                 route.metadata.name.as_deref(),
+            ),
+            (
+                route.metadata.generation,
+                serde_json::to_value(&route.spec.parent_refs).unwrap_or_default(),
+                serde_json::to_value(&route.status).unwrap_or_default(),
             ),
             pb::RouteKind::HttpRoute,
         );
@@ -110,6 +229,11 @@ pub fn translate(
                 route.metadata.namespace.as_deref(),
                 route.metadata.name.as_deref(),
             ),
+            (
+                route.metadata.generation,
+                serde_json::to_value(&route.spec.parent_refs).unwrap_or_default(),
+                serde_json::to_value(&route.status).unwrap_or_default(),
+            ),
             pb::RouteKind::GrpcRoute,
         );
     }
@@ -121,9 +245,15 @@ pub fn translate(
                 route.metadata.namespace.as_deref(),
                 route.metadata.name.as_deref(),
             ),
+            (
+                route.metadata.generation,
+                serde_json::to_value(&route.spec.parent_refs).unwrap_or_default(),
+                serde_json::to_value(&route.status).unwrap_or_default(),
+            ),
             pb::RouteKind::TcpRoute,
         );
     }
+    statuses
 }
 
 /// A GRPCRoute as the HTTPRoute it amounts to: each method match becomes the path match

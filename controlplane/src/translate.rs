@@ -69,6 +69,8 @@ pub struct Resources {
     pub placements: Vec<Placement>,
     /// What could not be translated, or only in part.
     pub errors: Vec<Rejected>,
+    /// The status each HTTPRoute, GRPCRoute and TCPRoute should have.
+    pub route_status: Vec<crate::routes::RouteStatus>,
 }
 
 /// A pod on a node.
@@ -227,7 +229,8 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             );
         }
     }
-    crate::routes::translate(snap, mesh, &out.addresses, &mut out.routes, &mut out.errors);
+    out.route_status =
+        crate::routes::translate(snap, mesh, &out.addresses, &mut out.routes, &mut out.errors);
     out
 }
 

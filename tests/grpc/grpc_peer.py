@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A real gRPC peer for the waypoint tests, on gRPC's own Python implementation (grpcio).
 
 Methods carry raw bytes (no generated code): any method is served.
 
   grpc_peer.py serve --name NAME ADDR:PORT
       prints "ready", then answers every unary call with
-      "served-by=NAME method=/svc/Method md=<x-* metadata>"; the method
+      "served-by=NAME method=/svc/Method peer=<caller> md=<x-* metadata>"; the method
       /amesh.test.Echo/Fail is answered with status UNAVAILABLE.
   grpc_peer.py call TARGET METHOD [--metadata k=v]... [--count N]
       makes N calls (default 1) on one channel; prints one line per call:
@@ -35,7 +35,7 @@ def serve(args):
             md = " ".join(
                 f"{k}={v}" for k, v in context.invocation_metadata() if k.startswith("x-")
             )
-            return f"served-by={name} method={method} md={md}".encode()
+            return f"served-by={name} method={method} peer={context.peer()} md={md}".encode()
 
         return unary
 

@@ -10,7 +10,8 @@ pub fn script() -> PathBuf {
 }
 
 fn command(pod: &Pod) -> std::process::Command {
-    let mut cmd = pod.command("python3");
+    // Debian's Python, where python3-grpcio is installed (not whatever python3 is on PATH).
+    let mut cmd = pod.command("/usr/bin/python3");
     cmd.arg(script());
     cmd
 }

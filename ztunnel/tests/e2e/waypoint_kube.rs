@@ -1,7 +1,8 @@
 //! In Kubernetes mode the control plane deploys waypoints: applying a Gateway of class
 //! istio-waypoint makes its ServiceAccount, Service and Deployment (owned by the Gateway),
 //! and the Gateway is reported Programmed, with its Service's host name as its address, only
-//! once a waypoint pod is ready. The API server is the list/watch emulator.
+//! once a waypoint pod is ready; routes attached to a Service get their status per parent.
+//! The API server is the list/watch emulator.
 
 use crate::support::*;
 use amesh_testbed::kube_api::KubeApi;
@@ -142,4 +143,104 @@ fn applying_a_gateway_deploys_a_waypoint_and_its_status_follows_its_pod() {
             .ok_or_else(|| format!("{g}\n{}", log()))
     })
     .unwrap_or_else(|e| panic!("{e}"));
+
+    // Routes get their status per parent: accepted with its references resolved, accepted
+    // with a backend that does not exist, refused for a bad regular expression.
+    api.apply_yaml(ROUTES).expect("the routes");
+    let route = |kind: &str, name: &str| {
+        api.objects(&format!("/apis/gateway.networking.k8s.io/v1/{kind}"))
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_default()
+    };
+    let parent_condition = |r: &Value, type_: &str| {
+        let parent = &r["status"]["parents"][0];
+        let c = parent["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .cloned()
+            .unwrap_or_default();
+        (
+            parent["controllerName"].as_str().unwrap_or("").to_string(),
+            parent["parentRef"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            c["status"].as_str().unwrap_or("").to_string(),
+            c["reason"].as_str().unwrap_or("").to_string(),
+            c["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let want = |kind: &str, name: &str, type_: &str, status: &str, reason: &str| {
+        let r = route(kind, name);
+        let (controller, parent, s, why, message) = parent_condition(&r, type_);
+        (controller == "istio.io/gateway-controller"
+            && parent == "web"
+            && s == status
+            && why == reason)
+            .then_some(message)
+            .ok_or_else(|| format!("{kind} {name}: {r}\n{}", log()))
+    };
+    amesh_testbed::eventually("the routes' status", Duration::from_secs(20), || {
+        want("httproutes", "good", "Accepted", "True", "Accepted")?;
+        want("httproutes", "good", "ResolvedRefs", "True", "ResolvedRefs")?;
+        want("httproutes", "ghost", "Accepted", "True", "Accepted")?;
+        let missing = want(
+            "httproutes",
+            "ghost",
+            "ResolvedRefs",
+            "False",
+            "BackendNotFound",
+        )?;
+        assert!(
+            missing.contains("Service shop/nowhere does not exist"),
+            "{missing}"
+        );
+        let bad = want(
+            "httproutes",
+            "bad-regex",
+            "Accepted",
+            "False",
+            "UnsupportedValue",
+        )?;
+        assert!(bad.contains("not a regular expression"), "{bad}");
+        want("grpcroutes", "greeter", "Accepted", "True", "Accepted")?;
+        Ok::<(), String>(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
+
+const ROUTES: &str = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.40, selector: {app: a}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: shop, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ghost, namespace: shop, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad-regex, namespace: shop, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "(("}}], backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{matches: [{method: {service: pkg.Greeter}}], backendRefs: [{name: web, port: 80}]}]
+"#;
