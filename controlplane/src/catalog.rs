@@ -25,6 +25,9 @@ pub struct Catalog {
     pub identities: BTreeMap<(String, String), BTreeSet<String>>,
     /// The node of every pod, by (namespace, name): where a node agent's own pod runs.
     pub pod_nodes: BTreeMap<(String, String), String>,
+    /// Route resource → the waypoints (`namespace/hostname` of their Services) its parent
+    /// Services are bound to: a waypoint is sent only the routes it applies.
+    pub route_waypoints: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The types this control plane serves (ztunnel subscribes to the first two, waypoints to
@@ -72,6 +75,18 @@ impl Catalog {
             .iter()
             .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
             .collect();
+        let route_waypoints = r
+            .routes
+            .iter()
+            .map(|(name, rule)| {
+                let waypoints = rule
+                    .parents
+                    .iter()
+                    .filter_map(|p| service_waypoint(r, &p.service))
+                    .collect();
+                (name.clone(), waypoints)
+            })
+            .collect();
         let mut identities: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut pod_nodes = BTreeMap::new();
         for a in r.addresses.values() {
@@ -93,6 +108,7 @@ impl Catalog {
         Self {
             identities,
             pod_nodes,
+            route_waypoints,
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),
@@ -131,7 +147,31 @@ impl Catalog {
     }
 }
 
+/// The waypoint (`namespace/hostname`) the Service `key` is bound to, by host name.
+fn service_waypoint(r: &Resources, key: &str) -> Option<String> {
+    use amesh_proto::workload::{address::Type, gateway_address::Destination};
+    let Some(Type::Service(s)) = r.addresses.get(key)?.r#type.as_ref() else {
+        return None;
+    };
+    match s.waypoint.as_ref()?.destination.as_ref()? {
+        Destination::Hostname(h) => Some(format!("{}/{}", h.namespace, h.hostname)),
+        Destination::Address(_) => None,
+    }
+}
+
 impl Catalog {
+    /// Whether resource `name` of `type_url` concerns a client scoped to `waypoint`
+    /// (`namespace/hostname`; none: every resource does). Only routes are scoped.
+    pub fn in_scope(&self, type_url: &str, name: &str, waypoint: Option<&str>) -> bool {
+        match waypoint {
+            Some(w) if type_url == HTTP_ROUTE_TYPE_URL => self
+                .route_waypoints
+                .get(name)
+                .is_some_and(|ws| ws.contains(w)),
+            _ => true,
+        }
+    }
+
     /// The resource of `type_url` called `name`.
     pub fn get(&self, type_url: &str, name: &str) -> Option<Arc<Entry>> {
         self.types.get(type_url)?.get(name).cloned()

@@ -365,3 +365,63 @@ spec:
         ]
     );
 }
+
+#[test]
+fn a_waypoint_is_sent_only_the_routes_of_services_bound_to_it() {
+    use crate::catalog::Catalog;
+    use amesh_proto::HTTP_ROUTE_TYPE_URL as ROUTES;
+    let r = translated(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp2, namespace: shop}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wp2-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp2}}
+spec: {nodeName: n1, serviceAccountName: wp2, containers: [{name: w, image: w}]}
+status: {phase: Running, conditions: [{type: Ready, status: "True"}], podIPs: [{ip: 10.200.0.10}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wp2, namespace: shop}
+spec: {clusterIP: 10.96.0.8, selector: {gateway.networking.k8s.io/gateway-name: wp2}, ports: [{port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: shop, labels: {istio.io/use-waypoint: wp2}}
+spec: {clusterIP: 10.96.0.12, selector: {app: other}, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: other}]
+  rules: [{backendRefs: [{name: other, port: 80}]}]
+"#,
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let c = Catalog::from_resources(&r);
+    let wp = Some("shop/wp.shop.svc.cluster.local");
+    let wp2 = Some("shop/wp2.shop.svc.cluster.local");
+    assert!(c.in_scope(ROUTES, "shop/web/0", wp));
+    assert!(!c.in_scope(ROUTES, "shop/web/0", wp2));
+    assert!(c.in_scope(ROUTES, "shop/other/0", wp2));
+    assert!(!c.in_scope(ROUTES, "shop/other/0", wp));
+    assert!(
+        c.in_scope(ROUTES, "shop/web/0", None),
+        "a client that is not a waypoint is not scoped"
+    );
+    assert!(
+        c.in_scope(amesh_proto::ADDRESS_TYPE_URL, "shop/web.shop.svc.cluster.local", wp2),
+        "addresses are not scoped"
+    );
+}

@@ -127,6 +127,8 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         metadata: [
             ("NAMESPACE".to_string(), args.namespace.clone()),
             ("CLUSTER_ID".to_string(), args.cluster_id.clone()),
+            // Which waypoint this is: the control plane sends it only its own routes.
+            ("WAYPOINT".to_string(), me.hostname.clone()),
         ]
         .into(),
         credentials,

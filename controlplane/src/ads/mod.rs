@@ -77,6 +77,7 @@ impl AggregatedDiscoveryService for Ads {
         let subscriber = Subscriber {
             peer: peer.map(|p| p.to_string()).unwrap_or_default(),
             node: String::new(),
+            waypoint: None,
             catalog: self.catalog.clone(),
             nonces: self.nonces.clone(),
             subscriptions: HashMap::new(),
@@ -86,10 +87,23 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
+/// The waypoint a client says it is: node metadata `WAYPOINT` (its Service's host name) in
+/// `NAMESPACE`, as amesh's waypoint sends them.
+fn waypoint_of(node: &d::Node) -> Option<String> {
+    let fields = &node.metadata.as_ref()?.fields;
+    let text = |key: &str| match fields.get(key)?.kind.as_ref()? {
+        prost_types::value::Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    Some(format!("{}/{}", text("NAMESPACE")?, text("WAYPOINT")?))
+}
+
 /// One client stream.
 struct Subscriber {
     peer: String,
     node: String,
+    /// A waypoint's `namespace/hostname` (from its node metadata): it gets only its routes.
+    waypoint: Option<String>,
     catalog: watch::Receiver<Arc<Catalog>>,
     nonces: Arc<AtomicU64>,
     /// Per subscribed type: what the client asked for and holds.
@@ -138,7 +152,8 @@ impl Subscriber {
             && self.node.is_empty()
         {
             self.node = node.id.clone();
-            info!(peer = %self.peer, node = %self.node, "xDS client connected");
+            self.waypoint = waypoint_of(node);
+            info!(peer = %self.peer, node = %self.node, waypoint = ?self.waypoint, "xDS client connected");
         }
         if !SERVED_TYPES.contains(&req.type_url.as_str()) {
             warn!(node = %self.node, type_url = %req.type_url, "subscription to a type this control plane does not serve; ignored");
@@ -176,7 +191,9 @@ impl Subscriber {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Ok(());
         };
-        let delta = subscription.next(&catalog, type_url);
+        let waypoint = self.waypoint.as_deref();
+        let in_scope = |name: &str| catalog.in_scope(type_url, name, waypoint);
+        let delta = subscription.next(&catalog, type_url, &in_scope);
         if delta.is_empty() && !first {
             return Ok(());
         }

@@ -74,10 +74,24 @@ impl Subscription {
     /// What to send from `catalog`: new or changed resources the client wants, removals of
     /// what it holds that is gone, and every name it asked for: the resource, or its name in
     /// the removals when it does not exist. Records the result as held.
-    pub fn next(&mut self, catalog: &Catalog, type_url: &str) -> Delta {
-        let mut delta = catalog.diff_where(type_url, &self.held, |name| self.wants(name));
+    /// Only what `in_scope` allows is sent; what the client holds that left its scope is
+    /// removed.
+    pub fn next(
+        &mut self,
+        catalog: &Catalog,
+        type_url: &str,
+        in_scope: &dyn Fn(&str) -> bool,
+    ) -> Delta {
+        let mut delta = catalog.diff_where(type_url, &self.held, |name| {
+            self.wants(name) && in_scope(name)
+        });
+        for name in self.held.keys() {
+            if !in_scope(name) && !delta.removed.contains(name) {
+                delta.removed.push(name.clone());
+            }
+        }
         for name in std::mem::take(&mut self.asked) {
-            match catalog.get(type_url, &name) {
+            match catalog.get(type_url, &name).filter(|_| in_scope(&name)) {
                 Some(e) if !delta.updated.iter().any(|(n, _)| *n == name) => {
                     delta.updated.push((name, e));
                 }
@@ -144,10 +158,22 @@ mod tests {
     fn a_wildcard_gets_everything_and_then_changes() {
         let mut s = Subscription::first(&req(&[], &[]));
         let c = catalog_of(T, &[("a", "1"), ("b", "1")]);
-        assert_eq!(names(&s.next(&c, T)), (vec!["a", "b"], vec![]));
+        assert_eq!(names(&s.next(&c, T, &|_| true)), (vec!["a", "b"], vec![]));
         let c2 = catalog_of(T, &[("a", "2")]);
-        assert_eq!(names(&s.next(&c2, T)), (vec!["a"], vec!["b"]));
-        assert!(s.next(&c2, T).is_empty());
+        assert_eq!(names(&s.next(&c2, T, &|_| true)), (vec!["a"], vec!["b"]));
+        assert!(s.next(&c2, T, &|_| true).is_empty());
+    }
+
+    #[test]
+    fn what_leaves_the_scope_is_removed_and_never_sent() {
+        let mut s = Subscription::first(&req(&[], &[]));
+        let c = catalog_of(T, &[("a", "1"), ("b", "1")]);
+        let only_a = |n: &str| n == "a";
+        assert_eq!(names(&s.next(&c, T, &only_a)), (vec!["a"], vec![]));
+        // "a" leaves the scope, "b" enters it.
+        let only_b = |n: &str| n == "b";
+        assert_eq!(names(&s.next(&c, T, &only_b)), (vec!["b"], vec!["a"]));
+        assert!(s.next(&c, T, &only_b).is_empty());
     }
 
     /// Istio's ztunnel with XDS_ON_DEMAND: "*" subscribed and unsubscribed at once, then
@@ -156,30 +182,30 @@ mod tests {
     fn on_demand_names_are_answered_or_said_to_be_absent() {
         let c = catalog_of(T, &[("a", "1"), ("b", "1")]);
         let mut s = Subscription::first(&req(&["*"], &["*"]));
-        assert!(s.next(&c, T).is_empty(), "nothing subscribed yet");
+        assert!(s.next(&c, T, &|_| true).is_empty(), "nothing subscribed yet");
         assert!(s.change(&req(&["a"], &[])));
-        assert_eq!(names(&s.next(&c, T)), (vec!["a"], vec![]));
+        assert_eq!(names(&s.next(&c, T, &|_| true)), (vec!["a"], vec![]));
         assert!(s.change(&req(&["nope"], &[])));
         assert_eq!(
-            names(&s.next(&c, T)),
+            names(&s.next(&c, T, &|_| true)),
             (vec![], vec!["nope"]),
             "unknown: removed"
         );
         // b changes: not subscribed, not sent; a changes: sent.
         let c2 = catalog_of(T, &[("a", "2"), ("b", "2")]);
-        assert_eq!(names(&s.next(&c2, T)), (vec!["a"], vec![]));
+        assert_eq!(names(&s.next(&c2, T, &|_| true)), (vec!["a"], vec![]));
         // Asked again for what it is thought to hold: answered all the same.
         assert!(s.change(&req(&["a"], &[])));
-        assert_eq!(names(&s.next(&c2, T)), (vec!["a"], vec![]));
+        assert_eq!(names(&s.next(&c2, T, &|_| true)), (vec!["a"], vec![]));
         // Unsubscribed: forgotten, no removal sent.
         assert!(s.change(&req(&[], &["a"])));
         let c3 = catalog_of(T, &[("a", "3")]);
-        assert!(s.next(&c3, T).is_empty());
+        assert!(s.next(&c3, T, &|_| true).is_empty());
         // The name appears later: sent once subscribed.
         assert!(s.change(&req(&["late"], &[])));
-        assert_eq!(names(&s.next(&c3, T)), (vec![], vec!["late"]));
+        assert_eq!(names(&s.next(&c3, T, &|_| true)), (vec![], vec!["late"]));
         let c4 = catalog_of(T, &[("late", "1")]);
-        assert_eq!(names(&s.next(&c4, T)), (vec!["late"], vec![]));
+        assert_eq!(names(&s.next(&c4, T, &|_| true)), (vec!["late"], vec![]));
     }
 
     #[test]
@@ -188,6 +214,6 @@ mod tests {
         first.initial_resource_versions = [("a".to_string(), "1".to_string())].into();
         let mut s = Subscription::first(&first);
         let c = catalog_of(T, &[("a", "1"), ("b", "1")]);
-        assert_eq!(names(&s.next(&c, T)), (vec!["b"], vec![]));
+        assert_eq!(names(&s.next(&c, T, &|_| true)), (vec!["b"], vec![]));
     }
 }
