@@ -421,7 +421,11 @@ spec:
         "a client that is not a waypoint is not scoped"
     );
     assert!(
-        c.in_scope(amesh_proto::ADDRESS_TYPE_URL, "shop/web.shop.svc.cluster.local", wp2),
+        c.in_scope(
+            amesh_proto::ADDRESS_TYPE_URL,
+            "shop/web.shop.svc.cluster.local",
+            wp2
+        ),
         "addresses are not scoped"
     );
 }

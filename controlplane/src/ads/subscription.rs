@@ -182,7 +182,10 @@ mod tests {
     fn on_demand_names_are_answered_or_said_to_be_absent() {
         let c = catalog_of(T, &[("a", "1"), ("b", "1")]);
         let mut s = Subscription::first(&req(&["*"], &["*"]));
-        assert!(s.next(&c, T, &|_| true).is_empty(), "nothing subscribed yet");
+        assert!(
+            s.next(&c, T, &|_| true).is_empty(),
+            "nothing subscribed yet"
+        );
         assert!(s.change(&req(&["a"], &[])));
         assert_eq!(names(&s.next(&c, T, &|_| true)), (vec!["a"], vec![]));
         assert!(s.change(&req(&["nope"], &[])));
