@@ -96,11 +96,16 @@ fn roles_grant_exactly_what_each_component_uses() {
         ),
         (
             "gateway.networking.k8s.io",
-            "gateways gatewayclasses httproutes",
+            "gateways gatewayclasses httproutes grpcroutes tcproutes",
             "get list watch",
             "",
         ),
-        ("gateway.networking.k8s.io", "gateways/status", "patch", ""),
+        (
+            "gateway.networking.k8s.io",
+            "gateways/status httproutes/status grpcroutes/status tcproutes/status",
+            "patch",
+            "",
+        ),
         ("", "serviceaccounts services", "create patch", ""),
         ("apps", "deployments", "create patch", ""),
         ("authentication.k8s.io", "tokenreviews", "create", ""),
