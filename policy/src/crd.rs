@@ -17,6 +17,7 @@
 use crate::{
     Action, Authorization, Clause, IpNet, Match, MtlsMode, PeerAuthentication, PeerScope, Rule,
     Scope, ServiceAccountMatch, StringMatch,
+    l7::{HttpMatch, Keyed, PathMatch},
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -179,7 +180,9 @@ impl Translated {
             return None;
         }
         let effect = match self.policy.action {
-            Action::Allow => "the ALLOW rules that use them are left out, so they allow nothing",
+            Action::Allow | Action::Audit => {
+                "the ALLOW rules that use them are left out, so they allow nothing"
+            }
             Action::Deny => {
                 "the DENY rules are enforced without them, so they deny more than written"
             }
@@ -195,6 +198,8 @@ impl Translated {
 struct Ctx<'a> {
     namespace: &'a str,
     name: &'a str,
+    /// For a waypoint: HTTP attributes are kept (else noted and left out).
+    l7: bool,
 }
 
 impl Ctx<'_> {
@@ -291,7 +296,11 @@ pub fn authorization_policy(
     root_namespace: &str,
 ) -> Result<Option<Translated>, CrdError> {
     let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
-    let ctx = Ctx { namespace, name };
+    let ctx = Ctx {
+        namespace,
+        name,
+        l7: false,
+    };
     if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
         return Ok(None);
     }
@@ -397,16 +406,29 @@ fn note(found: &mut Found, fields: &[(&str, &[String])]) {
 fn source(ctx: &Ctx<'_>, s: &Source, at: &str, found: &mut Found) -> Result<Match, CrdError> {
     // The remote address is the client's as a proxy in front reports it (X-Forwarded-For):
     // HTTP, as Istio's ambient translation treats it.
-    note(
-        found,
-        &[
-            ("remoteIpBlocks", &s.remote_ip_blocks),
-            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
-            ("requestPrincipals", &s.request_principals),
-            ("notRequestPrincipals", &s.not_request_principals),
-        ],
-    );
+    let http = if ctx.l7 {
+        HttpMatch {
+            request_principals: strings(&s.request_principals),
+            not_request_principals: strings(&s.not_request_principals),
+            remote_ips: ctx.nets(&s.remote_ip_blocks, &format!("{at}.remoteIpBlocks"))?,
+            not_remote_ips: ctx
+                .nets(&s.not_remote_ip_blocks, &format!("{at}.notRemoteIpBlocks"))?,
+            ..HttpMatch::default()
+        }
+    } else {
+        note(
+            found,
+            &[
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+            ],
+        );
+        HttpMatch::default()
+    };
     Ok(Match {
+        http,
         principals: strings(&s.principals),
         not_principals: strings(&s.not_principals),
         namespaces: strings(&s.namespaces),
@@ -420,19 +442,40 @@ fn source(ctx: &Ctx<'_>, s: &Source, at: &str, found: &mut Found) -> Result<Matc
     })
 }
 
+fn paths(ctx: &Ctx<'_>, v: &[String], field: &str) -> Result<Vec<PathMatch>, CrdError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, p)| PathMatch::parse(p).map_err(|e| ctx.invalid(format!("{field}[{i}]"), e)))
+        .collect()
+}
+
 fn operation(ctx: &Ctx<'_>, o: &Operation, at: &str, found: &mut Found) -> Result<Match, CrdError> {
-    note(
-        found,
-        &[
-            ("hosts", &o.hosts),
-            ("notHosts", &o.not_hosts),
-            ("methods", &o.methods),
-            ("notMethods", &o.not_methods),
-            ("paths", &o.paths),
-            ("notPaths", &o.not_paths),
-        ],
-    );
+    let http = if ctx.l7 {
+        HttpMatch {
+            hosts: strings(&o.hosts),
+            not_hosts: strings(&o.not_hosts),
+            methods: strings(&o.methods),
+            not_methods: strings(&o.not_methods),
+            paths: paths(ctx, &o.paths, &format!("{at}.paths"))?,
+            not_paths: paths(ctx, &o.not_paths, &format!("{at}.notPaths"))?,
+            ..HttpMatch::default()
+        }
+    } else {
+        note(
+            found,
+            &[
+                ("hosts", &o.hosts),
+                ("notHosts", &o.not_hosts),
+                ("methods", &o.methods),
+                ("notMethods", &o.not_methods),
+                ("paths", &o.paths),
+                ("notPaths", &o.not_paths),
+            ],
+        );
+        HttpMatch::default()
+    };
     Ok(Match {
+        http,
         destination_ports: ctx.ports(&o.ports, &format!("{at}.ports"))?,
         not_destination_ports: ctx.ports(&o.not_ports, &format!("{at}.notPorts"))?,
         ..Match::default()
@@ -467,6 +510,10 @@ fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str, found: &mut Found) -> Resul
             not_destination_ports: ctx.ports(nv, &format!("{at}.notValues"))?,
             ..Match::default()
         },
+        key if ctx.l7 => Match {
+            http: http_condition(ctx, key, v, nv, at)?,
+            ..Match::default()
+        },
         // remote.ip, request.*, connection.sni, experimental.*...: not visible at L4. In a
         // DENY rule the condition is left out (an empty match holds for every connection).
         _ => {
@@ -475,6 +522,202 @@ fn condition(ctx: &Ctx<'_>, c: &Condition, at: &str, found: &mut Found) -> Resul
         }
     };
     Ok(m)
+}
+
+/// `request.auth.claims[a][b]` → `["a", "b"]`.
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        if end == 0 {
+            return None;
+        }
+        path.push(inner[..end].to_string());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then_some(path)
+}
+
+/// A `when` condition on an HTTP attribute, at a waypoint.
+fn http_condition(
+    ctx: &Ctx<'_>,
+    key: &str,
+    v: &[String],
+    nv: &[String],
+    at: &str,
+) -> Result<HttpMatch, CrdError> {
+    let keyed = || Keyed {
+        key: (),
+        values: strings(v),
+        not_values: strings(nv),
+    };
+    let m = match key {
+        "remote.ip" => HttpMatch {
+            remote_ips: ctx.nets(v, &format!("{at}.values"))?,
+            not_remote_ips: ctx.nets(nv, &format!("{at}.notValues"))?,
+            ..HttpMatch::default()
+        },
+        "request.auth.principal" => HttpMatch {
+            request_principals: strings(v),
+            not_request_principals: strings(nv),
+            ..HttpMatch::default()
+        },
+        "request.auth.audiences" => HttpMatch {
+            audiences: keyed(),
+            ..HttpMatch::default()
+        },
+        "request.auth.presenter" => HttpMatch {
+            presenters: keyed(),
+            ..HttpMatch::default()
+        },
+        "connection.sni" => HttpMatch {
+            snis: keyed(),
+            ..HttpMatch::default()
+        },
+        k if k.starts_with("request.headers[") => {
+            let name = k
+                .strip_prefix("request.headers[")
+                .and_then(|r| r.strip_suffix(']'))
+                .filter(|n| !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok())
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        format!("{at}.key"),
+                        format!("{k:?} is not request.headers[<header name>]"),
+                    )
+                })?;
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: name.to_ascii_lowercase(),
+                    values: strings(v),
+                    not_values: strings(nv),
+                }],
+                ..HttpMatch::default()
+            }
+        }
+        k if k.starts_with("request.auth.claims") => {
+            let path = claim_path(k).ok_or_else(|| {
+                ctx.invalid(
+                    format!("{at}.key"),
+                    format!("{k:?} is not request.auth.claims[<name>] (nested: [<a>][<b>])"),
+                )
+            })?;
+            HttpMatch {
+                claims: vec![Keyed {
+                    key: path,
+                    values: strings(v),
+                    not_values: strings(nv),
+                }],
+                ..HttpMatch::default()
+            }
+        }
+        k if k.starts_with("experimental.envoy.filters.") => {
+            return Err(ctx.invalid(
+                format!("{at}.key"),
+                format!("{k:?}: Envoy filter metadata does not exist in amesh's waypoint"),
+            ));
+        }
+        k => {
+            return Err(ctx.invalid(
+                format!("{at}.key"),
+                format!("{k:?} is not a condition key Istio defines"),
+            ));
+        }
+    };
+    Ok(m)
+}
+
+/// A policy's `targetRef(s)` entry: what it is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    /// The policy's own (Istio allows no other).
+    pub namespace: String,
+}
+
+/// A policy for waypoints: its rules with their HTTP attributes, and what it targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointTranslated {
+    pub policy: Authorization,
+    pub targets: Vec<TargetRef>,
+}
+
+/// Translates an `AuthorizationPolicy` that targets waypoints (`targetRef(s)` to a Gateway,
+/// a Service or the waypoint GatewayClass), keeping every HTTP attribute. `Ok(None)`: it has
+/// no target (ztunnel's, see [`authorization_policy`]).
+pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTranslated>, CrdError> {
+    let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
+    let ctx = Ctx {
+        namespace,
+        name,
+        l7: true,
+    };
+    let refs: Vec<&serde_json::Value> = p.spec.target_ref.iter().chain(&p.spec.target_refs).collect();
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    let action = match p.spec.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => Action::Allow,
+        "DENY" => Action::Deny,
+        "AUDIT" => Action::Audit,
+        other => {
+            return Err(ctx.invalid(
+                "spec.action".into(),
+                format!("{other} is not supported at amesh's waypoint yet (ALLOW, DENY, AUDIT)"),
+            ));
+        }
+    };
+    let mut targets = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        let field = |f: &str| format!("spec.targetRefs[{i}].{f}");
+        let text = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let (group, kind, target_name) = (text("group"), text("kind"), text("name"));
+        if target_name.is_empty() {
+            return Err(ctx.invalid(field("name"), "missing".into()));
+        }
+        match (group.as_str(), kind.as_str()) {
+            ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") | ("" | "core", "Service") => {}
+            _ => {
+                return Err(ctx.invalid(
+                    field("kind"),
+                    format!("{group}/{kind}: a waypoint policy targets a Gateway, a GatewayClass or a Service"),
+                ));
+            }
+        }
+        if let Some(ns) = r.get("namespace").and_then(|v| v.as_str())
+            && ns != namespace
+        {
+            return Err(ctx.invalid(
+                field("namespace"),
+                "a policy targets objects in its own namespace only".into(),
+            ));
+        }
+        targets.push(TargetRef {
+            group,
+            kind,
+            name: target_name,
+            namespace: namespace.into(),
+        });
+    }
+    let mut rules = Vec::new();
+    for (i, r) in p.spec.rules.iter().enumerate() {
+        let (rule, _) = rule(&ctx, r, &format!("spec.rules[{i}]"))?;
+        rules.push(rule);
+    }
+    Ok(Some(WaypointTranslated {
+        policy: Authorization {
+            name: name.into(),
+            namespace: namespace.into(),
+            scope: Scope::Namespace,
+            action,
+            rules,
+            dry_run: false,
+        },
+        targets,
+    }))
 }
 
 /// `kind: PeerAuthentication`.
@@ -518,7 +761,11 @@ pub fn peer_authentication(
     root_namespace: &str,
 ) -> Result<(PeerAuthentication, Option<BTreeMap<String, String>>), CrdError> {
     let (name, namespace) = (p.metadata.name.as_str(), p.metadata.namespace.as_str());
-    let ctx = Ctx { namespace, name };
+    let ctx = Ctx {
+        namespace,
+        name,
+        l7: false,
+    };
     let selector = labels(&p.spec.selector);
     let scope = match reach(&selector, namespace, root_namespace) {
         Reach::Selected => PeerScope::Workload,

@@ -1,9 +1,17 @@
 //! Deciding one connection against the policies that apply to its destination workload, as
 //! Istio orders it: any matching DENY refuses; otherwise, if any ALLOW policy applies and none
-//! matches, refuse; otherwise allow. Dry-run policies are evaluated and reported but never
-//! change the outcome.
+//! matches, refuse; otherwise allow. Dry-run and AUDIT policies are evaluated and reported but
+//! never change the outcome.
+//!
+//! At a waypoint the same rules judge a request with its HTTP attributes
+//! ([`evaluate_request`]); a connection relayed as TCP there has no request, and is judged
+//! as ztunnel judges one: an ALLOW rule that needs HTTP matches nothing, a DENY rule is
+//! matched on its L4 part.
 
-use crate::model::{Action, Authorization, Clause, Match, Rule};
+use crate::{
+    l7::Request,
+    model::{Action, Authorization, Clause, Match, Rule},
+};
 use amesh_identity::Identity;
 use std::net::IpAddr;
 
@@ -38,19 +46,43 @@ pub struct Outcome {
     pub decision: Decision,
     /// Dry-run policies whose rules matched (`namespace/name`, action).
     pub dry_run_hits: Vec<(String, Action)>,
+    /// AUDIT policies whose rules matched (`namespace/name`).
+    pub audit_hits: Vec<String>,
 }
 
 /// Evaluates `policies` (those that apply to the destination) for `conn`.
 pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
+    decide(policies, conn, None)
+}
+
+/// Evaluates `policies` for a request at a waypoint (`request`), or for a connection it
+/// relays as TCP (`None`).
+pub fn evaluate_request(
+    policies: &[&Authorization],
+    conn: &Connection<'_>,
+    request: Option<&Request<'_>>,
+) -> Outcome {
+    decide(policies, conn, Some(request))
+}
+
+/// `request`: `None` at ztunnel (no HTTP part exists); `Some(None)` for TCP at a waypoint.
+fn decide(
+    policies: &[&Authorization],
+    conn: &Connection<'_>,
+    request: Option<Option<&Request<'_>>>,
+) -> Outcome {
     let principal = conn.source.map(Identity::principal);
-    let peer = Peer {
-        conn,
-        principal: principal.as_deref(),
-    };
     let mut dry_run_hits = Vec::new();
+    let mut audit_hits = Vec::new();
     let mut deny = None;
     let (mut allow_applies, mut allowed_by) = (false, None);
     for p in policies {
+        let peer = Peer {
+            conn,
+            principal: principal.as_deref(),
+            request,
+            action: p.action,
+        };
         let hit = policy_matches(p, &peer);
         if p.dry_run {
             if hit {
@@ -59,6 +91,11 @@ pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
             continue;
         }
         match p.action {
+            Action::Audit => {
+                if hit {
+                    audit_hits.push(p.key());
+                }
+            }
             Action::Deny if hit && deny.is_none() => deny = Some(p.key()),
             Action::Allow => {
                 allow_applies = true;
@@ -79,13 +116,16 @@ pub fn evaluate(policies: &[&Authorization], conn: &Connection<'_>) -> Outcome {
     Outcome {
         decision,
         dry_run_hits,
+        audit_hits,
     }
 }
 
-/// The connection with its principal worked out once per decision.
+/// The connection with its principal worked out once per decision, and the request.
 struct Peer<'a> {
     conn: &'a Connection<'a>,
     principal: Option<&'a str>,
+    request: Option<Option<&'a Request<'a>>>,
+    action: Action,
 }
 
 fn policy_matches(p: &Authorization, peer: &Peer<'_>) -> bool {
@@ -124,7 +164,15 @@ fn match_matches(m: &Match, peer: &Peer<'_>) -> bool {
         }
         _ => m.principals.is_empty() && m.namespaces.is_empty() && m.service_accounts.is_empty(),
     };
+    let http_ok = match peer.request {
+        // At ztunnel: policies carry no HTTP part.
+        None => true,
+        Some(Some(r)) => m.http.matches(r),
+        // TCP at a waypoint: an ALLOW needing HTTP allows nothing; a DENY keeps its L4 part.
+        Some(None) => m.http.is_empty() || peer.action == Action::Deny,
+    };
     identity_ok
+        && http_ok
         && any_or_empty(&m.source_ips, |n| n.contains(conn.source_ip))
         && !m.not_source_ips.iter().any(|n| n.contains(conn.source_ip))
         && any_or_empty(&m.destination_ips, |n| n.contains(conn.destination_ip))

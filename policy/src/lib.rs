@@ -1,7 +1,8 @@
 //! L4 security policy for amesh, with Istio's semantics.
 //!
 //! - [`model`]: authorization policies in the shape ztunnel receives them.
-//! - [`eval`]: deciding a connection (DENY first, then ALLOW, dry-run reported apart).
+//! - [`eval`]: deciding a connection (DENY first, then ALLOW, dry-run reported apart), or a
+//!   request at a waypoint with [`l7`]'s HTTP attributes.
 //! - [`crd`]: Istio's AuthorizationPolicy / PeerAuthentication resources translated for L4.
 //! - [`peer_auth`]: whether a workload accepts plaintext (PeerAuthentication modes), and that
 //!   requirement as the DENY policy ztunnel enforces.
@@ -10,11 +11,13 @@
 
 pub mod crd;
 pub mod eval;
+pub mod l7;
 pub mod model;
 pub mod peer_auth;
 pub mod wire;
 
-pub use eval::{Connection, Decision, Outcome, evaluate};
+pub use eval::{Connection, Decision, Outcome, evaluate, evaluate_request};
+pub use l7::{HttpMatch, Request, RequestAuth};
 pub use model::{
     Action, Authorization, Clause, IpNet, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
 };
@@ -24,3 +27,5 @@ pub use peer_auth::{
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod l7_tests;

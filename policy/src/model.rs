@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 /// Which workloads a policy applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     /// Every workload in the mesh (a policy in the root namespace without a selector).
     Global,
@@ -18,13 +18,16 @@ pub enum Scope {
     WorkloadSelector,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     Allow,
     Deny,
+    /// Istio's AUDIT: a match is logged and counted, never changes the outcome (at L4 it
+    /// travels as a dry-run ALLOW, which means the same).
+    Audit,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Authorization {
     pub name: String,
     pub namespace: String,
@@ -45,19 +48,20 @@ impl Authorization {
 }
 
 /// AND of clauses.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     pub clauses: Vec<Clause>,
 }
 
 /// OR of matches.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Clause {
     pub matches: Vec<Match>,
 }
 
 /// AND of the fields that are set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Match {
     /// Peer identities without `spiffe://` (`td/ns/<ns>/sa/<sa>`).
     pub principals: Vec<StringMatch>,
@@ -74,9 +78,12 @@ pub struct Match {
     /// The peer identity's (namespace, service account).
     pub service_accounts: Vec<ServiceAccountMatch>,
     pub not_service_accounts: Vec<ServiceAccountMatch>,
+    /// What only a waypoint can judge (empty for every policy ztunnel enforces).
+    #[serde(skip_serializing_if = "crate::l7::HttpMatch::is_empty")]
+    pub http: crate::l7::HttpMatch,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
@@ -109,14 +116,14 @@ impl StringMatch {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceAccountMatch {
     pub namespace: String,
     pub service_account: String,
 }
 
 /// An address block (`10.0.0.0/8`, `fd00::1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpNet {
     pub addr: IpAddr,
     pub prefix: u8,

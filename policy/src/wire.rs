@@ -66,11 +66,12 @@ pub fn to_proto(p: &Authorization) -> sec::Authorization {
             Scope::WorkloadSelector => sec::Scope::WorkloadSelector,
         } as i32,
         action: match p.action {
-            Action::Allow => sec::Action::Allow,
+            Action::Allow | Action::Audit => sec::Action::Allow,
             Action::Deny => sec::Action::Deny,
         } as i32,
         groups,
-        dry_run: p.dry_run,
+        // AUDIT never changes an outcome: a dry run.
+        dry_run: p.dry_run || p.action == Action::Audit,
         extensions: vec![],
     }
 }
@@ -217,6 +218,8 @@ fn match_from_proto(m: &sec::Match) -> Result<Match, WireError> {
         not_destination_ports: ports(&m.not_destination_ports)?,
         service_accounts: accounts(&m.service_accounts),
         not_service_accounts: accounts(&m.not_service_accounts),
+        // The wire form is ztunnel's: no HTTP attributes.
+        http: Default::default(),
     })
 }
 
@@ -243,6 +246,7 @@ mod tests {
                 service_account: "sa".into(),
             }],
             not_service_accounts: vec![],
+            http: Default::default(),
         };
         let p = Authorization {
             name: "p".into(),

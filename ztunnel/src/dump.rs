@@ -297,6 +297,7 @@ fn policy(p: &Authorization) -> Value {
         "action": match p.action {
             Action::Allow => "Allow",
             Action::Deny => "Deny",
+            Action::Audit => "Audit",
         },
         "rules": rules,
         "dryRun": p.dry_run,

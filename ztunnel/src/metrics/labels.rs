@@ -136,7 +136,8 @@ pub enum PolicyAction {
 impl From<amesh_policy::Action> for PolicyAction {
     fn from(a: amesh_policy::Action) -> Self {
         match a {
-            amesh_policy::Action::Allow => Self::Allow,
+            // An AUDIT policy reaches ztunnel only as a dry-run ALLOW.
+            amesh_policy::Action::Allow | amesh_policy::Action::Audit => Self::Allow,
             amesh_policy::Action::Deny => Self::Deny,
         }
     }
