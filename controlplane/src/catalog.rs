@@ -2,7 +2,9 @@
 //! derived from its bytes, so that a change anywhere pushes only the resources that changed.
 
 use crate::translate::Resources;
-use amesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, HTTP_ROUTE_TYPE_URL};
+use amesh_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, HTTP_ROUTE_TYPE_URL, WAYPOINT_POLICY_TYPE_URL,
+};
 use prost::Message;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -28,14 +30,17 @@ pub struct Catalog {
     /// Route resource → the waypoints (`namespace/hostname` of their Services) its parent
     /// Services are bound to: a waypoint is sent only the routes it applies.
     pub route_waypoints: BTreeMap<String, BTreeSet<String>>,
+    /// Waypoint policy → the waypoints it concerns (`*`: every one).
+    pub policy_waypoints: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The types this control plane serves (ztunnel subscribes to the first two, waypoints to
-/// addresses and routes).
-pub const SERVED_TYPES: [&str; 3] = [
+/// addresses, routes and their policies).
+pub const SERVED_TYPES: [&str; 4] = [
     ADDRESS_TYPE_URL,
     AUTHORIZATION_TYPE_URL,
     HTTP_ROUTE_TYPE_URL,
+    WAYPOINT_POLICY_TYPE_URL,
 ];
 
 /// FNV-1a, 64 bits: a content hash whose value is fixed by its definition, unlike std's
@@ -87,6 +92,20 @@ impl Catalog {
                 (name.clone(), waypoints)
             })
             .collect();
+        let policies = r
+            .waypoint_policies
+            .iter()
+            .map(|(name, a)| (name.clone(), entry(a.encode_to_vec())))
+            .collect();
+        let policy_waypoints = r
+            .waypoint_policies
+            .iter()
+            .map(|(name, p)| {
+                let direct = p.waypoints.iter().cloned();
+                let through = p.services.iter().filter_map(|s| service_waypoint(r, s));
+                (name.clone(), direct.chain(through).collect())
+            })
+            .collect();
         let mut identities: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut pod_nodes = BTreeMap::new();
         for a in r.addresses.values() {
@@ -109,10 +128,12 @@ impl Catalog {
             identities,
             pod_nodes,
             route_waypoints,
+            policy_waypoints,
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),
                 (HTTP_ROUTE_TYPE_URL, routes),
+                (WAYPOINT_POLICY_TYPE_URL, policies),
             ]),
         }
     }
@@ -161,13 +182,18 @@ fn service_waypoint(r: &Resources, key: &str) -> Option<String> {
 
 impl Catalog {
     /// Whether resource `name` of `type_url` concerns a client scoped to `waypoint`
-    /// (`namespace/hostname`; none: every resource does). Only routes are scoped.
+    /// (`namespace/hostname`; none: every resource does). Routes and waypoint policies are
+    /// scoped; addresses are not.
     pub fn in_scope(&self, type_url: &str, name: &str, waypoint: Option<&str>) -> bool {
         match waypoint {
             Some(w) if type_url == HTTP_ROUTE_TYPE_URL => self
                 .route_waypoints
                 .get(name)
                 .is_some_and(|ws| ws.contains(w)),
+            Some(w) if type_url == WAYPOINT_POLICY_TYPE_URL => self
+                .policy_waypoints
+                .get(name)
+                .is_some_and(|ws| ws.contains(w) || ws.contains("*")),
             _ => true,
         }
     }

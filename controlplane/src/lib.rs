@@ -20,6 +20,7 @@ pub mod serving_cert;
 pub mod translate;
 pub mod watch;
 pub mod waypoint_controller;
+pub mod waypoint_policies;
 pub mod waypoints;
 
 #[cfg(test)]

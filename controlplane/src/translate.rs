@@ -69,6 +69,8 @@ pub struct Resources {
     pub placements: Vec<Placement>,
     /// What could not be translated, or only in part.
     pub errors: Vec<Rejected>,
+    /// Policies for waypoints (`<Kind>/<namespace>/<name>`).
+    pub waypoint_policies: BTreeMap<String, rt::WaypointPolicy>,
     /// The status each HTTPRoute, GRPCRoute and TCPRoute should have.
     pub route_status: Vec<crate::routes::RouteStatus>,
 }
@@ -231,6 +233,7 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
     }
     out.route_status =
         crate::routes::translate(snap, mesh, &out.addresses, &mut out.routes, &mut out.errors);
+    crate::waypoint_policies::translate(snap, mesh, &mut out.waypoint_policies, &mut out.errors);
     out
 }
 

@@ -655,7 +655,12 @@ pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTransla
         name,
         l7: true,
     };
-    let refs: Vec<&serde_json::Value> = p.spec.target_ref.iter().chain(&p.spec.target_refs).collect();
+    let refs: Vec<&serde_json::Value> = p
+        .spec
+        .target_ref
+        .iter()
+        .chain(&p.spec.target_refs)
+        .collect();
     if refs.is_empty() {
         return Ok(None);
     }
@@ -673,13 +678,19 @@ pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTransla
     let mut targets = Vec::new();
     for (i, r) in refs.iter().enumerate() {
         let field = |f: &str| format!("spec.targetRefs[{i}].{f}");
-        let text = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let text = |f: &str| {
+            r.get(f)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         let (group, kind, target_name) = (text("group"), text("kind"), text("name"));
         if target_name.is_empty() {
             return Err(ctx.invalid(field("name"), "missing".into()));
         }
         match (group.as_str(), kind.as_str()) {
-            ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") | ("" | "core", "Service") => {}
+            ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
+            | ("" | "core", "Service") => {}
             _ => {
                 return Err(ctx.invalid(
                     field("kind"),

@@ -158,7 +158,10 @@ fn values_hold(values: &[StringMatch], not_values: &[StringMatch], have: &[&str]
 
 /// The claim at `path` as strings: a string, each string of a list, a number or bool as
 /// text.
-fn claim_values<'a>(claims: &'a serde_json::Value, path: &[String]) -> Vec<std::borrow::Cow<'a, str>> {
+fn claim_values<'a>(
+    claims: &'a serde_json::Value,
+    path: &[String],
+) -> Vec<std::borrow::Cow<'a, str>> {
     let mut v = claims;
     for key in path {
         match v.get(key) {
@@ -247,8 +250,16 @@ impl HttpMatch {
                 let have: Vec<&str> = have.iter().map(|s| s.as_ref()).collect();
                 values_hold(&c.values, &c.not_values, &have)
             })
-            && values_hold(&self.audiences.values, &self.audiences.not_values, &audiences)
-            && values_hold(&self.presenters.values, &self.presenters.not_values, &presenter)
+            && values_hold(
+                &self.audiences.values,
+                &self.audiences.not_values,
+                &audiences,
+            )
+            && values_hold(
+                &self.presenters.values,
+                &self.presenters.not_values,
+                &presenter,
+            )
             && values_hold(&self.snis.values, &self.snis.not_values, &sni)
     }
 }

@@ -73,11 +73,7 @@ fn s(v: &str) -> Vec<StringMatch> {
 
 fn keyed(values: &str, not_values: &str) -> Keyed<()> {
     let list = |v: &str| {
-        if v.is_empty() {
-            vec![]
-        } else {
-            s(v)
-        }
+        if v.is_empty() { vec![] } else { s(v) }
     };
     Keyed {
         key: (),
@@ -96,43 +92,351 @@ fn every_attribute_matches_and_its_negative_form_excludes() {
     let cases: Vec<(&str, HttpMatch, bool, bool)> = vec![
         // (what, match, with a token, without one)
         ("empty", HttpMatch::default(), true, true),
-        ("host, any case, port stripped", HttpMatch { hosts: s("web.shop"), ..Default::default() }, true, true),
-        ("host with port", HttpMatch { hosts: s("web.shop:8080"), ..Default::default() }, true, true),
-        ("host suffix", HttpMatch { hosts: s("*.shop"), ..Default::default() }, true, true),
-        ("other host", HttpMatch { hosts: s("api.shop"), ..Default::default() }, false, false),
-        ("notHosts", HttpMatch { not_hosts: s("web.shop"), ..Default::default() }, false, false),
-        ("method", HttpMatch { methods: s("GET"), ..Default::default() }, true, true),
-        ("other method", HttpMatch { methods: s("POST"), ..Default::default() }, false, false),
-        ("notMethods", HttpMatch { not_methods: s("GET"), ..Default::default() }, false, false),
-        ("path prefix", HttpMatch { paths: vec![PathMatch::parse("/api/*").unwrap()], ..Default::default() }, true, true),
-        ("path exact miss", HttpMatch { paths: vec![PathMatch::parse("/api").unwrap()], ..Default::default() }, false, false),
-        ("notPaths", HttpMatch { not_paths: vec![PathMatch::parse("/api/*").unwrap()], ..Default::default() }, false, false),
-        ("template one", HttpMatch { paths: vec![PathMatch::parse("/api/{*}/items").unwrap()], ..Default::default() }, true, true),
-        ("template any", HttpMatch { paths: vec![PathMatch::parse("/api/{**}").unwrap()], ..Default::default() }, true, true),
-        ("template too short", HttpMatch { paths: vec![PathMatch::parse("/api/{*}").unwrap()], ..Default::default() }, false, false),
-        ("requestPrincipals", HttpMatch { request_principals: s("https://issuer.example/*"), ..Default::default() }, true, false),
-        ("requestPrincipals any", HttpMatch { request_principals: s("*"), ..Default::default() }, true, false),
-        ("notRequestPrincipals any: no token", HttpMatch { not_request_principals: s("*"), ..Default::default() }, false, true),
-        ("remote ip", HttpMatch { remote_ips: vec![crate::IpNet::parse("192.0.2.0/24").unwrap()], ..Default::default() }, true, true),
-        ("notRemoteIpBlocks", HttpMatch { not_remote_ips: vec![crate::IpNet::parse("192.0.2.7").unwrap()], ..Default::default() }, false, false),
-        ("header, any of its values", HttpMatch { headers: vec![Keyed { key: "x-env".into(), values: s("canary"), not_values: vec![] }], ..Default::default() }, true, true),
-        ("header prefix", HttpMatch { headers: vec![Keyed { key: "x-env".into(), values: s("pro*"), not_values: vec![] }], ..Default::default() }, true, true),
-        ("absent header", HttpMatch { headers: vec![Keyed { key: "x-missing".into(), values: s("*"), not_values: vec![] }], ..Default::default() }, false, false),
-        ("absent header, notValues", HttpMatch { headers: vec![Keyed { key: "x-missing".into(), values: vec![], not_values: s("*") }], ..Default::default() }, true, true),
-        ("header notValues", HttpMatch { headers: vec![Keyed { key: "x-env".into(), values: vec![], not_values: s("canary") }], ..Default::default() }, false, false),
-        ("claim in a list", HttpMatch { claims: vec![Keyed { key: vec!["groups".into()], values: s("ops"), not_values: vec![] }], ..Default::default() }, true, false),
-        ("nested claim", HttpMatch { claims: vec![Keyed { key: vec!["org".into(), "team".into()], values: s("blue"), not_values: vec![] }], ..Default::default() }, true, false),
-        ("number claim", HttpMatch { claims: vec![Keyed { key: vec!["level".into()], values: s("3"), not_values: vec![] }], ..Default::default() }, true, false),
-        ("claim notValues", HttpMatch { claims: vec![Keyed { key: vec!["groups".into()], values: vec![], not_values: s("dev") }], ..Default::default() }, false, true),
-        ("audience", HttpMatch { audiences: keyed("admin", ""), ..Default::default() }, true, false),
-        ("other audience", HttpMatch { audiences: keyed("billing", ""), ..Default::default() }, false, false),
-        ("presenter", HttpMatch { presenters: keyed("web-*", ""), ..Default::default() }, true, false),
-        ("not presenter", HttpMatch { presenters: keyed("", "web-client"), ..Default::default() }, false, true),
-        ("sni (none at a waypoint's HTTP)", HttpMatch { snis: keyed("*", ""), ..Default::default() }, false, false),
+        (
+            "host, any case, port stripped",
+            HttpMatch {
+                hosts: s("web.shop"),
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "host with port",
+            HttpMatch {
+                hosts: s("web.shop:8080"),
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "host suffix",
+            HttpMatch {
+                hosts: s("*.shop"),
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "other host",
+            HttpMatch {
+                hosts: s("api.shop"),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "notHosts",
+            HttpMatch {
+                not_hosts: s("web.shop"),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "method",
+            HttpMatch {
+                methods: s("GET"),
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "other method",
+            HttpMatch {
+                methods: s("POST"),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "notMethods",
+            HttpMatch {
+                not_methods: s("GET"),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "path prefix",
+            HttpMatch {
+                paths: vec![PathMatch::parse("/api/*").unwrap()],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "path exact miss",
+            HttpMatch {
+                paths: vec![PathMatch::parse("/api").unwrap()],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "notPaths",
+            HttpMatch {
+                not_paths: vec![PathMatch::parse("/api/*").unwrap()],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "template one",
+            HttpMatch {
+                paths: vec![PathMatch::parse("/api/{*}/items").unwrap()],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "template any",
+            HttpMatch {
+                paths: vec![PathMatch::parse("/api/{**}").unwrap()],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "template too short",
+            HttpMatch {
+                paths: vec![PathMatch::parse("/api/{*}").unwrap()],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "requestPrincipals",
+            HttpMatch {
+                request_principals: s("https://issuer.example/*"),
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "requestPrincipals any",
+            HttpMatch {
+                request_principals: s("*"),
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "notRequestPrincipals any: no token",
+            HttpMatch {
+                not_request_principals: s("*"),
+                ..Default::default()
+            },
+            false,
+            true,
+        ),
+        (
+            "remote ip",
+            HttpMatch {
+                remote_ips: vec![crate::IpNet::parse("192.0.2.0/24").unwrap()],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "notRemoteIpBlocks",
+            HttpMatch {
+                not_remote_ips: vec![crate::IpNet::parse("192.0.2.7").unwrap()],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "header, any of its values",
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: "x-env".into(),
+                    values: s("canary"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "header prefix",
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: "x-env".into(),
+                    values: s("pro*"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "absent header",
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: "x-missing".into(),
+                    values: s("*"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "absent header, notValues",
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: "x-missing".into(),
+                    values: vec![],
+                    not_values: s("*"),
+                }],
+                ..Default::default()
+            },
+            true,
+            true,
+        ),
+        (
+            "header notValues",
+            HttpMatch {
+                headers: vec![Keyed {
+                    key: "x-env".into(),
+                    values: vec![],
+                    not_values: s("canary"),
+                }],
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "claim in a list",
+            HttpMatch {
+                claims: vec![Keyed {
+                    key: vec!["groups".into()],
+                    values: s("ops"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "nested claim",
+            HttpMatch {
+                claims: vec![Keyed {
+                    key: vec!["org".into(), "team".into()],
+                    values: s("blue"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "number claim",
+            HttpMatch {
+                claims: vec![Keyed {
+                    key: vec!["level".into()],
+                    values: s("3"),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "claim notValues",
+            HttpMatch {
+                claims: vec![Keyed {
+                    key: vec!["groups".into()],
+                    values: vec![],
+                    not_values: s("dev"),
+                }],
+                ..Default::default()
+            },
+            false,
+            true,
+        ),
+        (
+            "audience",
+            HttpMatch {
+                audiences: keyed("admin", ""),
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "other audience",
+            HttpMatch {
+                audiences: keyed("billing", ""),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        (
+            "presenter",
+            HttpMatch {
+                presenters: keyed("web-*", ""),
+                ..Default::default()
+            },
+            true,
+            false,
+        ),
+        (
+            "not presenter",
+            HttpMatch {
+                presenters: keyed("", "web-client"),
+                ..Default::default()
+            },
+            false,
+            true,
+        ),
+        (
+            "sni (none at a waypoint's HTTP)",
+            HttpMatch {
+                snis: keyed("*", ""),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
     ];
     for (what, m, with_token, without) in cases {
-        assert_eq!(m.matches(&r.as_request()), with_token, "{what}, with a token");
-        assert_eq!(m.matches(&anon.as_request()), without, "{what}, without a token");
+        assert_eq!(
+            m.matches(&r.as_request()),
+            with_token,
+            "{what}, with a token"
+        );
+        assert_eq!(
+            m.matches(&anon.as_request()),
+            without,
+            "{what}, without a token"
+        );
     }
 }
 
@@ -176,7 +480,10 @@ spec:
     .unwrap();
     assert_eq!(t.policy.action, Action::Deny);
     assert_eq!(
-        t.targets.iter().map(|t| (t.kind.as_str(), t.name.as_str())).collect::<Vec<_>>(),
+        t.targets
+            .iter()
+            .map(|t| (t.kind.as_str(), t.name.as_str()))
+            .collect::<Vec<_>>(),
         [("Service", "web"), ("Gateway", "wp")]
     );
     let clauses = &t.policy.rules[0].clauses;
@@ -189,13 +496,21 @@ spec:
         ["org".to_string(), "team".to_string()]
     );
     // A policy without a target is ztunnel's.
-    assert!(policy("metadata: {name: x, namespace: shop}\nspec: {}").unwrap().is_none());
+    assert!(
+        policy("metadata: {name: x, namespace: shop}\nspec: {}")
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
 fn what_a_waypoint_cannot_enforce_is_refused_with_the_reason() {
     let cases = [
-        ("action: CUSTOM", "spec.action", "not supported at amesh's waypoint yet"),
+        (
+            "action: CUSTOM",
+            "spec.action",
+            "not supported at amesh's waypoint yet",
+        ),
         (
             "rules: [{when: [{key: experimental.envoy.filters.http.foo, values: [x]}]}]",
             "spec.rules[0].when[0].key",
@@ -227,7 +542,10 @@ fn what_a_waypoint_cannot_enforce_is_refused_with_the_reason() {
     let e = policy("metadata: {name: p, namespace: shop}\nspec: {targetRefs: [{kind: Pod, group: \"\", name: x}]}")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("targets a Gateway, a GatewayClass or a Service"), "{e}");
+    assert!(
+        e.contains("targets a Gateway, a GatewayClass or a Service"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -258,20 +576,39 @@ fn deny_comes_before_allow_audit_only_counts_and_tcp_gets_l4_rules() {
         evaluate_request(&policies, &conn, Some(&r.as_request()))
     };
     let get = with("GET");
-    assert_eq!(get.decision, Decision::Allow { by: Some("shop/readers".into()) });
+    assert_eq!(
+        get.decision,
+        Decision::Allow {
+            by: Some("shop/readers".into())
+        }
+    );
     assert_eq!(get.audit_hits, ["shop/watch"], "AUDIT counted, no effect");
-    assert_eq!(with("DELETE").decision, Decision::Deny { by: "shop/no-delete".into() });
+    assert_eq!(
+        with("DELETE").decision,
+        Decision::Deny {
+            by: "shop/no-delete".into()
+        }
+    );
     assert_eq!(
         with("POST").decision,
-        Decision::Deny { by: "no ALLOW policy matched".into() }
+        Decision::Deny {
+            by: "no ALLOW policy matched".into()
+        }
     );
     // Relayed as TCP: the ALLOW needing a method allows nothing; the DENY matches on its
     // (empty) L4 part, so it refuses.
     let tcp = evaluate_request(&policies, &conn, None);
-    assert_eq!(tcp.decision, Decision::Deny { by: "shop/no-delete".into() });
+    assert_eq!(
+        tcp.decision,
+        Decision::Deny {
+            by: "shop/no-delete".into()
+        }
+    );
     let tcp_allow_only = evaluate_request(&[&allow], &conn, None);
     assert_eq!(
         tcp_allow_only.decision,
-        Decision::Deny { by: "no ALLOW policy matched".into() }
+        Decision::Deny {
+            by: "no ALLOW policy matched".into()
+        }
     );
 }

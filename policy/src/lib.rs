@@ -26,6 +26,6 @@ pub use peer_auth::{
 };
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod l7_tests;
+#[cfg(test)]
+mod tests;

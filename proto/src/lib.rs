@@ -40,6 +40,8 @@ pub mod route {
 
 /// Type URL of amesh's route rules for waypoints.
 pub const HTTP_ROUTE_TYPE_URL: &str = "type.googleapis.com/amesh.route.HttpRouteRule";
+/// Type URL of amesh's policies for waypoints.
+pub const WAYPOINT_POLICY_TYPE_URL: &str = "type.googleapis.com/amesh.route.WaypointPolicy";
 
 /// Type URL of workload-discovery resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

@@ -201,8 +201,11 @@ async fn handle(
         Destination::Workload(_) => None,
     };
     let table = inputs.routes.borrow().clone();
-    let served = match service {
-        Some(key) if table.has_routes(&key, target.port()) => {
+    // Policy first, then routing (as Envoy's RBAC filter runs before the router).
+    let denied = authorize(inputs, caller, destination, target, &parts, grpc);
+    let served = match (denied, service) {
+        (Some(denied), _) => denied,
+        (None, Some(key)) if table.has_routes(&key, target.port()) => {
             match table.find(&key, target.port(), &parts) {
                 Some(entry) => {
                     let entry = entry.clone();
@@ -212,7 +215,7 @@ async fn handle(
             }
         }
         // No route for the service (or a workload addressed directly): to where it was sent.
-        _ => attempt(inputs, caller, target, parts, body, None).await,
+        (None, _) => attempt(inputs, caller, target, parts, body, None).await,
     };
     // A trailers-only gRPC answer (an error) has its status in the head; otherwise it
     // comes in the trailers, and the request is counted when the response ends.
@@ -261,6 +264,60 @@ async fn handle(
             .observe((response_head + end.bytes) as f64);
     });
     served.resp.map(|b| Counted::reporting(b, report).boxed())
+}
+
+/// The AuthorizationPolicies' verdict on a request, before it is routed: `Some` answer when
+/// it is denied (403 `RBAC: access denied`; for gRPC, PERMISSION_DENIED), logged with the
+/// deciding policy.
+fn authorize(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    destination: &Destination,
+    target: SocketAddr,
+    parts: &Parts,
+    grpc: bool,
+) -> Option<Served> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let request = amesh_policy::Request {
+        method: parts.method.as_str(),
+        host,
+        path: parts.uri.path(),
+        headers: &parts.headers,
+        remote_ip: crate::authz::remote_ip(&parts.headers, caller.addr.ip()),
+        auth: None,
+        sni: None,
+    };
+    let outcome = crate::authz::decide(inputs, caller, destination, target, Some(&request));
+    let amesh_policy::Decision::Deny { by } = outcome.decision else {
+        return None;
+    };
+    info!(policy = %by, src.identity = %caller.identity, method = %parts.method, path = parts.uri.path(), "request denied by policy");
+    let mut resp = text(StatusCode::FORBIDDEN, "RBAC: access denied");
+    if grpc {
+        // gRPC: a trailers-only answer with the status in the head.
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("7"));
+        resp.headers_mut().insert(
+            "grpc-message",
+            HeaderValue::from_static("RBAC: access denied"),
+        );
+        *resp.body_mut() = full(Bytes::new());
+    }
+    Some(Served {
+        resp,
+        endpoint: None,
+        flag: "-",
+    })
 }
 
 /// A rule's filters, a backend by weight, its filters, then the request with the rule's

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod bound;
 pub mod config;
 pub mod counted;
@@ -22,7 +23,7 @@ pub mod routes;
 pub mod upstream;
 
 use amesh_identity::{CertManager, Identity, tls};
-use amesh_proto::{ADDRESS_TYPE_URL, HTTP_ROUTE_TYPE_URL};
+use amesh_proto::{ADDRESS_TYPE_URL, HTTP_ROUTE_TYPE_URL, WAYPOINT_POLICY_TYPE_URL};
 use amesh_state::{
     StateReader, StateWriter,
     resources::{Resources, lock},
@@ -113,6 +114,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let metrics = registry_and_metrics.metrics.clone();
     let (writer, state) = amesh_state::store();
     let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(routes::Table::default()));
+    let (policies_tx, policies) = tokio::sync::watch::channel(Arc::new(authz::Table::default()));
     let config = amesh_xds::Config {
         address: args.xds_address.clone(),
         server_name,
@@ -133,7 +135,9 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         .into(),
         credentials,
     };
-    tokio::spawn(xds_client(config, writer, routes_tx).run(move || Ok(control_tls.clone())));
+    tokio::spawn(
+        xds_client(config, writer, routes_tx, policies_tx).run(move || Ok(control_tls.clone())),
+    );
 
     let inputs = Arc::new(proxy::Inputs {
         me: me.clone(),
@@ -145,6 +149,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         next_pick: Default::default(),
         net,
         routes,
+        policies,
         h1_pool: Default::default(),
         h2_pool: Default::default(),
     });
@@ -199,22 +204,29 @@ async fn shutdown_signal() {
 }
 
 /// The waypoint's xDS client: Istio's `Address` type into the shared state store, amesh's
-/// route rules into the route table; both published once each has had its first response,
-/// and after every response since.
+/// route rules into the route table and its policies into the policy table; all published
+/// once each type has had its first response (no request is served before its policies are
+/// in: readiness waits for the state, which is published with them), and after every
+/// response since.
 fn xds_client(
     config: amesh_xds::Config,
     store: StateWriter,
     routes_tx: tokio::sync::watch::Sender<Arc<routes::Table>>,
+    policies_tx: tokio::sync::watch::Sender<Arc<authz::Table>>,
 ) -> amesh_xds::Client {
     let resources = Arc::new(Mutex::new(Resources::default()));
     let published = resources.clone();
     let rules = routes::Store::default();
     let published_rules = rules.clone();
+    let policies = authz::Store::default();
+    let published_policies = policies.clone();
     amesh_xds::Client::new(config)
         .wildcard(ADDRESS_TYPE_URL, AddressHandler(resources))
         .wildcard(HTTP_ROUTE_TYPE_URL, routes::RouteHandler(rules))
+        .wildcard(WAYPOINT_POLICY_TYPE_URL, authz::PolicyHandler(policies))
         .on_synced(move || {
             routes_tx.send_replace(Arc::new(published_rules.table()));
+            policies_tx.send_replace(Arc::new(published_policies.table()));
             store.replace(lock(&published).state());
         })
 }

@@ -78,8 +78,16 @@ pub struct TcpLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// A policy by `namespace/name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    /// AUDIT policies that matched a request.
+    pub audits: Family<PolicyLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram>,
     pub request_bytes: Family<RequestLabels, Histogram>,
@@ -103,6 +111,7 @@ impl Metrics {
     #[allow(clippy::new_ret_no_self, reason = "the registry comes with them")]
     pub fn new() -> Registered {
         let metrics = Arc::new(Metrics {
+            audits: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new(DURATION_BUCKETS.iter().copied())
@@ -159,6 +168,11 @@ impl Metrics {
             "istio_tcp_received_bytes",
             "Bytes relayed from the client",
             metrics.tcp_received.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_policy_audit",
+            "Requests an AUDIT AuthorizationPolicy matched",
+            metrics.audits.clone(),
         );
         registry.register(
             "amesh_waypoint_refused",

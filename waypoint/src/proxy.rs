@@ -26,7 +26,7 @@ use tokio::{
     sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// What every connection needs.
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub struct Inputs {
     pub net: crate::net::Net,
     /// The HTTP route table, replaced whole on every xDS update.
     pub routes: watch::Receiver<Arc<crate::routes::Table>>,
+    /// The policies in force, replaced whole on every xDS update.
+    pub policies: watch::Receiver<Arc<crate::authz::Table>>,
     /// Idle upstream HTTP/1.1 connections.
     pub h1_pool: Arc<crate::http::H1Pool>,
     /// Open upstream HTTP/2 connections.
@@ -192,6 +194,21 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             bound::Destination::Workload(_) => AppProtocol::Unknown,
         };
         let mut stream = Sniffed::new(stream);
+        // A connection that will be relayed as TCP is judged by the L4 part of the policies
+        // (an ALLOW rule that needs HTTP allows nothing), before anything is relayed.
+        let tcp_denied = || {
+            let outcome = crate::authz::decide(&inputs, &caller, &destination, target, None);
+            match outcome.decision {
+                amesh_policy::Decision::Deny { by } => {
+                    info!(policy = %by, src.identity = %caller.identity, "TCP connection denied by policy");
+                    let labels = tcp_labels(&caller, &destination, None, "-");
+                    inputs.metrics.tcp_opened.get_or_create(&labels).inc();
+                    inputs.metrics.tcp_closed.get_or_create(&labels).inc();
+                    true
+                }
+                amesh_policy::Decision::Allow { .. } => false,
+            }
+        };
         // A port with a TCPRoute goes to the route's backends, as TCP.
         if let bound::Destination::Service(s) = &destination {
             let table = inputs.routes.borrow().clone();
@@ -204,6 +221,9 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
                     Some(b) => crate::http::backend_address(&inputs, b, target)
                         .ok_or(("no healthy upstream", "UH")),
                 };
+                if tcp_denied() {
+                    return;
+                }
                 return match to {
                     Ok(to) => relay_tcp(&inputs, &caller, &destination, to, stream).await,
                     Err((why, flag)) => {
@@ -218,6 +238,9 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
         // A port declared TCP or TLS is relayed at once: a server-first protocol would
         // otherwise wait out the detection.
         if matches!(declared, AppProtocol::Tcp | AppProtocol::Tls) {
+            if tcp_denied() {
+                return;
+            }
             return relay_tcp(&inputs, &caller, &destination, target, stream).await;
         }
         match stream.sniff().await {
@@ -231,6 +254,7 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             Sniff::Other if declared != AppProtocol::Unknown => {
                 crate::http::serve(inputs, caller, destination, target, stream, false).await;
             }
+            Sniff::Other if tcp_denied() => {}
             Sniff::Other => relay_tcp(&inputs, &caller, &destination, target, stream).await,
         }
     }

@@ -15,6 +15,7 @@ mod policy_xds;
 mod security;
 mod support;
 mod waypoint;
+mod waypoint_authz;
 mod waypoint_grpc;
 mod waypoint_kube;
 mod waypoint_routes;

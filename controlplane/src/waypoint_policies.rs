@@ -1,0 +1,105 @@
+//! Policies for waypoints: AuthorizationPolicies with `targetRef(s)` (to a waypoint Gateway,
+//! to the waypoint GatewayClass from the root namespace, or to a Service), translated with
+//! their HTTP attributes by `amesh-policy` and sent to waypoints as `amesh.route.WaypointPolicy`
+//! resources named `AuthorizationPolicy/<namespace>/<name>`. A policy that cannot be enforced
+//! at a waypoint is reported and sent nowhere; the others apply.
+
+use crate::translate::{Mesh, Rejected};
+use amesh_kube::source::Snapshot;
+use amesh_policy::crd::{self, TargetRef};
+use amesh_proto::route as pb;
+use std::collections::BTreeMap;
+
+/// What a target reference reaches: waypoints as a whole, or a Service's requests.
+fn resolve(
+    t: &TargetRef,
+    mesh: &Mesh,
+    waypoints: &mut Vec<String>,
+    services: &mut Vec<String>,
+) -> Result<(), String> {
+    let host = |name: &str| {
+        format!(
+            "{}/{name}.{}.svc.{}",
+            t.namespace, t.namespace, mesh.domain_suffix
+        )
+    };
+    match t.kind.as_str() {
+        "Gateway" => waypoints.push(host(&t.name)),
+        "GatewayClass" => {
+            if !crate::waypoints::WAYPOINT_CLASSES.contains(&t.name.as_str()) {
+                return Err(format!(
+                    "GatewayClass {} is not a waypoint class ({})",
+                    t.name,
+                    crate::waypoints::WAYPOINT_CLASSES.join(", ")
+                ));
+            }
+            if t.namespace != mesh.root_namespace {
+                return Err(format!(
+                    "a policy for every waypoint (GatewayClass {}) belongs in the root namespace {}",
+                    t.name, mesh.root_namespace
+                ));
+            }
+            waypoints.push("*".into());
+        }
+        _ => services.push(host(&t.name)),
+    }
+    Ok(())
+}
+
+/// Translates every AuthorizationPolicy that targets waypoints into `out`.
+pub fn translate(
+    snap: &Snapshot,
+    mesh: &Mesh,
+    out: &mut BTreeMap<String, pb::WaypointPolicy>,
+    errors: &mut Vec<Rejected>,
+) {
+    for p in &snap.authorization_policies {
+        let mut p = p.clone();
+        if p.metadata.namespace.is_empty() {
+            p.metadata.namespace = "default".into();
+        }
+        let (namespace, name) = (p.metadata.namespace.clone(), p.metadata.name.clone());
+        let reject = |reason: String| Rejected {
+            kind: "AuthorizationPolicy",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            reason,
+            partial: false,
+        };
+        let t = match crd::waypoint_policy(&p) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(reject(e.to_string()));
+                continue;
+            }
+        };
+        let (mut waypoints, mut services) = (Vec::new(), Vec::new());
+        if let Err(reason) = t
+            .targets
+            .iter()
+            .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))
+        {
+            errors.push(reject(reason));
+            continue;
+        }
+        let spec_json = match serde_json::to_string(&t.policy) {
+            Ok(j) => j,
+            Err(e) => {
+                errors.push(reject(format!("cannot be encoded: {e}")));
+                continue;
+            }
+        };
+        out.insert(
+            format!("AuthorizationPolicy/{namespace}/{name}"),
+            pb::WaypointPolicy {
+                kind: pb::waypoint_policy::Kind::Authorization as i32,
+                name,
+                namespace,
+                waypoints,
+                services,
+                spec_json,
+            },
+        );
+    }
+}
