@@ -53,6 +53,7 @@ struct Caches {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     authorization_policies: Store<DynamicObject>,
+    request_authentications: Store<DynamicObject>,
     peer_authentications: Store<DynamicObject>,
     gateways: Store<DynamicObject>,
     gateway_classes: Store<DynamicObject>,
@@ -153,6 +154,11 @@ impl Caches {
                 "AuthorizationPolicy",
                 &mut rejected,
             ),
+            request_authentications: convert(
+                self.request_authentications.state(),
+                "RequestAuthentication",
+                &mut rejected,
+            ),
             peer_authentications: convert(
                 self.peer_authentications.state(),
                 "PeerAuthentication",
@@ -195,6 +201,10 @@ impl Caches {
             .wait_until_ready()
             .await
             .map_err(fail("PeerAuthentication"))?;
+        self.request_authentications
+            .wait_until_ready()
+            .await
+            .map_err(fail("RequestAuthentication"))?;
         // The Gateway API is optional for an L4-only mesh: a cluster without its CRDs never
         // lists Gateways, and must not keep the control plane from serving. Where it is
         // installed, the lists come in long before this bound, so no first push goes out
@@ -336,6 +346,11 @@ pub async fn publish_kube(
             istio_security("PeerAuthentication", "peerauthentications"),
             &changed,
         ),
+        request_authentications: dynamic(
+            &client,
+            istio_security("RequestAuthentication", "requestauthentications"),
+            &changed,
+        ),
         gateways: dynamic(&client, gateway_api("Gateway", "gateways"), &changed),
         gateway_classes: dynamic(
             &client,
@@ -371,6 +386,15 @@ pub async fn publish_kube(
         w.write(&statuses).await;
     }
     let (tx, rx) = watch::channel(Arc::new(first));
+    // JWKS are refreshed by translating again now and then (an unchanged result pushes
+    // nothing).
+    let tick = changed.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::jwks::RETRY).await;
+            tick.notify_one();
+        }
+    });
     tokio::spawn(async move {
         loop {
             changed.notified().await;

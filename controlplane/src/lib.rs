@@ -11,6 +11,7 @@ pub mod ca_secret;
 pub mod catalog;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod jwks;
 pub mod kube_source;
 pub mod root_configmap;
 pub mod route_status;

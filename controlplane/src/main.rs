@@ -87,6 +87,10 @@ struct Args {
     /// TLS handshakes in progress at once; connections past that are closed at once.
     #[arg(long, default_value_t = serve::DEFAULT_MAX_HANDSHAKES, value_parser = clap::value_parser!(usize))]
     max_handshakes: usize,
+    /// The CA bundle (PEM) that HTTPS servers of RequestAuthentication `jwksUri`s are
+    /// verified with.
+    #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+    jwks_ca_file: PathBuf,
 }
 
 /// Lifetime of the serving certificate (renewed at half life while serving).
@@ -182,9 +186,16 @@ async fn source(
     args: &Args,
     kube: Option<kube::Client>,
 ) -> anyhow::Result<tokio::sync::watch::Receiver<Arc<Catalog>>> {
+    // Without a usable bundle only http:// JWKS can be fetched; said once, not fatal (an
+    // L4-only mesh has no RequestAuthentication).
+    let jwks = amesh_controlplane::jwks::Jwks::new(&args.jwks_ca_file).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "JWKS over HTTPS cannot be verified; https jwksUri rules will refuse their tokens");
+        amesh_controlplane::jwks::Jwks::default()
+    });
     let mesh = Mesh {
         cluster_id: args.cluster_id.clone(),
         trust_domain: args.trust_domain.clone(),
+        jwks,
         ..Mesh::default()
     };
     match (kube, &args.source_dir) {

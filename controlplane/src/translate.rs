@@ -43,6 +43,8 @@ pub struct Mesh {
     pub domain_suffix: String,
     /// Policies here without a selector apply mesh-wide.
     pub root_namespace: String,
+    /// Where RequestAuthentication's `jwksUri` keys come from.
+    pub jwks: crate::jwks::Jwks,
 }
 
 impl Default for Mesh {
@@ -52,6 +54,7 @@ impl Default for Mesh {
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
             root_namespace: "istio-system".into(),
+            jwks: crate::jwks::Jwks::default(),
         }
     }
 }

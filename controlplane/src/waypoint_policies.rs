@@ -1,8 +1,9 @@
-//! Policies for waypoints: AuthorizationPolicies with `targetRef(s)` (to a waypoint Gateway,
-//! to the waypoint GatewayClass from the root namespace, or to a Service), translated with
-//! their HTTP attributes by `amesh-policy` and sent to waypoints as `amesh.route.WaypointPolicy`
-//! resources named `AuthorizationPolicy/<namespace>/<name>`. A policy that cannot be enforced
-//! at a waypoint is reported and sent nowhere; the others apply.
+//! Policies for waypoints: AuthorizationPolicies and RequestAuthentications with
+//! `targetRef(s)` (to a waypoint Gateway, to the waypoint GatewayClass from the root
+//! namespace, or to a Service), translated by `amesh-policy` (authorization with its HTTP
+//! attributes; JWT rules with their keys inline, `jwksUri` fetched here) and sent to waypoints
+//! as `amesh.route.WaypointPolicy` resources named `<Kind>/<namespace>/<name>`. A policy that
+//! cannot be enforced at a waypoint is reported and sent nowhere; the others apply.
 
 use crate::translate::{Mesh, Rejected};
 use amesh_kube::source::Snapshot;
@@ -46,13 +47,15 @@ fn resolve(
     Ok(())
 }
 
-/// Translates every AuthorizationPolicy that targets waypoints into `out`.
+/// Translates every AuthorizationPolicy and RequestAuthentication that targets waypoints
+/// into `out`.
 pub fn translate(
     snap: &Snapshot,
     mesh: &Mesh,
     out: &mut BTreeMap<String, pb::WaypointPolicy>,
     errors: &mut Vec<Rejected>,
 ) {
+    request_authentications(snap, mesh, out, errors);
     for p in &snap.authorization_policies {
         let mut p = p.clone();
         if p.metadata.namespace.is_empty() {
@@ -94,6 +97,83 @@ pub fn translate(
             format!("AuthorizationPolicy/{namespace}/{name}"),
             pb::WaypointPolicy {
                 kind: pb::waypoint_policy::Kind::Authorization as i32,
+                name,
+                namespace,
+                waypoints,
+                services,
+                spec_json,
+            },
+        );
+    }
+}
+
+fn request_authentications(
+    snap: &Snapshot,
+    mesh: &Mesh,
+    out: &mut BTreeMap<String, pb::WaypointPolicy>,
+    errors: &mut Vec<Rejected>,
+) {
+    for r in &snap.request_authentications {
+        let mut r = r.clone();
+        if r.metadata.namespace.is_empty() {
+            r.metadata.namespace = "default".into();
+        }
+        let (namespace, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let reject = |reason: String| Rejected {
+            kind: "RequestAuthentication",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            reason,
+            partial: false,
+        };
+        let t = match amesh_policy::jwt::request_authentication(&r) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                errors.push(reject(
+                    "a selector RequestAuthentication is not enforced by amesh (no sidecars); \
+                     attach it to a waypoint with targetRefs"
+                        .into(),
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(reject(e.to_string()));
+                continue;
+            }
+        };
+        let (mut waypoints, mut services) = (Vec::new(), Vec::new());
+        if let Err(reason) = t
+            .targets
+            .iter()
+            .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))
+        {
+            errors.push(reject(reason));
+            continue;
+        }
+        let rules: Vec<amesh_policy::jwt::JwtRule> = t
+            .rules
+            .into_iter()
+            .map(|(mut rule, uri)| {
+                if let Some(uri) = uri {
+                    match mesh.jwks.resolve(&uri) {
+                        Ok(keys) => rule.jwks = keys,
+                        Err(e) => rule.jwks_error = format!("{uri}: {e}"),
+                    }
+                }
+                rule
+            })
+            .collect();
+        let spec_json = match serde_json::to_string(&rules) {
+            Ok(j) => j,
+            Err(e) => {
+                errors.push(reject(format!("cannot be encoded: {e}")));
+                continue;
+            }
+        };
+        out.insert(
+            format!("RequestAuthentication/{namespace}/{name}"),
+            pb::WaypointPolicy {
+                kind: pb::waypoint_policy::Kind::RequestAuthentication as i32,
                 name,
                 namespace,
                 waypoints,

@@ -4,7 +4,10 @@
 //! [`crate::dir_source`] reads directories of such files.
 
 use crate::yaml_guard;
-use amesh_policy::crd::{AuthorizationPolicy, PeerAuthenticationResource};
+use amesh_policy::{
+    crd::{AuthorizationPolicy, PeerAuthenticationResource},
+    jwt::RequestAuthenticationResource,
+};
 use gateway_api::{
     experimental::{grpcroutes::GrpcRoute, httproutes::HttpRoute, tcproutes::TcpRoute},
     gatewayclasses::GatewayClass,
@@ -62,6 +65,7 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthenticationResource>),
     PeerAuthentication(Box<PeerAuthenticationResource>),
     /// Gateway API objects (`gateway.networking.k8s.io`): waypoints are Gateways.
     Gateway(Box<Gateway>),
@@ -81,6 +85,7 @@ pub struct Snapshot {
     /// Endpoints of services without a selector (the others come from their pods).
     pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub request_authentications: Vec<RequestAuthenticationResource>,
     pub peer_authentications: Vec<PeerAuthenticationResource>,
     pub gateways: Vec<Gateway>,
     pub gateway_classes: Vec<GatewayClass>,
@@ -97,6 +102,7 @@ impl Snapshot {
             Object::Service(o) => self.services.push(*o),
             Object::EndpointSlice(o) => self.endpoint_slices.push(*o),
             Object::AuthorizationPolicy(o) => self.authorization_policies.push(*o),
+            Object::RequestAuthentication(o) => self.request_authentications.push(*o),
             Object::PeerAuthentication(o) => self.peer_authentications.push(*o),
             Object::Gateway(o) => self.gateways.push(*o),
             Object::GatewayClass(o) => self.gateway_classes.push(*o),
@@ -269,6 +275,9 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
         }
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
             Object::AuthorizationPolicy(serde_json::from_value(value).map_err(err)?)
+        }
+        ("security.istio.io/v1" | "security.istio.io/v1beta1", "RequestAuthentication") => {
+            Object::RequestAuthentication(serde_json::from_value(value).map_err(err)?)
         }
         ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
             Object::PeerAuthentication(serde_json::from_value(value).map_err(err)?)

@@ -638,6 +638,55 @@ pub struct TargetRef {
     pub namespace: String,
 }
 
+/// A policy's `targetRef(s)`: Gateways, the waypoint GatewayClass or Services of its own
+/// namespace; else the field and the reason.
+pub fn target_refs(
+    refs: &[&serde_json::Value],
+    namespace: &str,
+) -> Result<Vec<TargetRef>, (String, String)> {
+    let mut targets = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        let field = |f: &str| format!("spec.targetRefs[{i}].{f}");
+        let text = |f: &str| {
+            r.get(f)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (group, kind, target_name) = (text("group"), text("kind"), text("name"));
+        if target_name.is_empty() {
+            return Err((field("name"), "missing".into()));
+        }
+        match (group.as_str(), kind.as_str()) {
+            ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
+            | ("" | "core", "Service") => {}
+            _ => {
+                return Err((
+                    field("kind"),
+                    format!(
+                        "{group}/{kind}: a waypoint policy targets a Gateway, a GatewayClass or a Service"
+                    ),
+                ));
+            }
+        }
+        if let Some(ns) = r.get("namespace").and_then(|v| v.as_str())
+            && ns != namespace
+        {
+            return Err((
+                field("namespace"),
+                "a policy targets objects in its own namespace only".into(),
+            ));
+        }
+        targets.push(TargetRef {
+            group,
+            kind,
+            name: target_name,
+            namespace: namespace.into(),
+        });
+    }
+    Ok(targets)
+}
+
 /// A policy for waypoints: its rules with their HTTP attributes, and what it targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaypointTranslated {
@@ -675,44 +724,7 @@ pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTransla
             ));
         }
     };
-    let mut targets = Vec::new();
-    for (i, r) in refs.iter().enumerate() {
-        let field = |f: &str| format!("spec.targetRefs[{i}].{f}");
-        let text = |f: &str| {
-            r.get(f)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let (group, kind, target_name) = (text("group"), text("kind"), text("name"));
-        if target_name.is_empty() {
-            return Err(ctx.invalid(field("name"), "missing".into()));
-        }
-        match (group.as_str(), kind.as_str()) {
-            ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
-            | ("" | "core", "Service") => {}
-            _ => {
-                return Err(ctx.invalid(
-                    field("kind"),
-                    format!("{group}/{kind}: a waypoint policy targets a Gateway, a GatewayClass or a Service"),
-                ));
-            }
-        }
-        if let Some(ns) = r.get("namespace").and_then(|v| v.as_str())
-            && ns != namespace
-        {
-            return Err(ctx.invalid(
-                field("namespace"),
-                "a policy targets objects in its own namespace only".into(),
-            ));
-        }
-        targets.push(TargetRef {
-            group,
-            kind,
-            name: target_name,
-            namespace: namespace.into(),
-        });
-    }
+    let targets = target_refs(&refs, namespace).map_err(|(f, r)| ctx.invalid(f, r))?;
     let mut rules = Vec::new();
     for (i, r) in p.spec.rules.iter().enumerate() {
         let (rule, _) = rule(&ctx, r, &format!("spec.rules[{i}]"))?;

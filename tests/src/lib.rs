@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod ip;
 pub mod istio_cni;
+pub mod jwt;
 pub mod kube_api;
 pub mod mesh;
 pub mod mesh_agents;

@@ -22,14 +22,22 @@ pub struct Invalid {
     pub reason: String,
 }
 
+/// What a policy is.
+#[derive(Debug)]
+pub enum Kind {
+    Authorization(Authorization),
+    /// A RequestAuthentication's rules.
+    Jwt(Vec<crate::jwt::Provider>),
+}
+
 /// One policy and what it targets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Policy {
     /// `<namespace>/<hostname>` of waypoints it applies to (`*`: all).
     pub waypoints: Vec<String>,
     /// `<namespace>/<hostname>` of Services whose requests it applies to.
     pub services: Vec<String>,
-    pub authorization: Authorization,
+    pub kind: Kind,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
@@ -39,21 +47,26 @@ pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
     };
     let p = pb::WaypointPolicy::decode(bytes)
         .map_err(|e| invalid("(resource)", format!("does not decode: {e}")))?;
-    match pb::waypoint_policy::Kind::try_from(p.kind) {
-        Ok(pb::waypoint_policy::Kind::Authorization) => {}
-        _ => {
+    let kind = match pb::waypoint_policy::Kind::try_from(p.kind) {
+        Ok(pb::waypoint_policy::Kind::Authorization) => Kind::Authorization(
+            serde_json::from_str(&p.spec_json).map_err(|e| invalid("specJson", e.to_string()))?,
+        ),
+        Ok(pb::waypoint_policy::Kind::RequestAuthentication) => {
+            let rules: Vec<amesh_policy::jwt::JwtRule> = serde_json::from_str(&p.spec_json)
+                .map_err(|e| invalid("specJson", e.to_string()))?;
+            Kind::Jwt(rules.into_iter().map(crate::jwt::Provider::new).collect())
+        }
+        Err(_) => {
             return Err(invalid(
                 "kind",
                 format!("{} is not a kind this waypoint enforces", p.kind),
             ));
         }
-    }
-    let authorization: Authorization =
-        serde_json::from_str(&p.spec_json).map_err(|e| invalid("specJson", e.to_string()))?;
+    };
     Ok(Policy {
         waypoints: p.waypoints,
         services: p.services,
-        authorization,
+        kind,
     })
 }
 
@@ -70,16 +83,38 @@ impl Table {
         }
     }
 
-    /// The policies for a request to `service` (none: a workload addressed directly) at the
-    /// waypoint `me` (`<namespace>/<hostname>`).
-    pub fn applicable(&self, me: &str, service: Option<&str>) -> Vec<&Authorization> {
+    fn targeting(&self, me: &str, service: Option<&str>) -> Vec<&Policy> {
         self.policies
             .iter()
+            .map(|p| p.as_ref())
             .filter(|p| {
                 p.waypoints.iter().any(|w| w == me || w == "*")
                     || service.is_some_and(|s| p.services.iter().any(|x| x == s))
             })
-            .map(|p| &p.authorization)
+            .collect()
+    }
+
+    /// The AuthorizationPolicies for a request to `service` (none: a workload addressed
+    /// directly) at the waypoint `me` (`<namespace>/<hostname>`).
+    pub fn applicable(&self, me: &str, service: Option<&str>) -> Vec<&Authorization> {
+        self.targeting(me, service)
+            .into_iter()
+            .filter_map(|p| match &p.kind {
+                Kind::Authorization(a) => Some(a),
+                Kind::Jwt(_) => None,
+            })
+            .collect()
+    }
+
+    /// The JWT rules of the RequestAuthentications that apply, likewise.
+    pub fn jwt_providers(&self, me: &str, service: Option<&str>) -> Vec<&crate::jwt::Provider> {
+        self.targeting(me, service)
+            .into_iter()
+            .filter_map(|p| match &p.kind {
+                Kind::Jwt(providers) => Some(providers.iter()),
+                Kind::Authorization(_) => None,
+            })
+            .flatten()
             .collect()
     }
 
@@ -182,14 +217,14 @@ mod tests {
         Arc::new(Policy {
             waypoints: waypoints.iter().map(|s| s.to_string()).collect(),
             services: services.iter().map(|s| s.to_string()).collect(),
-            authorization: Authorization {
+            kind: Kind::Authorization(Authorization {
                 name: name.into(),
                 namespace: "shop".into(),
                 scope: amesh_policy::Scope::Namespace,
                 action: amesh_policy::Action::Allow,
                 rules: vec![],
                 dry_run: false,
-            },
+            }),
         })
     }
 

@@ -201,8 +201,20 @@ async fn handle(
         Destination::Workload(_) => None,
     };
     let table = inputs.routes.borrow().clone();
-    // Policy first, then routing (as Envoy's RBAC filter runs before the router).
-    let denied = authorize(inputs, caller, destination, target, &parts, grpc);
+    // The end user, then policy, then routing (Envoy's jwt_authn and RBAC filters run
+    // before the router).
+    let denied = match authenticate(inputs, destination, &mut parts, grpc) {
+        Ok(auth) => authorize(
+            inputs,
+            caller,
+            destination,
+            target,
+            &parts,
+            grpc,
+            auth.as_ref(),
+        ),
+        Err(refused) => Some(refused),
+    };
     let served = match (denied, service) {
         (Some(denied), _) => denied,
         (None, Some(key)) if table.has_routes(&key, target.port()) => {
@@ -276,6 +288,7 @@ fn authorize(
     target: SocketAddr,
     parts: &Parts,
     grpc: bool,
+    auth: Option<&amesh_policy::RequestAuth>,
 ) -> Option<Served> {
     let host = parts
         .headers
@@ -289,7 +302,7 @@ fn authorize(
         path: parts.uri.path(),
         headers: &parts.headers,
         remote_ip: crate::authz::remote_ip(&parts.headers, caller.addr.ip()),
-        auth: None,
+        auth,
         sni: None,
     };
     let outcome = crate::authz::decide(inputs, caller, destination, target, Some(&request));
@@ -297,26 +310,77 @@ fn authorize(
         return None;
     };
     info!(policy = %by, src.identity = %caller.identity, method = %parts.method, path = parts.uri.path(), "request denied by policy");
-    let mut resp = text(StatusCode::FORBIDDEN, "RBAC: access denied");
+    Some(refusal(
+        StatusCode::FORBIDDEN,
+        "RBAC: access denied",
+        "7",
+        grpc,
+    ))
+}
+
+/// A refusal: `status` with `message`, or for gRPC a trailers-only answer with
+/// `grpc_status` in the head.
+fn refusal(
+    status: StatusCode,
+    message: &'static str,
+    grpc_status: &'static str,
+    grpc: bool,
+) -> Served {
+    let mut resp = text(status, message);
     if grpc {
-        // gRPC: a trailers-only answer with the status in the head.
         *resp.status_mut() = StatusCode::OK;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
         resp.headers_mut()
-            .insert("grpc-status", HeaderValue::from_static("7"));
-        resp.headers_mut().insert(
-            "grpc-message",
-            HeaderValue::from_static("RBAC: access denied"),
-        );
+            .insert("grpc-status", HeaderValue::from_static(grpc_status));
+        resp.headers_mut()
+            .insert("grpc-message", HeaderValue::from_static(message));
         *resp.body_mut() = full(Bytes::new());
     }
-    Some(Served {
+    Served {
         resp,
         endpoint: None,
         flag: "-",
+    }
+}
+
+/// The RequestAuthentications' verdict on the request's token: the end user it names (or
+/// none without a token), or a refusal (401, gRPC UNAUTHENTICATED) for a token that fails.
+fn authenticate(
+    inputs: &Arc<Inputs>,
+    destination: &Destination,
+    parts: &mut Parts,
+    grpc: bool,
+) -> Result<Option<amesh_policy::RequestAuth>, Served> {
+    let table = inputs.policies.borrow().clone();
+    let me = format!("{}/{}", inputs.me.namespace, inputs.me.hostname);
+    let service = match destination {
+        Destination::Service(s) => Some(s.key()),
+        Destination::Workload(_) => None,
+    };
+    let providers = table.jwt_providers(&me, service.as_deref());
+    if providers.is_empty() {
+        return Ok(None);
+    }
+    crate::jwt::authenticate(&providers, parts).map_err(|reason| {
+        info!(
+            reason,
+            path = parts.uri.path(),
+            "request refused: its JWT does not hold"
+        );
+        let mut served = refusal(
+            StatusCode::UNAUTHORIZED,
+            "Jwt verification fails",
+            "16",
+            grpc,
+        );
+        served.resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mesh\", error=\"invalid_token\""),
+        );
+        served
     })
 }
 

@@ -16,6 +16,7 @@ pub mod bound;
 pub mod config;
 pub mod counted;
 pub mod http;
+pub mod jwt;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

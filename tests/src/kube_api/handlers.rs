@@ -300,7 +300,7 @@ pub(super) fn patch(shared: &Shared, request: &Request) -> Reply {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -308,6 +308,7 @@ const KNOWN: [&str; 12] = [
     "/apis/discovery.k8s.io/v1/endpointslices",
     "/apis/security.istio.io/v1/authorizationpolicies",
     "/apis/security.istio.io/v1/peerauthentications",
+    "/apis/security.istio.io/v1/requestauthentications",
     "/apis/gateway.networking.k8s.io/v1/gateways",
     "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
     "/apis/gateway.networking.k8s.io/v1/httproutes",

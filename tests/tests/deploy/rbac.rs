@@ -90,7 +90,7 @@ fn roles_grant_exactly_what_each_component_uses() {
         ("discovery.k8s.io", "endpointslices", "get list watch", ""),
         (
             "security.istio.io",
-            "authorizationpolicies peerauthentications",
+            "authorizationpolicies peerauthentications requestauthentications",
             "get list watch",
             "",
         ),
