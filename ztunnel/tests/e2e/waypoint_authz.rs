@@ -153,3 +153,161 @@ fn authorization_policies_are_enforced_per_request_at_the_waypoint() {
         log()
     );
 }
+
+/// A directory served over real HTTPS: Python's `http.server` on loopback behind the test
+/// bed's TLS front (a CA made for the run).
+struct JwksServer {
+    _http: amesh_testbed::daemon::Daemon,
+    front: amesh_testbed::tls_front::TlsFront,
+}
+
+fn jwks_server(mesh: &Mesh, dir: &std::path::Path, ca_file: &std::path::Path) -> JwksServer {
+    // http.server says its port on stdout; the daemon's log is stderr.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "exec /usr/bin/python3 -u -m http.server 0 --bind 127.0.0.1 --directory \"$0\" 1>&2",
+    ])
+    .arg(dir);
+    let mut http = amesh_testbed::daemon::Daemon::spawn(
+        cmd,
+        mesh.dir.join("jwks-http.log"),
+        "the JWKS HTTP server",
+    )
+    .expect("start http.server");
+    let port: u16 = http
+        .wait_log(
+            "http.server listening",
+            std::time::Duration::from_secs(10),
+            |log| {
+                log.split("port ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        )
+        .expect("http.server's port");
+    let front = amesh_testbed::tls_front::TlsFront::start(([127, 0, 0, 1], port).into(), ca_file)
+        .expect("the TLS front");
+    JwksServer { _http: http, front }
+}
+
+#[test]
+fn request_authentication_validates_tokens_and_policies_judge_the_end_user() {
+    use amesh_testbed::jwt::Issuer;
+    use serde_json::json;
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    // Issuer A's keys inline; issuer B's at a jwksUri the control plane fetches over HTTPS.
+    let a = Issuer::new("https://a.issuer.test", "a1");
+    let b = Issuer::new("https://b.issuer.test", "b1");
+    let keys_dir = mesh.dir.join("jwks");
+    std::fs::create_dir_all(&keys_dir).expect("jwks dir");
+    std::fs::write(keys_dir.join("b.json"), b.jwks()).expect("b's keys");
+    let ca_file = mesh.dir.join("jwks-ca.pem");
+    let server = jwks_server(&mesh, &keys_dir, &ca_file);
+    let objects = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  jwtRules:
+  - issuer: https://a.issuer.test
+    jwks: '{jwks_a}'
+  - issuer: https://b.issuer.test
+    jwksUri: {uri}/b.json
+    audiences: [shop]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: end-users, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  rules:
+  - to: [{{operation: {{paths: [/public]}}}}]
+  - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+    to: [{{operation: {{paths: [/private]}}}}]
+  - to: [{{operation: {{paths: [/admins]}}}}]
+    when: [{{key: "request.auth.claims[groups]", values: [admin]}}]
+"#,
+        jwks_a = a.jwks(),
+        uri = server.front.url(),
+    );
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + &objects);
+    mesh.control_plane_source
+        .extend(["--jwks-ca-file".to_string(), ca_file.display().to_string()]);
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    let _apps = mesh.apps(&["b"]);
+    let url = |path: &str| format!("http://{VIP}{path}");
+    let log = || {
+        format!(
+            "waypoint:\n{}\ncontrol plane:\n{}",
+            waypoint.log(),
+            mesh.control_plane
+                .as_ref()
+                .map(|c| c.log())
+                .unwrap_or_default()
+        )
+    };
+    let with = |token: &str, path: &str| {
+        let header = format!("authorization: Bearer {token}");
+        curl_with(&mesh, "a", &["-H", &header], &url(path))
+    };
+    let dev = a.token(json!({"sub": "alice", "groups": ["dev"]}));
+    let admin = a.token(json!({"sub": "root", "groups": ["admin", "dev"]}));
+    let b_ok = b.token(json!({"sub": "carol", "aud": "shop"}));
+    let b_wrong_aud = b.token(json!({"sub": "carol", "aud": "billing"}));
+    let forged = Issuer::new("https://a.issuer.test", "a1").token(json!({"sub": "mallory"}));
+
+    assert_eq!(
+        curl(&mesh, "a", &url("/public")).0,
+        200,
+        "no token needed: {}",
+        log()
+    );
+    let (status, body) = with(&dev, "/private");
+    assert_eq!(
+        status,
+        200,
+        "a valid token (inline keys): {body}\n{}",
+        log()
+    );
+    let (status, body) = with(&b_ok, "/private");
+    assert_eq!(
+        status,
+        200,
+        "a valid token (keys fetched over HTTPS): {body}\n{}",
+        log()
+    );
+    for (what, token) in [("forged", &forged), ("wrong audience", &b_wrong_aud)] {
+        let (status, body) = with(token, "/private");
+        assert_eq!(
+            (status, body.trim()),
+            (401, "Jwt verification fails"),
+            "{what}\n{}",
+            log()
+        );
+    }
+    let (status, body) = curl(&mesh, "a", &url("/private"));
+    assert_eq!(
+        (status, body.trim()),
+        (403, "RBAC: access denied"),
+        "no token: RequestAuthentication passes it, requestPrincipals [*] refuses it"
+    );
+    assert_eq!(with(&dev, "/admins").0, 403, "a claim it lacks");
+    assert_eq!(with(&admin, "/admins").0, 200, "a claim it has: {}", log());
+    assert!(
+        waypoint.log().contains("Audiences in Jwt are not allowed"),
+        "the reason is logged: {}",
+        log()
+    );
+}
