@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod fixtures;
 pub mod jwks;
 pub mod kube_source;
+pub mod require_waypoint;
 pub mod root_configmap;
 pub mod route_status;
 pub mod routes;

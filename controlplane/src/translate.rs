@@ -152,7 +152,7 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             ))
         })
         .collect();
-    let policies = authorizations(snap, mesh, &mut out);
+    let mut policies = authorizations(snap, mesh, &mut out);
     let peer_auths = peer_authentications(snap, mesh, &mut out);
     let waypoints = Waypoints::new(snap);
     let empty = BTreeMap::new();
@@ -179,6 +179,35 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             );
         }
     }
+    // Services that only their waypoint may reach: an L4 DENY for their endpoints.
+    let required = {
+        let addresses = &out.addresses;
+        let waypoint_of = |ns: &str, name: &str| {
+            let key = format!("{ns}/{name}.{ns}.svc.{}", mesh.domain_suffix);
+            let Some(pb::address::Type::Service(s)) = addresses.get(&key)?.r#type.as_ref() else {
+                return None;
+            };
+            match s.waypoint.as_ref()?.destination.as_ref()? {
+                pb::gateway_address::Destination::Hostname(h) => Some((
+                    h.namespace.clone(),
+                    h.hostname.split('.').next().unwrap_or_default().to_string(),
+                )),
+                pb::gateway_address::Destination::Address(_) => None,
+            }
+        };
+        crate::require_waypoint::policies(
+            &snap.services,
+            &snap.namespaces,
+            &snap.pods,
+            &mesh.trust_domain,
+            waypoint_of,
+            &mut out.errors,
+        )
+    };
+    for (p, _) in &required {
+        out.authorizations.insert(p.key(), to_proto(p));
+    }
+    policies.extend(required);
     for w in endpoint_slice_workloads(snap, mesh) {
         out.addresses.insert(
             w.uid.clone(),

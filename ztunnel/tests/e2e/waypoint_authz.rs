@@ -311,3 +311,51 @@ spec:
         log()
     );
 }
+
+#[test]
+fn require_waypoint_refuses_what_bypasses_the_waypoint_and_is_off_by_default() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    // The waypoint serves services only: pod-addressed traffic goes direct, around it.
+    xds_edit(&mesh, |t| {
+        crate::waypoint::bind_shop(t).replace(
+            "istio.io/waypoint-for: all",
+            "istio.io/waypoint-for: service",
+        )
+    });
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    let _apps = mesh.apps(&["b"]);
+    let pod_ip = mesh.v4("b", APP_PORT);
+    let vip: std::net::SocketAddr = format!("{VIP}:80").parse().unwrap();
+    // Off by default: the pod's address reaches it without the waypoint.
+    let direct = mesh.connect_one("a", pod_ip);
+    assert!(direct.reply.contains("served-by=b-app"), "{direct:?}");
+    // On: only the waypoint's identity may connect to the Service's endpoints.
+    xds_edit(&mesh, |t| {
+        t.replace(
+            "metadata: {name: web, namespace: shop}",
+            "metadata: {name: web, namespace: shop, annotations: {amesh.io/require-waypoint: \"true\"}}",
+        )
+    });
+    let reason = "denied by shop/amesh-require-waypoint-web";
+    amesh_testbed::eventually(
+        "the requirement in force",
+        std::time::Duration::from_secs(20),
+        || {
+            let r = mesh
+                .connect("a", &["--timeout-ms", "2000"], &[pod_ip])
+                .remove(0);
+            r.outcome.is_err().then_some(()).ok_or(format!("{r:?}"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    refused_because(&mesh, "a", pod_ip, "node2", reason);
+    // Through the waypoint it still works.
+    let (status, body) = curl(&mesh, "a", &format!("http://{vip}/ok"));
+    assert_eq!(status, 200, "{body}\n{}", waypoint.log());
+}
