@@ -91,11 +91,7 @@ fn decide(
             continue;
         }
         match p.action {
-            Action::Audit => {
-                if hit {
-                    audit_hits.push(p.key());
-                }
-            }
+            Action::Audit if hit => audit_hits.push(p.key()),
             Action::Deny if hit && deny.is_none() => deny = Some(p.key()),
             Action::Allow => {
                 allow_applies = true;

@@ -213,7 +213,7 @@ async fn handle(
             grpc,
             auth.as_ref(),
         ),
-        Err(refused) => Some(refused),
+        Err(refused) => Some(*refused),
     };
     let served = match (denied, service) {
         (Some(denied), _) => denied,
@@ -353,7 +353,7 @@ fn authenticate(
     destination: &Destination,
     parts: &mut Parts,
     grpc: bool,
-) -> Result<Option<amesh_policy::RequestAuth>, Served> {
+) -> Result<Option<amesh_policy::RequestAuth>, Box<Served>> {
     let table = inputs.policies.borrow().clone();
     let me = format!("{}/{}", inputs.me.namespace, inputs.me.hostname);
     let service = match destination {
@@ -380,7 +380,7 @@ fn authenticate(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"mesh\", error=\"invalid_token\""),
         );
-        served
+        Box::new(served)
     })
 }
 
