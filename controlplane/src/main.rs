@@ -91,6 +91,26 @@ struct Args {
     /// verified with.
     #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
     jwks_ca_file: PathBuf,
+    /// Istio's mesh configuration (YAML, what the `istio` ConfigMap's `mesh` key holds):
+    /// its `extensionProviders` serve CUSTOM AuthorizationPolicies. Default: Istio's mount,
+    /// `/etc/istio/config/mesh`, when it exists.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+}
+
+/// Reads the mesh configuration: the file given, else Istio's mount if there is one.
+fn mesh_config(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<amesh_policy::ext_authz::MeshConfig> {
+    let default = std::path::Path::new("/etc/istio/config/mesh");
+    let path = match path {
+        Some(p) => p,
+        None if default.is_file() => default,
+        None => return Ok(Default::default()),
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--mesh-config {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("--mesh-config {}", path.display()))
 }
 
 /// Lifetime of the serving certificate (renewed at half life while serving).
@@ -196,6 +216,7 @@ async fn source(
         cluster_id: args.cluster_id.clone(),
         trust_domain: args.trust_domain.clone(),
         jwks,
+        mesh_config: Arc::new(mesh_config(args.mesh_config.as_deref())?),
         ..Mesh::default()
     };
     match (kube, &args.source_dir) {

@@ -45,6 +45,8 @@ pub struct Mesh {
     pub root_namespace: String,
     /// Where RequestAuthentication's `jwksUri` keys come from.
     pub jwks: crate::jwks::Jwks,
+    /// Istio's mesh configuration (extension providers for CUSTOM policies).
+    pub mesh_config: std::sync::Arc<amesh_policy::ext_authz::MeshConfig>,
 }
 
 impl Default for Mesh {
@@ -55,6 +57,7 @@ impl Default for Mesh {
             domain_suffix: "cluster.local".into(),
             root_namespace: "istio-system".into(),
             jwks: crate::jwks::Jwks::default(),
+            mesh_config: Default::default(),
         }
     }
 }

@@ -86,7 +86,28 @@ pub fn translate(
             errors.push(reject(reason));
             continue;
         }
-        let spec_json = match serde_json::to_string(&t.policy) {
+        let authorizer = match &t.provider {
+            None => None,
+            Some(provider) => match amesh_policy::ext_authz::resolve(
+                &mesh.mesh_config,
+                provider,
+                &mesh.domain_suffix,
+            ) {
+                Ok(a) => Some(a),
+                Err(reason) => {
+                    errors.push(reject(reason));
+                    continue;
+                }
+            },
+        };
+        let encoded = serde_json::to_string(&t.policy).and_then(|spec| {
+            let authorizer = match &authorizer {
+                Some(a) => serde_json::to_string(a)?,
+                None => String::new(),
+            };
+            Ok((spec, authorizer))
+        });
+        let (spec_json, authorizer_json) = match encoded {
             Ok(j) => j,
             Err(e) => {
                 errors.push(reject(format!("cannot be encoded: {e}")));
@@ -102,6 +123,7 @@ pub fn translate(
                 waypoints,
                 services,
                 spec_json,
+                authorizer_json,
             },
         );
     }
@@ -179,6 +201,7 @@ fn request_authentications(
                 waypoints,
                 services,
                 spec_json,
+                authorizer_json: String::new(),
             },
         );
     }

@@ -77,8 +77,17 @@ pub struct AuthorizationPolicySpec {
     pub target_refs: Vec<serde_json::Value>,
     #[serde(default)]
     pub action: Option<String>,
+    /// CUSTOM's extension provider.
+    #[serde(default)]
+    pub provider: Option<ProviderRef>,
     #[serde(default)]
     pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProviderRef {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,7 +189,7 @@ impl Translated {
             return None;
         }
         let effect = match self.policy.action {
-            Action::Allow | Action::Audit => {
+            Action::Allow | Action::Audit | Action::Custom => {
                 "the ALLOW rules that use them are left out, so they allow nothing"
             }
             Action::Deny => {
@@ -692,6 +701,8 @@ pub fn target_refs(
 pub struct WaypointTranslated {
     pub policy: Authorization,
     pub targets: Vec<TargetRef>,
+    /// CUSTOM: the extension provider's name.
+    pub provider: Option<String>,
 }
 
 /// Translates an `AuthorizationPolicy` that targets waypoints (`targetRef(s)` to a Gateway,
@@ -717,12 +728,23 @@ pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTransla
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
         "AUDIT" => Action::Audit,
+        "CUSTOM" => Action::Custom,
         other => {
             return Err(ctx.invalid(
                 "spec.action".into(),
-                format!("{other} is not supported at amesh's waypoint yet (ALLOW, DENY, AUDIT)"),
+                format!("{other} is not an action (ALLOW, DENY, AUDIT, CUSTOM)"),
             ));
         }
+    };
+    let provider = match (action, p.spec.provider.as_ref()) {
+        (Action::Custom, Some(pr)) if !pr.name.is_empty() => Some(pr.name.clone()),
+        (Action::Custom, _) => {
+            return Err(ctx.invalid(
+                "spec.provider.name".into(),
+                "CUSTOM needs the name of an extension provider".into(),
+            ));
+        }
+        _ => None,
     };
     let targets = target_refs(&refs, namespace).map_err(|(f, r)| ctx.invalid(f, r))?;
     let mut rules = Vec::new();
@@ -740,6 +762,7 @@ pub fn waypoint_policy(p: &AuthorizationPolicy) -> Result<Option<WaypointTransla
             dry_run: false,
         },
         targets,
+        provider,
     }))
 }
 

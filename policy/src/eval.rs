@@ -48,6 +48,8 @@ pub struct Outcome {
     pub dry_run_hits: Vec<(String, Action)>,
     /// AUDIT policies whose rules matched (`namespace/name`).
     pub audit_hits: Vec<String>,
+    /// CUSTOM policies whose rules matched: the request goes to their authorizer first.
+    pub custom_hits: Vec<String>,
 }
 
 /// Evaluates `policies` (those that apply to the destination) for `conn`.
@@ -74,6 +76,7 @@ fn decide(
     let principal = conn.source.map(Identity::principal);
     let mut dry_run_hits = Vec::new();
     let mut audit_hits = Vec::new();
+    let mut custom_hits = Vec::new();
     let mut deny = None;
     let (mut allow_applies, mut allowed_by) = (false, None);
     for p in policies {
@@ -92,6 +95,7 @@ fn decide(
         }
         match p.action {
             Action::Audit if hit => audit_hits.push(p.key()),
+            Action::Custom if hit => custom_hits.push(p.key()),
             Action::Deny if hit && deny.is_none() => deny = Some(p.key()),
             Action::Allow => {
                 allow_applies = true;
@@ -113,6 +117,7 @@ fn decide(
         decision,
         dry_run_hits,
         audit_hits,
+        custom_hits,
     }
 }
 

@@ -508,9 +508,10 @@ fn what_a_waypoint_cannot_enforce_is_refused_with_the_reason() {
     let cases = [
         (
             "action: CUSTOM",
-            "spec.action",
-            "not supported at amesh's waypoint yet",
+            "spec.provider.name",
+            "needs the name of an extension provider",
         ),
+        ("action: ALLOWED", "spec.action", "not an action"),
         (
             "rules: [{when: [{key: experimental.envoy.filters.http.foo, values: [x]}]}]",
             "spec.rules[0].when[0].key",

@@ -11,6 +11,7 @@
 
 pub mod crd;
 pub mod eval;
+pub mod ext_authz;
 pub mod jwt;
 pub mod l7;
 pub mod model;

@@ -25,6 +25,9 @@ pub enum Action {
     /// Istio's AUDIT: a match is logged and counted, never changes the outcome (at L4 it
     /// travels as a dry-run ALLOW, which means the same).
     Audit,
+    /// Istio's CUSTOM: a match sends the request to an external authorizer, whose answer
+    /// comes before DENY and ALLOW (waypoints only; refused at L4).
+    Custom,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -66,12 +66,12 @@ pub fn to_proto(p: &Authorization) -> sec::Authorization {
             Scope::WorkloadSelector => sec::Scope::WorkloadSelector,
         } as i32,
         action: match p.action {
-            Action::Allow | Action::Audit => sec::Action::Allow,
+            Action::Allow | Action::Audit | Action::Custom => sec::Action::Allow,
             Action::Deny => sec::Action::Deny,
         } as i32,
         groups,
-        // AUDIT never changes an outcome: a dry run.
-        dry_run: p.dry_run || p.action == Action::Audit,
+        // AUDIT never changes an outcome: a dry run (CUSTOM never reaches ztunnel).
+        dry_run: p.dry_run || matches!(p.action, Action::Audit | Action::Custom),
         extensions: vec![],
     }
 }

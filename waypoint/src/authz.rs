@@ -38,6 +38,8 @@ pub struct Policy {
     /// `<namespace>/<hostname>` of Services whose requests it applies to.
     pub services: Vec<String>,
     pub kind: Kind,
+    /// A CUSTOM policy's external authorizer.
+    pub authorizer: Option<Arc<amesh_policy::ext_authz::HttpAuthorizer>>,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
@@ -63,10 +65,25 @@ pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
             ));
         }
     };
+    let authorizer = match p.authorizer_json.as_str() {
+        "" => None,
+        json => Some(Arc::new(
+            serde_json::from_str(json).map_err(|e| invalid("authorizerJson", e.to_string()))?,
+        )),
+    };
+    if let Kind::Authorization(a) = &kind
+        && (a.action == amesh_policy::Action::Custom) != authorizer.is_some()
+    {
+        return Err(invalid(
+            "authorizerJson",
+            "a CUSTOM policy needs an authorizer, and only a CUSTOM one".into(),
+        ));
+    }
     Ok(Policy {
         waypoints: p.waypoints,
         services: p.services,
         kind,
+        authorizer,
     })
 }
 
@@ -104,6 +121,14 @@ impl Table {
                 Kind::Jwt(_) => None,
             })
             .collect()
+    }
+
+    /// The external authorizer of CUSTOM policy `key` (`namespace/name`).
+    pub fn authorizer(&self, key: &str) -> Option<Arc<amesh_policy::ext_authz::HttpAuthorizer>> {
+        self.policies.iter().find_map(|p| match &p.kind {
+            Kind::Authorization(a) if a.key() == key => p.authorizer.clone(),
+            _ => None,
+        })
     }
 
     /// The JWT rules of the RequestAuthentications that apply, likewise.
@@ -225,6 +250,7 @@ mod tests {
                 rules: vec![],
                 dry_run: false,
             }),
+            authorizer: None,
         })
     }
 

@@ -32,7 +32,7 @@ use std::{
 };
 use tracing::{debug, info, warn};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Longest request head accepted (larger: 431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -203,16 +203,21 @@ async fn handle(
     let table = inputs.routes.borrow().clone();
     // The end user, then policy, then routing (Envoy's jwt_authn and RBAC filters run
     // before the router).
+    let mut downstream = Vec::new();
     let denied = match authenticate(inputs, destination, &mut parts, grpc) {
-        Ok(auth) => authorize(
-            inputs,
-            caller,
-            destination,
-            target,
-            &parts,
-            grpc,
-            auth.as_ref(),
-        ),
+        Ok(auth) => {
+            authorize(
+                inputs,
+                caller,
+                destination,
+                target,
+                &mut parts,
+                grpc,
+                auth.as_ref(),
+                &mut downstream,
+            )
+            .await
+        }
         Err(refused) => Some(*refused),
     };
     let served = match (denied, service) {
@@ -229,6 +234,10 @@ async fn handle(
         // No route for the service (or a workload addressed directly): to where it was sent.
         (None, _) => attempt(inputs, caller, target, parts, body, None).await,
     };
+    let mut served = served;
+    for (k, v) in downstream {
+        served.resp.headers_mut().append(k, v);
+    }
     // A trailers-only gRPC answer (an error) has its status in the head; otherwise it
     // comes in the trailers, and the request is counted when the response ends.
     let grpc_status = served
@@ -281,14 +290,19 @@ async fn handle(
 /// The AuthorizationPolicies' verdict on a request, before it is routed: `Some` answer when
 /// it is denied (403 `RBAC: access denied`; for gRPC, PERMISSION_DENIED), logged with the
 /// deciding policy.
-fn authorize(
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the request's context, its head and what the answer gets"
+)]
+async fn authorize(
     inputs: &Arc<Inputs>,
     caller: &Caller,
     destination: &Destination,
     target: SocketAddr,
-    parts: &Parts,
+    parts: &mut Parts,
     grpc: bool,
     auth: Option<&amesh_policy::RequestAuth>,
+    downstream: &mut Vec<(http::HeaderName, HeaderValue)>,
 ) -> Option<Served> {
     let host = parts
         .headers
@@ -306,6 +320,23 @@ fn authorize(
         sni: None,
     };
     let outcome = crate::authz::decide(inputs, caller, destination, target, Some(&request));
+    // CUSTOM first: a matching policy's authorizer has the first word.
+    if let Some(custom) = outcome.custom_hits.first() {
+        let table = inputs.policies.borrow().clone();
+        if let Some(authorizer) = table.authorizer(custom) {
+            match crate::ext_authz::check(inputs, caller, &authorizer, target, parts).await {
+                crate::ext_authz::Verdict::Allow { downstream: d } => downstream.extend(d),
+                crate::ext_authz::Verdict::Deny(resp) => {
+                    info!(policy = %custom, src.identity = %caller.identity, "request denied by policy (CUSTOM)");
+                    return Some(Served {
+                        resp,
+                        endpoint: None,
+                        flag: "UAEX",
+                    });
+                }
+            }
+        }
+    }
     let amesh_policy::Decision::Deny { by } = outcome.decision else {
         return None;
     };
@@ -727,7 +758,7 @@ fn redirect_location(
     format!("{scheme_out}://{host_out}{port_text}{path_out}{query}")
 }
 
-fn full(b: Bytes) -> Body {
+pub(crate) fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
 
@@ -747,6 +778,20 @@ impl Forward {
             Self::Http(_) => "UC",
         }
     }
+}
+
+/// One request to an endpoint of `target` (an external authorizer's check), its failure
+/// as text.
+pub(crate) async fn forward_request(
+    inputs: &Inputs,
+    caller: &Caller,
+    target: SocketAddr,
+    req: Request<Body>,
+) -> Result<Response<Body>, String> {
+    forward(inputs, caller, target, req)
+        .await
+        .map(|(resp, _)| resp)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether requests to `target` go on as HTTP/2: its port is declared HTTP/2 or gRPC.

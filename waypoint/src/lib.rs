@@ -15,6 +15,7 @@ pub mod authz;
 pub mod bound;
 pub mod config;
 pub mod counted;
+pub mod ext_authz;
 pub mod http;
 pub mod jwt;
 pub mod metrics;

@@ -298,6 +298,7 @@ fn policy(p: &Authorization) -> Value {
             Action::Allow => "Allow",
             Action::Deny => "Deny",
             Action::Audit => "Audit",
+            Action::Custom => "Custom",
         },
         "rules": rules,
         "dryRun": p.dry_run,

@@ -137,7 +137,9 @@ impl From<amesh_policy::Action> for PolicyAction {
     fn from(a: amesh_policy::Action) -> Self {
         match a {
             // An AUDIT policy reaches ztunnel only as a dry-run ALLOW.
-            amesh_policy::Action::Allow | amesh_policy::Action::Audit => Self::Allow,
+            amesh_policy::Action::Allow
+            | amesh_policy::Action::Audit
+            | amesh_policy::Action::Custom => Self::Allow,
             amesh_policy::Action::Deny => Self::Deny,
         }
     }

@@ -359,3 +359,126 @@ fn require_waypoint_refuses_what_bypasses_the_waypoint_and_is_off_by_default() {
     let (status, body) = curl(&mesh, "a", &format!("http://{vip}/ok"));
     assert_eq!(status, 200, "{body}\n{}", waypoint.log());
 }
+
+#[test]
+fn custom_policies_ask_the_external_authorizer_first() {
+    amesh_testbed::require_root();
+    let specs = vec![
+        pod("a", "shop", "node1"),
+        PodSpec {
+            in_service: true,
+            ..pod("b", "shop", "node2")
+        },
+        pod("c", "shop", "node2"),
+        crate::waypoint::WP,
+    ];
+    let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
+    let objects = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: shop}
+spec: {clusterIP: 10.96.0.19, selector: {app: c}, ports: [{name: http, port: 8000, targetPort: 8000}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules: [{to: [{operation: {paths: ["/guarded/*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  action: CUSTOM
+  provider: {name: nowhere}
+  rules: [{to: [{operation: {paths: ["/broken/*"]}}]}]
+"#;
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    let mesh_config = mesh.dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh_config,
+        "extensionProviders:\n\
+         - name: sample-ext-authz-http\n  envoyExtAuthzHttp:\n    service: ext-authz.shop.svc.cluster.local\n    port: 8000\n    timeout: 2s\n    includeRequestHeadersInCheck: [x-ext-authz, x-ext-authz-user]\n    headersToUpstreamOnAllow: [x-user]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result, content-type]\n\
+         - name: nowhere\n  envoyExtAuthzHttp: {service: ghost.shop.svc.cluster.local, port: 80, statusOnError: \"503\"}\n",
+    )
+    .expect("mesh config");
+    mesh.control_plane_source.extend([
+        "--mesh-config".to_string(),
+        mesh_config.display().to_string(),
+    ]);
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    let _app = mesh.apps(&["b"]);
+    let mut cmd = mesh.pod("c").command("/usr/bin/python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/extauthz/ext_authz.py"
+    ))
+    .arg("8000");
+    let authorizer = mesh.pod("c").spawn(cmd).expect("the authorizer");
+    assert_eq!(
+        authorizer
+            .next_line(std::time::Duration::from_secs(10))
+            .as_deref(),
+        Some("ready"),
+        "{}",
+        authorizer.stderr()
+    );
+    let url = |path: &str| format!("http://{VIP}{path}");
+    let log = || waypoint.log();
+
+    // Allowed by the authorizer: the header it sets reaches the app.
+    let (status, body) = curl_with(
+        &mesh,
+        "a",
+        &["-H", "x-ext-authz: allow", "-H", "x-ext-authz-user: dana"],
+        &url("/guarded/page"),
+    );
+    assert_eq!(status, 200, "{body}\n{}", log());
+    assert!(
+        body.contains("x-user=dana"),
+        "the authorizer's header went upstream: {body}"
+    );
+    // Denied: the authorizer's status, body and listed header reach the client.
+    let out = mesh
+        .pod("a")
+        .command("curl")
+        .args(["-sS", "-i", "--max-time", "10", &url("/guarded/page")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 403"), "{text}\n{}", log());
+    assert!(text.contains("x-ext-authz-check-result: denied"), "{text}");
+    assert!(
+        text.contains("denied by ext_authz for /guarded/page"),
+        "{text}"
+    );
+    // Not matched by the CUSTOM rule: never sent to the authorizer.
+    let checks_before = authorizer.stderr().matches("check ").count();
+    assert_eq!(curl(&mesh, "a", &url("/open")).0, 200);
+    assert_eq!(
+        authorizer.stderr().matches("check ").count(),
+        checks_before,
+        "no check for a path the policy does not match"
+    );
+    // An authorizer that cannot be reached: statusOnError, not a pass.
+    assert_eq!(curl(&mesh, "a", &url("/broken/x")).0, 503, "{}", log());
+    let m = metrics(&waypoint);
+    assert!(
+        waypoint_requests(&m, &["response_code=\"403\"", "response_flags=\"UAEX\""]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        log().contains("request denied by policy (CUSTOM)"),
+        "{}",
+        log()
+    );
+}
