@@ -146,3 +146,40 @@ fn the_control_plane_follows_the_release_namespace() {
     assert_eq!(flag(cp, "--dns-name"), "istiod.mesh.svc");
     assert_eq!(flag(cp, "--ca-secret"), "mesh/istio-ca-secret");
 }
+
+#[test]
+fn mesh_config_becomes_istios_configmap_where_istiod_reads_it() {
+    // One --set: the list element is built whole.
+    let provider = "controlPlane.meshConfig.extensionProviders[0]";
+    let text = render_py(&[
+        "--set",
+        &format!(
+            "{provider}.name=ext-authz,{provider}.envoyExtAuthzHttp.service=ext-authz.foo.svc.cluster.local,{provider}.envoyExtAuthzHttp.port=8000"
+        ),
+    ]);
+    let docs: Vec<serde_yaml::Value> = text
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str(d).ok())
+        .collect();
+    let configmap = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "istio")
+        .expect("the istio ConfigMap");
+    let mesh: serde_yaml::Value =
+        serde_yaml::from_str(configmap["data"]["mesh"].as_str().expect("its mesh key")).unwrap();
+    let provider = &mesh["extensionProviders"][0];
+    assert_eq!(provider["name"], "ext-authz");
+    assert_eq!(provider["envoyExtAuthzHttp"]["port"], 8000);
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "istiod")
+        .expect("istiod");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(spec["volumes"][0]["configMap"]["name"], "istio");
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/istio/config"
+    );
+    // Without it: no ConfigMap, no mount.
+    assert!(!committed().contains("name: mesh-config"));
+}
