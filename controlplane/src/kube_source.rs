@@ -60,11 +60,20 @@ struct Caches {
     http_routes: Store<DynamicObject>,
     grpc_routes: Store<DynamicObject>,
     tcp_routes: Store<DynamicObject>,
+    virtual_services: Store<DynamicObject>,
+    destination_rules: Store<DynamicObject>,
 }
 
 fn istio_security(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("security.istio.io", "v1", kind),
+        plural,
+    )
+}
+
+fn istio_networking(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", kind),
         plural,
     )
 }
@@ -169,6 +178,16 @@ impl Caches {
             http_routes: convert(self.http_routes.state(), "HTTPRoute", &mut rejected),
             grpc_routes: convert(self.grpc_routes.state(), "GRPCRoute", &mut rejected),
             tcp_routes: convert(self.tcp_routes.state(), "TCPRoute", &mut rejected),
+            virtual_services: convert(
+                self.virtual_services.state(),
+                "VirtualService",
+                &mut rejected,
+            ),
+            destination_rules: convert(
+                self.destination_rules.state(),
+                "DestinationRule",
+                &mut rejected,
+            ),
         };
         (snapshot, rejected)
     }
@@ -216,6 +235,8 @@ impl Caches {
             (&self.http_routes, "HTTPRoute"),
             (&self.grpc_routes, "GRPCRoute"),
             (&self.tcp_routes, "TCPRoute"),
+            (&self.virtual_services, "VirtualService"),
+            (&self.destination_rules, "DestinationRule"),
         ] {
             // One bound for all of them: a cluster without the CRDs waits it out once.
             match tokio::time::timeout_at(deadline, store.wait_until_ready()).await {
@@ -363,6 +384,16 @@ pub async fn publish_kube(
         tcp_routes: dynamic(
             &client,
             gateway_api_version("v1alpha2", "TCPRoute", "tcproutes"),
+            &changed,
+        ),
+        virtual_services: dynamic(
+            &client,
+            istio_networking("VirtualService", "virtualservices"),
+            &changed,
+        ),
+        destination_rules: dynamic(
+            &client,
+            istio_networking("DestinationRule", "destinationrules"),
             &changed,
         ),
     };

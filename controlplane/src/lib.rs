@@ -21,6 +21,7 @@ pub mod serve;
 pub mod serving_cert;
 pub mod translate;
 pub mod watch;
+pub mod virtual_services;
 pub mod waypoint_controller;
 pub mod waypoint_policies;
 pub mod waypoints;

@@ -493,6 +493,7 @@ fn rules_of(
             retry,
             // Set by the caller, which knows the kind it read.
             kind: 0,
+            fault: None,
         });
     }
     Ok(out)
@@ -534,6 +535,7 @@ fn match_of(m: &HttpRouteRulesMatches, field: &str) -> Result<pb::Match, RouteEr
             name,
             value: value.to_string(),
             regex,
+            prefix: false,
         })
     };
     let headers = m
@@ -568,6 +570,7 @@ fn match_of(m: &HttpRouteRulesMatches, field: &str) -> Result<pb::Match, RouteEr
         headers,
         query_params,
         method,
+        ..Default::default()
     })
 }
 

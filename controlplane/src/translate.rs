@@ -268,6 +268,13 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
     }
     out.route_status =
         crate::routes::translate(snap, mesh, &out.addresses, &mut out.routes, &mut out.errors);
+    crate::virtual_services::translate(
+        snap,
+        mesh,
+        &out.addresses,
+        &mut out.routes,
+        &mut out.errors,
+    );
     crate::waypoint_policies::translate(snap, mesh, &mut out.waypoint_policies, &mut out.errors);
     out
 }

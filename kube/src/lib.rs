@@ -11,6 +11,7 @@
 pub mod dir_source;
 pub mod driver;
 pub mod enrollment;
+pub mod networking;
 pub mod source;
 pub mod workload_name;
 pub mod yaml_guard;

@@ -73,6 +73,8 @@ pub enum Object {
     /// Read with the Gateway API's experimental fields (`retry`), a superset of v1's.
     HttpRoute(Box<HttpRoute>),
     GrpcRoute(Box<GrpcRoute>),
+    VirtualService(Box<crate::networking::VirtualService>),
+    DestinationRule(Box<crate::networking::DestinationRule>),
     TcpRoute(Box<TcpRoute>),
 }
 
@@ -91,6 +93,8 @@ pub struct Snapshot {
     pub gateway_classes: Vec<GatewayClass>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    pub virtual_services: Vec<crate::networking::VirtualService>,
+    pub destination_rules: Vec<crate::networking::DestinationRule>,
     pub tcp_routes: Vec<TcpRoute>,
 }
 
@@ -108,6 +112,8 @@ impl Snapshot {
             Object::GatewayClass(o) => self.gateway_classes.push(*o),
             Object::HttpRoute(o) => self.http_routes.push(*o),
             Object::GrpcRoute(o) => self.grpc_routes.push(*o),
+            Object::VirtualService(o) => self.virtual_services.push(*o),
+            Object::DestinationRule(o) => self.destination_rules.push(*o),
             Object::TcpRoute(o) => self.tcp_routes.push(*o),
         }
     }
@@ -291,6 +297,14 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
             Object::HttpRoute(serde_json::from_value(value).map_err(err)?)
         }
+        (
+            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+            "VirtualService",
+        ) => Object::VirtualService(serde_json::from_value(value).map_err(err)?),
+        (
+            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+            "DestinationRule",
+        ) => Object::DestinationRule(serde_json::from_value(value).map_err(err)?),
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
             Object::GrpcRoute(serde_json::from_value(value).map_err(err)?)
         }

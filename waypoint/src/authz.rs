@@ -223,15 +223,11 @@ pub fn decide(
     outcome
 }
 
-/// The original client as the nearest proxy in front reports it (the first
-/// `x-forwarded-for` entry), else the caller: `remote.ip` and `remoteIpBlocks`.
-pub fn remote_ip(headers: &http::HeaderMap, caller: std::net::IpAddr) -> std::net::IpAddr {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(caller)
+/// The original client for `remote.ip` and `remoteIpBlocks`: the caller's address, as
+/// Envoy takes it with Istio's default of no trusted proxies (`numTrustedProxies: 0`). A
+/// client's own `x-forwarded-for` is never believed: it could name any address.
+pub fn remote_ip(caller: std::net::IpAddr) -> std::net::IpAddr {
+    caller
 }
 
 #[cfg(test)]

@@ -122,6 +122,67 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// RFC 3986 normalization of a path: percent-encoded unreserved characters decoded (`%61`
+/// is `a`; an encoded `/` stays encoded), then `.` and `..` segments removed.
+fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = path.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+            && (b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            decoded.push(b as char);
+            i += 3;
+            continue;
+        }
+        // Safe: `i` only ever advances over ASCII or whole characters.
+        let c = path[i..].chars().next().unwrap_or('\u{fffd}');
+        decoded.push(c);
+        i += c.len_utf8();
+    }
+    let trailing = decoded.ends_with("/.") || decoded.ends_with("/..") || decoded.ends_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut joined = format!("/{}", out.join("/"));
+    if trailing && !joined.ends_with('/') {
+        joined.push('/');
+    }
+    joined
+}
+
+fn normalize_uri(parts: &mut Parts) {
+    let path = parts.uri.path();
+    if !path.starts_with('/') {
+        return;
+    }
+    let normal = normalize_path(path);
+    if normal == path {
+        return;
+    }
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+}
+
 /// A fresh request id: 128 random bits as a UUID (version 4) string, as Envoy makes them.
 fn request_id() -> HeaderValue {
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
@@ -193,6 +254,9 @@ async fn handle(
             .insert(TRACEPARENT, amesh_hbone::metadata::new_traceparent());
     }
     strip_hop_by_hop(&mut parts.headers);
+    // One path for policy, routing and the upstream alike (Istio's BASE normalization):
+    // `/public/../admin` is judged, routed and sent as `/admin`.
+    normalize_uri(&mut parts);
     let request_id = parts.headers.get("x-request-id").cloned();
     let grpc = is_grpc(&parts.headers);
     let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
@@ -223,7 +287,7 @@ async fn handle(
     let served = match (denied, service) {
         (Some(denied), _) => denied,
         (None, Some(key)) if table.has_routes(&key, target.port()) => {
-            match table.find(&key, target.port(), &parts) {
+            match table.find(&key, target.port(), &parts, &caller.identity.namespace) {
                 Some(entry) => {
                     let entry = entry.clone();
                     apply_rule(inputs, caller, &entry, target, parts, body).await
@@ -315,7 +379,7 @@ async fn authorize(
         host,
         path: parts.uri.path(),
         headers: &parts.headers,
-        remote_ip: crate::authz::remote_ip(&parts.headers, caller.addr.ip()),
+        remote_ip: crate::authz::remote_ip(caller.addr.ip()),
         auth,
         sni: None,
     };
@@ -1078,6 +1142,22 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_normalized_before_anything_judges_them() {
+        for (raw, want) in [
+            ("/public/../admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/a/b/../../../c", "/c"),
+            ("/a/%2Fb", "/a/%2Fb"),
+            ("/a/./", "/a/"),
+            ("/", "/"),
+            ("/a/b/..", "/a/"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_not_forwarded() {
         let mut h = http::HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("close, x-secret"));
@@ -1096,6 +1176,7 @@ mod tests {
             weight,
             filters: vec![],
             unresolved: None,
+            endpoints: vec![],
         }
     }
 

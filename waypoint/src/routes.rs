@@ -38,6 +38,7 @@ pub enum PathMatch {
 #[derive(Debug, Clone)]
 pub enum ValueMatch {
     Exact(String),
+    Prefix(String),
     Regex(Regex),
 }
 
@@ -45,6 +46,7 @@ impl ValueMatch {
     fn matches(&self, v: &str) -> bool {
         match self {
             Self::Exact(e) => e == v,
+            Self::Prefix(p) => v.starts_with(p.as_str()),
             // Whole-value, as the Gateway API's RE2 semantics are read by Envoy.
             Self::Regex(r) => r
                 .find(v)
@@ -59,6 +61,16 @@ pub struct Match {
     pub headers: Vec<(http::HeaderName, ValueMatch)>,
     pub query: Vec<(String, ValueMatch)>,
     pub method: Option<http::Method>,
+    /// Headers that must not match (VirtualService `withoutHeaders`).
+    pub not_headers: Vec<(http::HeaderName, ValueMatch)>,
+    /// The Host without its port must match.
+    pub authority: Option<ValueMatch>,
+    /// The path is compared without regard to case.
+    pub ignore_case: bool,
+    /// The caller's namespace must be one of these (empty: any).
+    pub source_namespaces: Vec<String>,
+    /// The destination port (0: any).
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -118,6 +130,8 @@ pub struct Backend {
     pub weight: u32,
     pub filters: Vec<Filter>,
     pub unresolved: Option<String>,
+    /// A subset: the workloads (uids) to pick among (empty: every endpoint).
+    pub endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +158,20 @@ pub struct Rule {
     pub retry: Option<Retry>,
     /// A TCPRoute's rule: its port is relayed as TCP to the backends.
     pub tcp: bool,
+    /// A VirtualService's: matched in the order written.
+    pub ordered: bool,
+    pub fault: Option<Fault>,
+}
+
+/// Istio's fault injection.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    pub delay: Option<Duration>,
+    pub delay_percent: f64,
+    pub abort_status: Option<http::StatusCode>,
+    /// A gRPC status code to answer gRPC requests with.
+    pub abort_grpc: Option<u32>,
+    pub abort_percent: f64,
 }
 
 fn regex(v: &str, field: &str) -> Result<Regex, Invalid> {
@@ -169,6 +197,8 @@ fn millis(ms: u64) -> Option<Duration> {
 fn value_match(m: &pb::ValueMatch, field: &str) -> Result<ValueMatch, Invalid> {
     Ok(if m.regex {
         ValueMatch::Regex(regex(&m.value, field)?)
+    } else if m.prefix {
+        ValueMatch::Prefix(m.value.clone())
     } else {
         ValueMatch::Exact(m.value.clone())
     })
@@ -216,6 +246,7 @@ fn backend(b: &pb::Backend, field: &str) -> Result<Backend, Invalid> {
                 b.unresolved.clone()
             }
         }),
+        endpoints: b.endpoints.clone(),
     })
 }
 
@@ -301,15 +332,23 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
                         .map_err(|e| invalid(format!("{field}.method"), e.to_string()))?,
                 ),
             },
+            not_headers: m
+                .not_headers
+                .iter()
+                .map(|h| Ok((header_name(&h.name, &field)?, value_match(h, &field)?)))
+                .collect::<Result<_, Invalid>>()?,
+            authority: m
+                .authority
+                .as_ref()
+                .map(|a| value_match(a, &format!("{field}.authority")))
+                .transpose()?,
+            ignore_case: m.ignore_case,
+            source_namespaces: m.source_namespaces.clone(),
+            port: port(m.port, &format!("{field}.port"))?,
         });
     }
     if matches.is_empty() {
-        matches.push(Match {
-            path: PathMatch::Prefix(String::new()),
-            headers: vec![],
-            query: vec![],
-            method: None,
-        });
+        matches.push(Match::everything());
     }
     Ok(Rule {
         name: name.to_string(),
@@ -345,7 +384,29 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
             attempts: r.attempts,
             backoff: Duration::from_millis(r.backoff_ms),
         }),
-        tcp: r.kind == pb::RouteKind::TcpRoute as i32,
+        tcp: r.kind == pb::RouteKind::TcpRoute as i32
+            || r.kind == pb::RouteKind::VirtualServiceTcp as i32,
+        ordered: r.kind == pb::RouteKind::VirtualService as i32,
+        fault: r
+            .fault
+            .map(|f| {
+                Ok::<_, Invalid>(Fault {
+                    delay: millis(f.delay_ms),
+                    delay_percent: f.delay_percent,
+                    abort_status: match f.abort_status {
+                        0 => None,
+                        s => Some(
+                            http::StatusCode::from_u16(
+                                u16::try_from(s).map_err(|_| invalid("fault.abortStatus", "bad"))?,
+                            )
+                            .map_err(|e| invalid("fault.abortStatus", e.to_string()))?,
+                        ),
+                    },
+                    abort_grpc: f.abort_grpc_status.checked_sub(1),
+                    abort_percent: f.abort_percent,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -375,8 +436,64 @@ impl PathMatch {
 }
 
 impl Match {
+    /// Every request (no match given).
+    pub fn everything() -> Self {
+        Self {
+            path: PathMatch::Prefix(String::new()),
+            headers: vec![],
+            query: vec![],
+            method: None,
+            not_headers: vec![],
+            authority: None,
+            ignore_case: false,
+            source_namespaces: vec![],
+            port: 0,
+        }
+    }
+
+    /// Whether it matches a request to `port` from a caller in `source_ns`.
+    pub fn matches_from(&self, parts: &http::request::Parts, port: u16, source_ns: &str) -> bool {
+        if self.port != 0 && self.port != port {
+            return false;
+        }
+        if !self.source_namespaces.is_empty() && !self.source_namespaces.iter().any(|n| n == source_ns) {
+            return false;
+        }
+        if let Some(a) = &self.authority {
+            let host = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .unwrap_or_default();
+            let bare = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+            if !a.matches(bare) {
+                return false;
+            }
+        }
+        let without = self.not_headers.iter().any(|(name, m)| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| m.matches(v))
+        });
+        !without && self.matches(parts)
+    }
+
     pub fn matches(&self, parts: &http::request::Parts) -> bool {
-        if !self.path.matches(parts.uri.path()) {
+        let path_ok = if self.ignore_case {
+            let lower = parts.uri.path().to_ascii_lowercase();
+            match &self.path {
+                PathMatch::Exact(p) => p.to_ascii_lowercase() == lower,
+                PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()).matches(&lower),
+                PathMatch::Regex(r) => Regex::new(&format!("(?i){}", r.as_str()))
+                    .is_ok_and(|r| r.find(parts.uri.path()).is_some_and(|m| m.start() == 0 && m.end() == parts.uri.path().len())),
+            }
+        } else {
+            self.path.matches(parts.uri.path())
+        };
+        if !path_ok {
             return false;
         }
         if self.method.as_ref().is_some_and(|m| *m != parts.method) {
@@ -459,13 +576,19 @@ impl Table {
                         && m.method.is_none()
                         && m.headers.is_empty()
                         && m.query.is_empty();
-                    let (kind, len) = if everything { (0, 0) } else { m.path.rank() };
+                    // A VirtualService's routes keep their order (first match wins).
+                    let (kind, len) = if everything || e.rule.ordered {
+                        (0, 0)
+                    } else {
+                        m.path.rank()
+                    };
+                    let ordered = e.rule.ordered;
                     (
                         kind,
                         len,
-                        m.method.is_some(),
-                        m.headers.len(),
-                        m.query.len(),
+                        m.method.is_some() && !ordered,
+                        if ordered { 0 } else { m.headers.len() },
+                        if ordered { 0 } else { m.query.len() },
                     )
                 };
                 key(b)
@@ -505,13 +628,19 @@ impl Table {
     }
 
     /// The first rule, in precedence order, that matches the request.
-    pub fn find(&self, service: &str, port: u16, parts: &http::request::Parts) -> Option<&Entry> {
+    pub fn find(
+        &self,
+        service: &str,
+        port: u16,
+        parts: &http::request::Parts,
+        source_ns: &str,
+    ) -> Option<&Entry> {
         self.by_service
             .get(service)?
             .iter()
             .filter(|(p, _)| *p == 0 || *p == port)
             .map(|(_, e)| e)
-            .find(|e| e.rule.matches[e.matched].matches(parts))
+            .find(|e| e.rule.matches[e.matched].matches_from(parts, port, source_ns))
     }
 }
 
@@ -594,7 +723,7 @@ mod tests {
     }
 
     fn winner(t: &Table, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
-        t.find("ns/web", 80, &request(uri, headers))
+        t.find("ns/web", 80, &request(uri, headers), "ns")
             .map(|e| e.rule.route.clone())
     }
 
@@ -606,6 +735,7 @@ mod tests {
                 name: "x-v".into(),
                 value: "2".into(),
                 regex: false,
+                prefix: false,
             }],
             ..path(Prefix, "/api")
         };
@@ -647,6 +777,7 @@ mod tests {
                 name: "debug".into(),
                 value: "1".into(),
                 regex: false,
+                prefix: false,
             }],
             method: "POST".into(),
             ..Default::default()
@@ -667,16 +798,16 @@ mod tests {
             p.method = http::Method::POST;
             p
         };
-        assert!(t.find("ns/web", 8080, &post("/x?debug=1")).is_some());
-        assert!(t.find("ns/web", 8080, &post("/x?debug=2")).is_none());
+        assert!(t.find("ns/web", 8080, &post("/x?debug=1"), "ns").is_some());
+        assert!(t.find("ns/web", 8080, &post("/x?debug=2"), "ns").is_none());
         assert!(
-            t.find("ns/web", 8080, &request("/x?debug=1", &[]))
+            t.find("ns/web", 8080, &request("/x?debug=1", &[]), "ns")
                 .is_none(),
             "GET"
         );
         assert!(!t.has_routes("ns/web", 80), "attached to port 8080 only");
         // An empty backend is kept, marked: its requests are answered 500.
-        let e = t.find("ns/web", 8080, &post("/x?debug=1")).unwrap();
+        let e = t.find("ns/web", 8080, &post("/x?debug=1"), "ns").unwrap();
         assert!(e.rule.backends[0].unresolved.is_some());
     }
 

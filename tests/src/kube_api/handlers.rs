@@ -300,7 +300,7 @@ pub(super) fn patch(shared: &Shared, request: &Request) -> Reply {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 15] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -309,6 +309,8 @@ const KNOWN: [&str; 13] = [
     "/apis/security.istio.io/v1/authorizationpolicies",
     "/apis/security.istio.io/v1/peerauthentications",
     "/apis/security.istio.io/v1/requestauthentications",
+    "/apis/networking.istio.io/v1/virtualservices",
+    "/apis/networking.istio.io/v1/destinationrules",
     "/apis/gateway.networking.k8s.io/v1/gateways",
     "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
     "/apis/gateway.networking.k8s.io/v1/httproutes",

@@ -95,6 +95,12 @@ fn roles_grant_exactly_what_each_component_uses() {
             "",
         ),
         (
+            "networking.istio.io",
+            "virtualservices destinationrules",
+            "get list watch",
+            "",
+        ),
+        (
             "gateway.networking.k8s.io",
             "gateways gatewayclasses httproutes grpcroutes tcproutes",
             "get list watch",

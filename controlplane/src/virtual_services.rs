@@ -1,0 +1,548 @@
+//! Istio's `VirtualService` (with `DestinationRule` subsets) for waypoints, translated into
+//! the same route rules the Gateway API routes become (one `HttpRouteRule` per `http` route,
+//! named `VirtualService/<namespace>/<name>/<index>`, kind VIRTUAL_SERVICE: matched in the
+//! order written, as Envoy does). What a route asks that the waypoint does not do yet is
+//! reported with its field and the route left out; the others apply.
+//!
+//! A Service with both HTTPRoutes and a VirtualService keeps its HTTPRoutes: the
+//! VirtualService's rules for it are dropped and the conflict is reported.
+
+use crate::translate::{Mesh, Rejected};
+use amesh_kube::{networking as vs, source::Snapshot};
+use amesh_proto::{route as pb, workload as wl};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug)]
+struct Invalid(String, String);
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid(field.into(), reason.into())
+}
+
+/// `reviews` (in the object's namespace), `reviews.ns`, or an FQDN: the Service key.
+fn service_key(host: &str, namespace: &str, mesh: &Mesh) -> String {
+    let suffix = format!(".svc.{}", mesh.domain_suffix);
+    let fqdn = if host.ends_with(&suffix) {
+        host.to_string()
+    } else if let Some((name, ns)) = host.split_once('.') {
+        if ns.contains('.') {
+            host.to_string()
+        } else {
+            format!("{name}.{ns}{suffix}")
+        }
+    } else {
+        format!("{host}.{namespace}{suffix}")
+    };
+    let ns = fqdn
+        .strip_suffix(&suffix)
+        .and_then(|r| r.split('.').nth(1))
+        .unwrap_or(namespace);
+    format!("{ns}/{fqdn}")
+}
+
+fn millis(d: &str, field: &str) -> Result<u64, Invalid> {
+    gateway_api::Duration::from_str(d)
+        .map(|d| d.as_millis() as u64)
+        .or_else(|_| {
+            // Istio also writes fractional seconds (`0.5s`).
+            d.strip_suffix('s')
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|s| *s >= 0.0)
+                .map(|s| (s * 1000.0) as u64)
+                .ok_or(())
+        })
+        .map_err(|_| invalid(field, format!("{d:?} is not a duration")))
+}
+
+use std::str::FromStr;
+
+fn value_match(name: String, m: &vs::StringMatch, field: &str) -> Result<pb::ValueMatch, Invalid> {
+    match (&m.exact, &m.prefix, &m.regex) {
+        (Some(v), None, None) => Ok(pb::ValueMatch {
+            name,
+            value: v.clone(),
+            ..Default::default()
+        }),
+        (None, Some(v), None) => Ok(pb::ValueMatch {
+            name,
+            value: v.clone(),
+            prefix: true,
+            ..Default::default()
+        }),
+        (None, None, Some(v)) => {
+            regex::Regex::new(v).map_err(|e| invalid(field, format!("not a regex: {e}")))?;
+            Ok(pb::ValueMatch {
+                name,
+                value: v.clone(),
+                regex: true,
+                ..Default::default()
+            })
+        }
+        // An empty match on a header: present with any value.
+        (None, None, None) => Ok(pb::ValueMatch {
+            name,
+            value: ".*".into(),
+            regex: true,
+            ..Default::default()
+        }),
+        _ => Err(invalid(field, "exactly one of exact, prefix, regex")),
+    }
+}
+
+fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
+    if !m.source_labels.is_empty() {
+        return Err(invalid(format!("{at}.sourceLabels"), "not supported yet at the waypoint"));
+    }
+    if !m.gateways.is_empty() {
+        return Err(invalid(format!("{at}.gateways"), "not supported at the waypoint (ingress gateways only)"));
+    }
+    let path = match &m.uri {
+        None => None,
+        Some(u) => {
+            let (kind, value) = match (&u.exact, &u.prefix, &u.regex) {
+                (Some(v), None, None) => (pb::path_match::Kind::Exact, v.clone()),
+                (None, Some(v), None) => (pb::path_match::Kind::Prefix, v.clone()),
+                (None, None, Some(v)) => {
+                    regex::Regex::new(v)
+                        .map_err(|e| invalid(format!("{at}.uri.regex"), format!("not a regex: {e}")))?;
+                    (pb::path_match::Kind::Regex, v.clone())
+                }
+                _ => return Err(invalid(format!("{at}.uri"), "exactly one of exact, prefix, regex")),
+            };
+            Some(pb::PathMatch {
+                kind: kind as i32,
+                value,
+            })
+        }
+    };
+    let method = match &m.method {
+        None => String::new(),
+        Some(vs::StringMatch { exact: Some(v), prefix: None, regex: None }) => v.clone(),
+        Some(_) => return Err(invalid(format!("{at}.method"), "only exact is supported")),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .map(|(k, v)| value_match(k.to_ascii_lowercase(), v, &format!("{at}.headers.{k}")))
+        .collect::<Result<_, _>>()?;
+    let not_headers = m
+        .without_headers
+        .iter()
+        .map(|(k, v)| value_match(k.to_ascii_lowercase(), v, &format!("{at}.withoutHeaders.{k}")))
+        .collect::<Result<_, _>>()?;
+    let query_params = m
+        .query_params
+        .iter()
+        .map(|(k, v)| value_match(k.clone(), v, &format!("{at}.queryParams.{k}")))
+        .collect::<Result<_, _>>()?;
+    let authority = m
+        .authority
+        .as_ref()
+        .map(|a| value_match(String::new(), a, &format!("{at}.authority")))
+        .transpose()?;
+    Ok(pb::Match {
+        path,
+        headers,
+        query_params,
+        method,
+        not_headers,
+        authority,
+        ignore_case: m.ignore_uri_case,
+        source_namespaces: m.source_namespace.iter().cloned().collect(),
+        port: m.port.unwrap_or(0),
+    })
+}
+
+fn modifier(h: &vs::HeaderOperations) -> pb::HeaderModifier {
+    let header = |(name, value): (&String, &String)| pb::Header {
+        name: name.clone(),
+        value: value.clone(),
+    };
+    pb::HeaderModifier {
+        set: h.set.iter().map(header).collect(),
+        add: h.add.iter().map(header).collect(),
+        remove: h.remove.clone(),
+    }
+}
+
+fn header_filters(h: &Option<vs::Headers>) -> Vec<pb::Filter> {
+    use pb::filter::Kind;
+    let mut out = Vec::new();
+    if let Some(h) = h {
+        if let Some(r) = &h.request {
+            out.push(pb::Filter {
+                kind: Some(Kind::RequestHeaders(modifier(r))),
+            });
+        }
+        if let Some(r) = &h.response {
+            out.push(pb::Filter {
+                kind: Some(Kind::ResponseHeaders(modifier(r))),
+            });
+        }
+    }
+    out
+}
+
+/// Everything needed to resolve destinations.
+struct Ctx<'a> {
+    namespace: &'a str,
+    mesh: &'a Mesh,
+    services: &'a BTreeMap<&'a str, &'a wl::Service>,
+    /// (service key, subset) → workload uids.
+    subsets: &'a BTreeMap<(String, String), Vec<String>>,
+}
+
+fn destination(ctx: &Ctx<'_>, d: &vs::Destination, weight: u32, field: &str) -> pb::Backend {
+    let key = service_key(&d.host, ctx.namespace, ctx.mesh);
+    let unresolved = |why: String| pb::Backend {
+        weight,
+        unresolved: why,
+        ..Default::default()
+    };
+    let Some(s) = ctx.services.get(key.as_str()) else {
+        return unresolved(format!("{field}: host {} is not a Service in the mesh", d.host));
+    };
+    let port = match d.port.as_ref().map(|p| p.number) {
+        Some(p) if p > 0 => p,
+        // Istio: the port may be left out when the Service has one.
+        _ if s.ports.len() == 1 => s.ports[0].service_port,
+        _ => return unresolved(format!("{field}: host {} has several ports; name one", d.host)),
+    };
+    if !s.ports.iter().any(|p| p.service_port == port) {
+        return unresolved(format!("{field}: Service {} has no port {port}", d.host));
+    }
+    let (endpoints, subset) = match &d.subset {
+        None => (Vec::new(), String::new()),
+        Some(name) => match ctx.subsets.get(&(key.clone(), name.clone())) {
+            Some(uids) if !uids.is_empty() => (uids.clone(), name.clone()),
+            Some(_) => return unresolved(format!("{field}: subset {name} of {} has no endpoint", d.host)),
+            None => return unresolved(format!("{field}: no DestinationRule defines subset {name} of {}", d.host)),
+        },
+    };
+    pb::Backend {
+        service: key,
+        port,
+        weight,
+        endpoints,
+        subset,
+        ..Default::default()
+    }
+}
+
+fn percent(p: &Option<vs::Percent>) -> f64 {
+    p.as_ref().map_or(100.0, |p| p.value.clamp(0.0, 100.0))
+}
+
+/// gRPC's status names, as VirtualService `grpcStatus` and `retryOn` write them.
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| i as u32)
+}
+
+fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRouteRule, Invalid> {
+    use pb::filter::Kind;
+    for (set, field) in [
+        (r.cors_policy.is_some(), "corsPolicy"),
+        (r.delegate.is_some(), "delegate"),
+        (r.direct_response.is_some(), "directResponse"),
+        (r.mirrors.is_some(), "mirrors"),
+        (
+            r.rewrite.as_ref().is_some_and(|w| w.uri_regex_rewrite.is_some()),
+            "rewrite.uriRegexRewrite",
+        ),
+    ] {
+        if set {
+            return Err(invalid(format!("{at}.{field}"), "not supported yet at the waypoint"));
+        }
+    }
+    let matches = r
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(j, m)| match_of(m, &format!("{at}.match[{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut filters = header_filters(&r.headers);
+    if let Some(red) = &r.redirect {
+        let status = red.redirect_code.unwrap_or(301);
+        if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+            return Err(invalid(format!("{at}.redirect.redirectCode"), format!("{status} is not a redirect")));
+        }
+        filters.push(pb::Filter {
+            kind: Some(Kind::Redirect(pb::Redirect {
+                scheme: red.scheme.clone().unwrap_or_default(),
+                hostname: red.authority.clone().unwrap_or_default(),
+                port: red.port.unwrap_or(0),
+                path: red.uri.as_ref().map(|u| pb::PathModifier {
+                    kind: pb::path_modifier::Kind::Full as i32,
+                    value: u.clone(),
+                }),
+                status,
+            })),
+        });
+    }
+    if let Some(w) = &r.rewrite {
+        // Istio: a uri rewrite replaces what the match matched when it was a prefix, else
+        // the whole path.
+        let prefix_matched = matches
+            .iter()
+            .any(|m| m.path.as_ref().is_some_and(|p| p.kind == pb::path_match::Kind::Prefix as i32));
+        filters.push(pb::Filter {
+            kind: Some(Kind::Rewrite(pb::Rewrite {
+                hostname: w.authority.clone().unwrap_or_default(),
+                path: w.uri.as_ref().map(|u| pb::PathModifier {
+                    kind: if prefix_matched {
+                        pb::path_modifier::Kind::Prefix
+                    } else {
+                        pb::path_modifier::Kind::Full
+                    } as i32,
+                    value: u.clone(),
+                }),
+            })),
+        });
+    }
+    if let Some(m) = &r.mirror {
+        filters.push(pb::Filter {
+            kind: Some(Kind::Mirror(pb::Mirror {
+                backend: Some(destination(ctx, m, 1, &format!("{at}.mirror"))),
+                percent: percent(&r.mirror_percentage).round() as u32,
+            })),
+        });
+    }
+    let single = r.route.len() == 1;
+    let backends = r
+        .route
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
+            let weight = match d.weight {
+                None if single => 100,
+                None => 0,
+                Some(w) => u32::try_from(w).map_err(|_| invalid(format!("{at}.route[{j}].weight"), "must not be negative"))?,
+            };
+            let mut b = destination(ctx, &d.destination, weight, &format!("{at}.route[{j}]"));
+            b.filters = header_filters(&d.headers);
+            Ok(b)
+        })
+        .collect::<Result<Vec<_>, Invalid>>()?;
+    if backends.is_empty() && r.redirect.is_none() {
+        return Err(invalid(format!("{at}.route"), "a route needs a destination or a redirect"));
+    }
+    let timeout = r.timeout.as_deref().map(|t| millis(t, &format!("{at}.timeout"))).transpose()?;
+    let retry = match &r.retries {
+        None => None,
+        Some(rt) => {
+            let mut codes = BTreeSet::new();
+            for cond in rt.retry_on.as_deref().unwrap_or("5xx,connect-failure").split(',') {
+                match cond.trim() {
+                    "5xx" => codes.extend(500..600),
+                    "gateway-error" => codes.extend([502, 503, 504]),
+                    "retriable-4xx" => {
+                        codes.insert(409);
+                    }
+                    // Connection failures are always retried.
+                    "connect-failure" | "reset" | "refused-stream" | "retriable-status-codes" | "" => {}
+                    c if c.parse::<u32>().is_ok() => {
+                        codes.extend(c.parse::<u32>().ok());
+                    }
+                    c if grpc_code(c).is_some() => {}
+                    c => return Err(invalid(format!("{at}.retries.retryOn"), format!("{c:?} is not a retry condition"))),
+                }
+            }
+            Some(pb::Retry {
+                codes: codes.into_iter().collect(),
+                attempts: u32::try_from(rt.attempts.unwrap_or(2)).unwrap_or(0),
+                backoff_ms: 25,
+            })
+        }
+    };
+    let backend_timeout = r
+        .retries
+        .as_ref()
+        .and_then(|rt| rt.per_try_timeout.as_deref())
+        .map(|t| millis(t, &format!("{at}.retries.perTryTimeout")))
+        .transpose()?;
+    let fault = match &r.fault {
+        None => None,
+        Some(f) => {
+            let delay = f.delay.as_ref();
+            let abort = f.abort.as_ref();
+            let delay_ms = delay
+                .and_then(|d| d.fixed_delay.as_deref())
+                .map(|d| millis(d, &format!("{at}.fault.delay.fixedDelay")))
+                .transpose()?
+                .unwrap_or(0);
+            let (abort_status, abort_grpc_status) = match abort {
+                None => (0, 0),
+                Some(a) => match (&a.http_status, &a.grpc_status) {
+                    (Some(s), None) if (200..600).contains(s) => (*s, 0),
+                    (None, Some(g)) => (
+                        200,
+                        grpc_code(g).ok_or_else(|| invalid(format!("{at}.fault.abort.grpcStatus"), format!("{g:?} is not a gRPC status")))? + 1,
+                    ),
+                    _ => return Err(invalid(format!("{at}.fault.abort"), "one of httpStatus (200-599) or grpcStatus")),
+                },
+            };
+            Some(pb::Fault {
+                delay_ms,
+                delay_percent: delay.map_or(0.0, |d| {
+                    d.percentage.as_ref().map_or_else(|| d.percent.map_or(100.0, f64::from), |p| p.value)
+                }),
+                abort_status,
+                abort_percent: abort.map_or(0.0, |a| percent(&a.percentage)),
+                abort_grpc_status,
+            })
+        }
+    };
+    Ok(pb::HttpRouteRule {
+        matches,
+        filters,
+        backends,
+        request_timeout_ms: timeout.unwrap_or(0),
+        backend_timeout_ms: backend_timeout.unwrap_or(0),
+        retry,
+        fault,
+        kind: pb::RouteKind::VirtualService as i32,
+        ..Default::default()
+    })
+}
+
+/// Subset → workload uids: the Service's endpoint pods with the subset's labels too.
+fn subsets(snap: &Snapshot, mesh: &Mesh) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out = BTreeMap::new();
+    for dr in &snap.destination_rules {
+        let ns = if dr.metadata.namespace.is_empty() { "default" } else { &dr.metadata.namespace };
+        let key = service_key(&dr.spec.host, ns, mesh);
+        let Some((svc_ns, fqdn)) = key.split_once('/') else { continue };
+        let name = fqdn.split('.').next().unwrap_or_default();
+        let selector = snap
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name) && s.metadata.namespace.as_deref() == Some(svc_ns))
+            .and_then(|s| s.spec.as_ref()?.selector.clone())
+            .unwrap_or_default();
+        for subset in &dr.spec.subsets {
+            let uids = snap
+                .pods
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == svc_ns)
+                .filter(|p| {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    !selector.is_empty()
+                        && selector.iter().chain(&subset.labels).all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .filter_map(|p| {
+                    Some(format!("{}//v1/Pod/{svc_ns}/{}", mesh.cluster_id, p.metadata.name.as_deref()?))
+                })
+                .collect();
+            out.insert((key.clone(), subset.name.clone()), uids);
+        }
+    }
+    out
+}
+
+/// Translates every VirtualService for the mesh into `out_routes` (after the Gateway API
+/// routes, whose Services it leaves alone).
+pub fn translate(
+    snap: &Snapshot,
+    mesh: &Mesh,
+    addresses: &BTreeMap<String, wl::Address>,
+    out_routes: &mut BTreeMap<String, pb::HttpRouteRule>,
+    errors: &mut Vec<Rejected>,
+) {
+    let services: BTreeMap<&str, &wl::Service> = addresses
+        .iter()
+        .filter_map(|(k, a)| match &a.r#type {
+            Some(wl::address::Type::Service(s)) => Some((k.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    let gateway_routed: BTreeSet<String> = out_routes
+        .values()
+        .flat_map(|r| r.parents.iter().map(|p| p.service.clone()))
+        .collect();
+    let subsets = subsets(snap, mesh);
+    for v in &snap.virtual_services {
+        let namespace = if v.metadata.namespace.is_empty() { "default" } else { v.metadata.namespace.as_str() };
+        let name = v.metadata.name.as_str();
+        let reject = |reason: String, partial: bool| Rejected {
+            kind: "VirtualService",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            reason,
+            partial,
+        };
+        // Bound to ingress gateways only: not the mesh's.
+        if !v.spec.gateways.is_empty() && !v.spec.gateways.iter().any(|g| g == "mesh") {
+            continue;
+        }
+        let ctx = Ctx { namespace, mesh, services: &services, subsets: &subsets };
+        let mut parents = Vec::new();
+        for (i, host) in v.spec.hosts.iter().enumerate() {
+            let key = service_key(host, namespace, mesh);
+            if !services.contains_key(key.as_str()) {
+                errors.push(reject(format!("spec.hosts[{i}]: {host} is not a Service in the mesh (ServiceEntry hosts are not supported yet)"), true));
+                continue;
+            }
+            if gateway_routed.contains(&key) {
+                errors.push(reject(format!("spec.hosts[{i}]: {host} also has HTTPRoutes, which take precedence; this VirtualService does not apply to it"), true));
+                continue;
+            }
+            parents.push(pb::Parent { service: key, port: 0 });
+        }
+        if parents.is_empty() {
+            continue;
+        }
+        if !v.spec.tls.is_empty() {
+            errors.push(reject("spec.tls: TLS routes are not supported yet at the waypoint".into(), true));
+        }
+        let created = v
+            .metadata
+            .creation_timestamp
+            .as_deref()
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_str(t).ok())
+            .map_or(0, |t| t.as_second());
+        for (i, r) in v.spec.http.iter().enumerate() {
+            match http_route(&ctx, r, &format!("spec.http[{i}]")) {
+                Ok(mut rule) => {
+                    rule.route = format!("{namespace}/{name}");
+                    rule.index = i as u32;
+                    rule.created = created;
+                    rule.parents = parents.clone();
+                    out_routes.insert(format!("VirtualService/{namespace}/{name}/{i}"), rule);
+                }
+                Err(Invalid(field, reason)) => errors.push(reject(format!("{field}: {reason}"), true)),
+            }
+        }
+        for (i, t) in v.spec.tcp.iter().enumerate() {
+            if !t.matches.is_empty() {
+                errors.push(reject(format!("spec.tcp[{i}].match: not supported yet; the route applies to every connection"), true));
+            }
+            let backends = t
+                .route
+                .iter()
+                .enumerate()
+                .map(|(j, d)| {
+                    let weight = d.weight.map_or(if t.route.len() == 1 { 100 } else { 0 }, |w| w.max(0) as u32);
+                    destination(&ctx, &d.destination, weight, &format!("spec.tcp[{i}].route[{j}]"))
+                })
+                .collect();
+            out_routes.insert(
+                format!("VirtualService/{namespace}/{name}/tcp{i}"),
+                pb::HttpRouteRule {
+                    route: format!("{namespace}/{name}"),
+                    index: 1000 + i as u32,
+                    created,
+                    parents: parents.clone(),
+                    backends,
+                    kind: pb::RouteKind::VirtualServiceTcp as i32,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
