@@ -37,7 +37,10 @@ fn declared(number: i32, name: &str, transport: &str, app_protocol: Option<&str>
     }
     // `grpc-web` is a protocol of its own (HTTP/1.1 or HTTP/2 from browsers): left to
     // detection, as istiod leaves it out of the workload API.
-    if text.len() >= 8 && text[..8].eq_ignore_ascii_case("grpc-web") {
+    if text
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("grpc-web"))
+    {
         return AppProtocol::Unknown;
     }
     let prefix = text.split('-').next().unwrap_or_default();

@@ -8,7 +8,7 @@
 
 use crate::translate::Rejected;
 use amesh_policy::{Action, Authorization, Clause, Match, Rule, Scope, StringMatch};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use std::collections::BTreeMap;
 
 /// The annotation (on the Service, else its namespace).
@@ -26,7 +26,6 @@ fn annotated(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
 pub fn policies(
     services: &[Service],
     namespaces: &[Namespace],
-    pods: &[Pod],
     trust_domain: &str,
     waypoint_of: impl Fn(&str, &str) -> Option<(String, String)>,
     errors: &mut Vec<Rejected>,
@@ -67,32 +66,12 @@ pub fn policies(
                 partial: true,
             })
         };
-        // Who may connect: the waypoint's pods, by their service accounts.
+        // Who may connect: the waypoint, by the service account its controller gives it (the
+        // Gateway's name), never one read from pods anyone could label as the waypoint's.
         let principals: Vec<StringMatch> = match waypoint_of(ns, name) {
-            Some((wns, wname)) => {
-                let mut sas: Vec<String> = pods
-                    .iter()
-                    .filter(|p| {
-                        p.metadata.namespace.as_deref().unwrap_or("default") == wns
-                            && p.metadata
-                                .labels
-                                .as_ref()
-                                .and_then(|l| l.get(crate::waypoints::GATEWAY_NAME))
-                                .is_some_and(|g| *g == wname)
-                    })
-                    .map(|p| {
-                        p.spec
-                            .as_ref()
-                            .and_then(|s| s.service_account_name.clone())
-                            .unwrap_or_else(|| "default".into())
-                    })
-                    .collect();
-                sas.sort();
-                sas.dedup();
-                sas.iter()
-                    .map(|sa| StringMatch::Exact(format!("{trust_domain}/ns/{wns}/sa/{sa}")))
-                    .collect()
-            }
+            Some((wns, wname)) => vec![StringMatch::Exact(format!(
+                "{trust_domain}/ns/{wns}/sa/{wname}"
+            ))],
             None => {
                 report(
                     format!(

@@ -429,3 +429,56 @@ spec:
         "addresses are not scoped"
     );
 }
+
+#[test]
+fn a_waypoint_policy_that_cannot_be_enforced_fails_closed_for_its_targets() {
+    let r = translated(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: opa, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: CUSTOM
+  provider: {name: not-configured}
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  rules: [{when: [{key: experimental.envoy.filters.x, values: ["1"]}]}]
+"#,
+    );
+    let policy = |name: &str| -> amesh_policy::Authorization {
+        let p = &r.waypoint_policies[&format!("AuthorizationPolicy/shop/{name}")];
+        assert_eq!(p.services, [WEB]);
+        serde_json::from_str(&p.spec_json).unwrap()
+    };
+    let opa = policy("opa");
+    assert_eq!(opa.action, amesh_policy::Action::Deny);
+    assert_eq!(
+        opa.rules,
+        [amesh_policy::Rule::default()],
+        "a rule that matches everything"
+    );
+    let readers = policy("readers");
+    assert_eq!(readers.action, amesh_policy::Action::Allow);
+    assert!(readers.rules.is_empty(), "allows nothing");
+    let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|e| e.contains("not in the mesh configuration")
+                && e.contains("meanwhile it denies every request")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|e| e.contains("Envoy filter metadata")
+                && e.contains("meanwhile it allows nothing")),
+        "{reasons:?}"
+    );
+}

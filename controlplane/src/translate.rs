@@ -201,7 +201,6 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         crate::require_waypoint::policies(
             &snap.services,
             &snap.namespaces,
-            &snap.pods,
             &mesh.trust_domain,
             waypoint_of,
             &mut out.errors,

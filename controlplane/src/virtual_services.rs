@@ -91,10 +91,16 @@ fn value_match(name: String, m: &vs::StringMatch, field: &str) -> Result<pb::Val
 
 fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
     if !m.source_labels.is_empty() {
-        return Err(invalid(format!("{at}.sourceLabels"), "not supported yet at the waypoint"));
+        return Err(invalid(
+            format!("{at}.sourceLabels"),
+            "not supported yet at the waypoint",
+        ));
     }
     if !m.gateways.is_empty() {
-        return Err(invalid(format!("{at}.gateways"), "not supported at the waypoint (ingress gateways only)"));
+        return Err(invalid(
+            format!("{at}.gateways"),
+            "not supported at the waypoint (ingress gateways only)",
+        ));
     }
     let path = match &m.uri {
         None => None,
@@ -103,11 +109,17 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
                 (Some(v), None, None) => (pb::path_match::Kind::Exact, v.clone()),
                 (None, Some(v), None) => (pb::path_match::Kind::Prefix, v.clone()),
                 (None, None, Some(v)) => {
-                    regex::Regex::new(v)
-                        .map_err(|e| invalid(format!("{at}.uri.regex"), format!("not a regex: {e}")))?;
+                    regex::Regex::new(v).map_err(|e| {
+                        invalid(format!("{at}.uri.regex"), format!("not a regex: {e}"))
+                    })?;
                     (pb::path_match::Kind::Regex, v.clone())
                 }
-                _ => return Err(invalid(format!("{at}.uri"), "exactly one of exact, prefix, regex")),
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.uri"),
+                        "exactly one of exact, prefix, regex",
+                    ));
+                }
             };
             Some(pb::PathMatch {
                 kind: kind as i32,
@@ -117,7 +129,11 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
     };
     let method = match &m.method {
         None => String::new(),
-        Some(vs::StringMatch { exact: Some(v), prefix: None, regex: None }) => v.clone(),
+        Some(vs::StringMatch {
+            exact: Some(v),
+            prefix: None,
+            regex: None,
+        }) => v.clone(),
         Some(_) => return Err(invalid(format!("{at}.method"), "only exact is supported")),
     };
     let headers = m
@@ -128,7 +144,13 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
     let not_headers = m
         .without_headers
         .iter()
-        .map(|(k, v)| value_match(k.to_ascii_lowercase(), v, &format!("{at}.withoutHeaders.{k}")))
+        .map(|(k, v)| {
+            value_match(
+                k.to_ascii_lowercase(),
+                v,
+                &format!("{at}.withoutHeaders.{k}"),
+            )
+        })
         .collect::<Result<_, _>>()?;
     let query_params = m
         .query_params
@@ -200,13 +222,21 @@ fn destination(ctx: &Ctx<'_>, d: &vs::Destination, weight: u32, field: &str) -> 
         ..Default::default()
     };
     let Some(s) = ctx.services.get(key.as_str()) else {
-        return unresolved(format!("{field}: host {} is not a Service in the mesh", d.host));
+        return unresolved(format!(
+            "{field}: host {} is not a Service in the mesh",
+            d.host
+        ));
     };
     let port = match d.port.as_ref().map(|p| p.number) {
         Some(p) if p > 0 => p,
         // Istio: the port may be left out when the Service has one.
         _ if s.ports.len() == 1 => s.ports[0].service_port,
-        _ => return unresolved(format!("{field}: host {} has several ports; name one", d.host)),
+        _ => {
+            return unresolved(format!(
+                "{field}: host {} has several ports; name one",
+                d.host
+            ));
+        }
     };
     if !s.ports.iter().any(|p| p.service_port == port) {
         return unresolved(format!("{field}: Service {} has no port {port}", d.host));
@@ -215,8 +245,18 @@ fn destination(ctx: &Ctx<'_>, d: &vs::Destination, weight: u32, field: &str) -> 
         None => (Vec::new(), String::new()),
         Some(name) => match ctx.subsets.get(&(key.clone(), name.clone())) {
             Some(uids) if !uids.is_empty() => (uids.clone(), name.clone()),
-            Some(_) => return unresolved(format!("{field}: subset {name} of {} has no endpoint", d.host)),
-            None => return unresolved(format!("{field}: no DestinationRule defines subset {name} of {}", d.host)),
+            Some(_) => {
+                return unresolved(format!(
+                    "{field}: subset {name} of {} has no endpoint",
+                    d.host
+                ));
+            }
+            None => {
+                return unresolved(format!(
+                    "{field}: no DestinationRule defines subset {name} of {}",
+                    d.host
+                ));
+            }
         },
     };
     pb::Backend {
@@ -236,12 +276,28 @@ fn percent(p: &Option<vs::Percent>) -> f64 {
 /// gRPC's status names, as VirtualService `grpcStatus` and `retryOn` write them.
 fn grpc_code(name: &str) -> Option<u32> {
     const NAMES: [&str; 17] = [
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| i as u32)
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
 }
 
 fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRouteRule, Invalid> {
@@ -252,12 +308,17 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         (r.direct_response.is_some(), "directResponse"),
         (r.mirrors.is_some(), "mirrors"),
         (
-            r.rewrite.as_ref().is_some_and(|w| w.uri_regex_rewrite.is_some()),
+            r.rewrite
+                .as_ref()
+                .is_some_and(|w| w.uri_regex_rewrite.is_some()),
             "rewrite.uriRegexRewrite",
         ),
     ] {
         if set {
-            return Err(invalid(format!("{at}.{field}"), "not supported yet at the waypoint"));
+            return Err(invalid(
+                format!("{at}.{field}"),
+                "not supported yet at the waypoint",
+            ));
         }
     }
     let matches = r
@@ -270,7 +331,10 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
     if let Some(red) = &r.redirect {
         let status = red.redirect_code.unwrap_or(301);
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
-            return Err(invalid(format!("{at}.redirect.redirectCode"), format!("{status} is not a redirect")));
+            return Err(invalid(
+                format!("{at}.redirect.redirectCode"),
+                format!("{status} is not a redirect"),
+            ));
         }
         filters.push(pb::Filter {
             kind: Some(Kind::Redirect(pb::Redirect {
@@ -288,9 +352,11 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
     if let Some(w) = &r.rewrite {
         // Istio: a uri rewrite replaces what the match matched when it was a prefix, else
         // the whole path.
-        let prefix_matched = matches
-            .iter()
-            .any(|m| m.path.as_ref().is_some_and(|p| p.kind == pb::path_match::Kind::Prefix as i32));
+        let prefix_matched = matches.iter().any(|m| {
+            m.path
+                .as_ref()
+                .is_some_and(|p| p.kind == pb::path_match::Kind::Prefix as i32)
+        });
         filters.push(pb::Filter {
             kind: Some(Kind::Rewrite(pb::Rewrite {
                 hostname: w.authority.clone().unwrap_or_default(),
@@ -322,7 +388,9 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
             let weight = match d.weight {
                 None if single => 100,
                 None => 0,
-                Some(w) => u32::try_from(w).map_err(|_| invalid(format!("{at}.route[{j}].weight"), "must not be negative"))?,
+                Some(w) => u32::try_from(w).map_err(|_| {
+                    invalid(format!("{at}.route[{j}].weight"), "must not be negative")
+                })?,
             };
             let mut b = destination(ctx, &d.destination, weight, &format!("{at}.route[{j}]"));
             b.filters = header_filters(&d.headers);
@@ -330,14 +398,26 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         })
         .collect::<Result<Vec<_>, Invalid>>()?;
     if backends.is_empty() && r.redirect.is_none() {
-        return Err(invalid(format!("{at}.route"), "a route needs a destination or a redirect"));
+        return Err(invalid(
+            format!("{at}.route"),
+            "a route needs a destination or a redirect",
+        ));
     }
-    let timeout = r.timeout.as_deref().map(|t| millis(t, &format!("{at}.timeout"))).transpose()?;
+    let timeout = r
+        .timeout
+        .as_deref()
+        .map(|t| millis(t, &format!("{at}.timeout")))
+        .transpose()?;
     let retry = match &r.retries {
         None => None,
         Some(rt) => {
             let mut codes = BTreeSet::new();
-            for cond in rt.retry_on.as_deref().unwrap_or("5xx,connect-failure").split(',') {
+            for cond in rt
+                .retry_on
+                .as_deref()
+                .unwrap_or("5xx,connect-failure")
+                .split(',')
+            {
                 match cond.trim() {
                     "5xx" => codes.extend(500..600),
                     "gateway-error" => codes.extend([502, 503, 504]),
@@ -345,12 +425,21 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
                         codes.insert(409);
                     }
                     // Connection failures are always retried.
-                    "connect-failure" | "reset" | "refused-stream" | "retriable-status-codes" | "" => {}
+                    "connect-failure"
+                    | "reset"
+                    | "refused-stream"
+                    | "retriable-status-codes"
+                    | "" => {}
                     c if c.parse::<u32>().is_ok() => {
                         codes.extend(c.parse::<u32>().ok());
                     }
                     c if grpc_code(c).is_some() => {}
-                    c => return Err(invalid(format!("{at}.retries.retryOn"), format!("{c:?} is not a retry condition"))),
+                    c => {
+                        return Err(invalid(
+                            format!("{at}.retries.retryOn"),
+                            format!("{c:?} is not a retry condition"),
+                        ));
+                    }
                 }
             }
             Some(pb::Retry {
@@ -382,15 +471,27 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
                     (Some(s), None) if (200..600).contains(s) => (*s, 0),
                     (None, Some(g)) => (
                         200,
-                        grpc_code(g).ok_or_else(|| invalid(format!("{at}.fault.abort.grpcStatus"), format!("{g:?} is not a gRPC status")))? + 1,
+                        grpc_code(g).ok_or_else(|| {
+                            invalid(
+                                format!("{at}.fault.abort.grpcStatus"),
+                                format!("{g:?} is not a gRPC status"),
+                            )
+                        })? + 1,
                     ),
-                    _ => return Err(invalid(format!("{at}.fault.abort"), "one of httpStatus (200-599) or grpcStatus")),
+                    _ => {
+                        return Err(invalid(
+                            format!("{at}.fault.abort"),
+                            "one of httpStatus (200-599) or grpcStatus",
+                        ));
+                    }
                 },
             };
             Some(pb::Fault {
                 delay_ms,
                 delay_percent: delay.map_or(0.0, |d| {
-                    d.percentage.as_ref().map_or_else(|| d.percent.map_or(100.0, f64::from), |p| p.value)
+                    d.percentage
+                        .as_ref()
+                        .map_or_else(|| d.percent.map_or(100.0, f64::from), |p| p.value)
                 }),
                 abort_status,
                 abort_percent: abort.map_or(0.0, |a| percent(&a.percentage)),
@@ -415,14 +516,23 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
 fn subsets(snap: &Snapshot, mesh: &Mesh) -> BTreeMap<(String, String), Vec<String>> {
     let mut out = BTreeMap::new();
     for dr in &snap.destination_rules {
-        let ns = if dr.metadata.namespace.is_empty() { "default" } else { &dr.metadata.namespace };
+        let ns = if dr.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            &dr.metadata.namespace
+        };
         let key = service_key(&dr.spec.host, ns, mesh);
-        let Some((svc_ns, fqdn)) = key.split_once('/') else { continue };
+        let Some((svc_ns, fqdn)) = key.split_once('/') else {
+            continue;
+        };
         let name = fqdn.split('.').next().unwrap_or_default();
         let selector = snap
             .services
             .iter()
-            .find(|s| s.metadata.name.as_deref() == Some(name) && s.metadata.namespace.as_deref() == Some(svc_ns))
+            .find(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.metadata.namespace.as_deref() == Some(svc_ns)
+            })
             .and_then(|s| s.spec.as_ref()?.selector.clone())
             .unwrap_or_default();
         for subset in &dr.spec.subsets {
@@ -433,10 +543,17 @@ fn subsets(snap: &Snapshot, mesh: &Mesh) -> BTreeMap<(String, String), Vec<Strin
                 .filter(|p| {
                     let labels = p.metadata.labels.clone().unwrap_or_default();
                     !selector.is_empty()
-                        && selector.iter().chain(&subset.labels).all(|(k, v)| labels.get(k) == Some(v))
+                        && selector
+                            .iter()
+                            .chain(&subset.labels)
+                            .all(|(k, v)| labels.get(k) == Some(v))
                 })
                 .filter_map(|p| {
-                    Some(format!("{}//v1/Pod/{svc_ns}/{}", mesh.cluster_id, p.metadata.name.as_deref()?))
+                    Some(format!(
+                        "{}//v1/Pod/{svc_ns}/{}",
+                        mesh.cluster_id,
+                        p.metadata.name.as_deref()?
+                    ))
                 })
                 .collect();
             out.insert((key.clone(), subset.name.clone()), uids);
@@ -467,7 +584,11 @@ pub fn translate(
         .collect();
     let subsets = subsets(snap, mesh);
     for v in &snap.virtual_services {
-        let namespace = if v.metadata.namespace.is_empty() { "default" } else { v.metadata.namespace.as_str() };
+        let namespace = if v.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            v.metadata.namespace.as_str()
+        };
         let name = v.metadata.name.as_str();
         let reject = |reason: String, partial: bool| Rejected {
             kind: "VirtualService",
@@ -480,7 +601,12 @@ pub fn translate(
         if !v.spec.gateways.is_empty() && !v.spec.gateways.iter().any(|g| g == "mesh") {
             continue;
         }
-        let ctx = Ctx { namespace, mesh, services: &services, subsets: &subsets };
+        let ctx = Ctx {
+            namespace,
+            mesh,
+            services: &services,
+            subsets: &subsets,
+        };
         let mut parents = Vec::new();
         for (i, host) in v.spec.hosts.iter().enumerate() {
             let key = service_key(host, namespace, mesh);
@@ -492,13 +618,19 @@ pub fn translate(
                 errors.push(reject(format!("spec.hosts[{i}]: {host} also has HTTPRoutes, which take precedence; this VirtualService does not apply to it"), true));
                 continue;
             }
-            parents.push(pb::Parent { service: key, port: 0 });
+            parents.push(pb::Parent {
+                service: key,
+                port: 0,
+            });
         }
         if parents.is_empty() {
             continue;
         }
         if !v.spec.tls.is_empty() {
-            errors.push(reject("spec.tls: TLS routes are not supported yet at the waypoint".into(), true));
+            errors.push(reject(
+                "spec.tls: TLS routes are not supported yet at the waypoint".into(),
+                true,
+            ));
         }
         let created = v
             .metadata
@@ -515,7 +647,9 @@ pub fn translate(
                     rule.parents = parents.clone();
                     out_routes.insert(format!("VirtualService/{namespace}/{name}/{i}"), rule);
                 }
-                Err(Invalid(field, reason)) => errors.push(reject(format!("{field}: {reason}"), true)),
+                Err(Invalid(field, reason)) => {
+                    errors.push(reject(format!("{field}: {reason}"), true))
+                }
             }
         }
         for (i, t) in v.spec.tcp.iter().enumerate() {
@@ -527,8 +661,17 @@ pub fn translate(
                 .iter()
                 .enumerate()
                 .map(|(j, d)| {
-                    let weight = d.weight.map_or(if t.route.len() == 1 { 100 } else { 0 }, |w| w.max(0) as u32);
-                    destination(&ctx, &d.destination, weight, &format!("spec.tcp[{i}].route[{j}]"))
+                    let weight = d
+                        .weight
+                        .map_or(if t.route.len() == 1 { 100 } else { 0 }, |w| {
+                            w.max(0) as u32
+                        });
+                    destination(
+                        &ctx,
+                        &d.destination,
+                        weight,
+                        &format!("spec.tcp[{i}].route[{j}]"),
+                    )
                 })
                 .collect();
             out_routes.insert(

@@ -69,64 +69,113 @@ pub fn translate(
             reason,
             partial: false,
         };
-        let t = match crd::waypoint_policy(&p) {
-            Ok(Some(t)) => t,
-            Ok(None) => continue,
-            Err(e) => {
-                errors.push(reject(e.to_string()));
-                continue;
+        match authorization(&p, mesh) {
+            Ok(Some(policy)) => {
+                out.insert(format!("AuthorizationPolicy/{namespace}/{name}"), policy);
             }
-        };
-        let (mut waypoints, mut services) = (Vec::new(), Vec::new());
-        if let Err(reason) = t
-            .targets
-            .iter()
-            .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))
-        {
-            errors.push(reject(reason));
-            continue;
-        }
-        let authorizer = match &t.provider {
-            None => None,
-            Some(provider) => match amesh_policy::ext_authz::resolve(
-                &mesh.mesh_config,
-                provider,
-                &mesh.domain_suffix,
-            ) {
-                Ok(a) => Some(a),
-                Err(reason) => {
-                    errors.push(reject(reason));
-                    continue;
+            Ok(None) => {}
+            Err(reason) => {
+                // Fail closed: what cannot be enforced as written is enforced as the
+                // strictest thing it could mean for the same targets.
+                let stand_in = stand_in(&p, mesh);
+                let effect = match &stand_in {
+                    Some((_, effect)) => format!("; meanwhile {effect}"),
+                    None => String::new(),
+                };
+                errors.push(reject(format!("{reason}{effect}")));
+                if let Some((policy, _)) = stand_in {
+                    out.insert(format!("AuthorizationPolicy/{namespace}/{name}"), policy);
                 }
-            },
-        };
-        let encoded = serde_json::to_string(&t.policy).and_then(|spec| {
-            let authorizer = match &authorizer {
-                Some(a) => serde_json::to_string(a)?,
-                None => String::new(),
-            };
-            Ok((spec, authorizer))
-        });
-        let (spec_json, authorizer_json) = match encoded {
-            Ok(j) => j,
-            Err(e) => {
-                errors.push(reject(format!("cannot be encoded: {e}")));
-                continue;
             }
-        };
-        out.insert(
-            format!("AuthorizationPolicy/{namespace}/{name}"),
-            pb::WaypointPolicy {
-                kind: pb::waypoint_policy::Kind::Authorization as i32,
-                name,
-                namespace,
-                waypoints,
-                services,
-                spec_json,
-                authorizer_json,
-            },
-        );
+        }
     }
+}
+
+/// One policy for waypoints (`None`: it has no target, it is ztunnel's).
+fn authorization(
+    p: &amesh_policy::crd::AuthorizationPolicy,
+    mesh: &Mesh,
+) -> Result<Option<pb::WaypointPolicy>, String> {
+    let Some(t) = crd::waypoint_policy(p).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let (mut waypoints, mut services) = (Vec::new(), Vec::new());
+    t.targets
+        .iter()
+        .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))?;
+    let authorizer = t
+        .provider
+        .as_ref()
+        .map(|provider| {
+            amesh_policy::ext_authz::resolve(&mesh.mesh_config, provider, &mesh.domain_suffix)
+        })
+        .transpose()?;
+    let spec_json =
+        serde_json::to_string(&t.policy).map_err(|e| format!("cannot be encoded: {e}"))?;
+    let authorizer_json = match &authorizer {
+        Some(a) => serde_json::to_string(a).map_err(|e| format!("cannot be encoded: {e}"))?,
+        None => String::new(),
+    };
+    Ok(Some(pb::WaypointPolicy {
+        kind: pb::waypoint_policy::Kind::Authorization as i32,
+        name: t.policy.name.clone(),
+        namespace: t.policy.namespace.clone(),
+        waypoints,
+        services,
+        spec_json,
+        authorizer_json,
+    }))
+}
+
+/// For a policy that cannot be translated but whose targets can: a DENY (or CUSTOM, or an
+/// unknown action) becomes a DENY of everything, an ALLOW one that allows nothing; AUDIT
+/// none. With what it now does, for the report.
+fn stand_in(
+    p: &amesh_policy::crd::AuthorizationPolicy,
+    mesh: &Mesh,
+) -> Option<(pb::WaypointPolicy, &'static str)> {
+    let namespace = p.metadata.namespace.as_str();
+    let refs: Vec<&serde_json::Value> = p
+        .spec
+        .target_ref
+        .iter()
+        .chain(&p.spec.target_refs)
+        .collect();
+    let targets = crd::target_refs(&refs, namespace).ok()?;
+    let (mut waypoints, mut services) = (Vec::new(), Vec::new());
+    targets
+        .iter()
+        .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))
+        .ok()?;
+    let (action, rules, effect) = match p.spec.action.as_deref().unwrap_or("ALLOW") {
+        "AUDIT" => return None,
+        "ALLOW" => (amesh_policy::Action::Allow, vec![], "it allows nothing"),
+        _ => (
+            amesh_policy::Action::Deny,
+            vec![amesh_policy::Rule::default()],
+            "it denies every request",
+        ),
+    };
+    let policy = amesh_policy::Authorization {
+        name: p.metadata.name.clone(),
+        namespace: namespace.to_string(),
+        scope: amesh_policy::Scope::Namespace,
+        action,
+        rules,
+        dry_run: false,
+    };
+    Some((
+        pb::WaypointPolicy {
+            kind: pb::waypoint_policy::Kind::Authorization as i32,
+            name: policy.name.clone(),
+            namespace: policy.namespace.clone(),
+            waypoints,
+            services,
+            spec_json: serde_json::to_string(&policy).ok()?,
+            authorizer_json: String::new(),
+        },
+        effect,
+    ))
 }
 
 fn request_authentications(

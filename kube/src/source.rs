@@ -298,11 +298,15 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
             Object::HttpRoute(serde_json::from_value(value).map_err(err)?)
         }
         (
-            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+            "networking.istio.io/v1"
+            | "networking.istio.io/v1beta1"
+            | "networking.istio.io/v1alpha3",
             "VirtualService",
         ) => Object::VirtualService(serde_json::from_value(value).map_err(err)?),
         (
-            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+            "networking.istio.io/v1"
+            | "networking.istio.io/v1beta1"
+            | "networking.istio.io/v1alpha3",
             "DestinationRule",
         ) => Object::DestinationRule(serde_json::from_value(value).map_err(err)?),
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {

@@ -134,6 +134,16 @@ fn policy_matches(p: &Authorization, peer: &Peer<'_>) -> bool {
 }
 
 fn rule_matches(r: &Rule, peer: &Peer<'_>) -> bool {
+    // TCP at a waypoint: an ALLOW (or AUDIT, CUSTOM) rule that needs HTTP anywhere is left
+    // out whole, as istiod drops it (a DENY rule keeps its L4 part).
+    if matches!(peer.request, Some(None))
+        && peer.action != Action::Deny
+        && r.clauses
+            .iter()
+            .any(|c| c.matches.iter().any(|m| !m.http.is_empty()))
+    {
+        return false;
+    }
     r.clauses.iter().all(|c| clause_matches(c, peer))
 }
 

@@ -605,6 +605,17 @@ fn deny_comes_before_allow_audit_only_counts_and_tcp_gets_l4_rules() {
             by: "shop/no-delete".into()
         }
     );
+    // A rule with an HTTP operation next to a port-only one is left out whole for TCP.
+    let mixed = translate(
+        "metadata: {name: mixed, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  rules: [{to: [{operation: {methods: [GET]}}, {operation: {ports: [\"80\"]}}]}]\n",
+    );
+    assert_eq!(
+        evaluate_request(&[&mixed], &conn, None).decision,
+        Decision::Deny {
+            by: "no ALLOW policy matched".into()
+        },
+        "TCP: an ALLOW rule that needs HTTP anywhere allows nothing"
+    );
     let tcp_allow_only = evaluate_request(&[&allow], &conn, None);
     assert_eq!(
         tcp_allow_only.decision,

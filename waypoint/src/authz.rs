@@ -191,12 +191,12 @@ impl Handler for PolicyHandler {
 /// counted.
 pub fn decide(
     inputs: &crate::proxy::Inputs,
+    table: &Table,
     caller: &crate::proxy::Caller,
     destination: &crate::bound::Destination,
     target: std::net::SocketAddr,
     request: Option<&amesh_policy::Request<'_>>,
 ) -> amesh_policy::Outcome {
-    let table = inputs.policies.borrow().clone();
     let me = format!("{}/{}", inputs.me.namespace, inputs.me.hostname);
     let service = match destination {
         crate::bound::Destination::Service(s) => Some(s.key()),

@@ -1,7 +1,7 @@
 //! CUSTOM AuthorizationPolicies: the request is checked with an external authorizer over
 //! HTTP, with Envoy's `ext_authz` contract as Istio's `envoyExtAuthzHttp` configures it. The
 //! check is a request with the same method, the path under `pathPrefix`, and the request's
-//! `host`, `authorization` and listed headers (no body); a 2xx answer allows (the listed
+//! `host`, `authorization` and listed headers (no body); a 200 answer allows (the listed
 //! headers of it go on to the upstream request), any other is the client's answer (its
 //! status, body and listed headers); an authorizer that cannot be reached or does not answer
 //! in time allows when `failOpen`, else answers `statusOnError`.
@@ -96,7 +96,8 @@ pub async fn check(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
-    if head.status.is_success() {
+    // Envoy's HTTP ext_authz allows on 200 only; any other status is a denial.
+    if head.status == StatusCode::OK {
         for (k, v) in pick(&a.to_upstream_on_allow) {
             parts.headers.insert(k, v);
         }

@@ -368,11 +368,18 @@ async fn authorize(
     auth: Option<&amesh_policy::RequestAuth>,
     downstream: &mut Vec<(http::HeaderName, HeaderValue)>,
 ) -> Option<Served> {
+    // The authority the request goes on with: an HTTP/2 request's `:authority` (its URI)
+    // before any `host` header it also carries.
     let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or_default();
     let request = amesh_policy::Request {
         method: parts.method.as_str(),
@@ -383,21 +390,29 @@ async fn authorize(
         auth,
         sni: None,
     };
-    let outcome = crate::authz::decide(inputs, caller, destination, target, Some(&request));
+    let table = inputs.policies.borrow().clone();
+    let outcome = crate::authz::decide(inputs, &table, caller, destination, target, Some(&request));
     // CUSTOM first: a matching policy's authorizer has the first word.
-    if let Some(custom) = outcome.custom_hits.first() {
-        let table = inputs.policies.borrow().clone();
-        if let Some(authorizer) = table.authorizer(custom) {
-            match crate::ext_authz::check(inputs, caller, &authorizer, target, parts).await {
-                crate::ext_authz::Verdict::Allow { downstream: d } => downstream.extend(d),
-                crate::ext_authz::Verdict::Deny(resp) => {
-                    info!(policy = %custom, src.identity = %caller.identity, "request denied by policy (CUSTOM)");
-                    return Some(Served {
-                        resp,
-                        endpoint: None,
-                        flag: "UAEX",
-                    });
-                }
+    // Every matching CUSTOM policy's authorizer must allow; one whose authorizer cannot be
+    // found (the table changed meanwhile) refuses.
+    for custom in &outcome.custom_hits {
+        let Some(authorizer) = table.authorizer(custom) else {
+            warn!(policy = %custom, "CUSTOM policy without its authorizer: refused");
+            return Some(Served {
+                resp: text(StatusCode::FORBIDDEN, "RBAC: access denied"),
+                endpoint: None,
+                flag: "UAEX",
+            });
+        };
+        match crate::ext_authz::check(inputs, caller, &authorizer, target, parts).await {
+            crate::ext_authz::Verdict::Allow { downstream: d } => downstream.extend(d),
+            crate::ext_authz::Verdict::Deny(resp) => {
+                info!(policy = %custom, src.identity = %caller.identity, "request denied by policy (CUSTOM)");
+                return Some(Served {
+                    resp,
+                    endpoint: None,
+                    flag: "UAEX",
+                });
             }
         }
     }

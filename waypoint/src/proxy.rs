@@ -197,7 +197,9 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
         // A connection that will be relayed as TCP is judged by the L4 part of the policies
         // (an ALLOW rule that needs HTTP allows nothing), before anything is relayed.
         let tcp_denied = || {
-            let outcome = crate::authz::decide(&inputs, &caller, &destination, target, None);
+            let table = inputs.policies.borrow().clone();
+            let outcome =
+                crate::authz::decide(&inputs, &table, &caller, &destination, target, None);
             match outcome.decision {
                 amesh_policy::Decision::Deny { by } => {
                     info!(policy = %by, src.identity = %caller.identity, "TCP connection denied by policy");

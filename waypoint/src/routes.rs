@@ -397,7 +397,8 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
                         0 => None,
                         s => Some(
                             http::StatusCode::from_u16(
-                                u16::try_from(s).map_err(|_| invalid("fault.abortStatus", "bad"))?,
+                                u16::try_from(s)
+                                    .map_err(|_| invalid("fault.abortStatus", "bad"))?,
                             )
                             .map_err(|e| invalid("fault.abortStatus", e.to_string()))?,
                         ),
@@ -456,7 +457,9 @@ impl Match {
         if self.port != 0 && self.port != port {
             return false;
         }
-        if !self.source_namespaces.is_empty() && !self.source_namespaces.iter().any(|n| n == source_ns) {
+        if !self.source_namespaces.is_empty()
+            && !self.source_namespaces.iter().any(|n| n == source_ns)
+        {
             return false;
         }
         if let Some(a) = &self.authority {
@@ -466,7 +469,10 @@ impl Match {
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or_default();
-            let bare = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+            let bare = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(h, _)| h);
             if !a.matches(bare) {
                 return false;
             }
@@ -487,8 +493,10 @@ impl Match {
             match &self.path {
                 PathMatch::Exact(p) => p.to_ascii_lowercase() == lower,
                 PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()).matches(&lower),
-                PathMatch::Regex(r) => Regex::new(&format!("(?i){}", r.as_str()))
-                    .is_ok_and(|r| r.find(parts.uri.path()).is_some_and(|m| m.start() == 0 && m.end() == parts.uri.path().len())),
+                PathMatch::Regex(r) => Regex::new(&format!("(?i){}", r.as_str())).is_ok_and(|r| {
+                    r.find(parts.uri.path())
+                        .is_some_and(|m| m.start() == 0 && m.end() == parts.uri.path().len())
+                }),
             }
         } else {
             self.path.matches(parts.uri.path())
