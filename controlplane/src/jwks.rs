@@ -1,8 +1,8 @@
 //! JWKS for RequestAuthentication's `jwksUri`, fetched by the control plane and handed to
 //! waypoints inline, as istiod does: each URI is fetched when a translation first needs it
-//! and again once its copy is older than [`REFRESH`]; a failed fetch keeps the last good
-//! keys (and is retried after [`RETRY`]); with none, the rule carries the error and the
-//! waypoint refuses that issuer's tokens (fail closed). HTTPS is verified against the CA
+//! and again, in the background, once its copy is older than [`REFRESH`]; a failed fetch
+//! keeps the last good keys (and is retried after [`RETRY`]); with none, the rule carries the
+//! error and the waypoint refuses that issuer's tokens (fail closed). HTTPS is verified against the CA
 //! bundle given (`--jwks-ca-file`, by default the system's).
 
 use bytes::Bytes;
@@ -101,8 +101,11 @@ impl Jwks {
         })
     }
 
-    /// The keys at `uri`: cached, or fetched now (blocking the caller, which is on the
-    /// blocking pool or outside any runtime). `Err`: why there are none.
+    /// The keys at `uri`. Only a URI never fetched before is fetched now, blocking the
+    /// caller (on the blocking pool or outside any runtime, so the first translation has
+    /// them); refreshes and retries of failed fetches run in the background and the cached
+    /// keys (or error) answer meanwhile, so an unreachable issuer never holds up a
+    /// translation more than once. `Err`: why there are none.
     pub fn resolve(&self, uri: &str) -> Result<String, String> {
         let cached = self
             .cache
@@ -110,45 +113,75 @@ impl Jwks {
             .unwrap_or_else(|e| e.into_inner())
             .get(uri)
             .cloned();
-        let due = match &cached {
-            None => true,
-            Some(e) if e.error.is_some() => e.fetched.elapsed() >= RETRY,
-            Some(e) => e.fetched.elapsed() >= REFRESH,
-        };
-        let entry = if due {
-            let fetched = self.fetch_blocking(uri);
-            let mut entry = cached.clone().unwrap_or(Entry {
-                good: None,
-                error: None,
-                fetched: Instant::now(),
-            });
-            entry.fetched = Instant::now();
-            match fetched {
-                Ok(keys) => {
-                    if entry.good.as_deref() != Some(&keys) {
-                        info!(uri, "JWKS fetched");
-                    }
-                    entry.good = Some(keys);
-                    entry.error = None;
-                }
-                Err(e) => {
-                    warn!(uri, error = %e, kept_last_good = entry.good.is_some(), "JWKS fetch failed");
-                    entry.error = Some(e);
-                }
+        let entry = match cached {
+            None => {
+                let fetched = self.fetch_blocking(uri);
+                self.record(uri, fetched)
             }
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uri.to_string(), entry.clone());
-            entry
-        } else {
-            cached.unwrap_or_else(|| unreachable!("not due only when cached"))
+            Some(e) => {
+                let due = match &e.error {
+                    Some(_) => e.fetched.elapsed() >= RETRY,
+                    None => e.fetched.elapsed() >= REFRESH,
+                };
+                if due {
+                    self.refresh_in_background(uri);
+                }
+                e
+            }
         };
         match (entry.good, entry.error) {
             (Some(keys), _) => Ok(keys),
             (None, Some(e)) => Err(e),
             (None, None) => Err("not fetched".into()),
         }
+    }
+
+    /// Stores a fetch's outcome (keeping the last good keys on failure).
+    fn record(&self, uri: &str, fetched: Result<String, String>) -> Entry {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.entry(uri.to_string()).or_insert(Entry {
+            good: None,
+            error: None,
+            fetched: Instant::now(),
+        });
+        entry.fetched = Instant::now();
+        match fetched {
+            Ok(keys) => {
+                if entry.good.as_deref() != Some(&keys) {
+                    info!(uri, "JWKS fetched");
+                }
+                entry.good = Some(keys);
+                entry.error = None;
+            }
+            Err(e) => {
+                warn!(uri, error = %e, kept_last_good = entry.good.is_some(), "JWKS fetch failed");
+                entry.error = Some(e);
+            }
+        }
+        entry.clone()
+    }
+
+    fn refresh_in_background(&self, uri: &str) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Marked as fetched now, so that concurrent translations start one refresh only.
+        if let Some(e) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(uri)
+        {
+            e.fetched = Instant::now();
+        }
+        let (this, uri) = (self.clone(), uri.to_string());
+        handle.spawn(async move {
+            let fetched = match tokio::time::timeout(TIMEOUT, this.fetch(&uri)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+            };
+            this.record(&uri, fetched);
+        });
     }
 
     fn fetch_blocking(&self, uri: &str) -> Result<String, String> {

@@ -39,9 +39,19 @@ fn without_times(status: &Value) -> Value {
     v
 }
 
-/// Whether the route already has the status it should have.
+/// Whether the route already has the status it should have (in the entries of this
+/// controller; others' are theirs).
 pub fn up_to_date(have: &Value, want: &Value) -> bool {
-    without_times(have)["parents"] == without_times(want)["parents"]
+    let mine = |v: &Value| -> Vec<Value> {
+        without_times(v)["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["controllerName"] == crate::routes::CONTROLLER_NAME)
+            .cloned()
+            .collect()
+    };
+    mine(have) == mine(want)
 }
 
 /// Writes route status; remembers what it wrote.
@@ -78,10 +88,21 @@ impl Writer {
             };
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let mut want = s.want.clone();
+            // Other controllers' entries stay (the list is replaced whole by the patch).
+            let others: Vec<Value> = s.have["parents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["controllerName"] != crate::routes::CONTROLLER_NAME)
+                .cloned()
+                .collect();
             for parent in want["parents"].as_array_mut().into_iter().flatten() {
                 for c in parent["conditions"].as_array_mut().into_iter().flatten() {
                     c["lastTransitionTime"] = json!(now);
                 }
+            }
+            if let Some(parents) = want["parents"].as_array_mut() {
+                parents.extend(others);
             }
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &s.namespace, &resource);
@@ -114,7 +135,7 @@ mod tests {
 
     #[test]
     fn transition_times_do_not_make_a_status_differ() {
-        let want = json!({"parents": [{"parentRef": {"name": "web"}, "conditions": [
+        let want = json!({"parents": [{"parentRef": {"name": "web"}, "controllerName": "istio.io/gateway-controller", "conditions": [
             {"type": "Accepted", "status": "True", "observedGeneration": 2}]}]});
         let mut have = want.clone();
         have["parents"][0]["conditions"][0]["lastTransitionTime"] = json!("2026-12-01T00:00:00Z");
@@ -122,5 +143,11 @@ mod tests {
         have["parents"][0]["conditions"][0]["observedGeneration"] = json!(1);
         assert!(!up_to_date(&have, &want), "a new generation is written");
         assert!(!up_to_date(&Value::Null, &want), "no status yet");
+        // Another controller's entry does not make it differ.
+        let mut shared = want.clone();
+        shared["parents"].as_array_mut().unwrap().push(
+            json!({"parentRef": {"name": "ingress"}, "controllerName": "example.com/gateway"}),
+        );
+        assert!(up_to_date(&shared, &want));
     }
 }

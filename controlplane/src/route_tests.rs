@@ -482,3 +482,25 @@ spec:
         "{reasons:?}"
     );
 }
+
+#[test]
+fn a_route_for_an_ingress_gateway_is_another_controllers() {
+    let r = translated(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: public, namespace: shop}
+spec:
+  parentRefs: [{name: ingress}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"#,
+    );
+    assert!(r.errors.is_empty(), "not reported: {:?}", r.errors);
+    assert!(r.routes.is_empty(), "not translated");
+    assert!(r.route_status.is_empty(), "no status written");
+}

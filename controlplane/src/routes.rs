@@ -169,6 +169,39 @@ pub fn translate(
             _ => None,
         })
         .collect();
+    // The mesh's parents: Services, and Gateways of a waypoint class. A route attached only
+    // to other Gateways (an ingress's) is another controller's business: neither translated,
+    // nor reported, nor given status here.
+    let waypoint_gateways: std::collections::BTreeSet<(String, String)> = snap
+        .gateways
+        .iter()
+        .filter(|g| {
+            crate::waypoints::WAYPOINT_CLASSES.contains(&g.spec.gateway_class_name.as_str())
+        })
+        .filter_map(|g| {
+            Some((
+                g.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                g.metadata.name.clone()?,
+            ))
+        })
+        .collect();
+    let ours = |p: &serde_json::Value, route_ns: &str| {
+        let text = |k: &str| p.get(k).and_then(|v| v.as_str());
+        let ns = text("namespace").unwrap_or(route_ns).to_string();
+        match (
+            text("group").unwrap_or(GATEWAY_GROUP),
+            text("kind").unwrap_or("Gateway"),
+        ) {
+            ("" | "core", "Service") => true,
+            (GATEWAY_GROUP, "Gateway") => {
+                waypoint_gateways.contains(&(ns, text("name").unwrap_or_default().to_string()))
+            }
+            _ => false,
+        }
+    };
     let mut add =
         |kind: &'static str,
          route: Result<HttpRoute, RouteError>,
@@ -177,12 +210,26 @@ pub fn translate(
          route_kind: pb::RouteKind| {
             let namespace = namespace.unwrap_or("default");
             let name = name.unwrap_or_default();
+            let mine: Vec<serde_json::Value> = parent_refs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| ours(p, namespace))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                return;
+            }
             let rules = route.and_then(|r| rules_of(&r, namespace, mesh, &services));
             statuses.push(RouteStatus {
                 kind,
                 namespace: namespace.to_string(),
                 name: name.to_string(),
-                want: route_status(&parent_refs, generation.unwrap_or(0), rules.as_deref()),
+                want: route_status(
+                    &serde_json::Value::Array(mine),
+                    generation.unwrap_or(0),
+                    rules.as_deref(),
+                ),
                 have,
             });
             match rules {

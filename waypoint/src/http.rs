@@ -1032,8 +1032,15 @@ impl H2Pool {
         }
     }
 
+    /// Adds a connection; closed ones (endpoints or callers gone) are swept out meanwhile.
     fn put(&self, key: PoolKey, s: H2Send) {
-        self.lock().insert(key, s);
+        let mut pool = self.lock();
+        pool.retain(|_, c| !c.is_closed());
+        pool.insert(key, s);
+    }
+
+    fn remove(&self, key: &PoolKey) {
+        self.lock().remove(key);
     }
 }
 
@@ -1047,11 +1054,24 @@ async fn http2(
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let (picked, endpoint) = upstream::pick(inputs, target)?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
-    let mut send = match inputs.h2_pool.get(&key) {
+    // A pooled connection that turns out to be closing is dropped and a new one takes the
+    // request (nothing of it was sent yet).
+    let pooled = match inputs.h2_pool.get(&key) {
+        Some(mut s) => match s.ready().await {
+            Ok(()) => Some(s),
+            Err(e) => {
+                debug!(error = %e, "pooled HTTP/2 connection closed; opening another");
+                inputs.h2_pool.remove(&key);
+                None
+            }
+        },
+        None => None,
+    };
+    let mut send = match pooled {
         Some(s) => s,
         None => {
             let io = upstream::open(inputs, &picked, forwarded(caller)).await?;
-            let (s, conn) =
+            let (mut s, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await?;
             tokio::spawn(async move {
@@ -1059,11 +1079,11 @@ async fn http2(
                     debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
+            s.ready().await?;
             inputs.h2_pool.put(key, s.clone());
             s
         }
     };
-    send.ready().await?;
     let resp = send.send_request(req).await?;
     Ok((finish(resp), endpoint))
 }
