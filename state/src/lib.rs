@@ -75,6 +75,9 @@ pub struct Client<'a> {
     /// direct to the workloads behind it) from everyone else's.
     pub identity: Option<&'a Identity>,
     pub ip: Option<IpAddr>,
+    /// Only these workloads (uids) may be picked among a service's endpoints: a
+    /// DestinationRule subset a waypoint routes to (`None`: any endpoint).
+    pub only: Option<&'a [String]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

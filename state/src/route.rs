@@ -134,6 +134,7 @@ impl State {
             .into_iter()
             .flatten()
             .filter(|w| w.healthy || lb.allow_unhealthy)
+            .filter(|w| client.only.is_none_or(|only| only.contains(&w.uid)))
             .collect();
         // Endpoints on other networks are only reachable through a network gateway.
         let elsewhere = endpoints
@@ -383,6 +384,7 @@ mod tests {
             network: "",
             identity: None,
             ip: None,
+            only: None,
         }
     }
 

@@ -505,6 +505,33 @@ async fn apply_rule(
     body: Body,
 ) -> Served {
     let rule = &entry.rule;
+    // Fault injection first (Envoy's fault filter runs before the router): a delay, then
+    // perhaps an abort.
+    let mut delayed = false;
+    if let Some(f) = &rule.fault {
+        if let Some(d) = f.delay
+            && fastrand::f64() * 100.0 < f.delay_percent
+        {
+            tokio::time::sleep(d).await;
+            delayed = true;
+        }
+        if let Some(status) = f.abort_status
+            && fastrand::f64() * 100.0 < f.abort_percent
+        {
+            let mut served = match (f.abort_grpc, is_grpc(&parts.headers)) {
+                (Some(code), true) => {
+                    let mut served = refusal(StatusCode::OK, "fault filter abort", "0", true);
+                    if let Ok(v) = HeaderValue::from_str(&code.to_string()) {
+                        served.resp.headers_mut().insert("grpc-status", v);
+                    }
+                    served
+                }
+                _ => Served::local(status, "fault filter abort", "FI"),
+            };
+            served.flag = "FI";
+            return served;
+        }
+    }
     let matched = &rule.matches[entry.matched].path;
     let mut response_headers: Vec<HeaderModifier> = Vec::new();
     let mut mirrors = Vec::new();
@@ -565,6 +592,11 @@ async fn apply_rule(
     let Some(backend_target) = backend_address(inputs, backend, target) else {
         return Served::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
     };
+    if !backend.endpoints.is_empty() {
+        parts
+            .extensions
+            .insert(Subset(Arc::new(backend.endpoints.clone())));
+    }
     // Hold a small body when a retry or a mirror must replay it; a larger one streams once,
     // with neither.
     let wants_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || !mirrors.is_empty();
@@ -583,7 +615,7 @@ async fn apply_rule(
     if let Some(b) = &replay {
         for m in &mirrors {
             if let Some(to) = backend_address(inputs, m, target) {
-                mirror(inputs, caller, &parts, b.clone(), to);
+                mirror(inputs, caller, &parts, b.clone(), to, &m.endpoints);
             }
         }
     }
@@ -601,6 +633,9 @@ async fn apply_rule(
     };
     for m in &response_headers {
         m.apply(served.resp.headers_mut());
+    }
+    if delayed && served.flag == "-" {
+        served.flag = "DI";
     }
     served
 }
@@ -705,8 +740,20 @@ async fn attempt(
 
 /// A copy of the request to `to`, answer ignored; the Host gets `-shadow` as Envoy's
 /// mirrors do.
-fn mirror(inputs: &Arc<Inputs>, caller: &Caller, parts: &Parts, body: Bytes, to: SocketAddr) {
+fn mirror(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    parts: &Parts,
+    body: Bytes,
+    to: SocketAddr,
+    subset: &[String],
+) {
     let mut parts = parts.clone();
+    // The mirror's own subset, not the main backend's.
+    parts.extensions.remove::<Subset>();
+    if !subset.is_empty() {
+        parts.extensions.insert(Subset(Arc::new(subset.to_vec())));
+    }
     if let Some(host) = parts
         .headers
         .get(header::HOST)
@@ -971,6 +1018,14 @@ impl H1Pool {
     }
 }
 
+/// A DestinationRule subset a route sends the request to: the workloads to pick among.
+#[derive(Debug, Clone)]
+struct Subset(Arc<Vec<String>>);
+
+fn subset_of<B>(req: &Request<B>) -> Option<&[String]> {
+    req.extensions().get::<Subset>().map(|s| s.0.as_slice())
+}
+
 /// One HTTP/1.1 request to an endpoint of `target`: on an idle pooled connection to the
 /// endpoint picked, else on a new one (also when the pooled one turns out to be closed).
 async fn http1(
@@ -979,7 +1034,7 @@ async fn http1(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick(inputs, target)?;
+    let (picked, endpoint) = upstream::pick(inputs, target, subset_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     let mut req = req;
     if let Some(mut s) = inputs.h1_pool.take(&key) {
@@ -1052,7 +1107,7 @@ async fn http2(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick(inputs, target)?;
+    let (picked, endpoint) = upstream::pick(inputs, target, subset_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     // A pooled connection that turns out to be closing is dropped and a new one takes the
     // request (nothing of it was sent yet).

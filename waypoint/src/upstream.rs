@@ -70,8 +70,13 @@ pub enum Picked {
     Tcp(SocketAddr),
 }
 
-/// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port).
-pub fn pick(inputs: &Inputs, target: SocketAddr) -> Result<(Picked, Endpoint), UpstreamError> {
+/// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port), among
+/// `only` these workloads when a subset is routed to.
+pub fn pick(
+    inputs: &Inputs,
+    target: SocketAddr,
+    only: Option<&[String]>,
+) -> Result<(Picked, Endpoint), UpstreamError> {
     let route = {
         let state = inputs.state.snapshot();
         let nowhere = Locality::default();
@@ -81,6 +86,7 @@ pub fn pick(inputs: &Inputs, target: SocketAddr) -> Result<(Picked, Endpoint), U
             network: "",
             identity: Some(&inputs.me.identity),
             ip: None,
+            only,
         };
         let pick = inputs.next_pick.fetch_add(1, Ordering::Relaxed);
         state.route_past_waypoints(target, &client, pick)
@@ -163,7 +169,7 @@ pub async fn connect(
     target: SocketAddr,
     headers: http::HeaderMap,
 ) -> Result<(Box<dyn Io>, Endpoint), UpstreamError> {
-    let (picked, endpoint) = pick(inputs, target)?;
+    let (picked, endpoint) = pick(inputs, target, None)?;
     Ok((open(inputs, &picked, headers).await?, endpoint))
 }
 

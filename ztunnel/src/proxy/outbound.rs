@@ -75,6 +75,7 @@ async fn forward(
         network: &inputs.id.network,
         identity: Some(&pod.identity),
         ip: src_ip,
+        only: None,
     };
     match state.route(orig, &client, pick) {
         Route::Hbone {
