@@ -504,3 +504,92 @@ spec:
     assert!(r.routes.is_empty(), "not translated");
     assert!(r.route_status.is_empty(), "no status written");
 }
+
+#[test]
+fn virtual_services_become_ordered_rules_and_what_they_cannot_do_is_reported() {
+    let r = translated(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-v1, namespace: shop, labels: {app: web, version: v1}}
+spec: {nodeName: n1, containers: [{name: w, image: w}]}
+status: {phase: Running, conditions: [{type: Ready, status: "True"}], podIPs: [{ip: 10.200.0.20}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec: {host: web, subsets: [{name: v1, labels: {version: v1}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web, web-v2.shop.svc.cluster.local, nowhere]
+  http:
+  - match: [{headers: {end-user: {prefix: ja}}, withoutHeaders: {x-test: {exact: "1"}}, ignoreUriCase: true, uri: {prefix: /API}}]
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,connect-failure"}
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}}
+    route: [{destination: {host: web, subset: v1}}]
+  - corsPolicy: {allowOrigins: [{exact: "*"}]}
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web, subset: v9}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v2, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-v2}]
+  rules: [{backendRefs: [{name: web-v2, port: 80}]}]
+"#,
+    );
+    let first = &r.routes["VirtualService/shop/web/0"];
+    assert_eq!(first.kind, pb::RouteKind::VirtualService as i32);
+    assert_eq!(
+        first
+            .parents
+            .iter()
+            .map(|p| p.service.as_str())
+            .collect::<Vec<_>>(),
+        [WEB],
+        "web-v2 keeps its HTTPRoute"
+    );
+    let m = &first.matches[0];
+    assert!(m.ignore_case && m.headers[0].prefix && m.not_headers[0].name == "x-test");
+    assert_eq!(
+        first.backends[0].endpoints,
+        ["Kubernetes//v1/Pod/shop/web-v1"]
+    );
+    assert_eq!(first.backends[0].weight, 100);
+    let retry = first.retry.as_ref().unwrap();
+    assert_eq!(
+        (retry.attempts, retry.codes.as_slice()),
+        (3, &[502, 503, 504][..])
+    );
+    assert_eq!(first.backend_timeout_ms, 2000);
+    let fault = first.fault.as_ref().unwrap();
+    assert_eq!(
+        (fault.abort_grpc_status, fault.abort_percent),
+        (15, 10.0),
+        "UNAVAILABLE is 14, sent +1"
+    );
+    assert!(
+        !r.routes.contains_key("VirtualService/shop/web/1"),
+        "the CORS route is left out"
+    );
+    assert!(
+        r.routes["VirtualService/shop/web/2"].backends[0]
+            .unresolved
+            .contains("no DestinationRule defines subset v9")
+    );
+    let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
+    for want in [
+        "spec.http[1].corsPolicy: not supported yet",
+        "nowhere is not a Service",
+        "also has HTTPRoutes, which take precedence",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+}

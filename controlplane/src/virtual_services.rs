@@ -583,6 +583,19 @@ pub fn translate(
         .flat_map(|r| r.parents.iter().map(|p| p.service.clone()))
         .collect();
     let subsets = subsets(snap, mesh);
+    for dr in &snap.destination_rules {
+        let policies = dr.spec.traffic_policy.is_some()
+            || dr.spec.subsets.iter().any(|s| s.traffic_policy.is_some());
+        if policies {
+            errors.push(Rejected {
+                kind: "DestinationRule",
+                namespace: dr.metadata.namespace.clone(),
+                name: dr.metadata.name.clone(),
+                reason: "trafficPolicy (load balancing, connection pool, outlier detection, TLS) is not supported yet at the waypoint; its subsets apply".into(),
+                partial: true,
+            });
+        }
+    }
     for v in &snap.virtual_services {
         let namespace = if v.metadata.namespace.is_empty() {
             "default"

@@ -19,6 +19,7 @@ mod waypoint_authz;
 mod waypoint_grpc;
 mod waypoint_kube;
 mod waypoint_routes;
+mod waypoint_vs;
 mod xds;
 mod xds_kube;
 mod xds_nack;

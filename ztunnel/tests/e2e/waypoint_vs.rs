@@ -1,0 +1,217 @@
+//! Istio's traffic API at the waypoint with real curl requests, after Istio's Bookinfo tasks:
+//! `reviews` has subsets v1, v2, v3 and `slow` (a DestinationRule over pod labels); a
+//! VirtualService routes the user `jason` to v2 by header, aborts and delays (fault
+//! injection), times out, mirrors to v3 and shifts traffic 50/50 between v1 and v3; each
+//! outcome is observed in the answers and in Istio's metrics with Envoy's flags.
+
+use crate::{
+    support::*,
+    waypoint::{curl, metrics, start_waypoint, waypoint_requests, xds_edit},
+};
+use amesh_testbed::{mesh::PodSpec, probe::serve_with};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+const REVIEWS: &str = "10.96.0.21:9080";
+
+fn specs() -> Vec<PodSpec> {
+    let reviews = |name, version| PodSpec {
+        labels: match version {
+            "v1" => &[("svc", "reviews"), ("version", "v1")],
+            "v2" => &[("svc", "reviews"), ("version", "v2")],
+            "v3" => &[("svc", "reviews"), ("version", "v3")],
+            _ => &[("svc", "reviews"), ("version", "slow")],
+        },
+        ..pod(name, "shop", "node2")
+    };
+    vec![
+        pod("a", "shop", "node1"),
+        reviews("r1", "v1"),
+        reviews("r2", "v2"),
+        reviews("r3", "v3"),
+        reviews("r4", "slow"),
+        crate::waypoint::WP,
+    ]
+}
+
+const OBJECTS: &str = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {clusterIP: 10.96.0.21, selector: {svc: reviews}, ports: [{name: http, port: 9080, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+  - {name: slow, labels: {version: slow}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /delayed}}]
+    fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /slow}}]
+    timeout: 0.5s
+    route: [{destination: {host: reviews, subset: slow}}]
+  - match: [{uri: {prefix: /mirror}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v3}
+    mirrorPercentage: {value: 100}
+  - match: [{uri: {prefix: /shift}}]
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v3}, weight: 50}
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#;
+
+fn served_by(body: &str) -> String {
+    body.split_whitespace()
+        .find_map(|f| f.strip_prefix("served-by="))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn istios_traffic_tasks_work_through_the_waypoint() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + OBJECTS);
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    let any = SocketAddr::from(([0u16; 8], APP_PORT));
+    let _apps: Vec<_> = [
+        ("r1", vec![]),
+        ("r2", vec![]),
+        ("r3", vec![]),
+        ("r4", vec!["--delay-ms", "3000"]),
+    ]
+    .into_iter()
+    .map(|(n, extra)| {
+        serve_with(
+            &mesh.probe,
+            mesh.pod(n),
+            &format!("{n}-app"),
+            &extra,
+            &[any],
+        )
+        .expect("app")
+    })
+    .collect();
+    let url = |path: &str| format!("http://{REVIEWS}{path}");
+    let log = || waypoint.log();
+    let curl_as = |user: &str, path: &str| {
+        let out = mesh
+            .pod("a")
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("end-user: {user}"),
+                &url(path),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // 1. Request routing: jason to v2, everyone else to v1.
+    for _ in 0..5 {
+        assert_eq!(
+            served_by(&curl_as("jason", "/reviews")),
+            "r2-app",
+            "{}",
+            log()
+        );
+        assert_eq!(
+            served_by(&curl_as("alice", "/reviews")),
+            "r1-app",
+            "{}",
+            log()
+        );
+    }
+    // 2. Fault injection: an abort, and a delay.
+    let (status, body) = curl(&mesh, "a", &url("/fault"));
+    assert_eq!(
+        (status, body.trim()),
+        (500, "fault filter abort"),
+        "{}",
+        log()
+    );
+    let (status, body) = curl(&mesh, "a", &url("/delayed"));
+    assert_eq!((status, served_by(&body)), (200, "r1-app".into()), "{body}");
+    // 5. Request timeouts: the slow subset answers after 3 s, the route allows 0.5 s.
+    let (status, body) = curl(&mesh, "a", &url("/slow"));
+    assert_eq!(
+        (status, body.trim()),
+        (504, "upstream request timeout"),
+        "{}",
+        log()
+    );
+    // 7. Mirroring: v1 answers; v3 receives the copy.
+    let (status, body) = curl(&mesh, "a", &url("/mirror"));
+    assert_eq!((status, served_by(&body)), (200, "r1-app".into()), "{body}");
+    let r3 = mesh.v4("r3", APP_PORT);
+    amesh_testbed::eventually(
+        "the mirrored copy reached v3",
+        Duration::from_secs(5),
+        || {
+            log()
+                .lines()
+                .any(|l| l.contains("mirrored") && l.contains(&r3.to_string()))
+                .then_some(())
+                .ok_or_else(log)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // 3. Traffic shifting: 50/50 between v1 and v3, never v2 (statistical bounds).
+    let mut seen = BTreeMap::<String, u32>::new();
+    for _ in 0..100 {
+        *seen
+            .entry(served_by(&curl_as("alice", "/shift")))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["r1-app", "r3-app"],
+        "{seen:?}"
+    );
+    assert!(
+        seen.values().all(|n| (25..=75).contains(n)),
+        "50/50 over 100 requests: {seen:?}"
+    );
+
+    // Envoy's flags in Istio's metrics.
+    let m = metrics(&waypoint);
+    for (code, flag) in [("500", "FI"), ("200", "DI"), ("504", "UT")] {
+        assert!(
+            waypoint_requests(
+                &m,
+                &[
+                    &format!("response_code=\"{code}\""),
+                    &format!("response_flags=\"{flag}\"")
+                ]
+            ) >= 1.0,
+            "{code} {flag}: {m}"
+        );
+    }
+}
