@@ -275,6 +275,12 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         &mut out.errors,
     );
     crate::waypoint_policies::translate(snap, mesh, &mut out.waypoint_policies, &mut out.errors);
+    crate::virtual_services::traffic_policies(
+        snap,
+        mesh,
+        &mut out.waypoint_policies,
+        &mut out.errors,
+    );
     out
 }
 

@@ -583,19 +583,6 @@ pub fn translate(
         .flat_map(|r| r.parents.iter().map(|p| p.service.clone()))
         .collect();
     let subsets = subsets(snap, mesh);
-    for dr in &snap.destination_rules {
-        let policies = dr.spec.traffic_policy.is_some()
-            || dr.spec.subsets.iter().any(|s| s.traffic_policy.is_some());
-        if policies {
-            errors.push(Rejected {
-                kind: "DestinationRule",
-                namespace: dr.metadata.namespace.clone(),
-                name: dr.metadata.name.clone(),
-                reason: "trafficPolicy (load balancing, connection pool, outlier detection, TLS) is not supported yet at the waypoint; its subsets apply".into(),
-                partial: true,
-            });
-        }
-    }
     for v in &snap.virtual_services {
         let namespace = if v.metadata.namespace.is_empty() {
             "default"
@@ -700,5 +687,84 @@ pub fn translate(
                 },
             );
         }
+    }
+}
+
+/// DestinationRules' traffic policies for waypoints: `connectionPool` limits become
+/// `WaypointPolicy` resources (kind DESTINATION_RULE, `DestinationRule/<ns>/<name>`) for the
+/// host's Service; every other part of a traffic policy is reported as not supported yet.
+pub fn traffic_policies(
+    snap: &Snapshot,
+    mesh: &Mesh,
+    out: &mut BTreeMap<String, pb::WaypointPolicy>,
+    errors: &mut Vec<Rejected>,
+) {
+    for dr in &snap.destination_rules {
+        let ns = if dr.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            dr.metadata.namespace.as_str()
+        };
+        let mut report = |reason: String| {
+            errors.push(Rejected {
+                kind: "DestinationRule",
+                namespace: ns.to_string(),
+                name: dr.metadata.name.clone(),
+                reason,
+                partial: true,
+            })
+        };
+        for (i, s) in dr.spec.subsets.iter().enumerate() {
+            if s.traffic_policy.is_some() {
+                report(format!(
+                    "spec.subsets[{i}].trafficPolicy: not supported yet at the waypoint"
+                ));
+            }
+        }
+        let Some(tp) = dr.spec.traffic_policy.as_ref().and_then(|t| t.as_object()) else {
+            continue;
+        };
+        let mut pool = amesh_policy::traffic::ConnectionPool::default();
+        for (key, value) in tp {
+            if key != "connectionPool" {
+                report(format!(
+                    "spec.trafficPolicy.{key}: not supported yet at the waypoint"
+                ));
+                continue;
+            }
+            for (proto, fields) in value.as_object().into_iter().flatten() {
+                for (field, v) in fields.as_object().into_iter().flatten() {
+                    let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                    match (proto.as_str(), field.as_str(), n) {
+                        ("tcp", "maxConnections", Some(n)) => pool.max_connections = n,
+                        ("http", "http1MaxPendingRequests", Some(n)) => {
+                            pool.http1_max_pending_requests = n
+                        }
+                        ("http", "http2MaxRequests", Some(n)) => pool.http2_max_requests = n,
+                        _ => report(format!(
+                            "spec.trafficPolicy.connectionPool.{proto}.{field}: not supported yet at the waypoint"
+                        )),
+                    }
+                }
+            }
+        }
+        if pool == amesh_policy::traffic::ConnectionPool::default() {
+            continue;
+        }
+        let Ok(spec_json) = serde_json::to_string(&pool) else {
+            continue;
+        };
+        out.insert(
+            format!("DestinationRule/{ns}/{}", dr.metadata.name),
+            pb::WaypointPolicy {
+                kind: pb::waypoint_policy::Kind::DestinationRule as i32,
+                name: dr.metadata.name.clone(),
+                namespace: ns.to_string(),
+                waypoints: vec![],
+                services: vec![service_key(&dr.spec.host, ns, mesh)],
+                spec_json,
+                authorizer_json: String::new(),
+            },
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod l7;
 pub mod model;
 pub mod peer_auth;
+pub mod traffic;
 pub mod wire;
 
 pub use eval::{Connection, Decision, Outcome, evaluate, evaluate_request};

@@ -28,6 +28,8 @@ pub enum Kind {
     Authorization(Authorization),
     /// A RequestAuthentication's rules.
     Jwt(Vec<crate::jwt::Provider>),
+    /// A DestinationRule's connection-pool limits.
+    Pool(amesh_policy::traffic::ConnectionPool),
 }
 
 /// One policy and what it targets.
@@ -58,6 +60,9 @@ pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
                 .map_err(|e| invalid("specJson", e.to_string()))?;
             Kind::Jwt(rules.into_iter().map(crate::jwt::Provider::new).collect())
         }
+        Ok(pb::waypoint_policy::Kind::DestinationRule) => Kind::Pool(
+            serde_json::from_str(&p.spec_json).map_err(|e| invalid("specJson", e.to_string()))?,
+        ),
         Err(_) => {
             return Err(invalid(
                 "kind",
@@ -118,9 +123,17 @@ impl Table {
             .into_iter()
             .filter_map(|p| match &p.kind {
                 Kind::Authorization(a) => Some(a),
-                Kind::Jwt(_) => None,
+                Kind::Jwt(_) | Kind::Pool(_) => None,
             })
             .collect()
+    }
+
+    /// The connection-pool limits for requests to `service` (`namespace/hostname`).
+    pub fn connection_pool(&self, service: &str) -> Option<&amesh_policy::traffic::ConnectionPool> {
+        self.policies.iter().find_map(|p| match &p.kind {
+            Kind::Pool(pool) if p.services.iter().any(|s| s == service) => Some(pool),
+            _ => None,
+        })
     }
 
     /// The external authorizer of CUSTOM policy `key` (`namespace/name`).
@@ -137,7 +150,7 @@ impl Table {
             .into_iter()
             .filter_map(|p| match &p.kind {
                 Kind::Jwt(providers) => Some(providers.iter()),
-                Kind::Authorization(_) => None,
+                Kind::Authorization(_) | Kind::Pool(_) => None,
             })
             .flatten()
             .collect()

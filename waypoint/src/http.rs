@@ -701,6 +701,31 @@ async fn attempt(
     body: Body,
     limit: Option<Duration>,
 ) -> Served {
+    // The destination's circuit breaker (its DestinationRule's connection pool).
+    let admitted = {
+        let state = inputs.state.snapshot();
+        let service = state.service_by_vip(target.ip()).map(|s| s.key());
+        let h2 = is_grpc(&parts.headers) || declared_h2(inputs, target);
+        let table = inputs.policies.borrow().clone();
+        let limit = service
+            .as_deref()
+            .and_then(|s| table.connection_pool(s))
+            .and_then(|p| p.max_in_flight(h2));
+        match (service, limit) {
+            (Some(s), Some(limit)) => match inputs.breakers.admit(&s, limit) {
+                Some(a) => Some(a),
+                None => {
+                    debug!(service = %s, limit, "circuit breaker open: overflow");
+                    return Served::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                        "UO",
+                    );
+                }
+            },
+            _ => None,
+        }
+    };
     let fut = forward(inputs, caller, target, Request::from_parts(parts, body));
     let outcome = match limit {
         Some(l) => match tokio::time::timeout(l, fut).await {
@@ -717,7 +742,11 @@ async fn attempt(
     };
     match outcome {
         Ok((resp, endpoint)) => Served {
-            resp,
+            // The request counts against the breaker until its response body is through.
+            resp: match admitted {
+                Some(a) => resp.map(|b| Counted::reporting(b, Box::new(move |_| drop(a))).boxed()),
+                None => resp,
+            },
             endpoint: Some(endpoint),
             flag: "-",
         },

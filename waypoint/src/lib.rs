@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod authz;
 pub mod bound;
+pub mod breaker;
 pub mod config;
 pub mod counted;
 pub mod ext_authz;
@@ -154,6 +155,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         policies,
         h1_pool: Default::default(),
         h2_pool: Default::default(),
+        breakers: Default::default(),
     });
     let listener = inputs
         .net

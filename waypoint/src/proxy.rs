@@ -48,6 +48,8 @@ pub struct Inputs {
     pub h1_pool: Arc<crate::http::H1Pool>,
     /// Open upstream HTTP/2 connections.
     pub h2_pool: crate::http::H2Pool,
+    /// Requests in flight per destination Service (DestinationRule connection pools).
+    pub breakers: crate::breaker::Breakers,
 }
 
 /// Bound on the TLS handshake of a new connection.

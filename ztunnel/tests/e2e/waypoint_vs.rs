@@ -215,3 +215,94 @@ fn istios_traffic_tasks_work_through_the_waypoint() {
         );
     }
 }
+
+/// The 5xx count in h2load's "status codes: N 2xx, N 3xx, N 4xx, N 5xx" line, and the 2xx.
+fn h2load_codes(report: &str) -> (u32, u32) {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("status codes:"))
+        .unwrap_or_default();
+    let count = |class: &str| {
+        line.split(',')
+            .find(|p| p.trim().ends_with(class))
+            .and_then(|p| {
+                p.trim()
+                    .trim_start_matches("status codes:")
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (count("2xx"), count("5xx"))
+}
+
+#[test]
+fn circuit_breaking_answers_overflow_with_uo() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    let objects = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: slow, namespace: shop}
+spec: {clusterIP: 10.96.0.22, selector: {version: slow}, ports: [{name: http, port: 9080, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: slow, namespace: shop}
+spec:
+  host: slow
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+"#;
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    let waypoint = start_waypoint(&mesh);
+    let any = SocketAddr::from(([0u16; 8], APP_PORT));
+    let _app = serve_with(
+        &mesh.probe,
+        mesh.pod("r4"),
+        "r4-app",
+        &["--delay-ms", "300"],
+        &[any],
+    )
+    .expect("app");
+    // Four clients at once against a limit of two in flight (one connection, one waiting).
+    let out = mesh
+        .pod("a")
+        .command("h2load")
+        .args(["--h1", "-n", "24", "-c", "4", "http://10.96.0.22:9080/"])
+        .output()
+        .expect("h2load");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let (ok, overflow) = h2load_codes(&report);
+    assert!(
+        ok > 0 && overflow > 0,
+        "some through, some refused: {report}\n{}",
+        waypoint.log()
+    );
+    assert_eq!(ok + overflow, 24, "{report}");
+    let m = metrics(&waypoint);
+    assert_eq!(
+        waypoint_requests(&m, &["response_code=\"503\"", "response_flags=\"UO\""]),
+        f64::from(overflow),
+        "every overflow counted with UO: {m}"
+    );
+    // What the waypoint does not enforce is said, not dropped.
+    let cp = mesh
+        .control_plane
+        .as_ref()
+        .map(|c| c.log())
+        .unwrap_or_default();
+    assert!(
+        cp.contains("maxRequestsPerConnection: not supported yet"),
+        "{cp}"
+    );
+}
