@@ -572,9 +572,13 @@ spec:
         (15, 10.0),
         "UNAVAILABLE is 14, sent +1"
     );
+    // The CORS route stays in place and answers 500: its requests must not fall through to
+    // the next route.
+    let cors = &r.routes["VirtualService/shop/web/1"];
+    assert!(cors.matches.is_empty(), "{cors:?}");
     assert!(
-        !r.routes.contains_key("VirtualService/shop/web/1"),
-        "the CORS route is left out"
+        cors.backends[0].unresolved.contains("corsPolicy"),
+        "{cors:?}"
     );
     assert!(
         r.routes["VirtualService/shop/web/2"].backends[0]

@@ -96,7 +96,7 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
             "not supported yet at the waypoint",
         ));
     }
-    if !m.gateways.is_empty() {
+    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
         return Err(invalid(
             format!("{at}.gateways"),
             "not supported at the waypoint (ingress gateways only)",
@@ -107,7 +107,7 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
         Some(u) => {
             let (kind, value) = match (&u.exact, &u.prefix, &u.regex) {
                 (Some(v), None, None) => (pb::path_match::Kind::Exact, v.clone()),
-                (None, Some(v), None) => (pb::path_match::Kind::Prefix, v.clone()),
+                (None, Some(v), None) => (pb::path_match::Kind::StringPrefix, v.clone()),
                 (None, None, Some(v)) => {
                     regex::Regex::new(v).map_err(|e| {
                         invalid(format!("{at}.uri.regex"), format!("not a regex: {e}"))
@@ -231,14 +231,10 @@ fn destination(ctx: &Ctx<'_>, d: &vs::Destination, weight: u32, field: &str) -> 
         Some(p) if p > 0 => p,
         // Istio: the port may be left out when the Service has one.
         _ if s.ports.len() == 1 => s.ports[0].service_port,
-        _ => {
-            return unresolved(format!(
-                "{field}: host {} has several ports; name one",
-                d.host
-            ));
-        }
+        // Several ports: the one the request came in on (0 tells the waypoint so).
+        _ => 0,
     };
-    if !s.ports.iter().any(|p| p.service_port == port) {
+    if port != 0 && !s.ports.iter().any(|p| p.service_port == port) {
         return unresolved(format!("{field}: Service {} has no port {port}", d.host));
     }
     let (endpoints, subset) = match &d.subset {
@@ -355,7 +351,7 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         let prefix_matched = matches.iter().any(|m| {
             m.path
                 .as_ref()
-                .is_some_and(|p| p.kind == pb::path_match::Kind::Prefix as i32)
+                .is_some_and(|p| p.kind == pb::path_match::Kind::StringPrefix as i32)
         });
         filters.push(pb::Filter {
             kind: Some(Kind::Rewrite(pb::Rewrite {
@@ -408,14 +404,23 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         .as_deref()
         .map(|t| millis(t, &format!("{at}.timeout")))
         .transpose()?;
-    let retry = match &r.retries {
+    // Istio's default policy, also for routes without `retries`: 2 attempts on connection
+    // failures, refused streams and 503.
+    const DEFAULT_RETRY_ON: &str =
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503";
+    let default_retries = vs::Retries {
+        attempts: Some(2),
+        per_try_timeout: None,
+        retry_on: None,
+    };
+    let retry = match Some(r.retries.as_ref().unwrap_or(&default_retries)) {
         None => None,
         Some(rt) => {
             let mut codes = BTreeSet::new();
             for cond in rt
                 .retry_on
                 .as_deref()
-                .unwrap_or("5xx,connect-failure")
+                .unwrap_or(DEFAULT_RETRY_ON)
                 .split(',')
             {
                 match cond.trim() {
@@ -488,13 +493,19 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
             };
             Some(pb::Fault {
                 delay_ms,
+                // Istio: without a percentage, no request gets the fault.
                 delay_percent: delay.map_or(0.0, |d| {
-                    d.percentage
-                        .as_ref()
-                        .map_or_else(|| d.percent.map_or(100.0, f64::from), |p| p.value)
+                    d.percentage.as_ref().map_or_else(
+                        || d.percent.map_or(0.0, |p| f64::from(p).clamp(0.0, 100.0)),
+                        |p| p.value.clamp(0.0, 100.0),
+                    )
                 }),
                 abort_status,
-                abort_percent: abort.map_or(0.0, |a| percent(&a.percentage)),
+                abort_percent: abort.map_or(0.0, |a| {
+                    a.percentage
+                        .as_ref()
+                        .map_or(0.0, |p| p.value.clamp(0.0, 100.0))
+                }),
                 abort_grpc_status,
             })
         }
@@ -512,10 +523,26 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
     })
 }
 
+/// Whether a DestinationRule in `dr_ns` may speak for the Service `key`: from the Service's
+/// own namespace or the root namespace (Istio also allows the client's; a waypoint serves
+/// many clients, so that one does not apply). Anyone else's would let one namespace redefine
+/// another's subsets and limits.
+fn dr_applies(dr_ns: &str, key: &str, mesh: &Mesh) -> bool {
+    let svc_ns = key.split('/').next().unwrap_or_default();
+    dr_ns == svc_ns || dr_ns == mesh.root_namespace
+}
+
 /// Subset → workload uids: the Service's endpoint pods with the subset's labels too.
 fn subsets(snap: &Snapshot, mesh: &Mesh) -> BTreeMap<(String, String), Vec<String>> {
     let mut out = BTreeMap::new();
-    for dr in &snap.destination_rules {
+    for dr in snap.destination_rules.iter().filter(|dr| {
+        let ns = if dr.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            &dr.metadata.namespace
+        };
+        dr_applies(ns, &service_key(&dr.spec.host, ns, mesh), mesh)
+    }) {
         let ns = if dr.metadata.namespace.is_empty() {
             "default"
         } else {
@@ -648,7 +675,37 @@ pub fn translate(
                     out_routes.insert(format!("VirtualService/{namespace}/{name}/{i}"), rule);
                 }
                 Err(Invalid(field, reason)) => {
-                    errors.push(reject(format!("{field}: {reason}"), true))
+                    errors.push(reject(
+                        format!("{field}: {reason}; the route answers 500 until it is fixed"),
+                        true,
+                    ));
+                    // Fail closed, in place: the requests this route would take must not
+                    // fall through to a later one. Its matches if they can be read, else
+                    // every request that reaches it.
+                    let matches = r
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .map(|(j, m)| match_of(m, &format!("spec.http[{i}].match[{j}]")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap_or_default();
+                    out_routes.insert(
+                        format!("VirtualService/{namespace}/{name}/{i}"),
+                        pb::HttpRouteRule {
+                            route: format!("{namespace}/{name}"),
+                            index: i as u32,
+                            created,
+                            parents: parents.clone(),
+                            matches,
+                            backends: vec![pb::Backend {
+                                weight: 1,
+                                unresolved: format!("{field}: {reason}"),
+                                ..Default::default()
+                            }],
+                            kind: pb::RouteKind::VirtualService as i32,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
         }
@@ -674,13 +731,48 @@ pub fn translate(
                     )
                 })
                 .collect();
+            // A tcp route takes the hosts' TCP ports: those declared TCP or TLS, or every
+            // port of a VirtualService without http routes. An HTTP port stays HTTP.
+            let tcp_parents: Vec<pb::Parent> = parents
+                .iter()
+                .flat_map(|p| {
+                    let declared: Vec<u32> = services
+                        .get(p.service.as_str())
+                        .map(|s| {
+                            s.ports
+                                .iter()
+                                .filter(|port| {
+                                    matches!(
+                                        wl::AppProtocol::try_from(port.app_protocol),
+                                        Ok(wl::AppProtocol::Tcp | wl::AppProtocol::Tls)
+                                    )
+                                })
+                                .map(|port| port.service_port)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let ports = if declared.is_empty() && v.spec.http.is_empty() {
+                        vec![0]
+                    } else {
+                        declared
+                    };
+                    ports.into_iter().map(|port| pb::Parent {
+                        service: p.service.clone(),
+                        port,
+                    })
+                })
+                .collect();
+            if tcp_parents.is_empty() {
+                errors.push(reject(format!("spec.tcp[{i}]: no TCP port on the hosts (name it tcp-… or set appProtocol: tcp); the route is not applied"), true));
+                continue;
+            }
             out_routes.insert(
                 format!("VirtualService/{namespace}/{name}/tcp{i}"),
                 pb::HttpRouteRule {
                     route: format!("{namespace}/{name}"),
                     index: 1000 + i as u32,
                     created,
-                    parents: parents.clone(),
+                    parents: tcp_parents,
                     backends,
                     kind: pb::RouteKind::VirtualServiceTcp as i32,
                     ..Default::default()
@@ -714,6 +806,14 @@ pub fn traffic_policies(
                 partial: true,
             })
         };
+        let key = service_key(&dr.spec.host, ns, mesh);
+        if !dr_applies(ns, &key, mesh) {
+            report(format!(
+                "spec.host: {} is in another namespace; a DestinationRule applies from its Service's namespace or {} only",
+                dr.spec.host, mesh.root_namespace
+            ));
+            continue;
+        }
         for (i, s) in dr.spec.subsets.iter().enumerate() {
             if s.traffic_policy.is_some() {
                 report(format!(
@@ -761,7 +861,7 @@ pub fn traffic_policies(
                 name: dr.metadata.name.clone(),
                 namespace: ns.to_string(),
                 waypoints: vec![],
-                services: vec![service_key(&dr.spec.host, ns, mesh)],
+                services: vec![key],
                 spec_json,
                 authorizer_json: String::new(),
             },

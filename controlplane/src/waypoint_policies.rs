@@ -141,12 +141,18 @@ fn stand_in(
         .iter()
         .chain(&p.spec.target_refs)
         .collect();
-    let targets = crd::target_refs(&refs, namespace).ok()?;
+    // Each target on its own: one that cannot be resolved must not cost the others theirs.
     let (mut waypoints, mut services) = (Vec::new(), Vec::new());
-    targets
-        .iter()
-        .try_for_each(|target| resolve(target, mesh, &mut waypoints, &mut services))
-        .ok()?;
+    for r in refs {
+        if let Ok(targets) = crd::target_refs(&[r], namespace) {
+            for t in &targets {
+                let _ = resolve(t, mesh, &mut waypoints, &mut services);
+            }
+        }
+    }
+    if waypoints.is_empty() && services.is_empty() {
+        return None;
+    }
     let (action, rules, effect) = match p.spec.action.as_deref().unwrap_or("ALLOW") {
         "AUDIT" => return None,
         "ALLOW" => (amesh_policy::Action::Allow, vec![], "it allows nothing"),

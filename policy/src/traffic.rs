@@ -21,12 +21,18 @@ impl ConnectionPool {
     /// connection, so connections plus the requests allowed to wait for one; HTTP/2
     /// requests are bounded by `http2MaxRequests`. `None`: unbounded.
     pub fn max_in_flight(&self, http2: bool) -> Option<u32> {
+        // Envoy's max_requests (`http2MaxRequests`) bounds HTTP/1.1 requests too.
+        let requests = (self.http2_max_requests > 0).then_some(self.http2_max_requests);
         if http2 {
-            (self.http2_max_requests > 0).then_some(self.http2_max_requests)
-        } else if self.max_connections > 0 {
-            Some(self.max_connections + self.http1_max_pending_requests)
-        } else {
-            None
+            return requests;
+        }
+        let connections = (self.max_connections > 0).then(|| {
+            self.max_connections
+                .saturating_add(self.http1_max_pending_requests)
+        });
+        match (connections, requests) {
+            (Some(c), Some(r)) => Some(c.min(r)),
+            (c, r) => c.or(r),
         }
     }
 }
@@ -44,6 +50,16 @@ mod tests {
         };
         assert_eq!(p.max_in_flight(false), Some(2));
         assert_eq!(p.max_in_flight(true), None);
+        let requests_only = ConnectionPool {
+            http2_max_requests: 3,
+            ..Default::default()
+        };
+        assert_eq!(requests_only.max_in_flight(false), Some(3), "HTTP/1.1 too");
+        let both = ConnectionPool {
+            http2_max_requests: 1,
+            ..p.clone()
+        };
+        assert_eq!(both.max_in_flight(false), Some(1), "the smaller");
         assert_eq!(ConnectionPool::default().max_in_flight(false), None);
     }
 }

@@ -40,6 +40,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body held for a retry or a mirror to replay; larger ones stream and
 /// are neither retried nor mirrored.
 const MAX_REPLAY: u64 = 64 * 1024;
+/// Bound on a mirrored copy's exchange.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves HTTP/1.1 (or, `h2`, HTTP/2 with prior knowledge) requests on one CONNECT stream
 /// until the client closes it.
@@ -125,6 +127,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 /// RFC 3986 normalization of a path: percent-encoded unreserved characters decoded (`%61`
 /// is `a`; an encoded `/` stays encoded), then `.` and `..` segments removed.
 fn normalize_path(path: &str) -> String {
+    // A backslash separates segments too (Envoy's normalization turns it into `/`).
+    let path = path.replace('\\', "/");
+    let path = path.as_str();
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -161,14 +166,19 @@ fn normalize_path(path: &str) -> String {
     joined
 }
 
-fn normalize_uri(parts: &mut Parts) {
+/// Normalizes the request's path in place; `false` for one that must be refused (an
+/// encoded NUL).
+fn normalize_uri(parts: &mut Parts) -> bool {
     let path = parts.uri.path();
+    if path.to_ascii_lowercase().contains("%00") {
+        return false;
+    }
     if !path.starts_with('/') {
-        return;
+        return true;
     }
     let normal = normalize_path(path);
     if normal == path {
-        return;
+        return true;
     }
     let pq = match parts.uri.query() {
         Some(q) => format!("{normal}?{q}"),
@@ -181,6 +191,7 @@ fn normalize_uri(parts: &mut Parts) {
             parts.uri = u;
         }
     }
+    true
 }
 
 /// A fresh request id: 128 random bits as a UUID (version 4) string, as Envoy makes them.
@@ -255,8 +266,17 @@ async fn handle(
     }
     strip_hop_by_hop(&mut parts.headers);
     // One path for policy, routing and the upstream alike (Istio's BASE normalization):
-    // `/public/../admin` is judged, routed and sent as `/admin`.
-    normalize_uri(&mut parts);
+    // `/public/../admin` is judged, routed and sent as `/admin`; an encoded NUL is refused.
+    if !normalize_uri(&mut parts) {
+        return text(StatusCode::BAD_REQUEST, "bad request path");
+    }
+    // One authority too: an HTTP/2 or absolute-form request's URI authority is the
+    // request's, and a Host header that says otherwise is replaced by it.
+    if let Some(a) = parts.uri.authority().cloned()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     let request_id = parts.headers.get("x-request-id").cloned();
     let grpc = is_grpc(&parts.headers);
     let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
@@ -675,7 +695,9 @@ async fn exchange(
         .await;
         let again = retry.is_some_and(|r| {
             let status = served.resp.status().as_u16();
-            served.endpoint.is_none() && served.flag != "-" || r.codes.contains(&status)
+            // Envoy never retries an overflow: it would only add load.
+            served.flag != "UO"
+                && (served.endpoint.is_none() && served.flag != "-" || r.codes.contains(&status))
         });
         if !again || n >= attempts {
             return served;
@@ -799,9 +821,13 @@ fn mirror(
     let (inputs, caller) = (inputs.clone(), caller.clone());
     tokio::spawn(async move {
         let req = Request::from_parts(parts, full(body));
-        match forward(&inputs, &caller, to, req).await {
-            Ok((resp, e)) => debug!(to = %e.addr, status = resp.status().as_u16(), "mirrored"),
-            Err(e) => debug!(error = %e, "mirror failed"),
+        // A mirror target that hangs must not pile up tasks holding bodies.
+        match tokio::time::timeout(MIRROR_TIMEOUT, forward(&inputs, &caller, to, req)).await {
+            Ok(Ok((resp, e))) => {
+                debug!(to = %e.addr, status = resp.status().as_u16(), "mirrored")
+            }
+            Ok(Err(e)) => debug!(error = %e, "mirror failed"),
+            Err(_) => debug!(%to, "mirror timed out"),
         }
     });
 }
@@ -819,7 +845,13 @@ pub(crate) fn backend_address(
         .iter()
         .find(|v| v.is_ipv4() == target.is_ipv4())
         .or_else(|| s.vips.first())?;
-    Some(SocketAddr::new(*vip, backend.port))
+    // Port 0: the port the request came in on.
+    let port = if backend.port == 0 {
+        target.port()
+    } else {
+        backend.port
+    };
+    Some(SocketAddr::new(*vip, port))
 }
 
 /// A backend by weight; none when there are none or every weight is 0 (answered 500).
@@ -843,6 +875,13 @@ pub(crate) fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
 fn replaced_path(path: &str, matched: &PathMatch, m: &PathModifier) -> String {
     let new = match (m, matched) {
         (PathModifier::Full(v), _) => v.clone(),
+        (PathModifier::Prefix(v), PathMatch::StringPrefix(p))
+            if path.len() >= p.len() && path[..p.len()].eq_ignore_ascii_case(p) =>
+        {
+            // The matched prefix (compared without case: an ignoreUriCase match's literal is
+            // lowered) replaced, the rest kept.
+            format!("{v}{}", &path[p.len()..])
+        }
         (PathModifier::Prefix(v), PathMatch::Prefix(p)) if path.starts_with(p.as_str()) => {
             format!("{}{}", v.trim_end_matches('/'), &path[p.len()..])
         }
@@ -972,9 +1011,9 @@ async fn forward(
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let mut req = req;
     if is_grpc(req.headers()) || declared_h2(inputs, target) {
-        // An absolute URI, as an HTTP/2 client sends it.
-        if req.uri().authority().is_none()
-            && let Some(host) = req.headers().get(header::HOST).cloned()
+        // An absolute URI, as an HTTP/2 client sends it, with the Host the request has now
+        // (a rewritten authority, a mirror's `-shadow` host).
+        if let Some(host) = req.headers().get(header::HOST).cloned()
             && let Ok(host) = host.to_str()
             && let Some(pq) = req.uri().path_and_query()
             && let Ok(uri) = format!("http://{host}{pq}").parse()
@@ -1271,6 +1310,7 @@ mod tests {
             ("/a/./", "/a/"),
             ("/", "/"),
             ("/a/b/..", "/a/"),
+            ("/a\\..\\admin", "/admin"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
         }

@@ -223,13 +223,17 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
                         Err(("the route's backend could not be resolved", "NC"))
                     }
                     Some(b) => crate::http::backend_address(&inputs, b, target)
+                        .map(|to| (to, b.endpoints.clone()))
                         .ok_or(("no healthy upstream", "UH")),
                 };
                 if tcp_denied() {
                     return;
                 }
                 return match to {
-                    Ok(to) => relay_tcp(&inputs, &caller, &destination, to, stream).await,
+                    Ok((to, subset)) => {
+                        let only = (!subset.is_empty()).then_some(subset.as_slice());
+                        relay_tcp(&inputs, &caller, &destination, to, stream, only).await
+                    }
                     Err((why, flag)) => {
                         let labels = tcp_labels(&caller, &destination, None, flag);
                         inputs.metrics.tcp_opened.get_or_create(&labels).inc();
@@ -245,7 +249,7 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
             if tcp_denied() {
                 return;
             }
-            return relay_tcp(&inputs, &caller, &destination, target, stream).await;
+            return relay_tcp(&inputs, &caller, &destination, target, stream, None).await;
         }
         match stream.sniff().await {
             Sniff::Http1 => {
@@ -259,7 +263,9 @@ async fn handle_connect(inputs: Arc<Inputs>, connect: IncomingConnect, peer: Soc
                 crate::http::serve(inputs, caller, destination, target, stream, false).await;
             }
             Sniff::Other if tcp_denied() => {}
-            Sniff::Other => relay_tcp(&inputs, &caller, &destination, target, stream).await,
+            Sniff::Other => {
+                relay_tcp(&inputs, &caller, &destination, target, stream, None).await
+            }
         }
     }
     .instrument(span)
@@ -292,10 +298,11 @@ async fn relay_tcp(
     destination: &bound::Destination,
     target: SocketAddr,
     mut stream: Sniffed,
+    only: Option<&[String]>,
 ) {
     let headers = forwarded(caller);
     let m = &inputs.metrics;
-    let (mut upstream, endpoint) = match upstream::connect(inputs, target, headers).await {
+    let (mut upstream, endpoint) = match upstream::connect(inputs, target, headers, only).await {
         Ok(u) => u,
         Err(e) => {
             let labels = tcp_labels(caller, destination, None, e.response_flag());

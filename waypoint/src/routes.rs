@@ -33,6 +33,8 @@ pub enum PathMatch {
     /// On path-segment boundaries, without its trailing slash.
     Prefix(String),
     Regex(Regex),
+    /// A plain string prefix (a VirtualService's, as Envoy matches it).
+    StringPrefix(String),
 }
 
 #[derive(Debug, Clone)]
@@ -300,15 +302,30 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
     let mut matches = Vec::new();
     for (i, m) in r.matches.iter().enumerate() {
         let field = format!("matches[{i}]");
+        // Ignoring case: literal values kept lower-case (the path is lowered to compare),
+        // a regex compiled case-insensitive once here.
+        let lower = |v: &str| {
+            if m.ignore_case {
+                v.to_ascii_lowercase()
+            } else {
+                v.to_string()
+            }
+        };
         let path = match &m.path {
             None => PathMatch::Prefix(String::new()),
             Some(p) => match pb::path_match::Kind::try_from(p.kind) {
-                Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(p.value.clone()),
+                Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(lower(&p.value)),
                 Ok(pb::path_match::Kind::Prefix) => {
-                    PathMatch::Prefix(p.value.trim_end_matches('/').to_string())
+                    PathMatch::Prefix(lower(p.value.trim_end_matches('/')))
                 }
+                Ok(pb::path_match::Kind::StringPrefix) => PathMatch::StringPrefix(lower(&p.value)),
                 Ok(pb::path_match::Kind::Regex) => {
-                    PathMatch::Regex(regex(&p.value, &format!("{field}.path"))?)
+                    let pattern = if m.ignore_case {
+                        format!("(?i){}", p.value)
+                    } else {
+                        p.value.clone()
+                    };
+                    PathMatch::Regex(regex(&pattern, &format!("{field}.path"))?)
                 }
                 Err(_) => return Err(invalid(format!("{field}.path.kind"), "unknown")),
             },
@@ -422,6 +439,7 @@ impl PathMatch {
             Self::Regex(r) => r
                 .find(path)
                 .is_some_and(|m| m.start() == 0 && m.end() == path.len()),
+            Self::StringPrefix(p) => path.starts_with(p.as_str()),
         }
     }
 
@@ -432,6 +450,7 @@ impl PathMatch {
             Self::Exact(p) => (3, p.len()),
             Self::Prefix(p) => (2, p.len()),
             Self::Regex(r) => (1, r.as_str().len()),
+            Self::StringPrefix(p) => (2, p.len()),
         }
     }
 }
@@ -489,14 +508,10 @@ impl Match {
 
     pub fn matches(&self, parts: &http::request::Parts) -> bool {
         let path_ok = if self.ignore_case {
-            let lower = parts.uri.path().to_ascii_lowercase();
             match &self.path {
-                PathMatch::Exact(p) => p.to_ascii_lowercase() == lower,
-                PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()).matches(&lower),
-                PathMatch::Regex(r) => Regex::new(&format!("(?i){}", r.as_str())).is_ok_and(|r| {
-                    r.find(parts.uri.path())
-                        .is_some_and(|m| m.start() == 0 && m.end() == parts.uri.path().len())
-                }),
+                // Literals were lowered when compiled; a regex is case-insensitive already.
+                PathMatch::Regex(_) => self.path.matches(parts.uri.path()),
+                _ => self.path.matches(&parts.uri.path().to_ascii_lowercase()),
             }
         } else {
             self.path.matches(parts.uri.path())

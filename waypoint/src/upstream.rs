@@ -168,8 +168,9 @@ pub async fn connect(
     inputs: &Inputs,
     target: SocketAddr,
     headers: http::HeaderMap,
+    only: Option<&[String]>,
 ) -> Result<(Box<dyn Io>, Endpoint), UpstreamError> {
-    let (picked, endpoint) = pick(inputs, target, None)?;
+    let (picked, endpoint) = pick(inputs, target, only)?;
     Ok((open(inputs, &picked, headers).await?, endpoint))
 }
 
