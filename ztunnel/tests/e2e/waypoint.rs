@@ -33,12 +33,7 @@ fn waypoint_mesh() -> (Mesh, WaypointProcess) {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
     xds_edit(&mesh, bind_shop);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     (mesh, waypoint)
 }
 
@@ -53,6 +48,35 @@ pub fn xds_edit(mesh: &Mesh, edit: impl FnOnce(String) -> String) {
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit must change the source");
     std::fs::write(mesh.source_path(), edited).expect("write the source");
+}
+
+/// Starts what a bound mesh runs, its source already written: the control plane, both
+/// nodes (waiting until their ztunnels are ready) and the waypoint in pod `wp`.
+pub fn start_bound(mesh: &mut Mesh) -> WaypointProcess {
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[]).expect("start the nodes");
+    for node in ["node1", "node2"] {
+        mesh.try_wait_ready(node).expect("ztunnel ready");
+    }
+    start_waypoint(mesh)
+}
+
+/// The test app in each pod named, with its extra `serve` arguments (`--status`,
+/// `--delay-ms`), named `<pod>-app` and listening on [`APP_PORT`].
+pub fn apps_with(mesh: &Mesh, apps: &[(&str, &[&str])]) -> Vec<amesh_testbed::PodProcess> {
+    let any = SocketAddr::from(([0u16; 8], APP_PORT));
+    apps.iter()
+        .map(|(n, extra)| {
+            amesh_testbed::probe::serve_with(
+                &mesh.probe,
+                mesh.pod(n),
+                &format!("{n}-app"),
+                extra,
+                &[any],
+            )
+            .expect("app")
+        })
+        .collect()
 }
 
 pub fn start_waypoint(mesh: &Mesh) -> WaypointProcess {

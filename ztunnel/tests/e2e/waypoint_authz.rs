@@ -5,7 +5,7 @@
 
 use crate::{
     support::*,
-    waypoint::{curl, metrics, start_waypoint, waypoint_requests, xds_edit},
+    waypoint::{curl, metrics, start_bound, waypoint_requests, xds_edit},
 };
 use amesh_testbed::mesh::{PodSpec, VIP};
 
@@ -69,12 +69,7 @@ fn authorization_policies_are_enforced_per_request_at_the_waypoint() {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + POLICIES);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let _apps = mesh.apps(&["b"]);
     let url = |path: &str| format!("http://{VIP}{path}");
     let log = || waypoint.log();
@@ -240,12 +235,7 @@ spec:
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + &objects);
     mesh.control_plane_source
         .extend(["--jwks-ca-file".to_string(), ca_file.display().to_string()]);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let _apps = mesh.apps(&["b"]);
     let url = |path: &str| format!("http://{VIP}{path}");
     let log = || {
@@ -323,12 +313,7 @@ fn require_waypoint_refuses_what_bypasses_the_waypoint_and_is_off_by_default() {
             "istio.io/waypoint-for: service",
         )
     });
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let _apps = mesh.apps(&["b"]);
     let pod_ip = mesh.v4("b", APP_PORT);
     let vip: std::net::SocketAddr = format!("{VIP}:80").parse().unwrap();
@@ -410,12 +395,7 @@ spec:
         "--mesh-config".to_string(),
         mesh_config.display().to_string(),
     ]);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let _app = mesh.apps(&["b"]);
     let mut cmd = mesh.pod("c").command("/usr/bin/python3");
     cmd.arg(concat!(

@@ -5,7 +5,7 @@
 
 use crate::{
     support::*,
-    waypoint::{metrics, start_waypoint, waypoint_requests, xds_edit},
+    waypoint::{metrics, start_bound, waypoint_requests, xds_edit},
 };
 use amesh_testbed::{grpc, mesh::PodSpec, probe};
 use std::net::SocketAddr;
@@ -80,12 +80,7 @@ fn grpc_calls_and_tcp_connections_follow_their_routes_through_the_waypoint() {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + OBJECTS);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let any = |port| SocketAddr::from(([0u16; 8], port));
     let _grpc: Vec<_> = ["b", "c"]
         .iter()

@@ -5,13 +5,10 @@
 
 use crate::{
     support::*,
-    waypoint::{curl, metrics, start_waypoint, waypoint_requests, xds_edit},
+    waypoint::{apps_with, curl, metrics, start_bound, waypoint_requests, xds_edit},
 };
-use amesh_testbed::{
-    mesh::{PodSpec, VIP},
-    probe::serve_with,
-};
-use std::{net::SocketAddr, time::Duration};
+use amesh_testbed::mesh::{PodSpec, VIP};
+use std::time::Duration;
 
 fn specs() -> Vec<PodSpec> {
     vec![
@@ -111,31 +108,16 @@ fn httproute_rules_are_applied_at_the_waypoint() {
             .replace("labels: {app: d}", "labels: {app: d, flaky: \"yes\"}")
             + OBJECTS
     });
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
-    let any = SocketAddr::from(([0u16; 8], APP_PORT));
-    let _apps: Vec<_> = [
-        ("b", vec![]),
-        ("c", vec![]),
-        ("d", vec!["--status", "503"]),
-        ("e", vec!["--delay-ms", "3000"]),
-    ]
-    .into_iter()
-    .map(|(n, extra)| {
-        serve_with(
-            &mesh.probe,
-            mesh.pod(n),
-            &format!("{n}-app"),
-            &extra,
-            &[any],
-        )
-        .expect("app")
-    })
-    .collect();
+    let waypoint = start_bound(&mut mesh);
+    let _apps = apps_with(
+        &mesh,
+        &[
+            ("b", &[]),
+            ("c", &[]),
+            ("d", &["--status", "503"]),
+            ("e", &["--delay-ms", "3000"]),
+        ],
+    );
     let url = |path: &str| format!("http://{VIP}{path}");
     let log = || waypoint.log();
 

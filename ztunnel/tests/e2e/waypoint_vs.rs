@@ -6,7 +6,7 @@
 
 use crate::{
     support::*,
-    waypoint::{curl, metrics, start_waypoint, waypoint_requests, xds_edit},
+    waypoint::{apps_with, curl, metrics, start_bound, waypoint_requests, xds_edit},
 };
 use amesh_testbed::{mesh::PodSpec, probe::serve_with};
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -90,31 +90,16 @@ fn istios_traffic_tasks_work_through_the_waypoint() {
     amesh_testbed::require_root();
     let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + OBJECTS);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
-    let any = SocketAddr::from(([0u16; 8], APP_PORT));
-    let _apps: Vec<_> = [
-        ("r1", vec![]),
-        ("r2", vec![]),
-        ("r3", vec![]),
-        ("r4", vec!["--delay-ms", "3000"]),
-    ]
-    .into_iter()
-    .map(|(n, extra)| {
-        serve_with(
-            &mesh.probe,
-            mesh.pod(n),
-            &format!("{n}-app"),
-            &extra,
-            &[any],
-        )
-        .expect("app")
-    })
-    .collect();
+    let waypoint = start_bound(&mut mesh);
+    let _apps = apps_with(
+        &mesh,
+        &[
+            ("r1", &[]),
+            ("r2", &[]),
+            ("r3", &[]),
+            ("r4", &["--delay-ms", "3000"]),
+        ],
+    );
     let url = |path: &str| format!("http://{REVIEWS}{path}");
     let log = || waypoint.log();
     let curl_as = |user: &str, path: &str| {
@@ -259,12 +244,7 @@ spec:
       http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
 "#;
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
-    mesh.try_start_control_plane().expect("control plane");
-    mesh.try_start(&[]).expect("start the nodes");
-    for node in ["node1", "node2"] {
-        mesh.try_wait_ready(node).expect("ztunnel ready");
-    }
-    let waypoint = start_waypoint(&mesh);
+    let waypoint = start_bound(&mut mesh);
     let any = SocketAddr::from(([0u16; 8], APP_PORT));
     let _app = serve_with(
         &mesh.probe,
