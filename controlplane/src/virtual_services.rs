@@ -824,34 +824,61 @@ pub fn traffic_policies(
         let Some(tp) = dr.spec.traffic_policy.as_ref().and_then(|t| t.as_object()) else {
             continue;
         };
-        let mut pool = amesh_policy::traffic::ConnectionPool::default();
+        let mut policy = amesh_policy::traffic::TrafficPolicy::default();
         for (key, value) in tp {
-            if key != "connectionPool" {
-                report(format!(
-                    "spec.trafficPolicy.{key}: not supported yet at the waypoint"
-                ));
-                continue;
-            }
-            for (proto, fields) in value.as_object().into_iter().flatten() {
-                for (field, v) in fields.as_object().into_iter().flatten() {
-                    let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
-                    match (proto.as_str(), field.as_str(), n) {
-                        ("tcp", "maxConnections", Some(n)) => pool.max_connections = n,
-                        ("http", "http1MaxPendingRequests", Some(n)) => {
-                            pool.http1_max_pending_requests = n
+            match key.as_str() {
+                "connectionPool" => {
+                    let pool = &mut policy.connection_pool;
+                    for (proto, fields) in value.as_object().into_iter().flatten() {
+                        for (field, v) in fields.as_object().into_iter().flatten() {
+                            let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                            match (proto.as_str(), field.as_str(), n) {
+                                ("tcp", "maxConnections", Some(n)) => pool.max_connections = n,
+                                ("http", "http1MaxPendingRequests", Some(n)) => {
+                                    pool.http1_max_pending_requests = n
+                                }
+                                ("http", "http2MaxRequests", Some(n)) => {
+                                    pool.http2_max_requests = n
+                                }
+                                _ => report(format!(
+                                    "spec.trafficPolicy.connectionPool.{proto}.{field}: not supported yet at the waypoint"
+                                )),
+                            }
                         }
-                        ("http", "http2MaxRequests", Some(n)) => pool.http2_max_requests = n,
-                        _ => report(format!(
-                            "spec.trafficPolicy.connectionPool.{proto}.{field}: not supported yet at the waypoint"
-                        )),
                     }
                 }
+                "outlierDetection" => {
+                    let mut od = amesh_policy::traffic::OutlierDetection::default();
+                    for (field, v) in value.as_object().into_iter().flatten() {
+                        let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                        let at = format!("spec.trafficPolicy.outlierDetection.{field}");
+                        match (field.as_str(), n) {
+                            ("consecutive5xxErrors", Some(n)) => od.consecutive_5xx = n,
+                            ("consecutiveGatewayErrors", Some(n)) => {
+                                od.consecutive_gateway_errors = n
+                            }
+                            ("maxEjectionPercent", Some(n)) => od.max_ejection_percent = n.min(100),
+                            ("minHealthPercent", Some(n)) => od.min_health_percent = n.min(100),
+                            ("baseEjectionTime", _) => match v.as_str().map(|d| millis(d, &at)) {
+                                Some(Ok(ms)) => od.base_ejection_ms = ms,
+                                _ => report(format!("{at}: not a duration")),
+                            },
+                            // Ejections are decided as answers come, not on a timer.
+                            ("interval", _) => {}
+                            _ => report(format!("{at}: not supported yet at the waypoint")),
+                        }
+                    }
+                    policy.outlier_detection = Some(od);
+                }
+                _ => report(format!(
+                    "spec.trafficPolicy.{key}: not supported yet at the waypoint"
+                )),
             }
         }
-        if pool == amesh_policy::traffic::ConnectionPool::default() {
+        if policy == amesh_policy::traffic::TrafficPolicy::default() {
             continue;
         }
-        let Ok(spec_json) = serde_json::to_string(&pool) else {
+        let Ok(spec_json) = serde_json::to_string(&policy) else {
             continue;
         };
         out.insert(

@@ -1,6 +1,6 @@
 //! A DestinationRule's traffic policy as a waypoint enforces it: connection-pool limits
-//! (Envoy's circuit breakers). What a waypoint does not enforce yet is reported by the
-//! control plane and never sent.
+//! (Envoy's circuit breakers) and outlier detection. What a waypoint does not enforce yet is
+//! reported by the control plane and never sent.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,42 @@ impl ConnectionPool {
         match (connections, requests) {
             (Some(c), Some(r)) => Some(c.min(r)),
             (c, r) => c.or(r),
+        }
+    }
+}
+
+/// A DestinationRule's traffic policy, the parts a waypoint enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrafficPolicy {
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Outlier detection (Envoy's passive health checking), with Istio's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (and connection failures) that eject an endpoint (0: off).
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 answers (and connection failures) that eject one (0: off).
+    pub consecutive_gateway_errors: u32,
+    /// An ejection lasts this times the number of times the endpoint was ejected.
+    pub base_ejection_ms: u64,
+    /// The most endpoints of a Service ejected at once, percent (at least one may be).
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, percent, nothing is ejected.
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 0,
+            base_ejection_ms: 30_000,
+            max_ejection_percent: 10,
+            min_health_percent: 0,
         }
     }
 }

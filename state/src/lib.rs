@@ -78,6 +78,8 @@ pub struct Client<'a> {
     /// Only these workloads (uids) may be picked among a service's endpoints: a
     /// DestinationRule subset a waypoint routes to (`None`: any endpoint).
     pub only: Option<&'a [String]>,
+    /// Workloads (uids) not to pick: endpoints outlier detection ejected.
+    pub excluded: &'a [String],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -135,6 +135,7 @@ impl State {
             .flatten()
             .filter(|w| w.healthy || lb.allow_unhealthy)
             .filter(|w| client.only.is_none_or(|only| only.contains(&w.uid)))
+            .filter(|w| !client.excluded.contains(&w.uid))
             .collect();
         // Endpoints on other networks are only reachable through a network gateway.
         let elsewhere = endpoints
@@ -385,6 +386,7 @@ mod tests {
             identity: None,
             ip: None,
             only: None,
+            excluded: &[],
         }
     }
 

@@ -28,8 +28,8 @@ pub enum Kind {
     Authorization(Authorization),
     /// A RequestAuthentication's rules.
     Jwt(Vec<crate::jwt::Provider>),
-    /// A DestinationRule's connection-pool limits.
-    Pool(amesh_policy::traffic::ConnectionPool),
+    /// A DestinationRule's traffic policy.
+    Traffic(amesh_policy::traffic::TrafficPolicy),
 }
 
 /// One policy and what it targets.
@@ -60,7 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
                 .map_err(|e| invalid("specJson", e.to_string()))?;
             Kind::Jwt(rules.into_iter().map(crate::jwt::Provider::new).collect())
         }
-        Ok(pb::waypoint_policy::Kind::DestinationRule) => Kind::Pool(
+        Ok(pb::waypoint_policy::Kind::DestinationRule) => Kind::Traffic(
             serde_json::from_str(&p.spec_json).map_err(|e| invalid("specJson", e.to_string()))?,
         ),
         Err(_) => {
@@ -123,15 +123,20 @@ impl Table {
             .into_iter()
             .filter_map(|p| match &p.kind {
                 Kind::Authorization(a) => Some(a),
-                Kind::Jwt(_) | Kind::Pool(_) => None,
+                Kind::Jwt(_) | Kind::Traffic(_) => None,
             })
             .collect()
     }
 
     /// The connection-pool limits for requests to `service` (`namespace/hostname`).
     pub fn connection_pool(&self, service: &str) -> Option<&amesh_policy::traffic::ConnectionPool> {
+        self.traffic(service).map(|t| &t.connection_pool)
+    }
+
+    /// The DestinationRule traffic policy for `service`.
+    pub fn traffic(&self, service: &str) -> Option<&amesh_policy::traffic::TrafficPolicy> {
         self.policies.iter().find_map(|p| match &p.kind {
-            Kind::Pool(pool) if p.services.iter().any(|s| s == service) => Some(pool),
+            Kind::Traffic(t) if p.services.iter().any(|s| s == service) => Some(t),
             _ => None,
         })
     }
@@ -150,7 +155,7 @@ impl Table {
             .into_iter()
             .filter_map(|p| match &p.kind {
                 Kind::Jwt(providers) => Some(providers.iter()),
-                Kind::Authorization(_) | Kind::Pool(_) => None,
+                Kind::Authorization(_) | Kind::Traffic(_) => None,
             })
             .flatten()
             .collect()

@@ -762,6 +762,30 @@ async fn attempt(
         },
         None => fut.await,
     };
+    // Outlier detection learns from every answer of an endpoint.
+    if let Ok((resp, endpoint)) = &outcome
+        && let Some(w) = &endpoint.workload
+        && let Some(s) = &endpoint.service
+    {
+        let key = s.key();
+        let table = inputs.policies.borrow().clone();
+        if let Some(od) = table
+            .traffic(&key)
+            .and_then(|t| t.outlier_detection.as_ref())
+        {
+            let endpoints = inputs.state.snapshot().endpoints(&key).len();
+            let result = crate::outlier::Outcome::of_status(resp.status().as_u16());
+            if inputs.outliers.record(&key, &w.uid, endpoints, result, od) {
+                inputs
+                    .metrics
+                    .ejections
+                    .get_or_create(&crate::metrics::ServiceLabels {
+                        destination_service: s.hostname.clone(),
+                    })
+                    .inc();
+            }
+        }
+    }
     match outcome {
         Ok((resp, endpoint)) => Served {
             // The request counts against the breaker until its response body is through.

@@ -21,6 +21,7 @@ pub mod http;
 pub mod jwt;
 pub mod metrics;
 pub mod net;
+pub mod outlier;
 pub mod proxy;
 pub mod routes;
 pub mod upstream;
@@ -156,6 +157,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         h1_pool: Default::default(),
         h2_pool: Default::default(),
         breakers: Default::default(),
+        outliers: Default::default(),
     });
     let listener = inputs
         .net

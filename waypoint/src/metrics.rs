@@ -78,6 +78,12 @@ pub struct TcpLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// A destination Service by host name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub destination_service: String,
+}
+
 /// A policy by `namespace/name`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -88,6 +94,8 @@ pub struct PolicyLabels {
 pub struct Metrics {
     /// AUDIT policies that matched a request.
     pub audits: Family<PolicyLabels, Counter>,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: Family<ServiceLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram>,
     pub request_bytes: Family<RequestLabels, Histogram>,
@@ -112,6 +120,7 @@ impl Metrics {
     pub fn new() -> Registered {
         let metrics = Arc::new(Metrics {
             audits: Family::default(),
+            ejections: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new(DURATION_BUCKETS.iter().copied())
@@ -168,6 +177,11 @@ impl Metrics {
             "istio_tcp_received_bytes",
             "Bytes relayed from the client",
             metrics.tcp_received.clone(),
+        );
+        registry.register(
+            "amesh_waypoint_outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            metrics.ejections.clone(),
         );
         registry.register(
             "amesh_waypoint_policy_audit",

@@ -50,6 +50,8 @@ pub struct Inputs {
     pub h2_pool: crate::http::H2Pool,
     /// Requests in flight per destination Service (DestinationRule connection pools).
     pub breakers: crate::breaker::Breakers,
+    /// Endpoint health per destination Service (DestinationRule outlier detection).
+    pub outliers: crate::outlier::Outliers,
 }
 
 /// Bound on the TLS handshake of a new connection.

@@ -77,6 +77,22 @@ pub fn pick(
     target: SocketAddr,
     only: Option<&[String]>,
 ) -> Result<(Picked, Endpoint), UpstreamError> {
+    // Endpoints outlier detection ejected are not picked (if a policy asks for it).
+    let excluded = {
+        let state = inputs.state.snapshot();
+        match state.service_by_vip(target.ip()) {
+            Some(s)
+                if inputs
+                    .policies
+                    .borrow()
+                    .traffic(&s.key())
+                    .is_some_and(|t| t.outlier_detection.is_some()) =>
+            {
+                inputs.outliers.ejected(&s.key())
+            }
+            _ => Vec::new(),
+        }
+    };
     let route = {
         let state = inputs.state.snapshot();
         let nowhere = Locality::default();
@@ -87,6 +103,7 @@ pub fn pick(
             identity: Some(&inputs.me.identity),
             ip: None,
             only,
+            excluded: &excluded,
         };
         let pick = inputs.next_pick.fetch_add(1, Ordering::Relaxed);
         state.route_past_waypoints(target, &client, pick)

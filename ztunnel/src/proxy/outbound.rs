@@ -76,6 +76,7 @@ async fn forward(
         identity: Some(&pod.identity),
         ip: src_ip,
         only: None,
+        excluded: &[],
     };
     match state.route(orig, &client, pick) {
         Route::Hbone {

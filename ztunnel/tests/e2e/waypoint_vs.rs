@@ -286,3 +286,68 @@ spec:
         "{cp}"
     );
 }
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint() {
+    amesh_testbed::require_root();
+    let flaky = |name| PodSpec {
+        labels: &[("svc", "flaky")],
+        ..pod(name, "shop", "node2")
+    };
+    let specs = vec![
+        pod("a", "shop", "node1"),
+        flaky("f1"),
+        flaky("f2"),
+        crate::waypoint::WP,
+    ];
+    let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
+    let objects = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: flaky, namespace: shop}
+spec: {clusterIP: 10.96.0.23, selector: {svc: flaky}, ports: [{name: http, port: 9080, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky, namespace: shop}
+spec:
+  host: flaky
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+"#;
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    let waypoint = start_bound(&mut mesh);
+    // f1 always fails; f2 answers.
+    let _apps = crate::waypoint::apps_with(&mesh, &[("f1", &["--status", "503"]), ("f2", &[])]);
+    let url = "http://10.96.0.23:9080/";
+    let mut answers = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = curl(&mesh, "a", url);
+        answers.push((status, served_by(&body)));
+    }
+    let failures = answers.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        (2..=3).contains(&failures),
+        "f1 answers until its second consecutive failure ejects it: {answers:?}\n{}",
+        waypoint.log()
+    );
+    assert!(
+        answers[answers.len() - 20..]
+            .iter()
+            .all(|(s, by)| *s == 200 && by == "f2-app"),
+        "then only f2: {answers:?}"
+    );
+    let m = metrics(&waypoint);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("amesh_waypoint_outlier_ejections_total")
+                && l.contains("flaky.shop.svc.cluster.local")
+                && l.ends_with(" 1")),
+        "one ejection counted: {m}"
+    );
+    assert!(
+        waypoint
+            .log()
+            .contains("endpoint ejected (outlier detection)")
+    );
+}
