@@ -870,6 +870,58 @@ pub fn traffic_policies(
                     }
                     policy.outlier_detection = Some(od);
                 }
+                "loadBalancer" => {
+                    use amesh_policy::traffic::{HashKey, LoadBalancer};
+                    let at = "spec.trafficPolicy.loadBalancer";
+                    let simple = value.get("simple").and_then(|v| v.as_str());
+                    let hash = value.get("consistentHash");
+                    policy.load_balancer = match (simple, hash) {
+                        (Some("ROUND_ROBIN" | "UNSPECIFIED"), None) => {
+                            Some(LoadBalancer::RoundRobin)
+                        }
+                        (Some("RANDOM"), None) => Some(LoadBalancer::Random),
+                        (Some("LEAST_REQUEST" | "LEAST_CONN"), None) => {
+                            report(format!(
+                                "{at}.simple: {} is approximated by a random choice at the waypoint",
+                                simple.unwrap_or_default()
+                            ));
+                            Some(LoadBalancer::Random)
+                        }
+                        (None, Some(h)) => {
+                            let text =
+                                |k: &str| h.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                            let key = if let Some(name) = text("httpHeaderName") {
+                                Some(HashKey::Header(name.to_ascii_lowercase()))
+                            } else if let Some(name) =
+                                h.pointer("/httpCookie/name").and_then(|v| v.as_str())
+                            {
+                                Some(HashKey::Cookie(name.to_string()))
+                            } else if h.get("useSourceIp").and_then(|v| v.as_bool()) == Some(true) {
+                                Some(HashKey::SourceIp)
+                            } else {
+                                text("httpQueryParameterName").map(HashKey::QueryParameter)
+                            };
+                            match key {
+                                Some(k) => Some(LoadBalancer::ConsistentHash(k)),
+                                None => {
+                                    report(format!(
+                                        "{at}.consistentHash: no hash key amesh reads (httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName)"
+                                    ));
+                                    None
+                                }
+                            }
+                        }
+                        _ => {
+                            report(format!("{at}: not supported yet at the waypoint"));
+                            None
+                        }
+                    };
+                    if value.get("localityLbSetting").is_some() || value.get("warmup").is_some() {
+                        report(format!(
+                            "{at}: localityLbSetting and warmup are not supported yet at the waypoint"
+                        ));
+                    }
+                }
                 _ => report(format!(
                     "spec.trafficPolicy.{key}: not supported yet at the waypoint"
                 )),

@@ -43,6 +43,27 @@ impl ConnectionPool {
 pub struct TrafficPolicy {
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
+    pub load_balancer: Option<LoadBalancer>,
+}
+
+/// How a waypoint picks among a Service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancer {
+    /// In turn (Istio's default).
+    RoundRobin,
+    /// At random (also LEAST_REQUEST, which the waypoint approximates so).
+    Random,
+    /// By a hash of something of the request: the same value reaches the same endpoint
+    /// while the endpoints stay the same.
+    ConsistentHash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+    QueryParameter(String),
 }
 
 /// Outlier detection (Envoy's passive health checking), with Istio's defaults.

@@ -723,6 +723,21 @@ async fn attempt(
     body: Body,
     limit: Option<Duration>,
 ) -> Served {
+    let mut parts = parts;
+    // The destination's load balancer (its DestinationRule's).
+    {
+        let state = inputs.state.snapshot();
+        if let Some(s) = state.service_by_vip(target.ip()) {
+            let table = inputs.policies.borrow().clone();
+            if let Some(lb) = table
+                .traffic(&s.key())
+                .and_then(|t| t.load_balancer.as_ref())
+                && let Some(hint) = load_balance(lb, &parts, caller)
+            {
+                parts.extensions.insert(PickHint(hint));
+            }
+        }
+    }
     // The destination's circuit breaker (its DestinationRule's connection pool).
     let admitted = {
         let state = inputs.state.snapshot();
@@ -1118,6 +1133,60 @@ fn subset_of<B>(req: &Request<B>) -> Option<&[String]> {
     req.extensions().get::<Subset>().map(|s| s.0.as_slice())
 }
 
+/// A load balancer's choice among the endpoints (a hash, or a random number).
+#[derive(Debug, Clone, Copy)]
+struct PickHint(usize);
+
+fn hint_of<B>(req: &Request<B>) -> Option<usize> {
+    req.extensions().get::<PickHint>().map(|h| h.0)
+}
+
+/// The DestinationRule load balancer's choice for a request from `caller`.
+fn load_balance(
+    lb: &amesh_policy::traffic::LoadBalancer,
+    parts: &Parts,
+    caller: &Caller,
+) -> Option<usize> {
+    use amesh_policy::traffic::{HashKey, LoadBalancer};
+    use std::hash::{Hash, Hasher};
+    let key: Option<String> = match lb {
+        LoadBalancer::RoundRobin => return None,
+        LoadBalancer::Random => return Some(fastrand::usize(..)),
+        LoadBalancer::ConsistentHash(HashKey::Header(name)) => parts
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        LoadBalancer::ConsistentHash(HashKey::Cookie(name)) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            }),
+        LoadBalancer::ConsistentHash(HashKey::SourceIp) => Some(caller.addr.ip().to_string()),
+        LoadBalancer::ConsistentHash(HashKey::QueryParameter(name)) => parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.to_string())
+            }),
+    };
+    // Without the value, the request is spread in turn. The hasher's keys are fixed, so a
+    // value reaches the same endpoint on every waypoint instance.
+    key.map(|k| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        k.hash(&mut h);
+        h.finish() as usize
+    })
+}
+
 /// One HTTP/1.1 request to an endpoint of `target`: on an idle pooled connection to the
 /// endpoint picked, else on a new one (also when the pooled one turns out to be closed).
 async fn http1(
@@ -1126,7 +1195,7 @@ async fn http1(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick(inputs, target, subset_of(&req))?;
+    let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     let mut req = req;
     if let Some(mut s) = inputs.h1_pool.take(&key) {
@@ -1199,7 +1268,7 @@ async fn http2(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick(inputs, target, subset_of(&req))?;
+    let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     // A pooled connection that turns out to be closing is dropped and a new one takes the
     // request (nothing of it was sent yet).

@@ -77,6 +77,17 @@ pub fn pick(
     target: SocketAddr,
     only: Option<&[String]>,
 ) -> Result<(Picked, Endpoint), UpstreamError> {
+    pick_with(inputs, target, only, None)
+}
+
+/// [`pick`], with the choice among the endpoints given (`hint`, a load balancer's), else
+/// in turn.
+pub fn pick_with(
+    inputs: &Inputs,
+    target: SocketAddr,
+    only: Option<&[String]>,
+    hint: Option<usize>,
+) -> Result<(Picked, Endpoint), UpstreamError> {
     // Endpoints outlier detection ejected are not picked (if a policy asks for it).
     let excluded = {
         let state = inputs.state.snapshot();
@@ -105,7 +116,7 @@ pub fn pick(
             only,
             excluded: &excluded,
         };
-        let pick = inputs.next_pick.fetch_add(1, Ordering::Relaxed);
+        let pick = hint.unwrap_or_else(|| inputs.next_pick.fetch_add(1, Ordering::Relaxed));
         state.route_past_waypoints(target, &client, pick)
     };
     match route {

@@ -417,3 +417,54 @@ spec:
         "{m}"
     );
 }
+
+#[test]
+fn consistent_hashing_keeps_a_user_on_one_endpoint() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    let objects = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: shop}
+spec: {clusterIP: 10.96.0.25, selector: {svc: reviews}, ports: [{name: http, port: 9080, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky, namespace: shop}
+spec:
+  host: sticky
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+"#;
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    let waypoint = start_bound(&mut mesh);
+    let _apps =
+        crate::waypoint::apps_with(&mesh, &[("r1", &[]), ("r2", &[]), ("r3", &[]), ("r4", &[])]);
+    let ask = |user: &str| {
+        let out = mesh
+            .pod("a")
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("x-user: {user}"),
+                "http://10.96.0.25:9080/",
+            ])
+            .output()
+            .expect("curl");
+        served_by(&String::from_utf8_lossy(&out.stdout))
+    };
+    let first = ask("alice");
+    assert!(first.ends_with("-app"), "{first}\n{}", waypoint.log());
+    for _ in 0..15 {
+        assert_eq!(ask("alice"), first, "one user, one endpoint");
+    }
+    let spread: std::collections::BTreeSet<String> =
+        (0..12).map(|i| ask(&format!("user-{i}"))).collect();
+    assert!(
+        spread.len() >= 2,
+        "users spread over the endpoints: {spread:?}"
+    );
+}
