@@ -597,3 +597,70 @@ spec:
         );
     }
 }
+
+#[test]
+fn destination_rule_traffic_policies_become_waypoint_policies_or_reports() {
+    let r = translated(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 3, connectTimeout: 250ms}
+      http: {http1MaxPendingRequests: 2, idleTimeout: 1s}
+    outlierDetection: {consecutive5xxErrors: 4, baseEjectionTime: 1m, maxEjectionPercent: 50}
+    loadBalancer: {consistentHash: {httpHeaderName: X-User}}
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: foreign, namespace: other}
+spec: {host: web.shop.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}}
+"#,
+    );
+    let p = &r.waypoint_policies["DestinationRule/shop/web"];
+    assert_eq!(p.services, [WEB]);
+    let t: amesh_policy::traffic::TrafficPolicy = serde_json::from_str(&p.spec_json).unwrap();
+    assert_eq!(
+        (
+            t.connection_pool.max_connections,
+            t.connection_pool.http1_max_pending_requests,
+            t.connection_pool.connect_timeout_ms
+        ),
+        (3, 2, 250)
+    );
+    let od = t.outlier_detection.unwrap();
+    assert_eq!(
+        (
+            od.consecutive_5xx,
+            od.base_ejection_ms,
+            od.max_ejection_percent
+        ),
+        (4, 60_000, 50)
+    );
+    assert_eq!(
+        t.load_balancer,
+        Some(amesh_policy::traffic::LoadBalancer::ConsistentHash(
+            amesh_policy::traffic::HashKey::Header("x-user".into())
+        ))
+    );
+    assert!(
+        !r.waypoint_policies
+            .contains_key("DestinationRule/other/foreign"),
+        "another namespace's"
+    );
+    let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
+    for want in [
+        "connectionPool.http.idleTimeout: not supported yet",
+        "trafficPolicy.tls: not supported yet",
+        "applies from its Service's namespace",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+}

@@ -840,6 +840,14 @@ pub fn traffic_policies(
                                 ("http", "http2MaxRequests", Some(n)) => {
                                     pool.http2_max_requests = n
                                 }
+                                ("tcp", "connectTimeout", _) => {
+                                    let at =
+                                        format!("spec.trafficPolicy.connectionPool.tcp.{field}");
+                                    match v.as_str().map(|d| millis(d, &at)) {
+                                        Some(Ok(ms)) => pool.connect_timeout_ms = ms,
+                                        _ => report(format!("{at}: not a duration")),
+                                    }
+                                }
                                 _ => report(format!(
                                     "spec.trafficPolicy.connectionPool.{proto}.{field}: not supported yet at the waypoint"
                                 )),

@@ -14,6 +14,8 @@ pub struct ConnectionPool {
     pub http1_max_pending_requests: u32,
     /// `http.http2MaxRequests`.
     pub http2_max_requests: u32,
+    /// `tcp.connectTimeout`, milliseconds (0: the waypoint's default).
+    pub connect_timeout_ms: u64,
 }
 
 impl ConnectionPool {

@@ -1125,6 +1125,34 @@ impl H1Pool {
     }
 }
 
+/// Opens the stream to a picked endpoint within its Service's `connectTimeout`, if its
+/// DestinationRule sets one.
+async fn open_within(
+    inputs: &Inputs,
+    picked: &upstream::Picked,
+    endpoint: &Endpoint,
+    caller: &Caller,
+) -> Result<Box<dyn upstream::Io>, UpstreamError> {
+    let limit = endpoint.service.as_ref().and_then(|s| {
+        let table = inputs.policies.borrow().clone();
+        table
+            .connection_pool(&s.key())
+            .map(|p| p.connect_timeout_ms)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    });
+    let open = upstream::open(inputs, picked, forwarded(caller));
+    match limit {
+        None => open.await,
+        Some(limit) => tokio::time::timeout(limit, open).await.unwrap_or_else(|_| {
+            Err(UpstreamError::Tcp {
+                addr: endpoint.addr,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connectTimeout"),
+            })
+        }),
+    }
+}
+
 /// A DestinationRule subset a route sends the request to: the workloads to pick among.
 #[derive(Debug, Clone)]
 struct Subset(Arc<Vec<String>>);
@@ -1211,7 +1239,7 @@ async fn http1(
             },
         }
     }
-    let io = upstream::open(inputs, &picked, forwarded(caller)).await?;
+    let io = open_within(inputs, &picked, &endpoint, caller).await?;
     let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -1286,7 +1314,7 @@ async fn http2(
     let mut send = match pooled {
         Some(s) => s,
         None => {
-            let io = upstream::open(inputs, &picked, forwarded(caller)).await?;
+            let io = open_within(inputs, &picked, &endpoint, caller).await?;
             let (mut s, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await?;
