@@ -105,7 +105,7 @@ mod tests {
         let p = ConnectionPool {
             max_connections: 1,
             http1_max_pending_requests: 1,
-            http2_max_requests: 0,
+            ..Default::default()
         };
         assert_eq!(p.max_in_flight(false), Some(2));
         assert_eq!(p.max_in_flight(true), None);
