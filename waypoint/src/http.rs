@@ -777,29 +777,11 @@ async fn attempt(
         },
         None => fut.await,
     };
-    // Outlier detection learns from every answer of an endpoint.
-    if let Ok((resp, endpoint)) = &outcome
-        && let Some(w) = &endpoint.workload
-        && let Some(s) = &endpoint.service
-    {
-        let key = s.key();
-        let table = inputs.policies.borrow().clone();
-        if let Some(od) = table
-            .traffic(&key)
-            .and_then(|t| t.outlier_detection.as_ref())
-        {
-            let endpoints = inputs.state.snapshot().endpoints(&key).len();
-            let result = crate::outlier::Outcome::of_status(resp.status().as_u16());
-            if inputs.outliers.record(&key, &w.uid, endpoints, result, od) {
-                inputs
-                    .metrics
-                    .ejections
-                    .get_or_create(&crate::metrics::ServiceLabels {
-                        destination_service: s.hostname.clone(),
-                    })
-                    .inc();
-            }
-        }
+    // Outlier detection learns from every answer of an endpoint (failed connections are
+    // recorded where they fail, in `http1`/`http2`).
+    if let Ok((resp, endpoint)) = &outcome {
+        let result = crate::outlier::Outcome::of_status(resp.status().as_u16());
+        note_outcome(inputs, endpoint, result);
     }
     match outcome {
         Ok((resp, endpoint)) => Served {
@@ -1125,6 +1107,31 @@ impl H1Pool {
     }
 }
 
+/// Tells outlier detection how an endpoint did, if its Service's DestinationRule asks.
+fn note_outcome(inputs: &Inputs, endpoint: &Endpoint, result: crate::outlier::Outcome) {
+    let (Some(w), Some(s)) = (&endpoint.workload, &endpoint.service) else {
+        return;
+    };
+    let key = s.key();
+    let table = inputs.policies.borrow().clone();
+    let Some(od) = table
+        .traffic(&key)
+        .and_then(|t| t.outlier_detection.as_ref())
+    else {
+        return;
+    };
+    let endpoints = inputs.state.snapshot().endpoints(&key).len();
+    if inputs.outliers.record(&key, &w.uid, endpoints, result, od) {
+        inputs
+            .metrics
+            .ejections
+            .get_or_create(&crate::metrics::ServiceLabels {
+                destination_service: s.hostname.clone(),
+            })
+            .inc();
+    }
+}
+
 /// Opens the stream to a picked endpoint within its Service's `connectTimeout`, if its
 /// DestinationRule sets one.
 async fn open_within(
@@ -1142,7 +1149,7 @@ async fn open_within(
             .map(Duration::from_millis)
     });
     let open = upstream::open(inputs, picked, forwarded(caller));
-    match limit {
+    let opened = match limit {
         None => open.await,
         Some(limit) => tokio::time::timeout(limit, open).await.unwrap_or_else(|_| {
             Err(UpstreamError::Tcp {
@@ -1150,7 +1157,12 @@ async fn open_within(
                 source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connectTimeout"),
             })
         }),
+    };
+    // A connection that cannot be made counts as a gateway error of the endpoint.
+    if opened.is_err() {
+        note_outcome(inputs, endpoint, crate::outlier::Outcome::GatewayError);
     }
+    opened
 }
 
 /// A DestinationRule subset a route sends the request to: the workloads to pick among.

@@ -304,6 +304,7 @@ fn outlier_detection_ejects_a_failing_endpoint() {
         pod("a", "shop", "node1"),
         flaky("f1"),
         flaky("f2"),
+        flaky("f3"),
         crate::waypoint::WP,
     ];
     let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
@@ -323,7 +324,7 @@ spec:
 "#;
     xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
     let waypoint = start_bound(&mut mesh);
-    // f1 always fails; f2 answers.
+    // f1 always answers 503; f3 has no app (its connections fail); f2 answers.
     let _apps = crate::waypoint::apps_with(&mesh, &[("f1", &["--status", "503"]), ("f2", &[])]);
     let url = "http://10.96.0.23:9080/";
     let mut answers = Vec::new();
@@ -333,8 +334,8 @@ spec:
     }
     let failures = answers.iter().filter(|(s, _)| *s == 503).count();
     assert!(
-        (2..=3).contains(&failures),
-        "f1 answers until its second consecutive failure ejects it: {answers:?}\n{}",
+        (4..=6).contains(&failures),
+        "f1 and f3 each fail twice, then are ejected: {answers:?}\n{}",
         waypoint.log()
     );
     assert!(
@@ -348,8 +349,8 @@ spec:
         m.lines()
             .any(|l| l.starts_with("amesh_waypoint_outlier_ejections_total")
                 && l.contains("flaky.shop.svc.cluster.local")
-                && l.ends_with(" 1")),
-        "one ejection counted: {m}"
+                && l.ends_with(" 2")),
+        "two ejections counted (an error answer, a failed connection): {m}"
     );
     assert!(
         waypoint
