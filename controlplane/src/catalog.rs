@@ -32,6 +32,10 @@ pub struct Catalog {
     pub route_waypoints: BTreeMap<String, BTreeSet<String>>,
     /// Waypoint policy → the waypoints it concerns (`*`: every one).
     pub policy_waypoints: BTreeMap<String, BTreeSet<String>>,
+    /// Waypoint → the addresses (Services and workloads) it needs: what is bound to it, the
+    /// endpoints of those Services, the Services its routes and policies send to and their
+    /// endpoints, and its own Service and pods.
+    pub address_scopes: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The types this control plane serves (ztunnel subscribes to the first two, waypoints to
@@ -106,6 +110,7 @@ impl Catalog {
                 (name.clone(), direct.chain(through).collect())
             })
             .collect();
+        let address_scopes = address_scopes(r, &route_waypoints, &policy_waypoints);
         let mut identities: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut pod_nodes = BTreeMap::new();
         for a in r.addresses.values() {
@@ -129,6 +134,7 @@ impl Catalog {
             pod_nodes,
             route_waypoints,
             policy_waypoints,
+            address_scopes,
             types: BTreeMap::from([
                 (ADDRESS_TYPE_URL, addresses),
                 (AUTHORIZATION_TYPE_URL, authorizations),
@@ -168,6 +174,93 @@ impl Catalog {
     }
 }
 
+/// What each waypoint needs of the workload API (see [`Catalog::address_scopes`]).
+fn address_scopes(
+    r: &Resources,
+    route_waypoints: &BTreeMap<String, BTreeSet<String>>,
+    policy_waypoints: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    use amesh_proto::workload::{GatewayAddress, address::Type, gateway_address::Destination};
+    let by_host = |g: &Option<GatewayAddress>| match g.as_ref()?.destination.as_ref()? {
+        Destination::Hostname(h) => Some(format!("{}/{}", h.namespace, h.hostname)),
+        Destination::Address(_) => None,
+    };
+    // The Services each waypoint sends to (its own first) and the workloads bound to it.
+    let mut services: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, a) in &r.addresses {
+        match &a.r#type {
+            Some(Type::Service(s)) => {
+                if let Some(w) = by_host(&s.waypoint) {
+                    services.entry(w).or_default().insert(name.clone());
+                }
+            }
+            Some(Type::Workload(wl)) => {
+                if let Some(w) = by_host(&wl.waypoint) {
+                    names.entry(w).or_default().insert(name.clone());
+                }
+            }
+            None => {}
+        }
+    }
+    let mut waypoints: BTreeSet<String> = services.keys().chain(names.keys()).cloned().collect();
+    waypoints.extend(route_waypoints.values().flatten().cloned());
+    waypoints.extend(
+        policy_waypoints
+            .values()
+            .flatten()
+            .filter(|w| *w != "*")
+            .cloned(),
+    );
+    for w in &waypoints {
+        let sent_to = services.entry(w.clone()).or_default();
+        sent_to.insert(w.clone());
+        for (route, rule) in &r.routes {
+            if !route_waypoints.get(route).is_some_and(|ws| ws.contains(w)) {
+                continue;
+            }
+            let mirrors = rule
+                .filters
+                .iter()
+                .chain(rule.backends.iter().flat_map(|b| &b.filters))
+                .filter_map(|f| match &f.kind {
+                    Some(amesh_proto::route::filter::Kind::Mirror(m)) => m.backend.as_ref(),
+                    _ => None,
+                });
+            for b in rule.backends.iter().chain(mirrors) {
+                if !b.service.is_empty() {
+                    sent_to.insert(b.service.clone());
+                }
+            }
+        }
+        for (policy, p) in &r.waypoint_policies {
+            let concerns = policy_waypoints
+                .get(policy)
+                .is_some_and(|ws| ws.contains(w) || ws.contains("*"));
+            if concerns
+                && let Ok(a) = serde_json::from_str::<amesh_policy::ext_authz::HttpAuthorizer>(
+                    &p.authorizer_json,
+                )
+            {
+                sent_to.insert(a.service);
+            }
+        }
+    }
+    // Every endpoint of those Services.
+    for (w, sent_to) in &services {
+        let scope = names.entry(w.clone()).or_default();
+        scope.extend(sent_to.iter().cloned());
+        for (name, a) in &r.addresses {
+            if let Some(Type::Workload(wl)) = &a.r#type
+                && wl.services.keys().any(|s| sent_to.contains(s))
+            {
+                scope.insert(name.clone());
+            }
+        }
+    }
+    names
+}
+
 /// The waypoint (`namespace/hostname`) the Service `key` is bound to, by host name.
 fn service_waypoint(r: &Resources, key: &str) -> Option<String> {
     use amesh_proto::workload::{address::Type, gateway_address::Destination};
@@ -182,10 +275,15 @@ fn service_waypoint(r: &Resources, key: &str) -> Option<String> {
 
 impl Catalog {
     /// Whether resource `name` of `type_url` concerns a client scoped to `waypoint`
-    /// (`namespace/hostname`; none: every resource does). Routes and waypoint policies are
-    /// scoped; addresses are not.
+    /// (`namespace/hostname`; none: every resource does): routes, waypoint policies and
+    /// addresses are.
     pub fn in_scope(&self, type_url: &str, name: &str, waypoint: Option<&str>) -> bool {
         match waypoint {
+            Some(w) if type_url == ADDRESS_TYPE_URL => match self.address_scopes.get(w) {
+                Some(names) => names.contains(name),
+                // A waypoint nothing is bound to yet needs its own Service only.
+                None => name == w,
+            },
             Some(w) if type_url == HTTP_ROUTE_TYPE_URL => self
                 .route_waypoints
                 .get(name)

@@ -420,13 +420,25 @@ spec:
         c.in_scope(ROUTES, "shop/web/0", None),
         "a client that is not a waypoint is not scoped"
     );
+    // Addresses too: each waypoint gets what is bound to it and what that sends to.
+    use amesh_proto::ADDRESS_TYPE_URL as ADDRESSES;
+    assert!(c.in_scope(ADDRESSES, "shop/web.shop.svc.cluster.local", wp));
     assert!(
-        c.in_scope(
-            amesh_proto::ADDRESS_TYPE_URL,
-            "shop/web.shop.svc.cluster.local",
-            wp2
-        ),
-        "addresses are not scoped"
+        !c.in_scope(ADDRESSES, "shop/web.shop.svc.cluster.local", wp2),
+        "another waypoint's Service"
+    );
+    assert!(c.in_scope(ADDRESSES, "shop/other.shop.svc.cluster.local", wp2));
+    assert!(
+        c.in_scope(ADDRESSES, "shop/wp2.shop.svc.cluster.local", wp2),
+        "its own Service"
+    );
+    assert!(
+        c.in_scope(ADDRESSES, "Kubernetes//v1/Pod/shop/wp2-0", wp2),
+        "its own pods"
+    );
+    assert!(
+        c.in_scope(ADDRESSES, "shop/web.shop.svc.cluster.local", None),
+        "ztunnels get everything"
     );
 }
 
