@@ -71,7 +71,13 @@ pub fn bind(mesh: &Mesh) -> Result<(String, WaypointProcess)> {
         "web.shop.svc.cluster.local",
         "shop/waypoint.shop.svc.cluster.local",
     )?;
-    let via = curl(mesh, None)?;
+    // ztunnel and the waypoint each get the binding in their own push: the first request
+    // may reach the waypoint before it knows the Service is bound to it (refused 400).
+    let via = amesh_testbed::eventually(
+        "a request answered through the waypoint",
+        Duration::from_secs(10),
+        || curl(mesh, None).map_err(|e| e.to_string()),
+    )?;
     Ok((
         format!(
             "Gateway shop/waypoint (istio-waypoint) ready; shop labelled istio.io/use-waypoint=waypoint; web.shop's Service.waypoint set; a request answered by {via} through it"
