@@ -215,7 +215,7 @@ pub fn decide(
     target: std::net::SocketAddr,
     request: Option<&amesh_policy::Request<'_>>,
 ) -> amesh_policy::Outcome {
-    let me = format!("{}/{}", inputs.me.namespace, inputs.me.hostname);
+    let me = inputs.me.key();
     let service = match destination {
         crate::bound::Destination::Service(s) => Some(s.key()),
         crate::bound::Destination::Workload(_) => None,
@@ -239,13 +239,6 @@ pub fn decide(
             .inc();
     }
     outcome
-}
-
-/// The original client for `remote.ip` and `remoteIpBlocks`: the caller's address, as
-/// Envoy takes it with Istio's default of no trusted proxies (`numTrustedProxies: 0`). A
-/// client's own `x-forwarded-for` is never believed: it could name any address.
-pub fn remote_ip(caller: std::net::IpAddr) -> std::net::IpAddr {
-    caller
 }
 
 #[cfg(test)]

@@ -29,18 +29,6 @@ pub enum Verdict {
     Deny(Response<Body>),
 }
 
-/// The authorizer's address: its Service's VIP (of the client's family) and port.
-fn address(inputs: &Inputs, a: &HttpAuthorizer, family: SocketAddr) -> Option<SocketAddr> {
-    let state = inputs.state.snapshot();
-    let s = state.service(&a.service)?;
-    let vip = s
-        .vips
-        .iter()
-        .find(|v| v.is_ipv4() == family.is_ipv4())
-        .or_else(|| s.vips.first())?;
-    Some(SocketAddr::new(*vip, a.port))
-}
-
 fn on_error(a: &HttpAuthorizer, why: String) -> Verdict {
     if a.fail_open {
         warn!(provider = %a.provider, reason = %why, "external authorizer failed; failOpen lets the request through");
@@ -62,7 +50,7 @@ pub async fn check(
     target: SocketAddr,
     parts: &mut Parts,
 ) -> Verdict {
-    let Some(to) = address(inputs, a, target) else {
+    let Some(to) = crate::upstream::service_address(inputs, &a.service, a.port, target) else {
         return on_error(a, format!("service {} is not known", a.service));
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());

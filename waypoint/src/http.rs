@@ -406,7 +406,9 @@ async fn authorize(
         host,
         path: parts.uri.path(),
         headers: &parts.headers,
-        remote_ip: crate::authz::remote_ip(caller.addr.ip()),
+        // Istio's default of no trusted proxies: the caller, never a client's own
+        // `x-forwarded-for`.
+        remote_ip: caller.addr.ip(),
         auth,
         sni: None,
     };
@@ -485,7 +487,7 @@ fn authenticate(
     grpc: bool,
 ) -> Result<Option<amesh_policy::RequestAuth>, Box<Served>> {
     let table = inputs.policies.borrow().clone();
-    let me = format!("{}/{}", inputs.me.namespace, inputs.me.hostname);
+    let me = inputs.me.key();
     let service = match destination {
         Destination::Service(s) => Some(s.key()),
         Destination::Workload(_) => None,
@@ -724,44 +726,37 @@ async fn attempt(
     limit: Option<Duration>,
 ) -> Served {
     let mut parts = parts;
-    // The destination's load balancer (its DestinationRule's).
+    // The destination's DestinationRule: its load balancer's choice, and its circuit
+    // breaker (connection pool), looked up once.
+    let service = inputs
+        .state
+        .snapshot()
+        .service_by_vip(target.ip())
+        .map(|s| s.key());
+    let table = inputs.policies.borrow().clone();
+    let traffic = service.as_deref().and_then(|s| table.traffic(s));
+    if let Some(lb) = traffic.and_then(|t| t.load_balancer.as_ref())
+        && let Some(hint) = load_balance(lb, &parts, caller)
     {
-        let state = inputs.state.snapshot();
-        if let Some(s) = state.service_by_vip(target.ip()) {
-            let table = inputs.policies.borrow().clone();
-            if let Some(lb) = table
-                .traffic(&s.key())
-                .and_then(|t| t.load_balancer.as_ref())
-                && let Some(hint) = load_balance(lb, &parts, caller)
-            {
-                parts.extensions.insert(PickHint(hint));
-            }
-        }
+        parts.extensions.insert(PickHint(hint));
     }
-    // The destination's circuit breaker (its DestinationRule's connection pool).
-    let admitted = {
-        let state = inputs.state.snapshot();
-        let service = state.service_by_vip(target.ip()).map(|s| s.key());
+    let in_flight = traffic.and_then(|t| {
         let h2 = is_grpc(&parts.headers) || declared_h2(inputs, target);
-        let table = inputs.policies.borrow().clone();
-        let limit = service
-            .as_deref()
-            .and_then(|s| table.connection_pool(s))
-            .and_then(|p| p.max_in_flight(h2));
-        match (service, limit) {
-            (Some(s), Some(limit)) => match inputs.breakers.admit(&s, limit) {
-                Some(a) => Some(a),
-                None => {
-                    debug!(service = %s, limit, "circuit breaker open: overflow");
-                    return Served::local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                        "UO",
-                    );
-                }
-            },
-            _ => None,
-        }
+        t.connection_pool.max_in_flight(h2)
+    });
+    let admitted = match (&service, in_flight) {
+        (Some(s), Some(max)) => match inputs.breakers.admit(s, max) {
+            Some(a) => Some(a),
+            None => {
+                debug!(service = %s, limit = max, "circuit breaker open: overflow");
+                return Served::local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                    "UO",
+                );
+            }
+        },
+        _ => None,
     };
     let fut = forward(inputs, caller, target, Request::from_parts(parts, body));
     let outcome = match limit {
@@ -859,20 +854,13 @@ pub(crate) fn backend_address(
     backend: &Backend,
     target: SocketAddr,
 ) -> Option<SocketAddr> {
-    let state = inputs.state.snapshot();
-    let s = state.service(&backend.service)?;
-    let vip = s
-        .vips
-        .iter()
-        .find(|v| v.is_ipv4() == target.is_ipv4())
-        .or_else(|| s.vips.first())?;
     // Port 0: the port the request came in on.
     let port = if backend.port == 0 {
         target.port()
     } else {
         backend.port
     };
-    Some(SocketAddr::new(*vip, port))
+    upstream::service_address(inputs, &backend.service, port, target)
 }
 
 /// A backend by weight; none when there are none or every weight is 0 (answered 500).

@@ -61,6 +61,13 @@ pub struct Me {
     pub hostname: String,
 }
 
+impl Me {
+    /// `<namespace>/<hostname>`: how bindings, routes and policies name this waypoint.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+}
+
 /// Runs until SIGTERM/SIGINT, then drains.
 pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let me = Me {

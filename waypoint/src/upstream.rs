@@ -70,6 +70,24 @@ pub enum Picked {
     Tcp(SocketAddr),
 }
 
+/// Service `key`'s VIP of `family`'s IP version (else its first) with `port`: where a
+/// route's backend, a mirror or an external authorizer is sent.
+pub fn service_address(
+    inputs: &Inputs,
+    key: &str,
+    port: u16,
+    family: SocketAddr,
+) -> Option<SocketAddr> {
+    let state = inputs.state.snapshot();
+    let s = state.service(key)?;
+    let vip = s
+        .vips
+        .iter()
+        .find(|v| v.is_ipv4() == family.is_ipv4())
+        .or_else(|| s.vips.first())?;
+    Some(SocketAddr::new(*vip, port))
+}
+
 /// Picks the endpoint for `target` (a service VIP:port or a workload's ip:port), among
 /// `only` these workloads when a subset is routed to.
 pub fn pick(
