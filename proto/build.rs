@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/discovery.proto",
         "proto/citadel.proto",
         "proto/route.proto",
+        "proto/ext_authz.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

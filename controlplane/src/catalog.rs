@@ -238,9 +238,8 @@ fn address_scopes(
                 .get(policy)
                 .is_some_and(|ws| ws.contains(w) || ws.contains("*"));
             if concerns
-                && let Ok(a) = serde_json::from_str::<amesh_policy::ext_authz::HttpAuthorizer>(
-                    &p.authorizer_json,
-                )
+                && let Ok(a) =
+                    serde_json::from_str::<amesh_policy::ext_authz::Authorizer>(&p.authorizer_json)
             {
                 sent_to.insert(a.service);
             }

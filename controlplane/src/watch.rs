@@ -34,7 +34,10 @@ pub async fn publish_dir(
 ) -> Result<watch::Receiver<Arc<Catalog>>, std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
     let mut first = true;
-    dir_source::follow(dir, POLL, move |source| {
+    // Translated again now and then with the directory unchanged too, so that JWKS the
+    // control plane refreshes in the background reach the waypoints (an unchanged result
+    // pushes nothing).
+    dir_source::follow_refreshing(dir, POLL, Some(crate::jwks::RETRY), move |source| {
         let catalog = catalog(source, &mesh);
         let objects = catalog.types.values().map(|t| t.len()).sum();
         if crate::catalog::publish(&tx, catalog) && !first {

@@ -242,9 +242,26 @@ pub async fn follow<F>(dir: PathBuf, poll: Duration, on_change: F) -> Result<(),
 where
     F: FnMut(&DirSource) -> bool + Send + 'static,
 {
+    follow_refreshing(dir, poll, None, on_change).await
+}
+
+/// [`follow`], with `on_change` also run when `refresh` has passed since it last ran, the
+/// directory unchanged: for what a translation reads besides the directory (JWKS fetched
+/// over the network).
+pub async fn follow_refreshing<F>(
+    dir: PathBuf,
+    poll: Duration,
+    refresh: Option<Duration>,
+    on_change: F,
+) -> Result<(), std::io::Error>
+where
+    F: FnMut(&DirSource) -> bool + Send + 'static,
+{
     let follower = Follower {
         source: DirSource::new(dir),
         on_change,
+        refresh,
+        last_run: std::time::Instant::now(),
     };
     let (mut follower, first) = blocking(follower, |f| f.step(true)).await;
     if !first? {
@@ -275,6 +292,8 @@ where
 struct Follower<F> {
     source: DirSource,
     on_change: F,
+    refresh: Option<Duration>,
+    last_run: std::time::Instant,
 }
 
 impl<F: FnMut(&DirSource) -> bool> Follower<F> {
@@ -283,7 +302,11 @@ impl<F: FnMut(&DirSource) -> bool> Follower<F> {
     fn step(&mut self, first: bool) -> Result<bool, std::io::Error> {
         let scan = self.source.scan()?;
         self.source.report(&scan.problems);
-        Ok(if first || scan.changed {
+        let due = self
+            .refresh
+            .is_some_and(|every| self.last_run.elapsed() >= every);
+        Ok(if first || scan.changed || due {
+            self.last_run = std::time::Instant::now();
             (self.on_change)(&self.source)
         } else {
             true

@@ -249,3 +249,25 @@ fn a_missing_directory_is_an_error_and_changes_nothing() {
     assert!(source.scan().is_err());
     assert_eq!(policies(&source), ["deny-all"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshing_follower_runs_again_with_the_directory_unchanged() {
+    let dir = Scratch::new("refresh");
+    dir.write("ns.yaml", NAMESPACE);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    follow_refreshing(
+        dir.0.clone(),
+        Duration::from_millis(10),
+        Some(Duration::from_millis(50)),
+        move |_| tx.send(()).is_ok(),
+    )
+    .await
+    .expect("the directory lists");
+    // The first run, then a refresh with nothing changed (a plain follower runs once only,
+    // which the other tests see).
+    for run in ["first", "refresh"] {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {run} run within 5 s"));
+    }
+}

@@ -38,6 +38,16 @@ pub mod route {
     include!(concat!(env!("OUT_DIR"), "/amesh.route.rs"));
 }
 
+/// Envoy's external authorization API (`envoy.service.auth.v3`), the subset a waypoint
+/// speaks to an `envoyExtAuthzGrpc` provider.
+pub mod ext_authz {
+    #![allow(missing_debug_implementations, clippy::all, reason = "generated code")]
+    include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+}
+
+/// The gRPC path of Envoy's external authorization check.
+pub const EXT_AUTHZ_CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
 /// Type URL of amesh's route rules for waypoints.
 pub const HTTP_ROUTE_TYPE_URL: &str = "type.googleapis.com/amesh.route.HttpRouteRule";
 /// Type URL of amesh's policies for waypoints.

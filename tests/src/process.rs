@@ -13,7 +13,7 @@ pub struct PodProcess {
     child: Child,
     label: String,
     lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl PodProcess {
@@ -29,15 +29,23 @@ impl PodProcess {
                 }
             });
         }
-        let stderr = Arc::new(Mutex::new(String::new()));
+        // Collected as it comes, so a test can watch a running process's stderr.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut err) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
-                let mut buf = String::new();
-                let _ = err.read_to_string(&mut buf);
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&buf);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match err.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => sink
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
             });
         }
         Self {
@@ -106,10 +114,7 @@ impl PodProcess {
 
     /// What it printed on stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 }
 

@@ -41,7 +41,7 @@ pub struct Policy {
     pub services: Vec<String>,
     pub kind: Kind,
     /// A CUSTOM policy's external authorizer.
-    pub authorizer: Option<Arc<amesh_policy::ext_authz::HttpAuthorizer>>,
+    pub authorizer: Option<Arc<amesh_policy::ext_authz::Authorizer>>,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Policy, Invalid> {
@@ -142,7 +142,7 @@ impl Table {
     }
 
     /// The external authorizer of CUSTOM policy `key` (`namespace/name`).
-    pub fn authorizer(&self, key: &str) -> Option<Arc<amesh_policy::ext_authz::HttpAuthorizer>> {
+    pub fn authorizer(&self, key: &str) -> Option<Arc<amesh_policy::ext_authz::Authorizer>> {
         self.policies.iter().find_map(|p| match &p.kind {
             Kind::Authorization(a) if a.key() == key => p.authorizer.clone(),
             _ => None,

@@ -255,7 +255,7 @@ async fn handle(
         parts.method.as_str().len() + parts.uri.to_string().len() + 11,
     );
     let request_body = Arc::new(AtomicU64::new(0));
-    let body: Body = Counted::new(body, request_body.clone()).boxed();
+    let mut body: Body = Counted::new(body, request_body.clone()).boxed();
     if !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
@@ -296,6 +296,7 @@ async fn handle(
                 destination,
                 target,
                 &mut parts,
+                &mut body,
                 grpc,
                 auth.as_ref(),
                 &mut downstream,
@@ -384,6 +385,7 @@ async fn authorize(
     destination: &Destination,
     target: SocketAddr,
     parts: &mut Parts,
+    body: &mut Body,
     grpc: bool,
     auth: Option<&amesh_policy::RequestAuth>,
     downstream: &mut Vec<(http::HeaderName, HeaderValue)>,
@@ -426,7 +428,7 @@ async fn authorize(
                 flag: "UAEX",
             });
         };
-        match crate::ext_authz::check(inputs, caller, &authorizer, target, parts).await {
+        match crate::ext_authz::check(inputs, caller, &authorizer, target, parts, body).await {
             crate::ext_authz::Verdict::Allow { downstream: d } => downstream.extend(d),
             crate::ext_authz::Verdict::Deny(resp) => {
                 info!(policy = %custom, src.identity = %caller.identity, "request denied by policy (CUSTOM)");

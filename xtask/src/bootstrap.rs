@@ -29,6 +29,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-grpcio",
         "/usr/lib/python3/dist-packages/grpc/__init__.py",
     ),
+    // protobuf's Python implementation: the gRPC external authorizer's messages.
+    (
+        "python3-protobuf",
+        "/usr/lib/python3/dist-packages/google/protobuf/__init__.py",
+    ),
     // The interop scenarios put istio-cni's in-pod REDIRECT rules in front of Istio's ztunnel.
     ("iptables", "/usr/sbin/iptables"),
     // `cargo xtask images`: umoci writes OCI layouts, skopeo copies them (no container

@@ -184,8 +184,8 @@ impl Default for HttpAnswer {
 }
 
 /// Answers one line with who served it; an HTTP/1.x request (e.g. from curl) gets the same
-/// line as the body of its answer, with the `x-*` and `traceparent` headers it carried and
-/// its `host`.
+/// line as the body of its answer, with the `x-*` and `traceparent` headers it carried, its
+/// `host` and its body (`body=...`, when it has a Content-Length).
 fn answer(conn: TcpStream, name: &str, http: HttpAnswer) {
     let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut line = String::new();
@@ -199,14 +199,25 @@ fn answer(conn: TcpStream, name: &str, http: HttpAnswer) {
     }
     // Read the headers up to the blank line; the ones a proxy adds are reported back.
     let mut header = String::new();
+    let mut length = 0usize;
     while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
         if let Some((k, v)) = header.trim_end().split_once(':') {
             let k = k.trim().to_ascii_lowercase();
             if k.starts_with("x-") || k == "traceparent" || k == "host" {
                 body.push_str(&format!(" {k}={}", v.trim()));
             }
+            if k == "content-length" {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
         header.clear();
+    }
+    // A request body (Content-Length only, at most 64 KiB) is read and reported as text.
+    if length > 0 {
+        let mut received = vec![0u8; length.min(64 * 1024)];
+        if std::io::Read::read_exact(&mut reader, &mut received).is_ok() {
+            body.push_str(&format!(" body={}", String::from_utf8_lossy(&received)));
+        }
     }
     body.push('\n');
     std::thread::sleep(std::time::Duration::from_millis(http.delay_ms));
