@@ -111,6 +111,10 @@ pub enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
     CgroupInet6Connect = 11,
+    CgroupUdp4Sendmsg = 14,
+    CgroupUdp6Sendmsg = 15,
+    CgroupUdp4Recvmsg = 19,
+    CgroupUdp6Recvmsg = 20,
     SkLookup = 36,
 }
 

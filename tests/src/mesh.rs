@@ -371,6 +371,7 @@ impl Mesh {
                 excluded_outbound_ports: &[],
                 excluded_inbound_ports: &[],
                 bypass_inbound: false,
+                dns_capture: false,
                 listeners: None,
             };
             capture

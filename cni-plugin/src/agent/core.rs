@@ -338,6 +338,7 @@ impl Core {
                 excluded_outbound_ports: &[],
                 excluded_inbound_ports: &[],
                 bypass_inbound: false,
+                dns_capture: false,
                 listeners: None,
             })
             .map_err(|e| format!("capturing the pod's traffic: {e}"))?;

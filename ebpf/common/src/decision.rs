@@ -2,8 +2,9 @@
 //! and unit-tested on the host.
 
 use crate::{
-    INBOUND_HBONE_PORT, Ip6, POD_FLAG_BYPASS_INBOUND, PROBE_SOURCE_V4, PROBE_SOURCE_V6, PROTO_TCP,
-    PodConfig, ZTUNNEL_MARK, ZTUNNEL_MARK_MASK, ip_eq, is_loopback, is_unspecified,
+    DNS_PORT, INBOUND_HBONE_PORT, Ip6, POD_FLAG_BYPASS_INBOUND, POD_FLAG_NO_DNS_CAPTURE,
+    PROBE_SOURCE_V4, PROBE_SOURCE_V6, PROTO_TCP, PROTO_UDP, PodConfig, ZTUNNEL_MARK,
+    ZTUNNEL_MARK_MASK, ip_eq, is_loopback, is_unspecified,
 };
 
 /// Why a connection of an enrolled pod is left alone.
@@ -57,6 +58,28 @@ pub fn outbound(cfg: &PodConfig, c: &OutboundConnect) -> OutboundDecision {
         return OutboundDecision::Pass(PassReason::ExcludedPort);
     }
     OutboundDecision::Redirect
+}
+
+/// Whether an enrolled pod's connect or send is a DNS query for ztunnel's in-pod proxy
+/// (15053), as istio-cni's rules choose them: UDP or TCP to port 53, not marked by ztunnel
+/// (its own queries), not to a loopback resolver (one in the pod itself), the pod not opted
+/// out and port 53 not excluded. Checked before [`outbound`], which would send TCP to 15001.
+#[inline(always)]
+pub fn dns(cfg: &PodConfig, c: &OutboundConnect) -> bool {
+    c.dst_port == DNS_PORT
+        && (c.protocol == PROTO_UDP || c.protocol == PROTO_TCP)
+        && c.mark & ZTUNNEL_MARK_MASK != ZTUNNEL_MARK
+        && !is_loopback(&c.dst)
+        && !is_unspecified(&c.dst)
+        && cfg.flags & POD_FLAG_NO_DNS_CAPTURE == 0
+        && !cfg.excludes_outbound(DNS_PORT)
+}
+
+/// Whether a datagram an enrolled pod's socket receives from `src:src_port` is an answer of
+/// ztunnel's DNS proxy, whose source must read as the resolver the query was sent to.
+#[inline(always)]
+pub fn dns_answer(src: &Ip6, src_port: u16) -> bool {
+    src_port == crate::DNS_CAPTURE_PORT && is_loopback(src)
 }
 
 /// Outcome for a connection arriving at an enrolled pod.
@@ -127,6 +150,66 @@ pub fn inbound_unregistered(l: &InboundLookup, dst: &Ip6) -> InboundDecision {
 mod tests {
     use super::*;
     use crate::ip4_mapped;
+
+    #[test]
+    fn dns_is_captured_as_istio_cni_chooses_it() {
+        let cfg = PodConfig::default();
+        let q = |protocol, dst, port, mark| OutboundConnect {
+            protocol,
+            mark,
+            dst,
+            dst_port: port,
+            dst_is_own: false,
+        };
+        let resolver = v4(10, 96, 0, 10);
+        assert!(dns(&cfg, &q(PROTO_UDP, resolver, 53, 0)));
+        assert!(dns(&cfg, &q(PROTO_TCP, resolver, 53, 0)));
+        assert!(dns(
+            &cfg,
+            &q(
+                PROTO_UDP,
+                v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a]),
+                53,
+                0
+            )
+        ));
+        // Not DNS, ztunnel's own query, a resolver in the pod, nowhere.
+        assert!(!dns(&cfg, &q(PROTO_UDP, resolver, 5353, 0)));
+        assert!(!dns(&cfg, &q(PROTO_UDP, resolver, 53, ZTUNNEL_MARK)));
+        assert!(!dns(
+            &cfg,
+            &q(PROTO_UDP, resolver, 53, 0x1000 | ZTUNNEL_MARK)
+        ));
+        assert!(!dns(&cfg, &q(PROTO_UDP, v4(127, 0, 0, 53), 53, 0)));
+        assert!(!dns(&cfg, &q(PROTO_UDP, v4(0, 0, 0, 0), 53, 0)));
+        assert!(!dns(&cfg, &q(132, resolver, 53, 0)), "SCTP is not DNS");
+        // Opted out, or port 53 excluded.
+        let out = PodConfig {
+            flags: POD_FLAG_NO_DNS_CAPTURE,
+            ..cfg
+        };
+        assert!(!dns(&out, &q(PROTO_UDP, resolver, 53, 0)));
+        let mut excluded = cfg;
+        excluded.excluded_outbound_ports[0] = 53;
+        assert!(!dns(&excluded, &q(PROTO_TCP, resolver, 53, 0)));
+        // Bypassing inbound capture changes nothing for DNS.
+        let bypass = PodConfig {
+            flags: POD_FLAG_BYPASS_INBOUND,
+            ..cfg
+        };
+        assert!(dns(&bypass, &q(PROTO_UDP, resolver, 53, 0)));
+    }
+
+    #[test]
+    fn only_the_proxys_answers_are_given_the_resolvers_address() {
+        assert!(dns_answer(&v4(127, 0, 0, 1), 15053));
+        assert!(dns_answer(
+            &[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+            15053
+        ));
+        assert!(!dns_answer(&v4(127, 0, 0, 1), 53));
+        assert!(!dns_answer(&v4(10, 96, 0, 10), 15053));
+    }
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> Ip6 {
         ip4_mapped(u32::from_ne_bytes([a, b, c, d]))

@@ -23,6 +23,11 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// Port of ztunnel's in-pod inbound HBONE (mTLS) listener.
 pub const INBOUND_HBONE_PORT: u16 = 15008;
 
+/// The DNS port: an enrolled pod's queries to it go to ztunnel's DNS proxy.
+pub const DNS_PORT: u16 = 53;
+/// Port of ztunnel's in-pod DNS proxy (UDP and TCP, on `127.0.0.1` and `[::1]`), Istio's.
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+
 /// `SO_MARK` ztunnel puts on its own sockets; marked sockets are never captured (as Istio).
 pub const ZTUNNEL_MARK: u32 = 0x539;
 /// Mask applied to a socket mark before comparing it with [`ZTUNNEL_MARK`].
@@ -35,6 +40,8 @@ pub const MAX_EXCLUDED_PORTS: usize = 8;
 
 /// `IPPROTO_TCP`.
 pub const PROTO_TCP: u32 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u32 = 17;
 /// Loopback interface index: connections arriving on it come from inside the pod.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -107,6 +114,9 @@ const _: () = assert!(core::mem::size_of::<PodConfig>() == 48);
 
 /// Inbound connections are not captured (Istio's `ambient.istio.io/bypass-inbound-capture`).
 pub const POD_FLAG_BYPASS_INBOUND: u32 = 1;
+/// The pod's DNS is not sent to ztunnel's proxy (Istio's `ambient.istio.io/dns-capture:
+/// "false"`, or DNS capture switched off mesh-wide).
+pub const POD_FLAG_NO_DNS_CAPTURE: u32 = 2;
 
 impl PodConfig {
     #[inline(always)]

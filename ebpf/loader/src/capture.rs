@@ -9,7 +9,8 @@ use crate::{
     setup::{self, CGROUP_HOOKS, PROGRAMS, SK_LOOKUP},
 };
 use amesh_ebpf_common::{
-    MAX_EXCLUDED_PORTS, MAX_PODS, POD_FLAG_BYPASS_INBOUND, PodConfig, PodCounters,
+    MAX_EXCLUDED_PORTS, MAX_PODS, POD_FLAG_BYPASS_INBOUND, POD_FLAG_NO_DNS_CAPTURE, PodConfig,
+    PodCounters,
 };
 use amesh_sys::{bpf::AttachType, netns::Netns};
 use aya::programs::{SkLookup, links::FdLink};
@@ -35,6 +36,9 @@ pub struct EnrollRequest<'a> {
     pub excluded_inbound_ports: &'a [u16],
     /// Capture outbound only (Istio's `ambient.istio.io/bypass-inbound-capture`).
     pub bypass_inbound: bool,
+    /// Send the pod's DNS (port 53) to ztunnel's in-pod proxy (Istio's
+    /// `ambient.istio.io/dns-capture`, on by default as in Istio).
+    pub dns_capture: bool,
     /// ztunnel's HBONE and plaintext listeners for this pod, if already open.
     pub listeners: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
@@ -460,12 +464,15 @@ fn pod_config(req: &EnrollRequest<'_>) -> Result<PodConfig, CaptureError> {
     if req.addresses.is_empty() && !req.bypass_inbound {
         return Err(CaptureError::NoAddresses);
     }
+    let mut flags = 0;
+    if req.bypass_inbound {
+        flags |= POD_FLAG_BYPASS_INBOUND;
+    }
+    if !req.dns_capture {
+        flags |= POD_FLAG_NO_DNS_CAPTURE;
+    }
     let mut config = PodConfig {
-        flags: if req.bypass_inbound {
-            POD_FLAG_BYPASS_INBOUND
-        } else {
-            0
-        },
+        flags,
         ..PodConfig::default()
     };
     for (direction, ports, slots) in [

@@ -23,8 +23,9 @@ pub(crate) const LISTENERS: &str = "LISTENERS";
 pub(crate) const CONNECT_ORIG: &str = "CONNECT_ORIG";
 pub(crate) const ORIGINAL_DST: &str = "ORIGINAL_DST";
 pub(crate) const COUNTERS: &str = "COUNTERS";
+pub(crate) const DNS_ORIG: &str = "DNS_ORIG";
 /// Every pinned map, for teardown.
-pub(crate) const ALL: [&str; 7] = [
+pub(crate) const ALL: [&str; 8] = [
     POD_CONFIG,
     NETNS_TO_POD,
     ADDR_TO_POD,
@@ -32,6 +33,7 @@ pub(crate) const ALL: [&str; 7] = [
     CONNECT_ORIG,
     ORIGINAL_DST,
     COUNTERS,
+    DNS_ORIG,
 ];
 
 /// An address in the programs' form: IPv6, IPv4 mapped, network-order words.

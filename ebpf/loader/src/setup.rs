@@ -23,10 +23,16 @@ pub(crate) const CONNECT4: &str = "amesh_connect4";
 pub(crate) const CONNECT6: &str = "amesh_connect6";
 pub(crate) const SOCKOPS: &str = "amesh_sockops";
 pub(crate) const SK_LOOKUP: &str = "amesh_sk_lookup";
-pub(crate) const PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP];
+pub(crate) const SENDMSG4: &str = "amesh_sendmsg4";
+pub(crate) const SENDMSG6: &str = "amesh_sendmsg6";
+pub(crate) const RECVMSG4: &str = "amesh_recvmsg4";
+pub(crate) const RECVMSG6: &str = "amesh_recvmsg6";
+pub(crate) const PROGRAMS: [&str; 8] = [
+    CONNECT4, CONNECT6, SOCKOPS, SK_LOOKUP, SENDMSG4, SENDMSG6, RECVMSG4, RECVMSG6,
+];
 
 /// The cgroup hooks: program name, sock_addr attach type (None = sock_ops), query type.
-pub(crate) const CGROUP_HOOKS: [(&str, Option<CgroupSockAddrAttachType>, AttachType); 3] = [
+pub(crate) const CGROUP_HOOKS: [(&str, Option<CgroupSockAddrAttachType>, AttachType); 7] = [
     (
         CONNECT4,
         Some(CgroupSockAddrAttachType::Connect4),
@@ -38,6 +44,26 @@ pub(crate) const CGROUP_HOOKS: [(&str, Option<CgroupSockAddrAttachType>, AttachT
         AttachType::CgroupInet6Connect,
     ),
     (SOCKOPS, None, AttachType::CgroupSockOps),
+    (
+        SENDMSG4,
+        Some(CgroupSockAddrAttachType::UDPSendMsg4),
+        AttachType::CgroupUdp4Sendmsg,
+    ),
+    (
+        SENDMSG6,
+        Some(CgroupSockAddrAttachType::UDPSendMsg6),
+        AttachType::CgroupUdp6Sendmsg,
+    ),
+    (
+        RECVMSG4,
+        Some(CgroupSockAddrAttachType::UDPRecvMsg4),
+        AttachType::CgroupUdp4Recvmsg,
+    ),
+    (
+        RECVMSG6,
+        Some(CgroupSockAddrAttachType::UDPRecvMsg6),
+        AttachType::CgroupUdp6Recvmsg,
+    ),
 ];
 
 /// aya attaches through a bpf_link on this kernel; link-based cgroup attachments always

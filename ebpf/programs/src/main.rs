@@ -8,6 +8,12 @@
 //!   as the peer of the connection it accepts.
 //! - `amesh_sk_lookup` (`sk_lookup`, attached per pod netns): hand connections that arrive at a
 //!   pod from outside to ztunnel's HBONE (15008) or plaintext (15006) listener.
+//! - DNS: the connect hooks send an enrolled pod's TCP and connected-UDP queries to port 53
+//!   to ztunnel's in-pod DNS proxy (`127.0.0.1:15053` / `[::1]:15053`) instead;
+//!   `amesh_sendmsg4` / `amesh_sendmsg6` (cgroup `sendmsg4`/`sendmsg6`) do the same for
+//!   unconnected UDP, and `amesh_recvmsg4` / `amesh_recvmsg6` (cgroup `recvmsg4`/`recvmsg6`)
+//!   make the proxy's answers read as coming from the resolver the query was sent to, which
+//!   resolvers check.
 //!
 //! Enrollment is a map update: the programs act only on pods found in `NETNS_TO_POD` /
 //! `ADDR_TO_POD`. Each entry point is a thin wrapper around a `try_*` function.
@@ -15,9 +21,9 @@
 #![no_main]
 
 use amesh_ebpf_common::{
-    ConnKey, INBOUND_PLAINTEXT_PORT, IpKey, LISTENER_HBONE, LISTENER_PLAINTEXT, ListenerKey,
-    MAX_PODS, OUTBOUND_PORT, OriginalDst, PodConfig, PodCounters, decision, ip4_mapped,
-    is_ip4_mapped,
+    ConnKey, DNS_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, IpKey, LISTENER_HBONE, LISTENER_PLAINTEXT,
+    ListenerKey, MAX_PODS, OUTBOUND_PORT, OriginalDst, PROTO_UDP, PodConfig, PodCounters, decision,
+    ip4_mapped, is_ip4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -52,6 +58,9 @@ static CONNECT_ORIG: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(TRACKED_C
 /// (pod, client address, client port) -> original destination, read by ztunnel.
 #[map]
 static ORIGINAL_DST: LruHashMap<ConnKey, OriginalDst> = LruHashMap::pinned(TRACKED_CONNECTIONS, 0);
+/// Socket cookie -> the resolver a UDP DNS query was sent to, for the answer's source.
+#[map]
+static DNS_ORIG: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(TRACKED_CONNECTIONS, 0);
 /// Per-pod counters.
 #[map]
 static COUNTERS: PerCpuArray<PodCounters> = PerCpuArray::pinned(MAX_PODS, 0);
@@ -115,15 +124,14 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
             mark: (*(*sa).__bindgen_anon_1.sk).mark,
         }
     };
-    let Some(pod_id) = decide_connect(ctx, &facts) else {
+    let Some(port) = decide_connect(ctx, &facts) else {
         return Ok(());
     };
     // SAFETY: a 4-byte store to a field connect4 may rewrite.
     unsafe {
         (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
-        (*sa).user_port = u32::from(OUTBOUND_PORT.to_be());
+        (*sa).user_port = u32::from(port.to_be());
     }
-    count(pod_id, |c| c.outbound_captured += 1);
     Ok(())
 }
 
@@ -144,32 +152,39 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
             mark: (*(*sa).__bindgen_anon_1.sk).mark,
         }
     };
-    let Some(pod_id) = decide_connect(ctx, &facts) else {
+    let Some(port) = decide_connect(ctx, &facts) else {
         return Ok(());
     };
-    // An IPv4-mapped destination travels as IPv4: send it to the IPv4 listener.
-    let loopback = if is_ip4_mapped(&facts.dst) {
+    rewrite6(ctx, &facts.dst, port);
+    Ok(())
+}
+
+/// Points an IPv6 hook's destination at ztunnel's `port` on loopback: `[::1]`, or mapped
+/// 127.0.0.1 for an IPv4-mapped destination (it travels as IPv4: the IPv4 listener).
+#[inline(always)]
+fn rewrite6(ctx: &SockAddrContext, dst: &amesh_ebpf_common::Ip6, port: u16) {
+    let sa = ctx.sock_addr;
+    let loopback = if is_ip4_mapped(dst) {
         ip4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))
     } else {
         [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]
     };
-    // SAFETY: 4-byte stores to fields connect6 may rewrite.
+    // SAFETY: 4-byte stores to fields connect6 and sendmsg6 may rewrite.
     unsafe {
         (*sa).user_ip6[0] = loopback[0];
         (*sa).user_ip6[1] = loopback[1];
         (*sa).user_ip6[2] = loopback[2];
         (*sa).user_ip6[3] = loopback[3];
-        (*sa).user_port = u32::from(OUTBOUND_PORT.to_be());
+        (*sa).user_port = u32::from(port.to_be());
     }
-    count(pod_id, |c| c.outbound_captured += 1);
-    Ok(())
 }
 
-/// Returns the pod id when the connect must be redirected, after recording its original
-/// destination. If recording fails the redirect still happens and ztunnel, finding no
-/// original destination, refuses the connection: failing closed beats bypassing the mesh.
+/// Returns ztunnel's port the connect must be redirected to: its DNS proxy for a DNS query,
+/// else its outbound listener, after recording the original destination. If recording fails
+/// the redirect still happens and ztunnel, finding no original destination, refuses the
+/// connection: failing closed beats bypassing the mesh.
 #[inline(always)]
-fn decide_connect(ctx: &SockAddrContext, f: &ConnectFacts) -> Option<u32> {
+fn decide_connect(ctx: &SockAddrContext, f: &ConnectFacts) -> Option<u16> {
     // SAFETY: helper called with this program's own context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let (pod_id, cfg) = enrolled_pod(netns_cookie)?;
@@ -180,6 +195,12 @@ fn decide_connect(ctx: &SockAddrContext, f: &ConnectFacts) -> Option<u32> {
         dst_port: f.dst_port,
         dst_is_own: is_own_address(pod_id, f.dst),
     };
+    if decision::dns(&cfg, &connect) {
+        if f.protocol == PROTO_UDP {
+            remember_resolver(ctx, f, pod_id);
+        }
+        return Some(DNS_CAPTURE_PORT);
+    }
     if let decision::OutboundDecision::Pass(_) = decision::outbound(&cfg, &connect) {
         count(pod_id, |c| c.outbound_passthrough += 1);
         return None;
@@ -197,7 +218,159 @@ fn decide_connect(ctx: &SockAddrContext, f: &ConnectFacts) -> Option<u32> {
         ctx,
         "pod {} outbound port {} redirected", pod_id, f.dst_port
     );
-    Some(pod_id)
+    count(pod_id, |c| c.outbound_captured += 1);
+    Some(OUTBOUND_PORT)
+}
+
+/// Remembers, by socket, the resolver a UDP query was sent to (the answer is given its
+/// address). Without the entry the answer reads as coming from 127.0.0.1:15053 and the
+/// resolver drops it: the query fails, it never leaves the mesh.
+#[inline(always)]
+fn remember_resolver(ctx: &SockAddrContext, f: &ConnectFacts, pod_id: u32) {
+    // SAFETY: helper called with this program's own context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OriginalDst {
+        addr: f.dst,
+        port: f.dst_port,
+        _pad: 0,
+        pod_id,
+    };
+    let _ = DNS_ORIG.insert(socket_cookie, orig, 0);
+}
+
+/// For a datagram sent without connect(): the DNS decision only (other UDP is not captured).
+#[inline(always)]
+fn decide_send(ctx: &SockAddrContext, f: &ConnectFacts) -> bool {
+    // SAFETY: helper called with this program's own context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some((pod_id, cfg)) = enrolled_pod(netns_cookie) else {
+        return false;
+    };
+    let send = decision::OutboundConnect {
+        protocol: f.protocol,
+        mark: f.mark,
+        dst: f.dst,
+        dst_port: f.dst_port,
+        dst_is_own: false,
+    };
+    if !decision::dns(&cfg, &send) {
+        return false;
+    }
+    remember_resolver(ctx, f, pod_id);
+    true
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn amesh_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`; `sk` is set for sendmsg hooks too.
+    let facts = unsafe {
+        ConnectFacts {
+            protocol: (*sa).protocol,
+            dst: ip4_mapped((*sa).user_ip4),
+            dst_port: u16::from_be((*sa).user_port as u16),
+            mark: (*(*sa).__bindgen_anon_1.sk).mark,
+        }
+    };
+    if decide_send(&ctx, &facts) {
+        // SAFETY: 4-byte stores to fields sendmsg4 may rewrite.
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+            (*sa).user_port = u32::from(DNS_CAPTURE_PORT.to_be());
+        }
+    }
+    SOCK_ADDR_PROCEED
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn amesh_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect6`.
+    let facts = unsafe {
+        ConnectFacts {
+            protocol: (*sa).protocol,
+            dst: [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            dst_port: u16::from_be((*sa).user_port as u16),
+            mark: (*(*sa).__bindgen_anon_1.sk).mark,
+        }
+    };
+    if decide_send(&ctx, &facts) {
+        rewrite6(&ctx, &facts.dst, DNS_CAPTURE_PORT);
+    }
+    SOCK_ADDR_PROCEED
+}
+
+/// The resolver a socket's DNS query went to, if this datagram from `src:src_port` is the
+/// proxy's answer to it.
+#[inline(always)]
+fn resolver_of_answer(
+    ctx: &SockAddrContext,
+    src: &amesh_ebpf_common::Ip6,
+    src_port: u16,
+) -> Option<OriginalDst> {
+    if !decision::dns_answer(src, src_port) {
+        return None;
+    }
+    // SAFETY: helper called with this program's own context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out of the map at once.
+    unsafe { DNS_ORIG.get(socket_cookie).copied() }
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn amesh_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: recvmsg4 may read the datagram's source.
+    let (src, port) = unsafe {
+        (
+            ip4_mapped((*sa).user_ip4),
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    if let Some(orig) = resolver_of_answer(&ctx, &src, port)
+        && is_ip4_mapped(&orig.addr)
+    {
+        // SAFETY: 4-byte stores to fields recvmsg4 may rewrite.
+        unsafe {
+            (*sa).user_ip4 = orig.addr[3];
+            (*sa).user_port = u32::from(orig.port.to_be());
+        }
+    }
+    // recvmsg programs must return 1.
+    SOCK_ADDR_PROCEED
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn amesh_recvmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: recvmsg6 may read the datagram's source.
+    let (src, port) = unsafe {
+        (
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    if let Some(orig) = resolver_of_answer(&ctx, &src, port) {
+        // SAFETY: 4-byte stores to fields recvmsg6 may rewrite.
+        unsafe {
+            (*sa).user_ip6[0] = orig.addr[0];
+            (*sa).user_ip6[1] = orig.addr[1];
+            (*sa).user_ip6[2] = orig.addr[2];
+            (*sa).user_ip6[3] = orig.addr[3];
+            (*sa).user_port = u32::from(orig.port.to_be());
+        }
+    }
+    SOCK_ADDR_PROCEED
 }
 
 #[sock_ops]

@@ -16,7 +16,8 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("bulk") => bulk(&args[1..]),
         Some("pipe") => pipe(&args[1..]),
-        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve [--echo] [--status N] [--delay-ms MS] --name NAME ADDR... | bulk --bytes N TARGET".into()),
+        Some("udp") => udp(&args[1..]),
+        _ => Err("usage: amesh-probe connect [--mark N] [--bind IP] [--timeout-ms MS] TARGET... | serve [--echo] [--status N] [--delay-ms MS] --name NAME ADDR... | bulk --bytes N TARGET | udp [--connected] [--mark N] TARGET TEXT".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -24,6 +25,56 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("amesh-probe: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Sends one datagram to TARGET (with `connect()` first when `--connected`) and prints the
+/// answer and the address it came from: `reply=<text> from=<addr>` (for a connected socket,
+/// the address `recvfrom` reports too).
+fn udp(args: &[String]) -> Result<bool, String> {
+    let (mut connected, mut mark, mut rest) = (false, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--connected" => connected = true,
+            "--mark" => mark = Some(parse_u32(it.next().ok_or("--mark needs a value")?)?),
+            _ => rest.push(a.clone()),
+        }
+    }
+    let [target, text] = rest.as_slice() else {
+        return Err("udp needs TARGET and TEXT".into());
+    };
+    let target: SocketAddr = target
+        .parse()
+        .map_err(|e| format!("target {target}: {e}"))?;
+    let s =
+        Socket::new(Domain::for_address(target), Type::DGRAM, None).map_err(|e| e.to_string())?;
+    if let Some(m) = mark {
+        s.set_mark(m).map_err(|e| format!("mark: {e}"))?;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let sock = std::net::UdpSocket::from(s);
+    let sent = if connected {
+        sock.connect(target).map_err(|e| format!("connect: {e}"))?;
+        sock.send(text.as_bytes())
+    } else {
+        sock.send_to(text.as_bytes(), target)
+    };
+    sent.map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            println!(
+                "reply={} from={from}",
+                String::from_utf8_lossy(&buf[..n]).trim_end()
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("error={e}");
+            Ok(false)
         }
     }
 }

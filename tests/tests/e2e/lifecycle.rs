@@ -108,6 +108,10 @@ fn a_restarted_loader_adopts_the_pins_and_teardown_leaves_nothing() {
         AttachType::CgroupInet4Connect,
         AttachType::CgroupInet6Connect,
         AttachType::CgroupSockOps,
+        AttachType::CgroupUdp4Sendmsg,
+        AttachType::CgroupUdp6Sendmsg,
+        AttachType::CgroupUdp4Recvmsg,
+        AttachType::CgroupUdp6Recvmsg,
     ] {
         assert_eq!(
             amesh_sys::bpf::attached_count(cgroup.as_fd(), t).expect("query"),
@@ -204,7 +208,8 @@ fn a_path_that_is_not_a_netns_is_refused_and_nothing_is_attached() {
     let links = std::fs::read_dir(bed.bed.pin_root().join("links"))
         .expect("links")
         .count();
-    assert_eq!(links, 3, "only the cgroup links");
+    // connect4/6, sock_ops, sendmsg4/6 and recvmsg4/6.
+    assert_eq!(links, 7, "only the cgroup links");
 }
 
 #[test]

@@ -69,6 +69,7 @@ pub fn request<'a>(netns: &'a Path, addrs: &'a [IpAddr]) -> EnrollRequest<'a> {
         excluded_outbound_ports: &[],
         excluded_inbound_ports: &[],
         bypass_inbound: false,
+        dns_capture: true,
         listeners: None,
     }
 }
