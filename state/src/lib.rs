@@ -242,7 +242,7 @@ impl Workload {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Service {
     pub name: String,
     pub namespace: String,

@@ -43,6 +43,9 @@ pub struct PodSpec {
     pub zds_service_account: Option<&'static str>,
     /// More labels on the pod in the source YAML (a waypoint's `gateway-name`).
     pub labels: &'static [(&'static str, &'static str)],
+    /// Its DNS goes to ztunnel's proxy (Istio's default; `false` as under
+    /// `ambient.istio.io/dns-capture: "false"`).
+    pub dns_capture: bool,
 }
 
 /// A pod in the mesh on `node`, its service account named after it.
@@ -57,6 +60,7 @@ pub const fn pod(name: &'static str, namespace: &'static str, node: &'static str
         in_service: false,
         zds_service_account: None,
         labels: &[],
+        dns_capture: true,
     }
 }
 
@@ -239,6 +243,12 @@ impl Mesh {
         std::fs::create_dir_all(&dir).map_err(BedError::io("creating the mesh's directory"))?;
         std::fs::write(dir.join("mesh.yaml"), config_yaml(specs, &pods))
             .map_err(BedError::io("writing mesh.yaml"))?;
+        // The ztunnels' upstream resolvers: none unless a test runs one (never the host's).
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "# upstream resolvers of the test mesh's ztunnels\n",
+        )
+        .map_err(BedError::io("writing resolv.conf"))?;
         let source = dir.join("source");
         std::fs::create_dir_all(&source).map_err(BedError::io("creating the source directory"))?;
         std::fs::write(source.join("mesh.yaml"), source_yaml(specs, &pods))
@@ -371,7 +381,7 @@ impl Mesh {
                 excluded_outbound_ports: &[],
                 excluded_inbound_ports: &[],
                 bypass_inbound: false,
-                dns_capture: false,
+                dns_capture: self.specs[i].dns_capture,
                 listeners: None,
             };
             capture
@@ -379,6 +389,11 @@ impl Mesh {
                 .map_err(|e| failed(format!("enrolling {}", self.specs[i].name), e))?;
         }
         Ok(capture)
+    }
+
+    /// The resolv.conf the ztunnels forward DNS to (written before they start).
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
     }
 
     /// Starts a ztunnel for `node` (its agent socket is `<dir>/<node>.sock`).
@@ -405,6 +420,10 @@ impl Mesh {
             ])
             .args(["--capture-pins", &pins.display().to_string()])
             .args(["--ca-dir", &self.dir.join("ca").display().to_string()])
+            .args([
+                "--dns-resolv-conf",
+                &self.resolv_conf_path().display().to_string(),
+            ])
             .args([
                 "--log-format",
                 "json",

@@ -108,6 +108,18 @@ pub struct Args {
     /// can reach port 15008 can start one); connections over it are closed at once.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hbone_handshakes: u32,
+    /// The resolv.conf whose `nameserver`s the pods' DNS proxy forwards to (names the mesh
+    /// does not answer); as Istio's ztunnel, its own.
+    #[arg(
+        long,
+        env = "AMESH_DNS_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub dns_resolv_conf: PathBuf,
+    /// The cluster's DNS domain, for the pods' short names (`web` is
+    /// `web.<namespace>.svc.<domain>`).
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 /// An address as Istio writes it (`https://host:port`) or as amesh does (`host:port`):

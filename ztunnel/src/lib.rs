@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control_runtime;
+pub mod dns;
 pub mod drain;
 pub mod dump;
 pub mod inpod;
@@ -99,6 +100,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
             (None, OriginalDestinations::Iptables)
         }
     };
+    let dns = Arc::new(dns_proxy(&args, metrics.dns.clone()).await);
     let inputs = ProxyInputs::new(Parts {
         id: NodeIdentity {
             node: args.node.clone(),
@@ -117,6 +119,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
         drain: drain_watch,
         metrics: metrics.clone(),
         max_hbone_handshakes: args.max_hbone_handshakes as usize,
+        dns,
     });
     recheck_on_change(&inputs);
     let pods = Arc::new(inpod::InPod::new(inputs.clone(), enrolment_maps));
@@ -149,6 +152,39 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
     let open = drain.drain(Duration::from_secs(args.drain_secs)).await;
     info!(open, "exiting");
     Ok(())
+}
+
+/// The pods' DNS proxy, forwarding to the resolvers of `--dns-resolv-conf` (read off the
+/// runtime). A file that cannot be read leaves it without upstreams: mesh names are still
+/// answered, other queries get SERVFAIL, and the reason is logged.
+async fn dns_proxy(args: &config::Args, metrics: metrics::DnsMetrics) -> dns::Dns {
+    let path = args.dns_resolv_conf.clone();
+    let read = tokio::task::spawn_blocking(move || dns::resolv_conf::read(&path)).await;
+    let upstreams = match read {
+        Ok(Ok((upstreams, skipped))) => {
+            for line in skipped {
+                warn!(file = %args.dns_resolv_conf.display(), %line, "resolv.conf line skipped");
+            }
+            info!(servers = ?upstreams.servers, "DNS proxy upstreams");
+            upstreams
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "the DNS proxy has no upstream resolvers; only mesh names resolve");
+            dns::resolv_conf::Upstreams::default()
+        }
+        Err(e) => {
+            warn!(error = %e, "reading the resolv.conf failed");
+            dns::resolv_conf::Upstreams::default()
+        }
+    };
+    dns::Dns {
+        forwarder: dns::forward::Forwarder::new(upstreams),
+        domain: args
+            .cluster_domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
+        metrics,
+    }
 }
 
 /// The xDS node id in Istio ztunnel's shape, `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`,

@@ -36,6 +36,26 @@ pub struct CoreConfig {
     pub pod_cgroup: String,
     /// How long a CNI ADD waits for its pod to show up in the agent's view.
     pub pod_wait: Duration,
+    /// The mesh-wide DNS capture setting.
+    pub dns_capture: bool,
+}
+
+/// Istio's per-pod DNS capture switch: the annotation, when it says `true` or `false`,
+/// else the mesh-wide setting.
+pub const DNS_CAPTURE_ANNOTATION: &str = "ambient.istio.io/dns-capture";
+
+fn dns_capture(pod: &Pod, default: bool) -> bool {
+    match pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DNS_CAPTURE_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some("true") => true,
+        Some("false") => false,
+        _ => default,
+    }
 }
 
 #[derive(Debug)]
@@ -141,6 +161,8 @@ struct Target<'a> {
     ips: &'a [IpAddr],
     /// The sandbox's container id, when a CNI call enrolled it.
     container_id: Option<&'a str>,
+    /// Its DNS goes to ztunnel's proxy.
+    dns_capture: bool,
 }
 
 impl Core {
@@ -224,6 +246,7 @@ impl Core {
                         netns: Path::new(&req.netns),
                         ips: &req.ips,
                         container_id: Some(&req.container_id),
+                        dns_capture: dns_capture(&pod, self.config.dns_capture),
                     };
                     match self.enroll(&key, &uid, info, target, true).await {
                         Ok(()) => Reply::Enrolled,
@@ -303,6 +326,7 @@ impl Core {
             netns,
             ips,
             container_id,
+            dns_capture,
         } = target;
         // Opened and checked before the lock every CNI call needs, off the runtime: a path
         // that is not a namespace (a FIFO, say) must fail this call alone.
@@ -338,7 +362,7 @@ impl Core {
                 excluded_outbound_ports: &[],
                 excluded_inbound_ports: &[],
                 bypass_inbound: false,
-                dns_capture: false,
+                dns_capture,
                 listeners: None,
             })
             .map_err(|e| format!("capturing the pod's traffic: {e}"))?;
@@ -563,6 +587,7 @@ impl Core {
                     netns: &r.netns,
                     ips: &r.ips,
                     container_id: r.container_id.as_deref(),
+                    dns_capture: dns_capture(pod, self.config.dns_capture),
                 };
                 let uid = pod_uid(pod, &r.uid);
                 if let Err(e) = self.enroll(key, &uid, info, target, false).await {
@@ -581,6 +606,7 @@ impl Core {
                     netns: &netns,
                     ips: &ips,
                     container_id: None,
+                    dns_capture: dns_capture(pod, self.config.dns_capture),
                 };
                 if let Err(e) = self
                     .enroll(key, &pod_uid(pod, ""), info, target, false)
@@ -675,4 +701,31 @@ async fn open_netns(path: &Path) -> Result<(Netns, u64), String> {
     })
     .await
     .map_err(|e| format!("opening the network namespace: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_capture_annotation_overrides_the_mesh_wide_setting() {
+        let pod = |value: Option<&str>| {
+            let mut p = Pod::default();
+            if let Some(v) = value {
+                p.metadata.annotations = Some(
+                    [(DNS_CAPTURE_ANNOTATION.to_string(), v.to_string())]
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            p
+        };
+        assert!(dns_capture(&pod(None), true));
+        assert!(!dns_capture(&pod(None), false));
+        assert!(!dns_capture(&pod(Some("false")), true));
+        assert!(dns_capture(&pod(Some("true")), false));
+        // Anything else is not a decision: the mesh-wide setting holds.
+        assert!(dns_capture(&pod(Some("False")), true));
+        assert!(!dns_capture(&pod(Some("yes")), false));
+    }
 }

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub excluded_namespaces: Vec<String>,
     pub readiness: Option<SocketAddr>,
     pub proc_root: PathBuf,
+    /// Pods' DNS to ztunnel's proxy unless their annotation says otherwise.
+    pub dns_capture: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,7 @@ pub async fn run(
             proc_root: config.proc_root.clone(),
             pod_cgroup: relative_cgroup(&config.capture.cgroup),
             pod_wait: Duration::from_secs(5),
+            dns_capture: config.dns_capture,
         },
         capture,
         zds.clone(),

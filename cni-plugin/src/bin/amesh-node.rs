@@ -63,6 +63,10 @@ struct Args {
     /// Forward the eBPF programs' debug logs.
     #[arg(long)]
     ebpf_debug_logs: bool,
+    /// Send enrolled pods' DNS to ztunnel's in-pod proxy (Istio's `cni.ambient.dnsCapture`,
+    /// on by default); a pod's `ambient.istio.io/dns-capture` annotation overrides it.
+    #[arg(long, env = "AMBIENT_DNS_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    dns_capture: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -249,6 +253,7 @@ fn real_main(mut args: Args) -> Result<()> {
             excluded_namespaces: args.excluded_namespaces.clone(),
             readiness: args.readiness,
             proc_root: args.proc_root.clone(),
+            dns_capture: args.dns_capture,
         };
         agent::run(config, marker, shutdown()).await?;
         Ok(())

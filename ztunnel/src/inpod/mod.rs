@@ -53,6 +53,9 @@ struct Listeners {
     outbound6: Option<TcpListener>,
     hbone: TcpListener,
     plaintext: TcpListener,
+    /// The DNS proxy's (15053); a pod whose DNS sockets cannot open is still served, its
+    /// captured DNS then goes unanswered (never around the mesh).
+    dns: Option<crate::dns::server::Listeners>,
 }
 
 impl Listeners {
@@ -70,6 +73,9 @@ impl Listeners {
             outbound6: listen("[::1]:15001").ok(),
             hbone: listen("[::]:15008")?,
             plaintext: listen("[::]:15006")?,
+            dns: crate::dns::server::Listeners::open(net)
+                .inspect_err(|e| warn!(error = %e, "the pod's DNS proxy cannot listen; its DNS goes unanswered"))
+                .ok(),
         })
     }
 
@@ -109,6 +115,9 @@ impl Listeners {
         }
         spawn(self.hbone, PodListener::Hbone);
         spawn(self.plaintext, PodListener::Plaintext);
+        if let Some(dns) = self.dns {
+            dns.serve(pod, inputs, stop);
+        }
     }
 }
 

@@ -258,6 +258,45 @@ pub struct WorkloadMetrics {
     pub stopped: Counter,
 }
 
+/// Istio ztunnel's DNS proxy metrics (`istio_dns_*`).
+#[derive(Debug, Clone)]
+pub struct DnsMetrics {
+    /// Queries the proxy received.
+    pub requests: Family<DnsLabels, Counter>,
+    /// Queries it sent on to an upstream resolver.
+    pub upstream_requests: Family<DnsLabels, Counter>,
+    /// Forwarded queries no upstream answered.
+    pub upstream_failures: Family<DnsLabels, Counter>,
+    /// How long the upstream took, in seconds (Istio's buckets).
+    pub upstream_duration: Family<DnsLabels, prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_failures: Family::default(),
+            upstream_duration: Family::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new([
+                    0.0005, 0.001, 0.01, 0.1, 1.0, 5.0,
+                ])
+            }),
+        }
+    }
+}
+
+/// Istio's DNS labels: the query's type and transport, and the asking pod.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// Lower case: `a`, `aaaa`, `txt`...
+    pub request_query_type: String,
+    /// `udp` or `tcp`.
+    pub request_protocol: &'static str,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+}
+
 /// Istio's xDS client metrics.
 #[derive(Debug, Default, Clone)]
 pub struct XdsMetrics {
@@ -291,6 +330,7 @@ pub struct Metrics {
     pub listeners: ListenerMetrics,
     pub xds: XdsMetrics,
     pub workloads: WorkloadMetrics,
+    pub dns: DnsMetrics,
 }
 
 impl Metrics {
@@ -387,6 +427,27 @@ impl Metrics {
             "istio_proxies_stopped",
             "Pod proxies stopped",
             w.stopped.clone(),
+        );
+        let dns = &m.dns;
+        registry.register(
+            "istio_dns_requests",
+            "DNS queries the in-pod proxy received",
+            dns.requests.clone(),
+        );
+        registry.register(
+            "istio_dns_upstream_requests",
+            "DNS queries sent on to an upstream resolver",
+            dns.upstream_requests.clone(),
+        );
+        registry.register(
+            "istio_dns_upstream_failures",
+            "Forwarded DNS queries no upstream resolver answered",
+            dns.upstream_failures.clone(),
+        );
+        registry.register(
+            "istio_dns_upstream_request_duration_seconds",
+            "Time upstream resolvers took to answer",
+            dns.upstream_duration.clone(),
         );
         registry.register(
             "amesh_accept_errors",

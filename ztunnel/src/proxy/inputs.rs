@@ -121,6 +121,8 @@ pub struct ProxyInputs {
     /// before the handshake the peer is unauthenticated, so without a bound anyone who can
     /// reach 15008 could hold any number of tasks and sockets for the handshake timeout.
     pub handshakes: tokio::sync::Semaphore,
+    /// The pods' DNS proxy.
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// What [`ProxyInputs::new`] is built from.
@@ -135,6 +137,7 @@ pub struct Parts {
     pub drain: DrainWatch,
     pub metrics: Arc<Metrics>,
     pub max_hbone_handshakes: usize,
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 impl ProxyInputs {
@@ -151,6 +154,7 @@ impl ProxyInputs {
             metrics: p.metrics,
             live: Arc::default(),
             handshakes: tokio::sync::Semaphore::new(p.max_hbone_handshakes),
+            dns: p.dns,
         })
     }
 }

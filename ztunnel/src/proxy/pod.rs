@@ -69,6 +69,33 @@ impl PodNet {
         TcpListener::from_std(sock.into())
     }
 
+    /// A UDP socket bound to `addr` inside the pod (`SO_REUSEPORT`, as [`PodNet::listen`]).
+    pub fn listen_udp(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let sock = self.in_pod(|| {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        tokio::net::UdpSocket::from_std(sock.into())
+    }
+
+    /// An unbound UDP socket inside the pod with ztunnel's mark, for sending to `dst`.
+    pub fn udp_to(&self, dst: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let sock = self.in_pod(|| {
+            let s = Socket::new(Domain::for_address(dst), Type::DGRAM, None)?;
+            s.set_mark(ZTUNNEL_MARK)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        tokio::net::UdpSocket::from_std(sock.into())
+    }
+
     /// Connects to `dst` from inside the pod with ztunnel's mark.
     pub async fn connect(&self, dst: SocketAddr) -> io::Result<TcpStream> {
         let sock = self.in_pod(|| {

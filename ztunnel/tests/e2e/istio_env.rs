@@ -25,6 +25,7 @@ fn istio_configured(mesh: &Mesh, host_name: &str, log: &str) -> ZtunnelProcess {
         .env("INPOD_UDS", mesh.dir.join("no-agent.sock"))
         .env("ISTIO_META_ENABLE_HBONE", "true")
         .env("RUST_LOG", "info")
+        .env("AMESH_DNS_RESOLV_CONF", mesh.resolv_conf_path())
         // What Istio has no variable for: where amesh's capture maps are, and ports free
         // beside the mesh's own ztunnels.
         .args([

@@ -5,6 +5,7 @@
 mod admin_limits;
 mod control_plane_input;
 mod dataplane;
+mod dns;
 mod input;
 mod istio_cni;
 mod istio_env;

@@ -1,0 +1,299 @@
+//! ztunnel's DNS proxy end to end: an enrolled pod's queries, captured in the kernel, are
+//! answered by ztunnel for the mesh's names and forwarded to a real upstream resolver
+//! (dnsmasq, in a namespace outside the mesh) for the rest, over UDP and TCP; a pod with
+//! DNS capture off asks the upstream itself.
+
+use crate::support::*;
+use amesh_testbed::PodProcess;
+use std::time::Duration;
+
+/// Where the enrolled pods think their resolver is: nothing listens there, only the capture
+/// can answer.
+const CLUSTER_DNS: &str = "10.96.0.53";
+
+/// dnsmasq in pod `dns`: authoritative for `outside.test` (api: 198.51.100.7, TTL 60),
+/// NXDOMAIN for `nowhere.test`, nothing else; each query logged on stderr.
+fn dnsmasq(mesh: &Mesh) -> PodProcess {
+    let ip = mesh.pod("dns").ipv4();
+    let mut cmd = mesh.pod("dns").command("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--log-queries",
+        "--log-facility=-",
+        "--local-ttl=60",
+        "--port=53",
+        "--address=/api.outside.test/198.51.100.7",
+        "--address=/nowhere.test/",
+    ])
+    .arg(format!("--listen-address={ip}"));
+    let server = mesh.pod("dns").spawn(cmd).expect("dnsmasq");
+    wait_for("dnsmasq answering", Duration::from_secs(10), || {
+        let (status, _) = dig(mesh, "dns", &[&format!("@{ip}"), "api.outside.test"]);
+        if status == "NOERROR" {
+            Ok(())
+        } else {
+            Err(format!("{status}: {}", server.stderr()))
+        }
+    });
+    server
+}
+
+/// `dig` from pod `from`: (status, answer lines).
+fn dig(mesh: &Mesh, from: &str, args: &[&str]) -> (String, Vec<String>) {
+    let out = mesh
+        .pod(from)
+        .command("dig")
+        .args([
+            "+tries=1",
+            "+time=3",
+            "+nocomments",
+            "+noquestion",
+            "+nostats",
+        ])
+        .args(["+noauthority", "+noadditional", "+nocmd"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The status comes from a second, terse run of the same query.
+    let head = mesh
+        .pod(from)
+        .command("dig")
+        .args(["+tries=1", "+time=3"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    let head = String::from_utf8_lossy(&head.stdout).to_string();
+    let status = head
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_string();
+    let answers = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    (status, answers)
+}
+
+#[test]
+fn pods_resolve_mesh_names_through_ztunnel_and_the_rest_through_the_upstream() {
+    amesh_testbed::require_root();
+    let specs = [
+        pod("a", "shop", "node1"),
+        PodSpec {
+            in_service: true,
+            ..pod("b", "shop", "node2")
+        },
+        PodSpec {
+            dns_capture: false,
+            ..pod("c", "shop", "node1")
+        },
+        outside("dns"),
+    ];
+    let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
+    let upstream = mesh.pod("dns").ipv4();
+    std::fs::write(
+        mesh.resolv_conf_path(),
+        format!("nameserver {upstream}\noptions timeout:2\n"),
+    )
+    .expect("resolv.conf");
+    mesh.try_start(&[]).expect("start the nodes");
+    let server = dnsmasq(&mesh);
+    let at = format!("@{CLUSTER_DNS}");
+    let z = mesh.ztunnel("node1");
+    let asked_upstream = |name: &str| {
+        server
+            .stderr()
+            .matches(&format!("query[A] {name} from"))
+            .count()
+    };
+
+    // The mesh's service: answered by ztunnel (the upstream never sees it), in its full
+    // name, its short forms, and the search-path form with a CNAME.
+    for name in ["web.shop.svc.cluster.local", "web", "web.shop"] {
+        let (status, answers) = dig(&mesh, "a", &[&at, name]);
+        assert_eq!(status, "NOERROR", "{name}: {answers:?}\n{}", z.log());
+        assert_eq!(answers, [format!("{name}. 30 IN A {VIP}")], "{name}");
+    }
+    let (_, answers) = dig(
+        &mesh,
+        "a",
+        &[&at, "web.shop.svc.cluster.local.shop.svc.cluster.local"],
+    );
+    assert_eq!(
+        answers,
+        [
+            "web.shop.svc.cluster.local.shop.svc.cluster.local. 30 IN CNAME web.shop.svc.cluster.local.".to_string(),
+            format!("web.shop.svc.cluster.local. 30 IN A {VIP}"),
+        ]
+    );
+    // No IPv6 address: an empty NOERROR, not a forward.
+    let (status, answers) = dig(&mesh, "a", &[&at, "AAAA", "web.shop.svc.cluster.local"]);
+    assert_eq!(
+        (status.as_str(), answers.len()),
+        ("NOERROR", 0),
+        "{answers:?}"
+    );
+    // Over TCP as well.
+    let (_, answers) = dig(&mesh, "a", &["+tcp", &at, "web"]);
+    assert_eq!(answers, [format!("web. 30 IN A {VIP}")]);
+    assert_eq!(
+        asked_upstream("web.shop.svc.cluster.local"),
+        0,
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(asked_upstream("web"), 0);
+
+    // Anything else: the upstream's answer, through ztunnel (over UDP, and over TCP), then
+    // from its cache; the upstream's NXDOMAIN comes back as it is.
+    let (status, answers) = dig(&mesh, "a", &[&at, "api.outside.test"]);
+    assert_eq!(status, "NOERROR", "{}\n{}", z.log(), server.stderr());
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].ends_with("IN A 198.51.100.7"), "{answers:?}");
+    let before = asked_upstream("api.outside.test");
+    assert!(before >= 1, "the upstream answered it: {}", server.stderr());
+    let (_, answers) = dig(&mesh, "a", &["+tcp", &at, "TXT", "api.outside.test"]);
+    assert!(answers.is_empty(), "{answers:?}");
+    assert!(
+        server.stderr().contains("query[TXT] api.outside.test from"),
+        "a TCP query went upstream: {}",
+        server.stderr()
+    );
+    let (status, _) = dig(&mesh, "a", &[&at, "api.outside.test"]);
+    assert_eq!(status, "NOERROR");
+    assert_eq!(
+        asked_upstream("api.outside.test"),
+        before,
+        "cached: {}",
+        server.stderr()
+    );
+    let (status, _) = dig(&mesh, "a", &[&at, "x.nowhere.test"]);
+    assert_eq!(status, "NXDOMAIN");
+
+    // ztunnel asked from the pod's own address (its network path to its resolvers, as
+    // Istio's ztunnel does). The pod with capture off asks the upstream itself and gets its
+    // answer for the mesh's name too (dnsmasq does not know it).
+    let a_ip = mesh.pod("a").ipv4().to_string();
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("query[A] api.outside.test from {a_ip}")),
+        "{}",
+        server.stderr()
+    );
+    let (status, _) = dig(
+        &mesh,
+        "c",
+        &[&format!("@{upstream}"), "web.shop.svc.cluster.local"],
+    );
+    assert_ne!(
+        status, "NOERROR",
+        "the upstream does not know the mesh's names"
+    );
+    let c_ip = mesh.pod("c").ipv4().to_string();
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("query[A] web.shop.svc.cluster.local from {c_ip}")),
+        "{}",
+        server.stderr()
+    );
+    let (status, _) = dig(&mesh, "c", &[&at, "web"]);
+    assert_eq!(
+        status, "NO ANSWER",
+        "nothing listens at {CLUSTER_DNS} for an uncaptured pod"
+    );
+
+    // Istio's DNS metrics, with its labels.
+    let requests = metric(
+        z,
+        "istio_dns_requests_total",
+        &["request_query_type=\"a\"", "request_protocol=\"udp\""],
+    );
+    assert!(requests >= 6, "requests {requests}");
+    assert!(metric(z, "istio_dns_requests_total", &["request_protocol=\"tcp\""]) >= 2);
+    assert!(
+        metric(
+            z,
+            "istio_dns_upstream_requests_total",
+            &["request_query_type=\"a\""]
+        ) >= 2
+    );
+    assert_eq!(metric(z, "istio_dns_upstream_failures_total", &[]), 0);
+    assert!(metric(z, "istio_dns_upstream_request_duration_seconds_count", &[]) >= 2);
+}
+
+#[test]
+fn garbage_and_floods_on_the_dns_proxy_are_contained() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&[
+        pod("a", "shop", "node1"),
+        PodSpec {
+            in_service: true,
+            ..pod("b", "shop", "node2")
+        },
+    ])
+    .expect("build the mesh");
+    mesh.try_start(&[]).expect("start the nodes");
+    let at = format!("@{CLUSTER_DNS}");
+    // Garbage of every size, over UDP and TCP, from inside the pod.
+    let target: std::net::SocketAddr = format!("{CLUSTER_DNS}:53").parse().unwrap();
+    for payload in ["x", "0123456789abcdef", &"\u{ff}".repeat(600)] {
+        let out = mesh
+            .pod("a")
+            .command(amesh_testbed::probe::sibling_binary("amesh-probe"))
+            .args(["udp", &target.to_string(), payload])
+            .output()
+            .expect("probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // A 16-byte "query" has a header: FORMERR (its id echoed); shorter or garbled ones
+        // may get nothing; none may crash the proxy.
+        assert!(text.contains("reply=") || text.contains("error="), "{text}");
+    }
+    // A TCP client that sends a line of text (a length prefix of 0x7465, then too few
+    // bytes): closed after the idle timeout, nothing else.
+    let _ = mesh.connect("a", &["--timeout-ms", "500"], &[target]);
+    use std::io::Write;
+    // A flood of well-formed queries for a forwarded name (no upstream: SERVFAIL) from one
+    // pod; the proxy still answers the mesh's names afterwards.
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        flood.push(
+            mesh.pod("a")
+                .command("dig")
+                .args(["+tries=1", "+time=2", &at, "-f", "/dev/stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("dig"),
+        );
+    }
+    for child in &mut flood {
+        if let Some(mut stdin) = child.stdin.take() {
+            let names: String = (0..50).map(|i| format!("n{i}.example.invalid\n")).collect();
+            let _ = stdin.write_all(names.as_bytes());
+        }
+    }
+    for mut child in flood {
+        let _ = child.wait();
+    }
+    let (status, answers) = dig(&mesh, "a", &[&at, "web"]);
+    assert_eq!(status, "NOERROR", "{answers:?}");
+    assert_eq!(answers, [format!("web. 30 IN A {VIP}")]);
+    let z = mesh.ztunnel("node1");
+    assert!(
+        metric(z, "istio_dns_upstream_failures_total", &[]) >= 1,
+        "no upstream: SERVFAIL"
+    );
+    assert!(z.log().contains("DNS query failed upstream"), "{}", z.log());
+}
