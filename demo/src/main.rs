@@ -185,6 +185,11 @@ fn run(hold: bool) -> Result<Vec<Step>> {
     );
     step(
         &mut steps,
+        "DNS: web.shop resolves through ztunnel's in-pod proxy",
+        tour::dns(&mesh),
+    );
+    step(
+        &mut steps,
         "a DENY policy refuses the client, with its reason",
         tour::deny(&mesh),
     );

@@ -174,6 +174,24 @@ pub fn service_spread(mesh: &Mesh) -> Result<String> {
     ))
 }
 
+/// The address the pod asks (no server there: only the capture can answer).
+const CLUSTER_DNS: &str = "10.96.0.53";
+
+pub fn dns(mesh: &Mesh) -> Result<String> {
+    let out = mesh
+        .pod("web")
+        .command("dig")
+        .args(["+short", "+tries=2", "+time=2"])
+        .arg(format!("@{CLUSTER_DNS}"))
+        .arg("web.shop")
+        .output()?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(answer == VIP, "dig answered {answer:?}");
+    Ok(format!(
+        "dig @{CLUSTER_DNS} web.shop -> {answer}: captured to 127.0.0.1:15053, answered from the xDS state"
+    ))
+}
+
 pub fn deny(mesh: &Mesh) -> Result<String> {
     mesh.write_source("deny-web.yaml", DENY_WEB)?;
     mesh.try_wait_policies(&["deny-web"])?;

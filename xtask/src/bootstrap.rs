@@ -29,6 +29,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-grpcio",
         "/usr/lib/python3/dist-packages/grpc/__init__.py",
     ),
+    // A real DNS client and a real upstream resolver for the DNS proxy's tests and the demo.
+    ("bind9-dnsutils", "/usr/bin/dig"),
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     // protobuf's Python implementation: the gRPC external authorizer's messages.
     (
         "python3-protobuf",

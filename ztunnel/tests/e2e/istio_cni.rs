@@ -79,9 +79,9 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
         mesh.connect_one("a", mesh.v4("d", APP_PORT)).served_by(),
         "d-app"
     );
-    // DNS that istio-cni redirects to 15053 finds no listener until the DNS proxy exists:
-    // refused at once (ICMP port unreachable, TCP reset), never left hanging or leaked.
-    // d listens on 53 (UDP and TCP): a query that reached it would not be refused.
+    // DNS that istio-cni redirects to 15053 reaches ztunnel's DNS proxy, not d: d listens
+    // on 53 (UDP and TCP) but never answers, so only the proxy can. The query is malformed
+    // (a question count of 1, no question): FORMERR, with its id.
     let d = mesh.pod("d").ipv4();
     let _d53 = mesh
         .pod("d")
@@ -101,7 +101,10 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
             udp.connect((d, 53))?;
             udp.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")?;
             let mut buf = [0u8; 512];
-            let udp_answer = udp.recv(&mut buf).map_err(|e| e.kind());
+            let udp_answer = udp
+                .recv(&mut buf)
+                .map(|n| (n, buf[0], buf[1], buf[3] & 0x0f))
+                .map_err(|e| e.kind());
             let tcp = std::net::TcpStream::connect_timeout(&(d, 53).into(), Duration::from_secs(5))
                 .map(drop)
                 .map_err(|e| e.kind());
@@ -111,11 +114,8 @@ fn under_istio_cni_redirected_traffic_is_meshed_both_ways_and_plaintext_is_serve
         .unwrap();
     assert_eq!(
         dns,
-        (
-            Err(std::io::ErrorKind::ConnectionRefused),
-            Err(std::io::ErrorKind::ConnectionRefused)
-        ),
-        "DNS is redirected to 15053 and refused there, UDP and TCP (d's own port 53 is open)"
+        (Ok((12, 0x12, 0x34, 1)), Ok(())),
+        "DNS is redirected to ztunnel's proxy on 15053, UDP and TCP (d never answers)"
     );
     // Aimed at ztunnel's own plaintext port: refused, with the reason counted.
     let r = mesh
