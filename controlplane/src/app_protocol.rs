@@ -23,6 +23,17 @@ pub fn of(port: &ServicePort) -> AppProtocol {
     )
 }
 
+/// A ServiceEntry port's protocol (`HTTP`, `GRPC`, `TCP`, ...), else its name, as istiod
+/// reads it.
+pub fn of_service_entry(number: u32, name: &str, protocol: Option<&str>) -> AppProtocol {
+    declared(
+        i32::try_from(number).unwrap_or(0),
+        name,
+        "TCP",
+        protocol.filter(|p| !p.is_empty()),
+    )
+}
+
 fn declared(number: i32, name: &str, transport: &str, app_protocol: Option<&str>) -> AppProtocol {
     if transport.eq_ignore_ascii_case("UDP") || transport.eq_ignore_ascii_case("SCTP") {
         return AppProtocol::Unknown;

@@ -62,6 +62,7 @@ struct Caches {
     tcp_routes: Store<DynamicObject>,
     virtual_services: Store<DynamicObject>,
     destination_rules: Store<DynamicObject>,
+    service_entries: Store<DynamicObject>,
 }
 
 fn istio_security(kind: &str, plural: &str) -> ApiResource {
@@ -188,6 +189,7 @@ impl Caches {
                 "DestinationRule",
                 &mut rejected,
             ),
+            service_entries: convert(self.service_entries.state(), "ServiceEntry", &mut rejected),
         };
         (snapshot, rejected)
     }
@@ -237,6 +239,7 @@ impl Caches {
             (&self.tcp_routes, "TCPRoute"),
             (&self.virtual_services, "VirtualService"),
             (&self.destination_rules, "DestinationRule"),
+            (&self.service_entries, "ServiceEntry"),
         ] {
             // One bound for all of them: a cluster without the CRDs waits it out once.
             match tokio::time::timeout_at(deadline, store.wait_until_ready()).await {
@@ -394,6 +397,11 @@ pub async fn publish_kube(
         destination_rules: dynamic(
             &client,
             istio_networking("DestinationRule", "destinationrules"),
+            &changed,
+        ),
+        service_entries: dynamic(
+            &client,
+            istio_networking("ServiceEntry", "serviceentries"),
             &changed,
         ),
     };

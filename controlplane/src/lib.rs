@@ -18,6 +18,7 @@ pub mod root_configmap;
 pub mod route_status;
 pub mod routes;
 pub mod serve;
+pub mod service_entries;
 pub mod serving_cert;
 pub mod translate;
 pub mod virtual_services;

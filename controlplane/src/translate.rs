@@ -182,6 +182,23 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
             );
         }
     }
+    // ServiceEntries: their services (a Kubernetes Service of the same host wins, as in
+    // istiod) and endpoints; selector entries are applied to the pods below.
+    let taken: std::collections::BTreeSet<IpAddr> = out
+        .addresses
+        .values()
+        .filter_map(|a| match &a.r#type {
+            Some(pb::address::Type::Service(s)) => Some(s.addresses.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|a| ip_of(&a.address))
+        .collect();
+    let entries =
+        crate::service_entries::translate(&snap.service_entries, mesh, &taken, &mut out.errors);
+    for (key, address) in entries.addresses {
+        out.addresses.entry(key).or_insert(address);
+    }
     // Services that only their waypoint may reach: an L4 DENY for their endpoints.
     let required = {
         let addresses = &out.addresses;
@@ -237,6 +254,7 @@ pub fn translate(snap: &Snapshot, mesh: &Mesh) -> Resources {
         let namespace_labels = ns_labels.get(ns).unwrap_or(&empty);
         if let Some(mut w) = workload(pod, namespace_labels, &snap.services, &policies, mesh) {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
+            crate::service_entries::apply_selected(&entries.selected, ns, &labels, &mut w);
             if waypoints.is_instance(pod) || labels.get(TUNNEL).is_some_and(|t| t == "http") {
                 // It terminates HBONE itself, and is never sent through a waypoint.
                 w.tunnel_protocol = pb::TunnelProtocol::Hbone as i32;
@@ -645,6 +663,15 @@ fn workload(
 }
 
 /// A service port's target on this pod: a number, or a container port found by name.
+/// An address of the workload API (4 or 16 bytes) as an IP.
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
 fn target_port(pod: &Pod, target: Option<&IntOrString>, port: i32) -> Option<u32> {
     match target {
         None => Some(port as u32),

@@ -1,5 +1,6 @@
 //! Istio's traffic API (`networking.istio.io/v1`, also `v1beta1` and `v1alpha3`):
-//! `VirtualService` and `DestinationRule`, the fields amesh's waypoint honours or reports.
+//! `VirtualService` and `DestinationRule`, the fields amesh's waypoint honours or reports,
+//! and `ServiceEntry`.
 //! Unknown fields are kept as JSON so that the translation can name what it does not support
 //! instead of dropping it silently.
 
@@ -263,4 +264,108 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub traffic_policy: Option<serde_json::Value>,
+}
+
+/// `kind: ServiceEntry`: services from outside the cluster's registry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceEntry {
+    pub metadata: EntryMeta,
+    #[serde(default)]
+    pub spec: ServiceEntrySpec,
+    #[serde(default)]
+    pub status: ServiceEntryStatus,
+}
+
+/// A ServiceEntry's metadata: labels and annotations count (auto-allocation opt-out, HBONE).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryMeta {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPort>,
+    /// `MESH_EXTERNAL` (default) or `MESH_INTERNAL`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `NONE` (default), `STATIC`, `DNS`, `DNS_ROUND_ROBIN`.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    #[serde(default)]
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryPort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub target_port: Option<u32>,
+}
+
+/// An endpoint of a ServiceEntry (Istio's `WorkloadEntry` spec).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    /// An IP address, or a host name resolved when connecting.
+    #[serde(default)]
+    pub address: String,
+    /// ServiceEntry port name → this endpoint's port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub locality: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub service_account: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The addresses Istio's allocator gave the hosts (`status.addresses`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceEntryStatus {
+    #[serde(default)]
+    pub addresses: Vec<AllocatedAddress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AllocatedAddress {
+    pub value: String,
+    #[serde(default)]
+    pub host: String,
 }

@@ -75,6 +75,7 @@ pub enum Object {
     GrpcRoute(Box<GrpcRoute>),
     VirtualService(Box<crate::networking::VirtualService>),
     DestinationRule(Box<crate::networking::DestinationRule>),
+    ServiceEntry(Box<crate::networking::ServiceEntry>),
     TcpRoute(Box<TcpRoute>),
 }
 
@@ -95,6 +96,7 @@ pub struct Snapshot {
     pub grpc_routes: Vec<GrpcRoute>,
     pub virtual_services: Vec<crate::networking::VirtualService>,
     pub destination_rules: Vec<crate::networking::DestinationRule>,
+    pub service_entries: Vec<crate::networking::ServiceEntry>,
     pub tcp_routes: Vec<TcpRoute>,
 }
 
@@ -114,6 +116,7 @@ impl Snapshot {
             Object::GrpcRoute(o) => self.grpc_routes.push(*o),
             Object::VirtualService(o) => self.virtual_services.push(*o),
             Object::DestinationRule(o) => self.destination_rules.push(*o),
+            Object::ServiceEntry(o) => self.service_entries.push(*o),
             Object::TcpRoute(o) => self.tcp_routes.push(*o),
         }
     }
@@ -309,6 +312,12 @@ fn to_object(value: serde_yaml::Value) -> Result<Option<(ObjectKey, Object)>, Bo
             | "networking.istio.io/v1alpha3",
             "DestinationRule",
         ) => Object::DestinationRule(serde_json::from_value(value).map_err(err)?),
+        (
+            "networking.istio.io/v1"
+            | "networking.istio.io/v1beta1"
+            | "networking.istio.io/v1alpha3",
+            "ServiceEntry",
+        ) => Object::ServiceEntry(serde_json::from_value(value).map_err(err)?),
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
             Object::GrpcRoute(serde_json::from_value(value).map_err(err)?)
         }

@@ -135,6 +135,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, Invalid> {
         service_account: or_default(w.service_account, "default"),
         trust_domain: or_default(w.trust_domain, amesh_identity::DEFAULT_TRUST_DOMAIN),
         addresses,
+        hostname: w.hostname,
         protocol,
         node: w.node,
         healthy: w.status != pb::WorkloadStatus::Unhealthy as i32,

@@ -90,6 +90,10 @@ pub struct Workload {
     pub service_account: String,
     pub trust_domain: String,
     pub addresses: Vec<IpAddr>,
+    /// A host name resolved when connecting, for an endpoint without addresses (a
+    /// ServiceEntry's DNS endpoint, Istio's `Workload.hostname`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
     pub protocol: Protocol,
     pub node: String,
     pub healthy: bool,

@@ -28,6 +28,15 @@ pub enum Route {
         workload: Option<Arc<Workload>>,
         service: Option<Arc<Service>>,
     },
+    /// Plain TCP to `hostname:port`, resolved when connecting (an endpoint known by name
+    /// only); `v4` says which family the client dialled, the one to prefer.
+    Resolve {
+        hostname: String,
+        port: u16,
+        v4: bool,
+        workload: Arc<Workload>,
+        service: Arc<Service>,
+    },
     /// A service VIP with no usable endpoint for this port.
     NoEndpoint { service: Arc<Service> },
     /// A workload on another network: it needs a network gateway (not supported yet).
@@ -142,7 +151,7 @@ impl State {
             .iter()
             .find(|w| w.network != client.network)
             .copied();
-        let mut candidates: Vec<(Arc<Workload>, SocketAddr)> = endpoints
+        let mut candidates: Vec<(Arc<Workload>, Endpoint)> = endpoints
             .into_iter()
             .filter(|w| w.network == client.network)
             .filter_map(|w| endpoint(w, service, &key, orig).map(|addr| (w.clone(), addr)))
@@ -173,6 +182,25 @@ impl State {
             };
         }
         let (workload, target) = candidates.swap_remove(pick % candidates.len());
+        let target = match target {
+            Endpoint::Addr(a) => a,
+            Endpoint::Host(hostname, port) => {
+                // Only plain TCP endpoints are reached by name; one that must speak HBONE
+                // would need its identity checked at an address no one vouched for.
+                return match workload.protocol {
+                    Protocol::Tcp => Route::Resolve {
+                        hostname,
+                        port,
+                        v4: orig.is_ipv4(),
+                        workload,
+                        service: service.clone(),
+                    },
+                    Protocol::Hbone => Route::NoEndpoint {
+                        service: service.clone(),
+                    },
+                };
+            }
+        };
         match workload.protocol {
             Protocol::Hbone => Route::Hbone {
                 expected: std::iter::once(workload.identity())
@@ -293,14 +321,18 @@ fn shares(w: &Workload, client: &Client<'_>, scope: LocalityScope) -> bool {
     }
 }
 
+/// Where a service connection reaches one endpoint.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Addr(SocketAddr),
+    /// A name to resolve, and the port.
+    Host(String, u16),
+}
+
 /// The address a service connection to `orig` reaches on workload `w`: an address of the same
-/// family as the VIP, and the target port the service (or the workload's own map) names.
-fn endpoint(w: &Workload, service: &Service, key: &str, orig: SocketAddr) -> Option<SocketAddr> {
-    let ip = w
-        .addresses
-        .iter()
-        .find(|a| a.is_ipv4() == orig.is_ipv4())
-        .or_else(|| w.addresses.first())?;
+/// family as the VIP (or its host name, for an endpoint known by name only), and the target
+/// port the service (or the workload's own map) names.
+fn endpoint(w: &Workload, service: &Service, key: &str, orig: SocketAddr) -> Option<Endpoint> {
     let from_service = service.ports.get(&orig.port()).copied().filter(|p| *p != 0);
     let from_workload = w
         .services
@@ -308,7 +340,15 @@ fn endpoint(w: &Workload, service: &Service, key: &str, orig: SocketAddr) -> Opt
         .and_then(|m| m.get(&orig.port()))
         .copied();
     let port = from_workload.or(from_service)?;
-    Some(SocketAddr::new(*ip, port))
+    let Some(ip) = w
+        .addresses
+        .iter()
+        .find(|a| a.is_ipv4() == orig.is_ipv4())
+        .or_else(|| w.addresses.first())
+    else {
+        return (!w.hostname.is_empty()).then(|| Endpoint::Host(w.hostname.clone(), port));
+    };
+    Some(Endpoint::Addr(SocketAddr::new(*ip, port)))
 }
 
 #[cfg(test)]
@@ -332,6 +372,7 @@ mod tests {
             service_account: "sa".into(),
             trust_domain: "cluster.local".into(),
             addresses: vec![ip.parse().unwrap()],
+            hostname: String::new(),
             protocol,
             node: node.into(),
             healthy,
@@ -372,6 +413,9 @@ mod tests {
             Route::Hbone { target, .. } => format!("hbone {target}"),
             Route::Direct { dst, .. } => format!("direct {dst}"),
             Route::NoEndpoint { .. } => "none".into(),
+            Route::Resolve {
+                hostname, port, v4, ..
+            } => format!("resolve {hostname}:{port} v4={v4}"),
             Route::OtherNetwork { workload, .. } => format!("network {}", workload.network),
             Route::Waypoint { hbone, target, .. } => format!("waypoint {hbone} for {target}"),
             Route::NoWaypoint { waypoint, .. } => format!("no waypoint {waypoint}"),
@@ -388,6 +432,29 @@ mod tests {
             only: None,
             excluded: &[],
         }
+    }
+
+    #[test]
+    fn endpoints_known_by_name_are_resolved_when_connecting_plain_tcp_only() {
+        let mut by_name = wl("dns", "10.0.0.9", "n1", "z1", true, Protocol::Tcp);
+        by_name.addresses.clear();
+        by_name.hostname = "db.example.com".into();
+        let mut hbone_by_name = by_name.clone();
+        hbone_by_name.protocol = Protocol::Hbone;
+        let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let here = Locality::default();
+        let c = client("n1", &here);
+        let state = State::new(vec![by_name], vec![svc(vec![], false)]);
+        assert_eq!(
+            target(&state.route(vip, &c, 0)),
+            "resolve db.example.com:8080 v4=true"
+        );
+        let state = State::new(vec![hbone_by_name], vec![svc(vec![], false)]);
+        assert_eq!(
+            target(&state.route(vip, &c, 0)),
+            "none",
+            "an HBONE endpoint needs an address someone vouched for"
+        );
     }
 
     #[test]

@@ -173,6 +173,11 @@ pub fn pick_with(
         Route::NoEndpoint { service } => {
             Err(UpstreamError::NoHealthyUpstream(service.hostname.clone()))
         }
+        // An endpoint known by name only (a ServiceEntry's DNS endpoint): the waypoint does
+        // not resolve names yet, and says so rather than guessing an address.
+        Route::Resolve { service, .. } => {
+            Err(UpstreamError::NoHealthyUpstream(service.hostname.clone()))
+        }
         Route::OtherNetwork { workload, .. } => Err(UpstreamError::OtherNetwork(format!(
             "{}/{}",
             workload.namespace, workload.name

@@ -120,6 +120,25 @@ pub struct Args {
     /// `web.<namespace>.svc.<domain>`).
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Istio's mesh-wide `outboundTrafficPolicy.mode`: `ALLOW_ANY` lets enrolled pods reach
+    /// any address (plain TCP outside the mesh); `REGISTRY_ONLY` refuses destinations that
+    /// are neither mesh workloads nor services the control plane sent (ServiceEntries
+    /// included).
+    #[arg(
+        long,
+        env = "OUTBOUND_TRAFFIC_POLICY",
+        value_enum,
+        default_value = "ALLOW_ANY"
+    )]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `MeshConfig.OutboundTrafficPolicy.Mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    AllowAny,
+    RegistryOnly,
 }
 
 /// An address as Istio writes it (`https://host:port`) or as amesh does (`host:port`):

@@ -120,6 +120,7 @@ pub async fn run(args: config::Args, log: logging::LogControl) -> anyhow::Result
         metrics: metrics.clone(),
         max_hbone_handshakes: args.max_hbone_handshakes as usize,
         dns,
+        registry_only: args.outbound_traffic_policy == config::OutboundTrafficPolicy::RegistryOnly,
     });
     recheck_on_change(&inputs);
     let pods = Arc::new(inpod::InPod::new(inputs.clone(), enrolment_maps));

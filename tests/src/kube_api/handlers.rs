@@ -300,7 +300,7 @@ pub(super) fn patch(shared: &Shared, request: &Request) -> Reply {
 }
 
 /// Collections that exist even while empty.
-const KNOWN: [&str; 15] = [
+const KNOWN: [&str; 16] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -311,6 +311,7 @@ const KNOWN: [&str; 15] = [
     "/apis/security.istio.io/v1/requestauthentications",
     "/apis/networking.istio.io/v1/virtualservices",
     "/apis/networking.istio.io/v1/destinationrules",
+    "/apis/networking.istio.io/v1/serviceentries",
     "/apis/gateway.networking.k8s.io/v1/gateways",
     "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
     "/apis/gateway.networking.k8s.io/v1/httproutes",

@@ -96,7 +96,7 @@ fn roles_grant_exactly_what_each_component_uses() {
         ),
         (
             "networking.istio.io",
-            "virtualservices destinationrules",
+            "virtualservices destinationrules serviceentries",
             "get list watch",
             "",
         ),

@@ -103,11 +103,15 @@ pub fn lookup(state: &State, client: Client<'_>, name: &str) -> Option<Answer> {
 
 /// The service with host `host` this client should get: one in its own namespace first,
 /// else the first by key (Istio's `find_best_match`, without the canonical preference).
+/// A service without addresses outside the cluster's domain (a ServiceEntry with
+/// `resolution: NONE`) is not answered: its name is the upstream's, as in Istio.
 fn best(state: &State, client: Client<'_>, host: &str) -> Option<Arc<Service>> {
     let mut found: Option<Arc<Service>> = None;
+    let in_cluster = |s: &Service| s.hostname.ends_with(&format!(".svc.{}", client.domain));
     for s in state
         .services()
         .filter(|s| s.hostname.eq_ignore_ascii_case(host))
+        .filter(|s| !s.vips.is_empty() || in_cluster(s))
     {
         if s.namespace == client.namespace {
             return Some(s.clone());
@@ -168,6 +172,7 @@ mod tests {
                 service("wild", "shop", "*.wild.example.com", &["240.240.0.2"]),
                 service("dup-a", "a", "dup.example.com", &["240.240.0.3"]),
                 service("dup-b", "b", "dup.example.com", &["240.240.0.4"]),
+                service("none", "shop", "passthrough.example.com", &[]),
             ],
         )
     }
@@ -233,6 +238,8 @@ mod tests {
         // Not the mesh's: the upstream's.
         assert_eq!(host_of("nothing.shop.svc.cluster.local", SHOP), None);
         assert_eq!(host_of("debian.org", SHOP), None);
+        // A ServiceEntry host without addresses (resolution NONE) is the upstream's.
+        assert_eq!(host_of("passthrough.example.com", SHOP), None);
         assert_eq!(host_of("", SHOP), None);
         // Two namespaces with one host: the client's own first, else the first.
         let a = Client {

@@ -85,6 +85,15 @@ pub enum OutboundError {
         waypoint: String,
         destination: String,
     },
+    /// A service endpoint known by name could not be resolved.
+    #[error("resolving endpoint {hostname}: {reason}")]
+    Resolve { hostname: String, reason: String },
+    /// `--outbound-traffic-policy REGISTRY_ONLY` (Istio's mesh-wide setting): the
+    /// destination is neither a workload of the mesh nor a service it knows.
+    #[error(
+        "outbound traffic policy REGISTRY_ONLY: {destination} is neither a mesh workload nor a registered service"
+    )]
+    RegistryOnly { destination: SocketAddr },
 }
 
 impl OutboundError {
@@ -94,6 +103,8 @@ impl OutboundError {
                 ResponseFlag::Connect
             }
             Self::NoWaypoint { .. } => ResponseFlag::NoHealthyUpstream,
+            Self::Resolve { .. } => ResponseFlag::Connect,
+            Self::RegistryOnly { .. } => ResponseFlag::Deny,
             Self::NoCertificate(_) => ResponseFlag::IdentityError,
             Self::NoHealthyUpstream { .. } => ResponseFlag::NoHealthyUpstream,
             Self::Hbone { source, .. } => hbone_flag(source),

@@ -123,6 +123,9 @@ pub struct ProxyInputs {
     pub handshakes: tokio::sync::Semaphore,
     /// The pods' DNS proxy.
     pub dns: Arc<crate::dns::Dns>,
+    /// Istio's `outboundTrafficPolicy: REGISTRY_ONLY`: connections to destinations outside
+    /// the registry are refused.
+    pub registry_only: bool,
 }
 
 /// What [`ProxyInputs::new`] is built from.
@@ -138,6 +141,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub max_hbone_handshakes: usize,
     pub dns: Arc<crate::dns::Dns>,
+    pub registry_only: bool,
 }
 
 impl ProxyInputs {
@@ -155,6 +159,7 @@ impl ProxyInputs {
             live: Arc::default(),
             handshakes: tokio::sync::Semaphore::new(p.max_hbone_handshakes),
             dns: p.dns,
+            registry_only: p.registry_only,
         })
     }
 }

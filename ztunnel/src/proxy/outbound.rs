@@ -131,6 +131,35 @@ async fn forward(
         }
         Route::Direct {
             dst,
+            workload: None,
+            service: None,
+        } if inputs.registry_only => {
+            record.dst = dst;
+            fail(record, OutboundError::RegistryOnly { destination: dst });
+        }
+        Route::Resolve {
+            hostname,
+            port,
+            v4,
+            workload,
+            service,
+        } => {
+            record.destination_workload(&workload);
+            record.labels.destination_principal = crate::metrics::UNKNOWN.into();
+            label_service(&mut record, Some(&service));
+            let ips = match inputs.dns.resolve(&hostname, v4, &pod.net).await {
+                Ok(ips) => ips,
+                Err(reason) => return fail(record, OutboundError::Resolve { hostname, reason }),
+            };
+            let dst = SocketAddr::new(ips[fastrand::usize(..ips.len())], port);
+            record.dst = dst;
+            match pod.net.connect(dst).await {
+                Ok(mut upstream) => relay(record, &mut conn, &mut upstream, None).await,
+                Err(e) => fail(record, OutboundError::Direct(e)),
+            }
+        }
+        Route::Direct {
+            dst,
             workload,
             service,
         } => {

@@ -297,3 +297,115 @@ fn garbage_and_floods_on_the_dns_proxy_are_contained() {
     );
     assert!(z.log().contains("DNS query failed upstream"), "{}", z.log());
 }
+
+#[test]
+fn service_entries_resolve_route_and_are_all_that_registry_only_lets_out() {
+    amesh_testbed::require_root();
+    let specs = [pod("a", "shop", "node1"), outside("ext"), outside("dns")];
+    let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
+    let ext = mesh.pod("ext").ipv4();
+    let upstream = mesh.pod("dns").ipv4();
+    std::fs::write(mesh.resolv_conf_path(), format!("nameserver {upstream}\n"))
+        .expect("resolv.conf");
+    // Two external services: one by address (STATIC), one by name (DNS, resolved through the
+    // upstream when connecting); neither has an address of its own, so both get Istio's
+    // auto-allocated VIPs (the older first).
+    let entries = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}}
+spec:
+  hosts: [api.outside.test]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {APP_PORT}}}]
+  resolution: STATIC
+  endpoints: [{{address: {ext}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop, creationTimestamp: "2026-01-02T00:00:00Z"}}
+spec:
+  hosts: [db.outside.test]
+  ports: [{{number: 80, name: tcp, targetPort: {APP_PORT}}}]
+  resolution: DNS
+"#
+    );
+    crate::waypoint::xds_edit(&mesh, |t| t + &entries);
+    mesh.try_start_control_plane().expect("control plane");
+    mesh.try_start(&[("node1", &["--outbound-traffic-policy", "REGISTRY_ONLY"])])
+        .expect("start the nodes");
+    mesh.try_wait_ready("node1").expect("ztunnel ready");
+    let _apps = mesh.apps(&["ext", "dns"]);
+    // dnsmasq: db.outside.test is ext.
+    let mut cmd = mesh.pod("dns").command("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--log-queries",
+        "--log-facility=-",
+        "--port=53",
+    ])
+    .arg(format!("--listen-address={upstream}"))
+    .arg(format!("--address=/db.outside.test/{ext}"));
+    let server = mesh.pod("dns").spawn(cmd).expect("dnsmasq");
+    let at = format!("@{CLUSTER_DNS}");
+    let z = mesh.ztunnel("node1");
+    // The hosts resolve to their VIPs, answered by ztunnel from what the control plane sent.
+    wait_for(
+        "the ServiceEntry VIPs in DNS",
+        Duration::from_secs(10),
+        || {
+            let (_, a) = dig(&mesh, "a", &[&at, "+short", "api.outside.test"]);
+            (a == ["240.240.0.1"]).then_some(()).ok_or(format!("{a:?}"))
+        },
+    );
+    let (_, db) = dig(&mesh, "a", &[&at, "+short", "db.outside.test"]);
+    assert_eq!(db, ["240.240.0.2"]);
+    let (_, v6) = dig(&mesh, "a", &[&at, "+short", "AAAA", "api.outside.test"]);
+    assert_eq!(v6, ["2001:2::1"]);
+    // Connections to the VIPs reach the external server as plain TCP: by address, and by
+    // the name the upstream resolves.
+    for vip in ["240.240.0.1:80", "240.240.0.2:80"] {
+        let c = mesh.connect_one("a", vip.parse().unwrap());
+        assert_eq!(c.served_by(), "ext-app", "{vip}");
+    }
+    assert!(
+        server.stderr().contains("query[A] db.outside.test from"),
+        "ztunnel resolved the endpoint: {}",
+        server.stderr()
+    );
+    // The entry's endpoint is registered by its address too (a workload of the registry);
+    // the resolver's host is in no registry: refused under REGISTRY_ONLY, with the reason
+    // in the access log.
+    assert_eq!(
+        mesh.connect_one("a", mesh.v4("ext", APP_PORT)).served_by(),
+        "ext-app"
+    );
+    let direct = mesh
+        .connect("a", &["--timeout-ms", "3000"], &[mesh.v4("dns", APP_PORT)])
+        .remove(0);
+    assert!(direct.outcome.is_err(), "{direct:?}");
+    wait_for(
+        "the refusal in the access log",
+        Duration::from_secs(5),
+        || {
+            let log = z.log();
+            log.contains("outbound traffic policy REGISTRY_ONLY")
+                .then_some(())
+                .ok_or(log)
+        },
+    );
+    assert!(
+        metric(
+            z,
+            "istio_tcp_connections_opened_total",
+            &["destination_service=\"db.outside.test\""]
+        ) >= 1,
+        "metrics name the ServiceEntry host"
+    );
+}
