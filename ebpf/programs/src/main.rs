@@ -112,18 +112,46 @@ struct ConnectFacts {
     mark: u32,
 }
 
+/// An IPv4 hook's facts (connect4, sendmsg4).
 #[inline(always)]
-fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+fn facts4(ctx: &SockAddrContext) -> ConnectFacts {
     let sa = ctx.sock_addr;
-    // SAFETY: `sa` is the context the kernel passed; `sk` is always set for connect hooks.
-    let facts = unsafe {
+    // SAFETY: `sa` is the context the kernel passed; `sk` is always set for connect and
+    // sendmsg hooks.
+    unsafe {
         ConnectFacts {
             protocol: (*sa).protocol,
             dst: ip4_mapped((*sa).user_ip4),
             dst_port: u16::from_be((*sa).user_port as u16),
             mark: (*(*sa).__bindgen_anon_1.sk).mark,
         }
-    };
+    }
+}
+
+/// An IPv6 hook's facts (connect6, sendmsg6).
+#[inline(always)]
+fn facts6(ctx: &SockAddrContext) -> ConnectFacts {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `facts4`.
+    unsafe {
+        ConnectFacts {
+            protocol: (*sa).protocol,
+            dst: [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            dst_port: u16::from_be((*sa).user_port as u16),
+            mark: (*(*sa).__bindgen_anon_1.sk).mark,
+        }
+    }
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+    let sa = ctx.sock_addr;
+    let facts = facts4(ctx);
     let Some(port) = decide_connect(ctx, &facts) else {
         return Ok(());
     };
@@ -137,21 +165,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
-    let sa = ctx.sock_addr;
-    // SAFETY: as in `try_connect4`.
-    let facts = unsafe {
-        ConnectFacts {
-            protocol: (*sa).protocol,
-            dst: [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            dst_port: u16::from_be((*sa).user_port as u16),
-            mark: (*(*sa).__bindgen_anon_1.sk).mark,
-        }
-    };
+    let facts = facts6(ctx);
     let Some(port) = decide_connect(ctx, &facts) else {
         return Ok(());
     };
@@ -263,15 +277,7 @@ fn decide_send(ctx: &SockAddrContext, f: &ConnectFacts) -> bool {
 #[cgroup_sock_addr(sendmsg4)]
 pub fn amesh_sendmsg4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: as in `try_connect4`; `sk` is set for sendmsg hooks too.
-    let facts = unsafe {
-        ConnectFacts {
-            protocol: (*sa).protocol,
-            dst: ip4_mapped((*sa).user_ip4),
-            dst_port: u16::from_be((*sa).user_port as u16),
-            mark: (*(*sa).__bindgen_anon_1.sk).mark,
-        }
-    };
+    let facts = facts4(&ctx);
     if decide_send(&ctx, &facts) {
         // SAFETY: 4-byte stores to fields sendmsg4 may rewrite.
         unsafe {
@@ -284,21 +290,7 @@ pub fn amesh_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn amesh_sendmsg6(ctx: SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: as in `try_connect6`.
-    let facts = unsafe {
-        ConnectFacts {
-            protocol: (*sa).protocol,
-            dst: [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            dst_port: u16::from_be((*sa).user_port as u16),
-            mark: (*(*sa).__bindgen_anon_1.sk).mark,
-        }
-    };
+    let facts = facts6(&ctx);
     if decide_send(&ctx, &facts) {
         rewrite6(&ctx, &facts.dst, DNS_CAPTURE_PORT);
     }

@@ -14,6 +14,19 @@ const CLUSTER_DNS: &str = "10.96.0.53";
 /// dnsmasq in pod `dns`: authoritative for `outside.test` (api: 198.51.100.7, TTL 60),
 /// NXDOMAIN for `nowhere.test`, nothing else; each query logged on stderr.
 fn dnsmasq(mesh: &Mesh) -> PodProcess {
+    dnsmasq_with(
+        mesh,
+        &[
+            "--address=/api.outside.test/198.51.100.7".into(),
+            "--address=/nowhere.test/".into(),
+        ],
+        "api.outside.test",
+    )
+}
+
+/// dnsmasq in pod `dns` with `records` (its `--address` options), answering only what they
+/// say and logging each query on stderr; ready once it answers `probe`.
+fn dnsmasq_with(mesh: &Mesh, records: &[String], probe: &str) -> PodProcess {
     let ip = mesh.pod("dns").ipv4();
     let mut cmd = mesh.pod("dns").command("dnsmasq");
     cmd.args([
@@ -28,13 +41,12 @@ fn dnsmasq(mesh: &Mesh) -> PodProcess {
         "--log-facility=-",
         "--local-ttl=60",
         "--port=53",
-        "--address=/api.outside.test/198.51.100.7",
-        "--address=/nowhere.test/",
     ])
+    .args(records)
     .arg(format!("--listen-address={ip}"));
     let server = mesh.pod("dns").spawn(cmd).expect("dnsmasq");
     wait_for("dnsmasq answering", Duration::from_secs(10), || {
-        let (status, _) = dig(mesh, "dns", &[&format!("@{ip}"), "api.outside.test"]);
+        let (status, _) = dig(mesh, "dns", &[&format!("@{ip}"), probe]);
         if status == "NOERROR" {
             Ok(())
         } else {
@@ -337,22 +349,11 @@ spec:
     mesh.try_wait_ready("node1").expect("ztunnel ready");
     let _apps = mesh.apps(&["ext", "dns"]);
     // dnsmasq: db.outside.test is ext.
-    let mut cmd = mesh.pod("dns").command("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--user=root",
-        "--pid-file=",
-        "--log-queries",
-        "--log-facility=-",
-        "--port=53",
-    ])
-    .arg(format!("--listen-address={upstream}"))
-    .arg(format!("--address=/db.outside.test/{ext}"));
-    let server = mesh.pod("dns").spawn(cmd).expect("dnsmasq");
+    let server = dnsmasq_with(
+        &mesh,
+        &[format!("--address=/db.outside.test/{ext}")],
+        "db.outside.test",
+    );
     let at = format!("@{CLUSTER_DNS}");
     let z = mesh.ztunnel("node1");
     // The hosts resolve to their VIPs, answered by ztunnel from what the control plane sent.

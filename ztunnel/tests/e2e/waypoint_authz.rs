@@ -345,8 +345,20 @@ fn require_waypoint_refuses_what_bypasses_the_waypoint_and_is_off_by_default() {
     assert_eq!(status, 200, "{body}\n{}", waypoint.log());
 }
 
-#[test]
-fn custom_policies_ask_the_external_authorizer_first() {
+/// A bound mesh with app `b` behind service `web`, the `objects` added to the source, the
+/// control plane reading `mesh_config`, and the external authorizer `script` (from
+/// `tests/extauthz/`) serving `port` in pod `c`.
+fn with_authorizer(
+    objects: &str,
+    mesh_config: &str,
+    script: &str,
+    port: &str,
+) -> (
+    Mesh,
+    amesh_testbed::waypoint::WaypointProcess,
+    amesh_testbed::PodProcess,
+    Vec<amesh_testbed::PodProcess>,
+) {
     amesh_testbed::require_root();
     let specs = vec![
         pod("a", "shop", "node1"),
@@ -358,6 +370,33 @@ fn custom_policies_ask_the_external_authorizer_first() {
         crate::waypoint::WP,
     ];
     let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    let path = mesh.dir.join("mesh.yaml");
+    std::fs::write(&path, mesh_config).expect("mesh config");
+    mesh.control_plane_source
+        .extend(["--mesh-config".to_string(), path.display().to_string()]);
+    let waypoint = start_bound(&mut mesh);
+    let apps = mesh.apps(&["b"]);
+    let mut cmd = mesh.pod("c").command("/usr/bin/python3");
+    cmd.arg(format!(
+        "{}/../tests/extauthz/{script}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .arg(port);
+    let authorizer = mesh.pod("c").spawn(cmd).expect("the authorizer");
+    assert_eq!(
+        authorizer
+            .next_line(std::time::Duration::from_secs(10))
+            .as_deref(),
+        Some("ready"),
+        "{}",
+        authorizer.stderr()
+    );
+    (mesh, waypoint, authorizer, apps)
+}
+
+#[test]
+fn custom_policies_ask_the_external_authorizer_first() {
     let objects = r#"---
 apiVersion: v1
 kind: Service
@@ -382,35 +421,13 @@ spec:
   provider: {name: nowhere}
   rules: [{to: [{operation: {paths: ["/broken/*"]}}]}]
 "#;
-    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
-    let mesh_config = mesh.dir.join("mesh.yaml");
-    std::fs::write(
-        &mesh_config,
+    let (mesh, waypoint, authorizer, _app) = with_authorizer(
+        objects,
         "extensionProviders:\n\
          - name: sample-ext-authz-http\n  envoyExtAuthzHttp:\n    service: ext-authz.shop.svc.cluster.local\n    port: 8000\n    timeout: 2s\n    includeRequestHeadersInCheck: [x-ext-authz, x-ext-authz-user]\n    headersToUpstreamOnAllow: [x-user]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result, content-type]\n\
          - name: nowhere\n  envoyExtAuthzHttp: {service: ghost.shop.svc.cluster.local, port: 80, statusOnError: \"503\"}\n",
-    )
-    .expect("mesh config");
-    mesh.control_plane_source.extend([
-        "--mesh-config".to_string(),
-        mesh_config.display().to_string(),
-    ]);
-    let waypoint = start_bound(&mut mesh);
-    let _app = mesh.apps(&["b"]);
-    let mut cmd = mesh.pod("c").command("/usr/bin/python3");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/extauthz/ext_authz.py"
-    ))
-    .arg("8000");
-    let authorizer = mesh.pod("c").spawn(cmd).expect("the authorizer");
-    assert_eq!(
-        authorizer
-            .next_line(std::time::Duration::from_secs(10))
-            .as_deref(),
-        Some("ready"),
-        "{}",
-        authorizer.stderr()
+        "ext_authz.py",
+        "8000",
     );
     let url = |path: &str| format!("http://{VIP}{path}");
     let log = || waypoint.log();
@@ -479,17 +496,6 @@ spec:
 
 #[test]
 fn custom_policies_ask_a_grpc_authorizer_with_the_request_body() {
-    amesh_testbed::require_root();
-    let specs = vec![
-        pod("a", "shop", "node1"),
-        PodSpec {
-            in_service: true,
-            ..pod("b", "shop", "node2")
-        },
-        pod("c", "shop", "node2"),
-        crate::waypoint::WP,
-    ];
-    let mut mesh = Mesh::try_build(&specs).expect("build the mesh");
     let objects = r#"---
 apiVersion: v1
 kind: Service
@@ -514,35 +520,13 @@ spec:
   provider: {name: strict-body}
   rules: [{to: [{operation: {paths: ["/strict/*"]}}]}]
 "#;
-    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
-    let mesh_config = mesh.dir.join("mesh.yaml");
-    std::fs::write(
-        &mesh_config,
+    let (mesh, waypoint, authorizer, _app) = with_authorizer(
+        objects,
         "extensionProviders:\n\
          - name: sample-ext-authz-grpc\n  envoyExtAuthzGrpc:\n    service: ext-authz.shop.svc.cluster.local\n    port: 9000\n    timeout: 2s\n    includeRequestBodyInCheck: {maxRequestBytes: 16, allowPartialMessage: true}\n\
          - name: strict-body\n  envoyExtAuthzHttp:\n    service: ghost.shop.svc.cluster.local\n    port: 80\n    statusOnError: \"503\"\n    includeRequestBodyInCheck: {maxRequestBytes: 4}\n",
-    )
-    .expect("mesh config");
-    mesh.control_plane_source.extend([
-        "--mesh-config".to_string(),
-        mesh_config.display().to_string(),
-    ]);
-    let waypoint = start_bound(&mut mesh);
-    let _app = mesh.apps(&["b"]);
-    let mut cmd = mesh.pod("c").command("/usr/bin/python3");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/extauthz/ext_authz_grpc.py"
-    ))
-    .arg("9000");
-    let authorizer = mesh.pod("c").spawn(cmd).expect("the authorizer");
-    assert_eq!(
-        authorizer
-            .next_line(std::time::Duration::from_secs(10))
-            .as_deref(),
-        Some("ready"),
-        "{}",
-        authorizer.stderr()
+        "ext_authz_grpc.py",
+        "9000",
     );
     let url = |path: &str| format!("http://{VIP}{path}");
     let log = || waypoint.log();
