@@ -622,10 +622,15 @@ spec:
   trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 3, connectTimeout: 250ms}
-      http: {http1MaxPendingRequests: 2, idleTimeout: 1s}
+      http: {http1MaxPendingRequests: 2, idleTimeout: 1s, maxRequestsPerConnection: 5, maxRetries: 2, h2UpgradePolicy: UPGRADE}
     outlierDetection: {consecutive5xxErrors: 4, baseEjectionTime: 1m, maxEjectionPercent: 50}
     loadBalancer: {consistentHash: {httpHeaderName: X-User}}
     tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings:
+    - port: {number: 8080}
+      connectionPool: {tcp: {maxConnections: 1}}
+      loadBalancer: {simple: RANDOM}
+    - connectionPool: {tcp: {maxConnections: 9}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -643,6 +648,31 @@ spec: {host: web.shop.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {
             t.connection_pool.connect_timeout_ms
         ),
         (3, 2, 250)
+    );
+    assert_eq!(
+        (
+            t.connection_pool.idle_timeout_ms,
+            t.connection_pool.max_requests_per_connection,
+            t.connection_pool.max_retries
+        ),
+        (1000, 5, 2)
+    );
+    // Port 8080's own pool and balancer; the rest Service-wide.
+    let at = t.at_port(8080);
+    assert_eq!(at.connection_pool.max_connections, 1);
+    assert_eq!(
+        at.connection_pool.max_requests_per_connection, 0,
+        "replaced whole"
+    );
+    assert_eq!(
+        at.load_balancer,
+        Some(amesh_policy::traffic::LoadBalancer::Random)
+    );
+    assert_eq!(at.outlier_detection.unwrap().consecutive_5xx, 4, "kept");
+    assert_eq!(
+        t.ports.len(),
+        1,
+        "a setting without a port is reported, not applied"
     );
     let od = t.outlier_detection.unwrap();
     assert_eq!(
@@ -666,7 +696,8 @@ spec: {host: web.shop.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {
     );
     let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
     for want in [
-        "connectionPool.http.idleTimeout: not supported yet",
+        "connectionPool.http.h2UpgradePolicy: not supported yet",
+        "portLevelSettings[1].port.number: a port is required",
         "trafficPolicy.tls: not supported yet",
         "applies from its Service's namespace",
     ] {

@@ -824,117 +824,7 @@ pub fn traffic_policies(
         let Some(tp) = dr.spec.traffic_policy.as_ref().and_then(|t| t.as_object()) else {
             continue;
         };
-        let mut policy = amesh_policy::traffic::TrafficPolicy::default();
-        for (key, value) in tp {
-            match key.as_str() {
-                "connectionPool" => {
-                    let pool = &mut policy.connection_pool;
-                    for (proto, fields) in value.as_object().into_iter().flatten() {
-                        for (field, v) in fields.as_object().into_iter().flatten() {
-                            let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
-                            match (proto.as_str(), field.as_str(), n) {
-                                ("tcp", "maxConnections", Some(n)) => pool.max_connections = n,
-                                ("http", "http1MaxPendingRequests", Some(n)) => {
-                                    pool.http1_max_pending_requests = n
-                                }
-                                ("http", "http2MaxRequests", Some(n)) => {
-                                    pool.http2_max_requests = n
-                                }
-                                ("tcp", "connectTimeout", _) => {
-                                    let at =
-                                        format!("spec.trafficPolicy.connectionPool.tcp.{field}");
-                                    match v.as_str().map(|d| millis(d, &at)) {
-                                        Some(Ok(ms)) => pool.connect_timeout_ms = ms,
-                                        _ => report(format!("{at}: not a duration")),
-                                    }
-                                }
-                                _ => report(format!(
-                                    "spec.trafficPolicy.connectionPool.{proto}.{field}: not supported yet at the waypoint"
-                                )),
-                            }
-                        }
-                    }
-                }
-                "outlierDetection" => {
-                    let mut od = amesh_policy::traffic::OutlierDetection::default();
-                    for (field, v) in value.as_object().into_iter().flatten() {
-                        let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
-                        let at = format!("spec.trafficPolicy.outlierDetection.{field}");
-                        match (field.as_str(), n) {
-                            ("consecutive5xxErrors", Some(n)) => od.consecutive_5xx = n,
-                            ("consecutiveGatewayErrors", Some(n)) => {
-                                od.consecutive_gateway_errors = n
-                            }
-                            ("maxEjectionPercent", Some(n)) => od.max_ejection_percent = n.min(100),
-                            ("minHealthPercent", Some(n)) => od.min_health_percent = n.min(100),
-                            ("baseEjectionTime", _) => match v.as_str().map(|d| millis(d, &at)) {
-                                Some(Ok(ms)) => od.base_ejection_ms = ms,
-                                _ => report(format!("{at}: not a duration")),
-                            },
-                            // Ejections are decided as answers come, not on a timer.
-                            ("interval", _) => {}
-                            _ => report(format!("{at}: not supported yet at the waypoint")),
-                        }
-                    }
-                    policy.outlier_detection = Some(od);
-                }
-                "loadBalancer" => {
-                    use amesh_policy::traffic::{HashKey, LoadBalancer};
-                    let at = "spec.trafficPolicy.loadBalancer";
-                    let simple = value.get("simple").and_then(|v| v.as_str());
-                    let hash = value.get("consistentHash");
-                    policy.load_balancer = match (simple, hash) {
-                        (Some("ROUND_ROBIN" | "UNSPECIFIED"), None) => {
-                            Some(LoadBalancer::RoundRobin)
-                        }
-                        (Some("RANDOM"), None) => Some(LoadBalancer::Random),
-                        (Some("LEAST_REQUEST" | "LEAST_CONN"), None) => {
-                            report(format!(
-                                "{at}.simple: {} is approximated by a random choice at the waypoint",
-                                simple.unwrap_or_default()
-                            ));
-                            Some(LoadBalancer::Random)
-                        }
-                        (None, Some(h)) => {
-                            let text =
-                                |k: &str| h.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                            let key = if let Some(name) = text("httpHeaderName") {
-                                Some(HashKey::Header(name.to_ascii_lowercase()))
-                            } else if let Some(name) =
-                                h.pointer("/httpCookie/name").and_then(|v| v.as_str())
-                            {
-                                Some(HashKey::Cookie(name.to_string()))
-                            } else if h.get("useSourceIp").and_then(|v| v.as_bool()) == Some(true) {
-                                Some(HashKey::SourceIp)
-                            } else {
-                                text("httpQueryParameterName").map(HashKey::QueryParameter)
-                            };
-                            match key {
-                                Some(k) => Some(LoadBalancer::ConsistentHash(k)),
-                                None => {
-                                    report(format!(
-                                        "{at}.consistentHash: no hash key amesh reads (httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName)"
-                                    ));
-                                    None
-                                }
-                            }
-                        }
-                        _ => {
-                            report(format!("{at}: not supported yet at the waypoint"));
-                            None
-                        }
-                    };
-                    if value.get("localityLbSetting").is_some() || value.get("warmup").is_some() {
-                        report(format!(
-                            "{at}: localityLbSetting and warmup are not supported yet at the waypoint"
-                        ));
-                    }
-                }
-                _ => report(format!(
-                    "spec.trafficPolicy.{key}: not supported yet at the waypoint"
-                )),
-            }
-        }
+        let policy = parse_policy(tp, "spec.trafficPolicy", true, &mut report);
         if policy == amesh_policy::traffic::TrafficPolicy::default() {
             continue;
         }
@@ -954,4 +844,154 @@ pub fn traffic_policies(
             },
         );
     }
+}
+
+/// A traffic policy's parts the waypoint enforces, from its JSON at `prefix`; the rest is
+/// reported. `top`: the Service-wide policy, which may have `portLevelSettings`.
+fn parse_policy(
+    tp: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    top: bool,
+    report: &mut dyn FnMut(String),
+) -> amesh_policy::traffic::TrafficPolicy {
+    let mut policy = amesh_policy::traffic::TrafficPolicy::default();
+    for (key, value) in tp {
+        match key.as_str() {
+            "connectionPool" => {
+                let pool = &mut policy.connection_pool;
+                for (proto, fields) in value.as_object().into_iter().flatten() {
+                    for (field, v) in fields.as_object().into_iter().flatten() {
+                        let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                        match (proto.as_str(), field.as_str(), n) {
+                            ("tcp", "maxConnections", Some(n)) => pool.max_connections = n,
+                            ("http", "http1MaxPendingRequests", Some(n)) => {
+                                pool.http1_max_pending_requests = n
+                            }
+                            ("http", "http2MaxRequests", Some(n)) => pool.http2_max_requests = n,
+                            ("http", "maxRequestsPerConnection", Some(n)) => {
+                                pool.max_requests_per_connection = n
+                            }
+                            ("http", "maxRetries", Some(n)) => pool.max_retries = n,
+                            ("http", "idleTimeout", _) => {
+                                let at = format!("{prefix}.connectionPool.http.{field}");
+                                match v.as_str().map(|d| millis(d, &at)) {
+                                    Some(Ok(ms)) => pool.idle_timeout_ms = ms,
+                                    _ => report(format!("{at}: not a duration")),
+                                }
+                            }
+                            ("tcp", "connectTimeout", _) => {
+                                let at = format!("{prefix}.connectionPool.tcp.{field}");
+                                match v.as_str().map(|d| millis(d, &at)) {
+                                    Some(Ok(ms)) => pool.connect_timeout_ms = ms,
+                                    _ => report(format!("{at}: not a duration")),
+                                }
+                            }
+                            _ => report(format!(
+                                "{prefix}.connectionPool.{proto}.{field}: not supported yet at the waypoint"
+                            )),
+                        }
+                    }
+                }
+            }
+            "outlierDetection" => {
+                let mut od = amesh_policy::traffic::OutlierDetection::default();
+                for (field, v) in value.as_object().into_iter().flatten() {
+                    let n = v.as_u64().and_then(|n| u32::try_from(n).ok());
+                    let at = format!("{prefix}.outlierDetection.{field}");
+                    match (field.as_str(), n) {
+                        ("consecutive5xxErrors", Some(n)) => od.consecutive_5xx = n,
+                        ("consecutiveGatewayErrors", Some(n)) => od.consecutive_gateway_errors = n,
+                        ("maxEjectionPercent", Some(n)) => od.max_ejection_percent = n.min(100),
+                        ("minHealthPercent", Some(n)) => od.min_health_percent = n.min(100),
+                        ("baseEjectionTime", _) => match v.as_str().map(|d| millis(d, &at)) {
+                            Some(Ok(ms)) => od.base_ejection_ms = ms,
+                            _ => report(format!("{at}: not a duration")),
+                        },
+                        // Ejections are decided as answers come, not on a timer.
+                        ("interval", _) => {}
+                        _ => report(format!("{at}: not supported yet at the waypoint")),
+                    }
+                }
+                policy.outlier_detection = Some(od);
+            }
+            "loadBalancer" => {
+                use amesh_policy::traffic::{HashKey, LoadBalancer};
+                let at = format!("{prefix}.loadBalancer");
+                let simple = value.get("simple").and_then(|v| v.as_str());
+                let hash = value.get("consistentHash");
+                policy.load_balancer = match (simple, hash) {
+                    (Some("ROUND_ROBIN" | "UNSPECIFIED"), None) => Some(LoadBalancer::RoundRobin),
+                    (Some("RANDOM"), None) => Some(LoadBalancer::Random),
+                    (Some("LEAST_REQUEST" | "LEAST_CONN"), None) => {
+                        report(format!(
+                            "{at}.simple: {} is approximated by a random choice at the waypoint",
+                            simple.unwrap_or_default()
+                        ));
+                        Some(LoadBalancer::Random)
+                    }
+                    (None, Some(h)) => {
+                        let text = |k: &str| h.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                        let key = if let Some(name) = text("httpHeaderName") {
+                            Some(HashKey::Header(name.to_ascii_lowercase()))
+                        } else if let Some(name) =
+                            h.pointer("/httpCookie/name").and_then(|v| v.as_str())
+                        {
+                            Some(HashKey::Cookie(name.to_string()))
+                        } else if h.get("useSourceIp").and_then(|v| v.as_bool()) == Some(true) {
+                            Some(HashKey::SourceIp)
+                        } else {
+                            text("httpQueryParameterName").map(HashKey::QueryParameter)
+                        };
+                        match key {
+                            Some(k) => Some(LoadBalancer::ConsistentHash(k)),
+                            None => {
+                                report(format!(
+                                    "{at}.consistentHash: no hash key amesh reads (httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName)"
+                                ));
+                                None
+                            }
+                        }
+                    }
+                    _ => {
+                        report(format!("{at}: not supported yet at the waypoint"));
+                        None
+                    }
+                };
+                if value.get("localityLbSetting").is_some() || value.get("warmup").is_some() {
+                    report(format!(
+                        "{at}: localityLbSetting and warmup are not supported yet at the waypoint"
+                    ));
+                }
+            }
+            "portLevelSettings" if top => {
+                for (i, setting) in value.as_array().into_iter().flatten().enumerate() {
+                    let at = format!("{prefix}.portLevelSettings[{i}]");
+                    let port = setting
+                        .pointer("/port/number")
+                        .and_then(|n| n.as_u64())
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| *n > 0);
+                    let (Some(port), Some(fields)) = (port, setting.as_object()) else {
+                        report(format!("{at}.port.number: a port is required"));
+                        continue;
+                    };
+                    let mut parts = fields.clone();
+                    parts.remove("port");
+                    let parsed = parse_policy(&parts, &at, false, report);
+                    policy.ports.insert(
+                        port,
+                        amesh_policy::traffic::PortPolicy {
+                            connection_pool: parts
+                                .contains_key("connectionPool")
+                                .then_some(parsed.connection_pool),
+                            outlier_detection: parsed.outlier_detection,
+                            load_balancer: parsed.load_balancer,
+                        },
+                    );
+                }
+            }
+            _ => report(format!("{prefix}.{key}: not supported yet at the waypoint")),
+        }
+    }
+    policy
 }

@@ -3,6 +3,7 @@
 //! reported by the control plane and never sent.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Connection-pool limits for one destination Service (0: no limit).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +17,15 @@ pub struct ConnectionPool {
     pub http2_max_requests: u32,
     /// `tcp.connectTimeout`, milliseconds (0: the waypoint's default).
     pub connect_timeout_ms: u64,
+    /// `http.maxRequestsPerConnection`: an upstream connection is retired after this many
+    /// requests (0: no limit).
+    pub max_requests_per_connection: u32,
+    /// `http.maxRetries`: retries in flight to the Service at once (0: no limit, Istio's
+    /// default).
+    pub max_retries: u32,
+    /// `http.idleTimeout`, milliseconds: an idle upstream connection is closed after it
+    /// (0: Istio's default of an hour).
+    pub idle_timeout_ms: u64,
 }
 
 impl ConnectionPool {
@@ -46,6 +56,40 @@ pub struct TrafficPolicy {
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
     pub load_balancer: Option<LoadBalancer>,
+    /// `portLevelSettings`, by Service port.
+    pub ports: BTreeMap<u16, PortPolicy>,
+}
+
+/// A port's settings: each part it names replaces the Service-wide one (Istio's
+/// `portLevelSettings`; what it leaves out stays Service-wide).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortPolicy {
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub load_balancer: Option<LoadBalancer>,
+}
+
+impl TrafficPolicy {
+    /// The policy for requests to Service port `port`.
+    pub fn at_port(&self, port: u16) -> TrafficPolicy {
+        let mut out = TrafficPolicy {
+            ports: BTreeMap::new(),
+            ..self.clone()
+        };
+        if let Some(p) = self.ports.get(&port) {
+            if let Some(c) = &p.connection_pool {
+                out.connection_pool = c.clone();
+            }
+            if p.outlier_detection.is_some() {
+                out.outlier_detection = p.outlier_detection.clone();
+            }
+            if p.load_balancer.is_some() {
+                out.load_balancer = p.load_balancer.clone();
+            }
+        }
+        out
+    }
 }
 
 /// How a waypoint picks among a Service's endpoints.
@@ -120,5 +164,32 @@ mod tests {
         };
         assert_eq!(both.max_in_flight(false), Some(1), "the smaller");
         assert_eq!(ConnectionPool::default().max_in_flight(false), None);
+    }
+
+    #[test]
+    fn port_level_settings_replace_what_they_name_only() {
+        let service_wide = TrafficPolicy {
+            connection_pool: ConnectionPool {
+                max_connections: 10,
+                ..Default::default()
+            },
+            load_balancer: Some(LoadBalancer::Random),
+            ports: BTreeMap::from([(
+                8080,
+                PortPolicy {
+                    connection_pool: Some(ConnectionPool {
+                        max_connections: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let p = service_wide.at_port(8080);
+        assert_eq!(p.connection_pool.max_connections, 1);
+        assert_eq!(p.load_balancer, Some(LoadBalancer::Random), "kept");
+        assert!(p.ports.is_empty());
+        assert_eq!(service_wide.at_port(80).connection_pool.max_connections, 10);
     }
 }

@@ -128,9 +128,14 @@ impl Table {
             .collect()
     }
 
-    /// The connection-pool limits for requests to `service` (`namespace/hostname`).
-    pub fn connection_pool(&self, service: &str) -> Option<&amesh_policy::traffic::ConnectionPool> {
-        self.traffic(service).map(|t| &t.connection_pool)
+    /// The traffic policy for requests to port `port` of `service` (its
+    /// `portLevelSettings` applied).
+    pub fn traffic_at(
+        &self,
+        service: &str,
+        port: u16,
+    ) -> Option<amesh_policy::traffic::TrafficPolicy> {
+        self.traffic(service).map(|t| t.at_port(port))
     }
 
     /// The DestinationRule traffic policy for `service`.

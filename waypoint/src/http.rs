@@ -681,6 +681,8 @@ async fn exchange(
         .filter(|_| replay.is_some() || stream.is_none());
     let attempts = 1 + retry.map_or(0, |r| r.attempts);
     let mut n = 0;
+    // A retry in flight holds its place under the Service's `maxRetries`.
+    let mut _retrying: Option<crate::breaker::Admitted> = None;
     loop {
         n += 1;
         let body = match (&replay, stream.take()) {
@@ -706,6 +708,17 @@ async fn exchange(
         if !again || n >= attempts {
             return served;
         }
+        match retry_budget(inputs, target) {
+            Some(Ok(permit)) => _retrying = Some(permit),
+            Some(Err(max)) => {
+                debug!(
+                    max,
+                    "retries to the Service at their limit (maxRetries): not retried"
+                );
+                return served;
+            }
+            None => {}
+        }
         debug!(
             attempt = n,
             status = served.resp.status().as_u16(),
@@ -716,6 +729,29 @@ async fn exchange(
             tokio::time::sleep(r.backoff).await;
         }
     }
+}
+
+/// A retry's place under the destination Service's `maxRetries` (Envoy's retry circuit
+/// breaker): `None` without a limit, `Err(limit)` when that many retries are in flight.
+fn retry_budget(
+    inputs: &Inputs,
+    target: SocketAddr,
+) -> Option<Result<crate::breaker::Admitted, u32>> {
+    let service = inputs.state.snapshot().service_by_vip(target.ip())?.key();
+    let table = inputs.policies.borrow().clone();
+    let max = table
+        .traffic_at(&service, target.port())?
+        .connection_pool
+        .max_retries;
+    if max == 0 {
+        return None;
+    }
+    Some(
+        inputs
+            .breakers
+            .admit(&format!("{service}#retries"), max)
+            .ok_or(max),
+    )
 }
 
 /// One request to an endpoint of `target`, within `limit` until its response head.
@@ -736,7 +772,10 @@ async fn attempt(
         .service_by_vip(target.ip())
         .map(|s| s.key());
     let table = inputs.policies.borrow().clone();
-    let traffic = service.as_deref().and_then(|s| table.traffic(s));
+    let traffic = service
+        .as_deref()
+        .and_then(|s| table.traffic_at(s, target.port()));
+    let traffic = traffic.as_ref();
     if let Some(lb) = traffic.and_then(|t| t.load_balancer.as_ref())
         && let Some(hint) = load_balance(lb, &parts, caller)
     {
@@ -1058,7 +1097,43 @@ fn finish(resp: Response<Incoming>) -> Response<Body> {
 /// Idle upstream HTTP/1.1 connections, by endpoint and caller: the HBONE CONNECT that opened
 /// one names its caller (`forwarded`), so callers never share one.
 #[derive(Debug, Default)]
-pub struct H1Pool(Mutex<HashMap<PoolKey, Vec<SendRequest<Body>>>>);
+pub struct H1Pool(Mutex<HashMap<PoolKey, Vec<Pooled>>>);
+
+/// An idle pooled connection: how many requests it carried, and since when it is idle.
+#[derive(Debug)]
+struct Pooled {
+    send: SendRequest<Body>,
+    uses: u32,
+    idle_since: Instant,
+}
+
+/// Istio's default `idleTimeout` for upstream connections.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A DestinationRule's limits on one upstream connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// Requests a connection carries before it is retired (0: no limit).
+    max_requests: u32,
+    idle_timeout: Duration,
+}
+
+impl ConnLimits {
+    fn of(pool: Option<&amesh_policy::traffic::ConnectionPool>) -> Self {
+        Self {
+            max_requests: pool.map_or(0, |p| p.max_requests_per_connection),
+            idle_timeout: pool
+                .map(|p| p.idle_timeout_ms)
+                .filter(|ms| *ms > 0)
+                .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis),
+        }
+    }
+
+    /// Whether a connection that carried `uses` requests may carry another.
+    fn has_room(&self, uses: u32) -> bool {
+        self.max_requests == 0 || uses < self.max_requests
+    }
+}
 
 type PoolKey = (SocketAddr, IpAddr, String);
 
@@ -1066,31 +1141,46 @@ type PoolKey = (SocketAddr, IpAddr, String);
 const IDLE_PER_KEY: usize = 16;
 
 impl H1Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<SendRequest<Body>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Pooled>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection that can take a request now.
-    fn take(&self, key: &PoolKey) -> Option<SendRequest<Body>> {
+    /// An idle connection that can take a request now, with the requests it carried
+    /// (connections idle past `limits.idle_timeout` are closed instead).
+    fn take(&self, key: &PoolKey, limits: ConnLimits) -> Option<(SendRequest<Body>, u32)> {
         let mut pool = self.lock();
         let idle = pool.get_mut(key)?;
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+        while let Some(p) = idle.pop() {
+            if p.send.is_ready() && p.idle_since.elapsed() < limits.idle_timeout {
+                return Some((p.send, p.uses));
             }
         }
         None
     }
 
-    /// Puts the connection back once its response has been read (never if it closes).
-    fn put_when_ready(self: &Arc<Self>, key: PoolKey, mut s: SendRequest<Body>) {
+    /// Puts the connection back once its response has been read (never if it closes, or
+    /// when it carried the most requests a connection may: then it closes).
+    fn put_when_ready(
+        self: &Arc<Self>,
+        key: PoolKey,
+        mut send: SendRequest<Body>,
+        uses: u32,
+        limits: ConnLimits,
+    ) {
+        if !limits.has_room(uses) {
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
-            if s.ready().await.is_ok() {
+            if send.ready().await.is_ok() {
                 let mut map = pool.lock();
                 let idle = map.entry(key).or_default();
                 if idle.len() < IDLE_PER_KEY {
-                    idle.push(s);
+                    idle.push(Pooled {
+                        send,
+                        uses,
+                        idle_since: Instant::now(),
+                    });
                 }
             }
         });
@@ -1105,13 +1195,13 @@ fn note_outcome(inputs: &Inputs, endpoint: &Endpoint, result: crate::outlier::Ou
     let key = s.key();
     let table = inputs.policies.borrow().clone();
     let Some(od) = table
-        .traffic(&key)
-        .and_then(|t| t.outlier_detection.as_ref())
+        .traffic_at(&key, endpoint.service_port)
+        .and_then(|t| t.outlier_detection)
     else {
         return;
     };
     let endpoints = inputs.state.snapshot().endpoints(&key).len();
-    if inputs.outliers.record(&key, &w.uid, endpoints, result, od) {
+    if inputs.outliers.record(&key, &w.uid, endpoints, result, &od) {
         inputs
             .metrics
             .ejections
@@ -1122,6 +1212,16 @@ fn note_outcome(inputs: &Inputs, endpoint: &Endpoint, result: crate::outlier::Ou
     }
 }
 
+/// The connection pool settings of the endpoint's Service port, if a DestinationRule has
+/// them.
+fn pool_of(inputs: &Inputs, endpoint: &Endpoint) -> Option<amesh_policy::traffic::ConnectionPool> {
+    let s = endpoint.service.as_ref()?;
+    let table = inputs.policies.borrow().clone();
+    table
+        .traffic_at(&s.key(), endpoint.service_port)
+        .map(|t| t.connection_pool)
+}
+
 /// Opens the stream to a picked endpoint within its Service's `connectTimeout`, if its
 /// DestinationRule sets one.
 async fn open_within(
@@ -1130,14 +1230,10 @@ async fn open_within(
     endpoint: &Endpoint,
     caller: &Caller,
 ) -> Result<Box<dyn upstream::Io>, UpstreamError> {
-    let limit = endpoint.service.as_ref().and_then(|s| {
-        let table = inputs.policies.borrow().clone();
-        table
-            .connection_pool(&s.key())
-            .map(|p| p.connect_timeout_ms)
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
-    });
+    let limit = pool_of(inputs, endpoint)
+        .map(|p| p.connect_timeout_ms)
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
     let open = upstream::open(inputs, picked, forwarded(caller));
     let opened = match limit {
         None => open.await,
@@ -1227,11 +1323,12 @@ async fn http1(
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
+    let limits = ConnLimits::of(pool_of(inputs, &endpoint).as_ref());
     let mut req = req;
-    if let Some(mut s) = inputs.h1_pool.take(&key) {
+    if let Some((mut s, uses)) = inputs.h1_pool.take(&key, limits) {
         match s.try_send_request(req).await {
             Ok(resp) => {
-                inputs.h1_pool.put_when_ready(key, s);
+                inputs.h1_pool.put_when_ready(key, s, uses + 1, limits);
                 return Ok((finish(resp), endpoint));
             }
             // Not sent (the connection had just closed): a new connection takes it.
@@ -1249,40 +1346,65 @@ async fn http1(
         }
     });
     let resp = s.send_request(req).await?;
-    inputs.h1_pool.put_when_ready(key, s);
+    inputs.h1_pool.put_when_ready(key, s, 1, limits);
     Ok((finish(resp), endpoint))
 }
 
 /// Upstream HTTP/2 connections, one per endpoint and caller, shared by every request to
 /// that endpoint from that caller while it stays open.
 #[derive(Debug, Default)]
-pub struct H2Pool(Mutex<HashMap<PoolKey, H2Send>>);
+pub struct H2Pool(Mutex<HashMap<PoolKey, H2Pooled>>);
+
+/// A shared HTTP/2 connection: the requests it carried, and when it last took one.
+#[derive(Debug)]
+struct H2Pooled {
+    send: H2Send,
+    uses: u32,
+    last_used: Instant,
+}
 
 type H2Send = hyper::client::conn::http2::SendRequest<Body>;
 
 impl H2Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, H2Send>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, H2Pooled>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The open connection for `key`, if there is one (a closed one is dropped).
-    fn get(&self, key: &PoolKey) -> Option<H2Send> {
+    /// The open connection for `key`, if there is one, counted as taking a request. A
+    /// closed one, one idle past `limits.idle_timeout`, or one that carried its last request
+    /// leaves the pool (requests already on it finish; new ones get a new connection).
+    fn get(&self, key: &PoolKey, limits: ConnLimits) -> Option<H2Send> {
         let mut pool = self.lock();
-        match pool.get(key) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                pool.remove(key);
-                None
-            }
-            None => None,
+        let entry = pool.get_mut(key)?;
+        if entry.send.is_closed() || entry.last_used.elapsed() >= limits.idle_timeout {
+            pool.remove(key);
+            return None;
         }
+        entry.uses += 1;
+        entry.last_used = Instant::now();
+        let send = entry.send.clone();
+        if !limits.has_room(entry.uses) {
+            pool.remove(key);
+        }
+        Some(send)
     }
 
-    /// Adds a connection; closed ones (endpoints or callers gone) are swept out meanwhile.
-    fn put(&self, key: PoolKey, s: H2Send) {
+    /// Adds a connection that took its first request; closed ones (endpoints or callers
+    /// gone) are swept out meanwhile.
+    fn put(&self, key: PoolKey, send: H2Send, limits: ConnLimits) {
+        if !limits.has_room(1) {
+            return;
+        }
         let mut pool = self.lock();
-        pool.retain(|_, c| !c.is_closed());
-        pool.insert(key, s);
+        pool.retain(|_, c| !c.send.is_closed());
+        pool.insert(
+            key,
+            H2Pooled {
+                send,
+                uses: 1,
+                last_used: Instant::now(),
+            },
+        );
     }
 
     fn remove(&self, key: &PoolKey) {
@@ -1300,9 +1422,10 @@ async fn http2(
 ) -> Result<(Response<Body>, Endpoint), Forward> {
     let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
+    let limits = ConnLimits::of(pool_of(inputs, &endpoint).as_ref());
     // A pooled connection that turns out to be closing is dropped and a new one takes the
     // request (nothing of it was sent yet).
-    let pooled = match inputs.h2_pool.get(&key) {
+    let pooled = match inputs.h2_pool.get(&key, limits) {
         Some(mut s) => match s.ready().await {
             Ok(()) => Some(s),
             Err(e) => {
@@ -1326,7 +1449,7 @@ async fn http2(
                 }
             });
             s.ready().await?;
-            inputs.h2_pool.put(key, s.clone());
+            inputs.h2_pool.put(key, s.clone(), limits);
             s
         }
     };
@@ -1411,6 +1534,22 @@ pub fn peer_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_limits_follow_the_destination_rule() {
+        let none = ConnLimits::of(None);
+        assert!(none.has_room(u32::MAX));
+        assert_eq!(none.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let pool = amesh_policy::traffic::ConnectionPool {
+            max_requests_per_connection: 2,
+            idle_timeout_ms: 1500,
+            ..Default::default()
+        };
+        let set = ConnLimits::of(Some(&pool));
+        assert!(set.has_room(1));
+        assert!(!set.has_room(2), "retired after its second request");
+        assert_eq!(set.idle_timeout, Duration::from_millis(1500));
+    }
 
     #[test]
     fn request_ids_are_version_4_uuids() {

@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub service: Option<Arc<Service>>,
     /// Reached over HBONE (mutual TLS).
     pub mtls: bool,
+    /// The Service port the request was for (its DestinationRule's port-level settings).
+    pub service_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +116,7 @@ pub fn pick_with(
                 if inputs
                     .policies
                     .borrow()
-                    .traffic(&s.key())
+                    .traffic_at(&s.key(), target.port())
                     .is_some_and(|t| t.outlier_detection.is_some()) =>
             {
                 inputs.outliers.ejected(&s.key())
@@ -155,6 +157,7 @@ pub fn pick_with(
                 workload: Some(workload),
                 service,
                 mtls: true,
+                service_port: target.port(),
             },
         )),
         Route::Direct {
@@ -168,6 +171,7 @@ pub fn pick_with(
                 workload,
                 service,
                 mtls: false,
+                service_port: target.port(),
             },
         )),
         Route::NoEndpoint { service } => {

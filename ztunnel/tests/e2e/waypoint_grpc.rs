@@ -67,6 +67,16 @@ metadata: {name: db, namespace: shop}
 spec:
   parentRefs: [{group: "", kind: Service, name: db, port: 5432}]
   rules: [{backendRefs: [{name: db-v2, port: 5432}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter-v2, namespace: shop}
+spec:
+  host: greeter-v2
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 9090}
+      connectionPool: {http: {maxRequestsPerConnection: 1}}
 "#;
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -102,21 +112,21 @@ fn grpc_calls_and_tcp_connections_follow_their_routes_through_the_waypoint() {
     let peers: std::collections::BTreeSet<&str> = calls.iter().map(|c| field(c, "peer")).collect();
     assert_eq!(peers.len(), 1, "one pooled upstream connection: {calls:?}");
 
-    // Method and metadata: greeter-v2 (c).
+    // Method and metadata: greeter-v2 (c), whose DestinationRule gives port 9090
+    // `maxRequestsPerConnection: 1`: each call on a connection of its own.
     let v2 = grpc::call(
         a,
         greeter,
         "/amesh.test.Echo/Hello",
         &[("x-version", "v2")],
-        1,
+        3,
     )
     .expect("gRPC call");
-    assert_eq!(
-        field(&v2[0], "reply=served-by"),
-        "c-grpc",
-        "{v2:?}\n{}",
-        log()
-    );
+    for c in &v2 {
+        assert_eq!(field(c, "reply=served-by"), "c-grpc", "{v2:?}\n{}", log());
+    }
+    let peers: std::collections::BTreeSet<&str> = v2.iter().map(|c| field(c, "peer")).collect();
+    assert_eq!(peers.len(), 3, "a connection per request: {v2:?}");
     let other = grpc::call(a, greeter, "/amesh.test.Echo/Other", &[], 1).expect("gRPC call");
     assert_eq!(field(&other[0], "reply=served-by"), "c-grpc", "{other:?}");
     assert!(
@@ -146,7 +156,7 @@ fn grpc_calls_and_tcp_connections_follow_their_routes_through_the_waypoint() {
         ],
     );
     assert_eq!(
-        grpc_ok, 7.0,
+        grpc_ok, 9.0,
         "every successful call, status from the trailers: {m}"
     );
     assert_eq!(
