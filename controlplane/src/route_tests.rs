@@ -631,6 +631,12 @@ spec:
       connectionPool: {tcp: {maxConnections: 1}}
       loadBalancer: {simple: RANDOM}
     - connectionPool: {tcp: {maxConnections: 9}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      portLevelSettings: [{port: {number: 8080}, connectionPool: {tcp: {maxConnections: 4}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -674,6 +680,20 @@ spec: {host: web.shop.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {
         1,
         "a setting without a port is reported, not applied"
     );
+    // Subset v2's own policy: its balancer over the Service's, its port's pool over the
+    // Service port's.
+    let v2 = t.at(8080, Some("v2"));
+    assert_eq!(
+        v2.load_balancer,
+        Some(amesh_policy::traffic::LoadBalancer::RoundRobin)
+    );
+    assert_eq!(v2.connection_pool.max_connections, 4);
+    assert_eq!(
+        v2.outlier_detection.unwrap().consecutive_5xx,
+        4,
+        "Service-wide, kept"
+    );
+    assert_eq!(t.at(80, Some("v2")).connection_pool.max_connections, 3);
     let od = t.outlier_detection.unwrap();
     assert_eq!(
         (

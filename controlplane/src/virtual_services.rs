@@ -814,17 +814,38 @@ pub fn traffic_policies(
             ));
             continue;
         }
+        let empty = serde_json::Map::new();
+        let tp = dr
+            .spec
+            .traffic_policy
+            .as_ref()
+            .and_then(|t| t.as_object())
+            .unwrap_or(&empty);
+        let mut policy = parse_policy(tp, "spec.trafficPolicy", true, &mut report);
         for (i, s) in dr.spec.subsets.iter().enumerate() {
-            if s.traffic_policy.is_some() {
-                report(format!(
-                    "spec.subsets[{i}].trafficPolicy: not supported yet at the waypoint"
-                ));
-            }
+            let Some(stp) = s.traffic_policy.as_ref().and_then(|t| t.as_object()) else {
+                continue;
+            };
+            let parsed = parse_policy(
+                stp,
+                &format!("spec.subsets[{i}].trafficPolicy"),
+                true,
+                &mut report,
+            );
+            policy.subsets.insert(
+                s.name.clone(),
+                amesh_policy::traffic::SubsetPolicy {
+                    parts: amesh_policy::traffic::PortPolicy {
+                        connection_pool: stp
+                            .contains_key("connectionPool")
+                            .then_some(parsed.connection_pool),
+                        outlier_detection: parsed.outlier_detection,
+                        load_balancer: parsed.load_balancer,
+                    },
+                    ports: parsed.ports,
+                },
+            );
         }
-        let Some(tp) = dr.spec.traffic_policy.as_ref().and_then(|t| t.as_object()) else {
-            continue;
-        };
-        let policy = parse_policy(tp, "spec.trafficPolicy", true, &mut report);
         if policy == amesh_policy::traffic::TrafficPolicy::default() {
             continue;
         }

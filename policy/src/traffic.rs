@@ -58,6 +58,17 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     /// `portLevelSettings`, by Service port.
     pub ports: BTreeMap<u16, PortPolicy>,
+    /// The subsets' own `trafficPolicy`, by subset name.
+    pub subsets: BTreeMap<String, SubsetPolicy>,
+}
+
+/// A subset's `trafficPolicy`: the parts it names replace the Service-wide ones, and its
+/// own `portLevelSettings` apply over those.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubsetPolicy {
+    pub parts: PortPolicy,
+    pub ports: BTreeMap<u16, PortPolicy>,
 }
 
 /// A port's settings: each part it names replaces the Service-wide one (Istio's
@@ -70,25 +81,55 @@ pub struct PortPolicy {
     pub load_balancer: Option<LoadBalancer>,
 }
 
+impl PortPolicy {
+    /// Replaces the parts of `t` this names.
+    fn apply_to(&self, t: &mut TrafficPolicy) {
+        if let Some(c) = &self.connection_pool {
+            t.connection_pool = c.clone();
+        }
+        if self.outlier_detection.is_some() {
+            t.outlier_detection = self.outlier_detection.clone();
+        }
+        if self.load_balancer.is_some() {
+            t.load_balancer = self.load_balancer.clone();
+        }
+    }
+}
+
 impl TrafficPolicy {
     /// The policy for requests to Service port `port`.
     pub fn at_port(&self, port: u16) -> TrafficPolicy {
+        self.at(port, None)
+    }
+
+    /// The policy for requests to Service port `port` of subset `subset`, in Istio's order:
+    /// Service-wide, its port's settings, the subset's, the subset's port's.
+    pub fn at(&self, port: u16, subset: Option<&str>) -> TrafficPolicy {
         let mut out = TrafficPolicy {
             ports: BTreeMap::new(),
+            subsets: BTreeMap::new(),
             ..self.clone()
         };
         if let Some(p) = self.ports.get(&port) {
-            if let Some(c) = &p.connection_pool {
-                out.connection_pool = c.clone();
-            }
-            if p.outlier_detection.is_some() {
-                out.outlier_detection = p.outlier_detection.clone();
-            }
-            if p.load_balancer.is_some() {
-                out.load_balancer = p.load_balancer.clone();
+            p.apply_to(&mut out);
+        }
+        if let Some(s) = subset.and_then(|s| self.subsets.get(s)) {
+            s.parts.apply_to(&mut out);
+            if let Some(p) = s.ports.get(&port) {
+                p.apply_to(&mut out);
             }
         }
         out
+    }
+
+    /// Whether outlier detection applies anywhere (Service-wide, a port, a subset).
+    pub fn has_outlier_detection(&self) -> bool {
+        self.outlier_detection.is_some()
+            || self.ports.values().any(|p| p.outlier_detection.is_some())
+            || self.subsets.values().any(|s| {
+                s.parts.outlier_detection.is_some()
+                    || s.ports.values().any(|p| p.outlier_detection.is_some())
+            })
     }
 }
 
@@ -191,5 +232,44 @@ mod tests {
         assert_eq!(p.load_balancer, Some(LoadBalancer::Random), "kept");
         assert!(p.ports.is_empty());
         assert_eq!(service_wide.at_port(80).connection_pool.max_connections, 10);
+        // A subset's parts over the port's, its own port's over those.
+        let mut with_subset = service_wide.clone();
+        with_subset.subsets.insert(
+            "v2".into(),
+            SubsetPolicy {
+                parts: PortPolicy {
+                    load_balancer: Some(LoadBalancer::RoundRobin),
+                    ..Default::default()
+                },
+                ports: BTreeMap::from([(
+                    8080,
+                    PortPolicy {
+                        connection_pool: Some(ConnectionPool {
+                            max_connections: 7,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )]),
+            },
+        );
+        let v2 = with_subset.at(8080, Some("v2"));
+        assert_eq!(v2.load_balancer, Some(LoadBalancer::RoundRobin));
+        assert_eq!(v2.connection_pool.max_connections, 7);
+        assert_eq!(
+            with_subset
+                .at(80, Some("v2"))
+                .connection_pool
+                .max_connections,
+            10
+        );
+        assert_eq!(
+            with_subset
+                .at(8080, Some("v1"))
+                .connection_pool
+                .max_connections,
+            1
+        );
+        assert!(!with_subset.has_outlier_detection());
     }
 }

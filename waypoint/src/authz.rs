@@ -135,7 +135,17 @@ impl Table {
         service: &str,
         port: u16,
     ) -> Option<amesh_policy::traffic::TrafficPolicy> {
-        self.traffic(service).map(|t| t.at_port(port))
+        self.traffic_for(service, port, None)
+    }
+
+    /// [`Table::traffic_at`] for requests to subset `subset` (its own policy over it).
+    pub fn traffic_for(
+        &self,
+        service: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Option<amesh_policy::traffic::TrafficPolicy> {
+        self.traffic(service).map(|t| t.at(port, subset))
     }
 
     /// The DestinationRule traffic policy for `service`.

@@ -616,10 +616,11 @@ async fn apply_rule(
     let Some(backend_target) = backend_address(inputs, backend, target) else {
         return Served::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
     };
-    if !backend.endpoints.is_empty() {
-        parts
-            .extensions
-            .insert(Subset(Arc::new(backend.endpoints.clone())));
+    if !backend.endpoints.is_empty() || backend.subset.is_some() {
+        parts.extensions.insert(Subset {
+            name: backend.subset.clone(),
+            uids: Arc::new(backend.endpoints.clone()),
+        });
     }
     // Hold a small body when a retry or a mirror must replay it; a larger one streams once,
     // with neither.
@@ -740,7 +741,7 @@ fn retry_budget(
     let service = inputs.state.snapshot().service_by_vip(target.ip())?.key();
     let table = inputs.policies.borrow().clone();
     let max = table
-        .traffic_at(&service, target.port())?
+        .traffic_for(&service, target.port(), None)?
         .connection_pool
         .max_retries;
     if max == 0 {
@@ -772,9 +773,10 @@ async fn attempt(
         .service_by_vip(target.ip())
         .map(|s| s.key());
     let table = inputs.policies.borrow().clone();
+    let subset = subset_name_of(&parts.extensions);
     let traffic = service
         .as_deref()
-        .and_then(|s| table.traffic_at(s, target.port()));
+        .and_then(|s| table.traffic_for(s, target.port(), subset.as_deref()));
     let traffic = traffic.as_ref();
     if let Some(lb) = traffic.and_then(|t| t.load_balancer.as_ref())
         && let Some(hint) = load_balance(lb, &parts, caller)
@@ -860,7 +862,10 @@ fn mirror(
     // The mirror's own subset, not the main backend's.
     parts.extensions.remove::<Subset>();
     if !subset.is_empty() {
-        parts.extensions.insert(Subset(Arc::new(subset.to_vec())));
+        parts.extensions.insert(Subset {
+            name: None,
+            uids: Arc::new(subset.to_vec()),
+        });
     }
     if let Some(host) = parts
         .headers
@@ -1195,7 +1200,7 @@ fn note_outcome(inputs: &Inputs, endpoint: &Endpoint, result: crate::outlier::Ou
     let key = s.key();
     let table = inputs.policies.borrow().clone();
     let Some(od) = table
-        .traffic_at(&key, endpoint.service_port)
+        .traffic_for(&key, endpoint.service_port, endpoint.subset.as_deref())
         .and_then(|t| t.outlier_detection)
     else {
         return;
@@ -1218,7 +1223,7 @@ fn pool_of(inputs: &Inputs, endpoint: &Endpoint) -> Option<amesh_policy::traffic
     let s = endpoint.service.as_ref()?;
     let table = inputs.policies.borrow().clone();
     table
-        .traffic_at(&s.key(), endpoint.service_port)
+        .traffic_for(&s.key(), endpoint.service_port, endpoint.subset.as_deref())
         .map(|t| t.connection_pool)
 }
 
@@ -1251,12 +1256,23 @@ async fn open_within(
     opened
 }
 
-/// A DestinationRule subset a route sends the request to: the workloads to pick among.
+/// A DestinationRule subset a route sends the request to: its name (for its traffic
+/// policy) and the workloads to pick among (empty: every endpoint).
 #[derive(Debug, Clone)]
-struct Subset(Arc<Vec<String>>);
+struct Subset {
+    name: Option<String>,
+    uids: Arc<Vec<String>>,
+}
 
 fn subset_of<B>(req: &Request<B>) -> Option<&[String]> {
-    req.extensions().get::<Subset>().map(|s| s.0.as_slice())
+    req.extensions()
+        .get::<Subset>()
+        .filter(|s| !s.uids.is_empty() || s.name.is_none())
+        .map(|s| s.uids.as_slice())
+}
+
+fn subset_name_of(extensions: &http::Extensions) -> Option<String> {
+    extensions.get::<Subset>().and_then(|s| s.name.clone())
 }
 
 /// A load balancer's choice among the endpoints (a hash, or a random number).
@@ -1321,7 +1337,9 @@ async fn http1(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
+    let (picked, mut endpoint) =
+        upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
+    endpoint.subset = subset_name_of(req.extensions());
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     let limits = ConnLimits::of(pool_of(inputs, &endpoint).as_ref());
     let mut req = req;
@@ -1420,7 +1438,9 @@ async fn http2(
     target: SocketAddr,
     req: Request<Body>,
 ) -> Result<(Response<Body>, Endpoint), Forward> {
-    let (picked, endpoint) = upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
+    let (picked, mut endpoint) =
+        upstream::pick_with(inputs, target, subset_of(&req), hint_of(&req))?;
+    endpoint.subset = subset_name_of(req.extensions());
     let key = (endpoint.addr, caller.addr.ip(), caller.identity.to_string());
     let limits = ConnLimits::of(pool_of(inputs, &endpoint).as_ref());
     // A pooled connection that turns out to be closing is dropped and a new one takes the
@@ -1598,6 +1618,7 @@ mod tests {
             filters: vec![],
             unresolved: None,
             endpoints: vec![],
+            subset: None,
         }
     }
 

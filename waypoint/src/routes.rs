@@ -134,6 +134,8 @@ pub struct Backend {
     pub unresolved: Option<String>,
     /// A subset: the workloads (uids) to pick among (empty: every endpoint).
     pub endpoints: Vec<String>,
+    /// The subset's name (its DestinationRule traffic policy), if one.
+    pub subset: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +251,7 @@ fn backend(b: &pb::Backend, field: &str) -> Result<Backend, Invalid> {
             }
         }),
         endpoints: b.endpoints.clone(),
+        subset: (!b.subset.is_empty()).then(|| b.subset.clone()),
     })
 }
 

@@ -27,6 +27,8 @@ pub struct Endpoint {
     pub mtls: bool,
     /// The Service port the request was for (its DestinationRule's port-level settings).
     pub service_port: u16,
+    /// The DestinationRule subset it was sent to, if one.
+    pub subset: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +118,8 @@ pub fn pick_with(
                 if inputs
                     .policies
                     .borrow()
-                    .traffic_at(&s.key(), target.port())
-                    .is_some_and(|t| t.outlier_detection.is_some()) =>
+                    .traffic(&s.key())
+                    .is_some_and(|t| t.has_outlier_detection()) =>
             {
                 inputs.outliers.ejected(&s.key())
             }
@@ -158,6 +160,7 @@ pub fn pick_with(
                 service,
                 mtls: true,
                 service_port: target.port(),
+                subset: None,
             },
         )),
         Route::Direct {
@@ -172,6 +175,7 @@ pub fn pick_with(
                 service,
                 mtls: false,
                 service_port: target.port(),
+                subset: None,
             },
         )),
         Route::NoEndpoint { service } => {

@@ -466,3 +466,82 @@ spec:
         "users spread over the endpoints: {spread:?}"
     );
 }
+
+#[test]
+fn a_subsets_own_traffic_policy_applies_to_its_requests_only() {
+    amesh_testbed::require_root();
+    let mut mesh = Mesh::try_build(&specs()).expect("build the mesh");
+    // Requests to subset `slow` (r4) may have two in flight; those to `v1` (r1) have no
+    // limit. The Service-wide policy sets none.
+    let objects = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec: {clusterIP: 10.96.0.23, selector: {svc: reviews}, ports: [{name: http, port: 9080, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec:
+  host: ratings
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: slow
+    labels: {version: slow}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{headers: {x-subset: {exact: v1}}}]
+    route: [{destination: {host: ratings, subset: v1}}]
+  - route: [{destination: {host: ratings, subset: slow}}]
+"#;
+    xds_edit(&mesh, |t| crate::waypoint::bind_shop(t) + objects);
+    let waypoint = start_bound(&mut mesh);
+    let _apps = apps_with(
+        &mesh,
+        &[
+            ("r1", &["--delay-ms", "300"]),
+            ("r4", &["--delay-ms", "300"]),
+        ],
+    );
+    let load = |extra: &[&str]| {
+        let out = mesh
+            .pod("a")
+            .command("h2load")
+            .args(["--h1", "-n", "16", "-c", "4"])
+            .args(extra)
+            .arg("http://10.96.0.23:9080/")
+            .output()
+            .expect("h2load");
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        let codes = h2load_codes(&report);
+        (codes, report)
+    };
+    // Subset v1: all through, four at a time.
+    let ((ok, overflow), report) = load(&["-H", "x-subset: v1"]);
+    assert_eq!(
+        (ok, overflow),
+        (16, 0),
+        "no limit for v1: {report}\n{}",
+        waypoint.log()
+    );
+    // Subset slow: its own limit holds.
+    let ((ok, overflow), report) = load(&[]);
+    assert!(
+        ok > 0 && overflow > 0,
+        "some through, some refused: {report}\n{}",
+        waypoint.log()
+    );
+    let m = metrics(&waypoint);
+    assert!(
+        waypoint_requests(&m, &["response_code=\"503\"", "response_flags=\"UO\""])
+            >= f64::from(overflow),
+        "overflows counted with UO: {m}"
+    );
+}
