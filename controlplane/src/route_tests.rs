@@ -727,3 +727,71 @@ spec: {host: web.shop.svc.cluster.local, trafficPolicy: {connectionPool: {tcp: {
         );
     }
 }
+
+#[test]
+fn regex_rewrites_and_direct_responses_translate_as_istio_validates_them() {
+    let r = translated(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /service}}]
+    rewrite: {uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: "\\2/instance/\\1"}}
+    route: [{destination: {host: web}}]
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 200, body: {string: "ok\n"}}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {bytes: "c2hvcnQgYW5kIHN0b3V0"}}
+  - directResponse: {status: 99}
+  - rewrite: {uri: /x, uriRegexRewrite: {match: "a", rewrite: "b"}}
+    route: [{destination: {host: web}}]
+  - rewrite: {uriRegexRewrite: {match: "(", rewrite: "b"}}
+    route: [{destination: {host: web}}]
+  - directResponse: {status: 200}
+    route: [{destination: {host: web}}]
+"#,
+    );
+    let rewrite = |i: usize| {
+        r.routes[&format!("VirtualService/shop/web/{i}")]
+            .filters
+            .iter()
+            .find_map(|f| match &f.kind {
+                Some(pb::filter::Kind::Rewrite(w)) => w.path.clone(),
+                _ => None,
+            })
+    };
+    let p = rewrite(0).expect("a path rewrite");
+    assert_eq!(p.kind, pb::path_modifier::Kind::Regex as i32);
+    assert_eq!(p.pattern, "^/service/([^/]+)(/.*)$");
+    assert_eq!(
+        p.value, "${2}/instance/${1}",
+        "RE2's \\N as the regex crate's ${{N}}"
+    );
+    let direct = |i: usize| {
+        r.routes[&format!("VirtualService/shop/web/{i}")]
+            .filters
+            .iter()
+            .find_map(|f| match &f.kind {
+                Some(pb::filter::Kind::DirectResponse(d)) => Some(d.clone()),
+                _ => None,
+            })
+    };
+    let health = direct(1).expect("a direct response");
+    assert_eq!((health.status, health.body.as_slice()), (200, &b"ok\n"[..]));
+    assert_eq!(direct(2).unwrap().body, b"short and stout");
+    let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
+    for want in [
+        "spec.http[3].directResponse.status: a status from 200 to 599 is required",
+        "spec.http[4].rewrite: uri and uriRegexRewrite cannot both be set",
+        "spec.http[5].rewrite.uriRegexRewrite.match",
+        "spec.http[6].directResponse: cannot be set with route or redirect",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+}

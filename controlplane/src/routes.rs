@@ -741,10 +741,12 @@ fn path_modifier(full: Option<&String>, prefix: Option<&String>) -> pb::PathModi
         (Some(f), _) => pb::PathModifier {
             kind: pb::path_modifier::Kind::Full as i32,
             value: f.clone(),
+            pattern: String::new(),
         },
         (None, p) => pb::PathModifier {
             kind: pb::path_modifier::Kind::Prefix as i32,
             value: p.cloned().unwrap_or_default(),
+            pattern: String::new(),
         },
     }
 }

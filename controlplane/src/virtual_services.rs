@@ -301,14 +301,7 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
     for (set, field) in [
         (r.cors_policy.is_some(), "corsPolicy"),
         (r.delegate.is_some(), "delegate"),
-        (r.direct_response.is_some(), "directResponse"),
         (r.mirrors.is_some(), "mirrors"),
-        (
-            r.rewrite
-                .as_ref()
-                .is_some_and(|w| w.uri_regex_rewrite.is_some()),
-            "rewrite.uriRegexRewrite",
-        ),
     ] {
         if set {
             return Err(invalid(
@@ -340,6 +333,7 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
                 path: red.uri.as_ref().map(|u| pb::PathModifier {
                     kind: pb::path_modifier::Kind::Full as i32,
                     value: u.clone(),
+                    pattern: String::new(),
                 }),
                 status,
             })),
@@ -353,18 +347,45 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
                 .as_ref()
                 .is_some_and(|p| p.kind == pb::path_match::Kind::StringPrefix as i32)
         });
+        let regex = match &w.uri_regex_rewrite {
+            None => None,
+            Some(_) if w.uri.is_some() => {
+                return Err(invalid(
+                    format!("{at}.rewrite"),
+                    "uri and uriRegexRewrite cannot both be set",
+                ));
+            }
+            Some(v) => Some(regex_rewrite(v, &format!("{at}.rewrite.uriRegexRewrite"))?),
+        };
         filters.push(pb::Filter {
             kind: Some(Kind::Rewrite(pb::Rewrite {
                 hostname: w.authority.clone().unwrap_or_default(),
-                path: w.uri.as_ref().map(|u| pb::PathModifier {
-                    kind: if prefix_matched {
-                        pb::path_modifier::Kind::Prefix
-                    } else {
-                        pb::path_modifier::Kind::Full
-                    } as i32,
-                    value: u.clone(),
+                path: regex.or_else(|| {
+                    w.uri.as_ref().map(|u| pb::PathModifier {
+                        kind: if prefix_matched {
+                            pb::path_modifier::Kind::Prefix
+                        } else {
+                            pb::path_modifier::Kind::Full
+                        } as i32,
+                        value: u.clone(),
+                        pattern: String::new(),
+                    })
                 }),
             })),
+        });
+    }
+    if let Some(d) = &r.direct_response {
+        if r.redirect.is_some() || !r.route.is_empty() {
+            return Err(invalid(
+                format!("{at}.directResponse"),
+                "cannot be set with route or redirect",
+            ));
+        }
+        filters.push(pb::Filter {
+            kind: Some(Kind::DirectResponse(direct_response(
+                d,
+                &format!("{at}.directResponse"),
+            )?)),
         });
     }
     if let Some(m) = &r.mirror {
@@ -393,7 +414,7 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
             Ok(b)
         })
         .collect::<Result<Vec<_>, Invalid>>()?;
-    if backends.is_empty() && r.redirect.is_none() {
+    if backends.is_empty() && r.redirect.is_none() && r.direct_response.is_none() {
         return Err(invalid(
             format!("{at}.route"),
             "a route needs a destination or a redirect",
@@ -1015,4 +1036,77 @@ fn parse_policy(
         }
     }
     policy
+}
+
+/// Istio's `uriRegexRewrite` (`match`, an RE2 expression; `rewrite`, with `\1` for a group)
+/// as the waypoint's regex path modifier (Rust's `regex`, whose syntax is RE2's; `\N`
+/// becomes `${N}`).
+fn regex_rewrite(v: &serde_json::Value, at: &str) -> Result<pb::PathModifier, Invalid> {
+    let pattern = v
+        .get("match")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid(format!("{at}.match"), "a regular expression is required"))?;
+    regex::Regex::new(pattern).map_err(|e| invalid(format!("{at}.match"), e.to_string()))?;
+    let rewrite = v
+        .get("rewrite")
+        .and_then(|r| r.as_str())
+        .ok_or_else(|| invalid(format!("{at}.rewrite"), "a substitution is required"))?;
+    let mut value = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                let d = *d;
+                chars.next();
+                value.push_str(&format!("${{{d}}}"));
+            }
+            ('$', _) => value.push_str("$$"),
+            (c, _) => value.push(c),
+        }
+    }
+    Ok(pb::PathModifier {
+        kind: pb::path_modifier::Kind::Regex as i32,
+        value,
+        pattern: pattern.to_string(),
+    })
+}
+
+/// Istio's `directResponse`: a status (200 to 599) and a body (`string` or base64 `bytes`).
+fn direct_response(v: &serde_json::Value, at: &str) -> Result<pb::DirectResponse, Invalid> {
+    let status = v
+        .get("status")
+        .and_then(|s| s.as_u64())
+        .and_then(|s| u32::try_from(s).ok())
+        .filter(|s| (200..600).contains(s))
+        .ok_or_else(|| {
+            invalid(
+                format!("{at}.status"),
+                "a status from 200 to 599 is required",
+            )
+        })?;
+    let body = match v.get("body") {
+        None => Vec::new(),
+        Some(b) => match (b.get("string"), b.get("bytes")) {
+            (Some(s), None) => s
+                .as_str()
+                .ok_or_else(|| invalid(format!("{at}.body.string"), "not a string"))?
+                .as_bytes()
+                .to_vec(),
+            (None, Some(bytes)) => {
+                use base64::Engine as _;
+                bytes
+                    .as_str()
+                    .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+                    .ok_or_else(|| invalid(format!("{at}.body.bytes"), "not base64"))?
+            }
+            _ => {
+                return Err(invalid(
+                    format!("{at}.body"),
+                    "exactly one of string and bytes is required",
+                ));
+            }
+        },
+    };
+    Ok(pb::DirectResponse { status, body })
 }

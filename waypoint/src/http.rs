@@ -596,6 +596,18 @@ async fn apply_rule(
                     mirrors.push(backend.clone());
                 }
             }
+            Filter::Direct { status, body } => {
+                let mut resp = Response::new(full(body.clone()));
+                *resp.status_mut() = *status;
+                for m in &response_headers {
+                    m.apply(resp.headers_mut());
+                }
+                return Served {
+                    resp,
+                    endpoint: None,
+                    flag: "-",
+                };
+            }
         }
     }
     let Some(backend) = pick else {
@@ -941,6 +953,9 @@ fn replaced_path(path: &str, matched: &PathMatch, m: &PathModifier) -> String {
             format!("{}{}", v.trim_end_matches('/'), &path[p.len()..])
         }
         (PathModifier::Prefix(v), _) => v.clone(),
+        (PathModifier::Regex(re, substitution), _) => {
+            re.replace_all(path, substitution.as_str()).into_owned()
+        }
     };
     if new.starts_with('/') {
         new
@@ -1554,6 +1569,21 @@ pub fn peer_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_regex_rewrite_replaces_every_match_with_its_groups() {
+        let m = PathModifier::Regex(
+            regex::Regex::new("^/service/([^/]+)(/.*)$").unwrap(),
+            "${2}/instance/${1}".into(),
+        );
+        let any = PathMatch::Prefix("/".into());
+        assert_eq!(
+            replaced_path("/service/foo/v1/api", &any, &m),
+            "/v1/api/instance/foo"
+        );
+        // No match: the path stays.
+        assert_eq!(replaced_path("/other", &any, &m), "/other");
+    }
 
     #[test]
     fn connection_limits_follow_the_destination_rule() {

@@ -100,6 +100,8 @@ impl HeaderModifier {
 pub enum PathModifier {
     Full(String),
     Prefix(String),
+    /// Every match of the expression replaced (`${1}` for a group).
+    Regex(regex::Regex, String),
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,11 @@ pub enum Filter {
     Mirror {
         backend: Backend,
         percent: u32,
+    },
+    /// The rule's own answer.
+    Direct {
+        status: http::StatusCode,
+        body: bytes::Bytes,
     },
 }
 
@@ -225,11 +232,16 @@ fn modifier(m: &pb::HeaderModifier, field: &str) -> Result<HeaderModifier, Inval
     })
 }
 
-fn path_modifier(p: &pb::PathModifier) -> PathModifier {
-    match pb::path_modifier::Kind::try_from(p.kind) {
+fn path_modifier(p: &pb::PathModifier, field: &str) -> Result<PathModifier, Invalid> {
+    Ok(match pb::path_modifier::Kind::try_from(p.kind) {
         Ok(pb::path_modifier::Kind::Prefix) => PathModifier::Prefix(p.value.clone()),
+        Ok(pb::path_modifier::Kind::Regex) => PathModifier::Regex(
+            regex::Regex::new(&p.pattern)
+                .map_err(|e| invalid(format!("{field}.pattern"), e.to_string()))?,
+            p.value.clone(),
+        ),
         _ => PathModifier::Full(p.value.clone()),
-    }
+    })
 }
 
 fn backend(b: &pb::Backend, field: &str) -> Result<Backend, Invalid> {
@@ -267,7 +279,11 @@ fn filter(f: &pb::Filter, field: &str) -> Result<Filter, Invalid> {
                 0 => None,
                 p => Some(port(p, &format!("{field}.port"))?),
             },
-            path: r.path.as_ref().map(path_modifier),
+            path: r
+                .path
+                .as_ref()
+                .map(|p| path_modifier(p, &format!("{field}.path")))
+                .transpose()?,
             status: match r.status {
                 0 => http::StatusCode::FOUND,
                 s @ (301 | 302 | 303 | 307 | 308) => http::StatusCode::from_u16(s as u16)
@@ -285,7 +301,11 @@ fn filter(f: &pb::Filter, field: &str) -> Result<Filter, Invalid> {
                 "" => None,
                 h => Some(header_value(h, &format!("{field}.hostname"))?),
             },
-            path: r.path.as_ref().map(path_modifier),
+            path: r
+                .path
+                .as_ref()
+                .map(|p| path_modifier(p, &format!("{field}.path")))
+                .transpose()?,
         },
         Some(Kind::Mirror(m)) => Filter::Mirror {
             backend: backend(
@@ -295,6 +315,19 @@ fn filter(f: &pb::Filter, field: &str) -> Result<Filter, Invalid> {
                 &format!("{field}.backend"),
             )?,
             percent: m.percent.min(100),
+        },
+        Some(Kind::DirectResponse(d)) => Filter::Direct {
+            status: u16::try_from(d.status)
+                .ok()
+                .and_then(|s| http::StatusCode::from_u16(s).ok())
+                .filter(|s| s.as_u16() >= 200)
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{field}.status"),
+                        format!("{} is not a status", d.status),
+                    )
+                })?,
+            body: bytes::Bytes::from(d.body.clone()),
         },
         None => return Err(invalid(field, "empty filter")),
     })

@@ -75,6 +75,11 @@ spec:
     route:
     - {destination: {host: reviews, subset: v1}, weight: 50}
     - {destination: {host: reviews, subset: v3}, weight: 50}
+  - match: [{uri: {prefix: /service/}}]
+    rewrite: {uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: "\\2/instance/\\1"}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 203, body: {string: "answered by the waypoint"}}
   - route: [{destination: {host: reviews, subset: v1}}]
 "#;
 
@@ -185,6 +190,15 @@ fn istios_traffic_tasks_work_through_the_waypoint() {
         "50/50 over 100 requests: {seen:?}"
     );
 
+    // uriRegexRewrite: the app sees the rewritten path; directResponse: the waypoint answers.
+    let rewritten = curl_as("x", "/service/ratings/v1/stars");
+    assert!(
+        rewritten.contains("line=GET /v1/stars/instance/ratings HTTP/1.1"),
+        "{rewritten}\n{}",
+        log()
+    );
+    let (status, body) = curl(&mesh, "a", &url("/health"));
+    assert_eq!((status, body.trim()), (203, "answered by the waypoint"));
     // Envoy's flags in Istio's metrics.
     let m = metrics(&waypoint);
     for (code, flag) in [("500", "FI"), ("200", "DI"), ("504", "UT")] {
