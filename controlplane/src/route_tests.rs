@@ -795,3 +795,63 @@ spec:
         );
     }
 }
+
+#[test]
+fn source_labels_match_the_addresses_of_the_labelled_clients() {
+    let r = translated(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tester, namespace: other, labels: {app: tester, role: qa}}
+spec: {nodeName: n1, containers: [{name: t, image: t}]}
+status: {phase: Running, podIPs: [{ip: 10.200.0.31}, {ip: "fd00::31"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: user, namespace: other, labels: {app: user}}
+spec: {nodeName: n1, containers: [{name: u, image: u}]}
+status: {phase: Running, podIPs: [{ip: 10.200.0.32}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - match: [{sourceLabels: {app: tester}}]
+    route: [{destination: {host: web}}]
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+"#,
+    );
+    let m = &r.routes["VirtualService/shop/web/0"].matches[0];
+    assert!(m.source_labels);
+    assert_eq!(
+        m.source_ips,
+        [
+            vec![10, 200, 0, 31],
+            "fd00::31"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec()
+        ]
+    );
+    let none = &r.routes["VirtualService/shop/web/1"].matches[0];
+    assert!(
+        none.source_labels && none.source_ips.is_empty(),
+        "matches no one"
+    );
+    assert!(
+        !r.routes["VirtualService/shop/web/2"]
+            .matches
+            .iter()
+            .any(|m| m.source_labels)
+    );
+    assert!(
+        !r.errors.iter().any(|e| e.reason.contains("sourceLabels")),
+        "{:?}",
+        r.errors
+    );
+}

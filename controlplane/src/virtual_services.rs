@@ -89,13 +89,41 @@ fn value_match(name: String, m: &vs::StringMatch, field: &str) -> Result<pb::Val
     }
 }
 
-fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
-    if !m.source_labels.is_empty() {
-        return Err(invalid(
-            format!("{at}.sourceLabels"),
-            "not supported yet at the waypoint",
-        ));
-    }
+/// The addresses of the pods with every one of `labels` (a match's `sourceLabels`).
+fn pods_with(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    labels: &BTreeMap<String, String>,
+) -> Vec<Vec<u8>> {
+    pods.iter()
+        .filter(|p| {
+            let have = p.metadata.labels.as_ref();
+            labels
+                .iter()
+                .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+        })
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            s.pod_ips
+                .iter()
+                .flatten()
+                .map(|i| i.ip.clone())
+                .chain(s.pod_ip.clone())
+        })
+        .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn match_of(
+    m: &vs::HttpMatch,
+    at: &str,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> Result<pb::Match, Invalid> {
     if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
         return Err(invalid(
             format!("{at}.gateways"),
@@ -171,6 +199,14 @@ fn match_of(m: &vs::HttpMatch, at: &str) -> Result<pb::Match, Invalid> {
         authority,
         ignore_case: m.ignore_uri_case,
         source_namespaces: m.source_namespace.iter().cloned().collect(),
+        // Istio applies `sourceLabels` to the client workloads with those labels: their
+        // addresses, which the control plane follows as pods come and go.
+        source_labels: !m.source_labels.is_empty(),
+        source_ips: if m.source_labels.is_empty() {
+            vec![]
+        } else {
+            pods_with(pods, &m.source_labels)
+        },
         port: m.port.unwrap_or(0),
     })
 }
@@ -212,6 +248,8 @@ struct Ctx<'a> {
     services: &'a BTreeMap<&'a str, &'a wl::Service>,
     /// (service key, subset) → workload uids.
     subsets: &'a BTreeMap<(String, String), Vec<String>>,
+    /// Every pod, for matches on the client's labels.
+    pods: &'a [k8s_openapi::api::core::v1::Pod],
 }
 
 fn destination(ctx: &Ctx<'_>, d: &vs::Destination, weight: u32, field: &str) -> pb::Backend {
@@ -314,7 +352,7 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         .matches
         .iter()
         .enumerate()
-        .map(|(j, m)| match_of(m, &format!("{at}.match[{j}]")))
+        .map(|(j, m)| match_of(m, &format!("{at}.match[{j}]"), ctx.pods))
         .collect::<Result<Vec<_>, _>>()?;
     let mut filters = header_filters(&r.headers);
     if let Some(red) = &r.redirect {
@@ -654,6 +692,7 @@ pub fn translate(
             mesh,
             services: &services,
             subsets: &subsets,
+            pods: &snap.pods,
         };
         let mut parents = Vec::new();
         for (i, host) in v.spec.hosts.iter().enumerate() {
@@ -707,7 +746,9 @@ pub fn translate(
                         .matches
                         .iter()
                         .enumerate()
-                        .map(|(j, m)| match_of(m, &format!("spec.http[{i}].match[{j}]")))
+                        .map(|(j, m)| {
+                            match_of(m, &format!("spec.http[{i}].match[{j}]"), &snap.pods)
+                        })
                         .collect::<Result<Vec<_>, _>>()
                         .unwrap_or_default();
                     out_routes.insert(

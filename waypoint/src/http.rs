@@ -308,7 +308,11 @@ async fn handle(
     let served = match (denied, service) {
         (Some(denied), _) => denied,
         (None, Some(key)) if table.has_routes(&key, target.port()) => {
-            match table.find(&key, target.port(), &parts, &caller.identity.namespace) {
+            let source = crate::routes::Source {
+                namespace: &caller.identity.namespace,
+                ip: caller.addr.ip(),
+            };
+            match table.find(&key, target.port(), &parts, source) {
                 Some(entry) => {
                     let entry = entry.clone();
                     apply_rule(inputs, caller, &entry, target, parts, body).await

@@ -73,6 +73,15 @@ pub struct Match {
     pub source_namespaces: Vec<String>,
     /// The destination port (0: any).
     pub port: u16,
+    /// The caller's address must be one of these (a match's `sourceLabels`; `None`: any).
+    pub source_ips: Option<Vec<std::net::IpAddr>>,
+}
+
+/// Who sent a request, as route matches see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub namespace: &'a str,
+    pub ip: std::net::IpAddr,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -398,6 +407,18 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
             ignore_case: m.ignore_case,
             source_namespaces: m.source_namespaces.clone(),
             port: port(m.port, &format!("{field}.port"))?,
+            source_ips: m.source_labels.then(|| {
+                m.source_ips
+                    .iter()
+                    .filter_map(|b| match b.len() {
+                        4 => <[u8; 4]>::try_from(&b[..]).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(&b[..])
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    })
+                    .collect()
+            }),
         });
     }
     if matches.is_empty() {
@@ -504,16 +525,27 @@ impl Match {
             ignore_case: false,
             source_namespaces: vec![],
             port: 0,
+            source_ips: None,
         }
     }
 
-    /// Whether it matches a request to `port` from a caller in `source_ns`.
-    pub fn matches_from(&self, parts: &http::request::Parts, port: u16, source_ns: &str) -> bool {
+    /// Whether it matches a request to `port` from `source`.
+    pub fn matches_from(
+        &self,
+        parts: &http::request::Parts,
+        port: u16,
+        source: Source<'_>,
+    ) -> bool {
         if self.port != 0 && self.port != port {
             return false;
         }
         if !self.source_namespaces.is_empty()
-            && !self.source_namespaces.iter().any(|n| n == source_ns)
+            && !self.source_namespaces.iter().any(|n| n == source.namespace)
+        {
+            return false;
+        }
+        if let Some(ips) = &self.source_ips
+            && !ips.contains(&source.ip.to_canonical())
         {
             return false;
         }
@@ -692,14 +724,14 @@ impl Table {
         service: &str,
         port: u16,
         parts: &http::request::Parts,
-        source_ns: &str,
+        source: Source<'_>,
     ) -> Option<&Entry> {
         self.by_service
             .get(service)?
             .iter()
             .filter(|(p, _)| *p == 0 || *p == port)
             .map(|(_, e)| e)
-            .find(|e| e.rule.matches[e.matched].matches_from(parts, port, source_ns))
+            .find(|e| e.rule.matches[e.matched].matches_from(parts, port, source))
     }
 }
 
@@ -743,6 +775,37 @@ impl Handler for RouteHandler {
 mod tests {
     use super::*;
 
+    #[test]
+    fn source_addresses_narrow_a_match_to_the_labelled_clients() {
+        let mut m = Match::everything();
+        m.source_ips = Some(vec!["10.200.0.9".parse().unwrap()]);
+        let parts = http::Request::new(()).into_parts().0;
+        assert!(m.matches_from(&parts, 80, NS));
+        let other = Source {
+            ip: "10.200.0.8".parse().unwrap(),
+            ..NS
+        };
+        assert!(!m.matches_from(&parts, 80, other));
+        m.source_ips = Some(vec![]);
+        assert!(
+            !m.matches_from(&parts, 80, NS),
+            "no labelled client: no match"
+        );
+        // An IPv4 caller seen as IPv4-mapped IPv6 is the same caller.
+        m.source_ips = Some(vec!["10.200.0.9".parse().unwrap()]);
+        let mapped = Source {
+            ip: "::ffff:10.200.0.9".parse().unwrap(),
+            ..NS
+        };
+        assert!(m.matches_from(&parts, 80, mapped));
+    }
+
+    /// A caller in namespace `ns`.
+    const NS: Source<'static> = Source {
+        namespace: "ns",
+        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 200, 0, 9)),
+    };
+
     fn path(kind: pb::path_match::Kind, value: &str) -> pb::Match {
         pb::Match {
             path: Some(pb::PathMatch {
@@ -782,7 +845,7 @@ mod tests {
     }
 
     fn winner(t: &Table, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
-        t.find("ns/web", 80, &request(uri, headers), "ns")
+        t.find("ns/web", 80, &request(uri, headers), NS)
             .map(|e| e.rule.route.clone())
     }
 
@@ -857,16 +920,16 @@ mod tests {
             p.method = http::Method::POST;
             p
         };
-        assert!(t.find("ns/web", 8080, &post("/x?debug=1"), "ns").is_some());
-        assert!(t.find("ns/web", 8080, &post("/x?debug=2"), "ns").is_none());
+        assert!(t.find("ns/web", 8080, &post("/x?debug=1"), NS).is_some());
+        assert!(t.find("ns/web", 8080, &post("/x?debug=2"), NS).is_none());
         assert!(
-            t.find("ns/web", 8080, &request("/x?debug=1", &[]), "ns")
+            t.find("ns/web", 8080, &request("/x?debug=1", &[]), NS)
                 .is_none(),
             "GET"
         );
         assert!(!t.has_routes("ns/web", 80), "attached to port 8080 only");
         // An empty backend is kept, marked: its requests are answered 500.
-        let e = t.find("ns/web", 8080, &post("/x?debug=1"), "ns").unwrap();
+        let e = t.find("ns/web", 8080, &post("/x?debug=1"), NS).unwrap();
         assert!(e.rule.backends[0].unresolved.is_some());
     }
 

@@ -80,6 +80,10 @@ spec:
     route: [{destination: {host: reviews, subset: v1}}]
   - match: [{uri: {exact: /health}}]
     directResponse: {status: 203, body: {string: "answered by the waypoint"}}
+  - match: [{uri: {prefix: /labelled}, sourceLabels: {app: nobody}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /labelled}, sourceLabels: {app: a}}]
+    route: [{destination: {host: reviews, subset: v3}}]
   - route: [{destination: {host: reviews, subset: v1}}]
 "#;
 
@@ -199,6 +203,8 @@ fn istios_traffic_tasks_work_through_the_waypoint() {
     );
     let (status, body) = curl(&mesh, "a", &url("/health"));
     assert_eq!((status, body.trim()), (203, "answered by the waypoint"));
+    // sourceLabels: the rule for `app: a` (this client), not the one for nobody.
+    assert_eq!(served_by(&curl_as("x", "/labelled")), "r3-app", "{}", log());
     // Envoy's flags in Istio's metrics.
     let m = metrics(&waypoint);
     for (code, flag) in [("500", "FI"), ("200", "DI"), ("504", "UT")] {
