@@ -542,7 +542,7 @@ spec:
     retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,connect-failure"}
     fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}}
     route: [{destination: {host: web, subset: v1}}]
-  - corsPolicy: {allowOrigins: [{exact: "*"}]}
+  - delegate: {name: elsewhere}
     route: [{destination: {host: web}}]
   - route: [{destination: {host: web, subset: v9}}]
 ---
@@ -584,13 +584,13 @@ spec:
         (15, 10.0),
         "UNAVAILABLE is 14, sent +1"
     );
-    // The CORS route stays in place and answers 500: its requests must not fall through to
-    // the next route.
-    let cors = &r.routes["VirtualService/shop/web/1"];
-    assert!(cors.matches.is_empty(), "{cors:?}");
+    // The delegating route stays in place and answers 500: its requests must not fall
+    // through to the next route.
+    let delegating = &r.routes["VirtualService/shop/web/1"];
+    assert!(delegating.matches.is_empty(), "{delegating:?}");
     assert!(
-        cors.backends[0].unresolved.contains("corsPolicy"),
-        "{cors:?}"
+        delegating.backends[0].unresolved.contains("delegate"),
+        "{delegating:?}"
     );
     assert!(
         r.routes["VirtualService/shop/web/2"].backends[0]
@@ -599,7 +599,7 @@ spec:
     );
     let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
     for want in [
-        "spec.http[1].corsPolicy: not supported yet",
+        "spec.http[1].delegate: not supported yet",
         "nowhere is not a Service",
         "also has HTTPRoutes, which take precedence",
     ] {
@@ -854,4 +854,54 @@ spec:
         "{:?}",
         r.errors
     );
+}
+
+#[test]
+fn cors_policies_translate_and_bad_ones_are_named() {
+    let r = translated(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example"}, {regex: "https://.*\\.example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: web}}]
+  - corsPolicy: {allowOrigins: [{}]}
+    route: [{destination: {host: web}}]
+  - corsPolicy: {unmatchedPreflights: SOMETIMES}
+    route: [{destination: {host: web}}]
+"#,
+    );
+    let c = r.routes["VirtualService/shop/web/0"]
+        .cors
+        .clone()
+        .expect("cors");
+    assert_eq!(c.allow_origins.len(), 2);
+    assert!(c.allow_origins[1].regex);
+    assert_eq!(c.allow_methods, ["GET", "POST"]);
+    assert_eq!(
+        (c.max_age_seconds, c.allow_credentials),
+        (Some(86400), true)
+    );
+    assert!(c.ignore_unmatched_preflights);
+    let reasons: Vec<&str> = r.errors.iter().map(|e| e.reason.as_str()).collect();
+    for want in [
+        "spec.http[1].corsPolicy.allowOrigins[0]: exactly one of exact, prefix, regex",
+        "spec.http[2].corsPolicy.unmatchedPreflights",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
 }

@@ -541,6 +541,7 @@ fn rules_of(
             // Set by the caller, which knows the kind it read.
             kind: 0,
             fault: None,
+            cors: None,
         });
     }
     Ok(out)

@@ -337,7 +337,6 @@ fn grpc_code(name: &str) -> Option<u32> {
 fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRouteRule, Invalid> {
     use pb::filter::Kind;
     for (set, field) in [
-        (r.cors_policy.is_some(), "corsPolicy"),
         (r.delegate.is_some(), "delegate"),
         (r.mirrors.is_some(), "mirrors"),
     ] {
@@ -577,8 +576,83 @@ fn http_route(ctx: &Ctx<'_>, r: &vs::HttpRoute, at: &str) -> Result<pb::HttpRout
         backend_timeout_ms: backend_timeout.unwrap_or(0),
         retry,
         fault,
+        cors: r
+            .cors_policy
+            .as_ref()
+            .map(|c| cors(c, &format!("{at}.corsPolicy")))
+            .transpose()?,
         kind: pb::RouteKind::VirtualService as i32,
         ..Default::default()
+    })
+}
+
+/// Istio's `corsPolicy`: `allowOrigins` (StringMatch; the deprecated `allowOrigin` list as
+/// exact matches), `allowMethods`, `allowHeaders`, `exposeHeaders`, `maxAge`,
+/// `allowCredentials`, `unmatchedPreflights`.
+fn cors(v: &serde_json::Value, at: &str) -> Result<pb::Cors, Invalid> {
+    let strings = |key: &str| -> Result<Vec<String>, Invalid> {
+        match v.get(key) {
+            None => Ok(vec![]),
+            Some(list) => list
+                .as_array()
+                .ok_or_else(|| invalid(format!("{at}.{key}"), "a list of strings is required"))?
+                .iter()
+                .map(|s| {
+                    s.as_str().map(str::to_string).ok_or_else(|| {
+                        invalid(format!("{at}.{key}"), "a list of strings is required")
+                    })
+                })
+                .collect(),
+        }
+    };
+    let mut allow_origins = Vec::new();
+    for (i, m) in v
+        .get("allowOrigins")
+        .and_then(|o| o.as_array())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("{at}.allowOrigins[{i}]");
+        let m: vs::StringMatch =
+            serde_json::from_value(m.clone()).map_err(|e| invalid(&field, e.to_string()))?;
+        if m.exact.is_none() && m.prefix.is_none() && m.regex.is_none() {
+            return Err(invalid(field, "exactly one of exact, prefix, regex"));
+        }
+        allow_origins.push(value_match(String::new(), &m, &field)?);
+    }
+    for o in strings("allowOrigin")? {
+        allow_origins.push(pb::ValueMatch {
+            value: o,
+            ..Default::default()
+        });
+    }
+    let max_age_seconds = match v.get("maxAge").map(|m| m.as_str()) {
+        None => None,
+        Some(Some(d)) => Some(millis(d, &format!("{at}.maxAge"))? / 1000),
+        Some(None) => return Err(invalid(format!("{at}.maxAge"), "not a duration")),
+    };
+    let ignore_unmatched_preflights = match v.get("unmatchedPreflights").and_then(|u| u.as_str()) {
+        None | Some("FORWARD" | "UNSPECIFIED") => false,
+        Some("IGNORE") => true,
+        Some(other) => {
+            return Err(invalid(
+                format!("{at}.unmatchedPreflights"),
+                format!("{other:?} is not FORWARD or IGNORE"),
+            ));
+        }
+    };
+    Ok(pb::Cors {
+        allow_origins,
+        allow_methods: strings("allowMethods")?,
+        allow_headers: strings("allowHeaders")?,
+        expose_headers: strings("exposeHeaders")?,
+        max_age_seconds,
+        allow_credentials: v
+            .get("allowCredentials")
+            .and_then(|c| c.as_bool())
+            .unwrap_or(false),
+        ignore_unmatched_preflights,
     })
 }
 

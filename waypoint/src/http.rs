@@ -529,6 +529,103 @@ async fn apply_rule(
     caller: &Caller,
     entry: &Entry,
     target: SocketAddr,
+    parts: Parts,
+    body: Body,
+) -> Served {
+    let rule = &entry.rule;
+    // CORS first (Istio's filter order: cors, fault, router): a preflight from an allowed
+    // origin is answered here; an allowed origin's answer gets its CORS headers.
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string);
+    let cors = match (&rule.cors, origin) {
+        (Some(c), Some(o)) => Some((c, o)),
+        _ => None,
+    };
+    if let Some((c, origin)) = &cors
+        && let Some(answer) = cors_preflight(c, origin, &parts)
+    {
+        return answer;
+    }
+    let mut served = apply_rule_inner(inputs, caller, entry, target, parts, body).await;
+    if let Some((c, origin)) = &cors
+        && c.allows(origin)
+    {
+        for (k, v) in cors_headers(c, origin, false) {
+            served.resp.headers_mut().insert(k, v);
+        }
+    }
+    served
+}
+
+/// The answer to a CORS preflight (an OPTIONS with `Origin` and
+/// `Access-Control-Request-Method`), as Envoy's CORS filter gives it: 200 with the policy's
+/// headers for an allowed origin; for another, 200 without them under
+/// `unmatchedPreflights: IGNORE`, else `None` (sent on upstream, Istio's default).
+fn cors_preflight(c: &crate::routes::Cors, origin: &str, parts: &Parts) -> Option<Served> {
+    if parts.method != http::Method::OPTIONS
+        || !parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return None;
+    }
+    let allowed = c.allows(origin);
+    if !allowed && !c.ignore_unmatched_preflights {
+        return None;
+    }
+    let mut resp = text(StatusCode::OK, "");
+    if allowed {
+        for (k, v) in cors_headers(c, origin, true) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    Some(Served {
+        resp,
+        endpoint: None,
+        flag: "-",
+    })
+}
+
+/// The CORS headers for an allowed `origin`: on a preflight answer the allowed methods,
+/// headers and max age; on an actual answer the exposed headers.
+fn cors_headers(
+    c: &crate::routes::Cors,
+    origin: &str,
+    preflight: bool,
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let mut put = |name: http::HeaderName, value: &str| {
+        if !value.is_empty()
+            && let Ok(v) = HeaderValue::from_str(value)
+        {
+            out.push((name, v));
+        }
+    };
+    put(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if c.allow_credentials {
+        put(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+    }
+    if preflight {
+        put(header::ACCESS_CONTROL_ALLOW_METHODS, &c.allow_methods);
+        put(header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers);
+        if let Some(age) = c.max_age_seconds {
+            put(header::ACCESS_CONTROL_MAX_AGE, &age.to_string());
+        }
+    } else {
+        put(header::ACCESS_CONTROL_EXPOSE_HEADERS, &c.expose_headers);
+    }
+    out
+}
+
+/// [`apply_rule`] past CORS.
+async fn apply_rule_inner(
+    inputs: &Arc<Inputs>,
+    caller: &Caller,
+    entry: &Entry,
+    target: SocketAddr,
     mut parts: Parts,
     body: Body,
 ) -> Served {

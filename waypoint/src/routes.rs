@@ -181,6 +181,26 @@ pub struct Rule {
     /// A VirtualService's: matched in the order written.
     pub ordered: bool,
     pub fault: Option<Fault>,
+    pub cors: Option<Cors>,
+}
+
+/// A VirtualService's `corsPolicy`, as Envoy's CORS filter applies it.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allow_origins: Vec<ValueMatch>,
+    /// Joined, as the preflight answer's headers carry them (empty: not sent).
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age_seconds: Option<u64>,
+    pub allow_credentials: bool,
+    pub ignore_unmatched_preflights: bool,
+}
+
+impl Cors {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|m| m.matches(origin))
+    }
 }
 
 /// Istio's fault injection.
@@ -479,6 +499,25 @@ pub fn rule(name: &str, r: pb::HttpRouteRule) -> Result<Rule, Invalid> {
                     },
                     abort_grpc: f.abort_grpc_status.checked_sub(1),
                     abort_percent: f.abort_percent,
+                })
+            })
+            .transpose()?,
+        cors: r
+            .cors
+            .as_ref()
+            .map(|c| {
+                Ok::<_, Invalid>(Cors {
+                    allow_origins: c
+                        .allow_origins
+                        .iter()
+                        .map(|m| value_match(m, "cors.allowOrigins"))
+                        .collect::<Result<_, _>>()?,
+                    allow_methods: c.allow_methods.join(","),
+                    allow_headers: c.allow_headers.join(","),
+                    expose_headers: c.expose_headers.join(","),
+                    max_age_seconds: c.max_age_seconds,
+                    allow_credentials: c.allow_credentials,
+                    ignore_unmatched_preflights: c.ignore_unmatched_preflights,
                 })
             })
             .transpose()?,

@@ -80,6 +80,14 @@ spec:
     route: [{destination: {host: reviews, subset: v1}}]
   - match: [{uri: {exact: /health}}]
     directResponse: {status: 203, body: {string: "answered by the waypoint"}}
+  - match: [{uri: {prefix: /cors}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 10m
+    route: [{destination: {host: reviews, subset: v1}}]
   - match: [{uri: {prefix: /labelled}, sourceLabels: {app: nobody}}]
     route: [{destination: {host: reviews, subset: v2}}]
   - match: [{uri: {prefix: /labelled}, sourceLabels: {app: a}}]
@@ -203,6 +211,61 @@ fn istios_traffic_tasks_work_through_the_waypoint() {
     );
     let (status, body) = curl(&mesh, "a", &url("/health"));
     assert_eq!((status, body.trim()), (203, "answered by the waypoint"));
+    // CORS: an allowed origin's preflight is answered by the waypoint with the policy's
+    // headers; its actual request gets the allow-origin and expose headers; another
+    // origin's preflight goes on upstream (Istio's default), with none of them.
+    let with = |args: &[&str]| {
+        let out = mesh
+            .pod("a")
+            .command("curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(args)
+            .arg(url("/cors"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let pre = with(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: https://shop.example",
+        "-H",
+        "access-control-request-method: POST",
+    ]);
+    assert!(pre.starts_with("http/1.1 200"), "{pre}");
+    for h in [
+        "access-control-allow-origin: https://shop.example",
+        "access-control-allow-methods: get,post",
+        "access-control-allow-headers: x-token",
+        "access-control-max-age: 600",
+    ] {
+        assert!(pre.contains(h), "{h}: {pre}");
+    }
+    assert!(
+        !pre.contains("served-by="),
+        "answered by the waypoint: {pre}"
+    );
+    let actual = with(&["-H", "origin: https://shop.example"]);
+    assert!(actual.contains("served-by=r1-app"), "{actual}");
+    assert!(
+        actual.contains("access-control-allow-origin: https://shop.example"),
+        "{actual}"
+    );
+    assert!(
+        actual.contains("access-control-expose-headers: x-trace"),
+        "{actual}"
+    );
+    let other = with(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: https://evil.example",
+        "-H",
+        "access-control-request-method: POST",
+    ]);
+    assert!(other.contains("served-by=r1-app"), "forwarded: {other}");
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
     // sourceLabels: the rule for `app: a` (this client), not the one for nobody.
     assert_eq!(served_by(&curl_as("x", "/labelled")), "r3-app", "{}", log());
     // Envoy's flags in Istio's metrics.
